@@ -1,0 +1,30 @@
+//! The crate's error type.
+
+/// Everything that can go wrong in `quantnet-burn` because of a caller's input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A target level set is not usable (too few or too many levels, unsorted, duplicated or
+    /// non-finite values, or an unknown name).
+    #[error("invalid level set `{levels}`: {reason}")]
+    InvalidLevels {
+        /// The set as the caller wrote it.
+        levels: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A quantizer parameter is out of its domain (a non-finite or non-positive temperature, a
+    /// threshold count that does not match the level set, ...).
+    #[error("invalid quantizer parameter `{name}` = {value}: {reason}")]
+    InvalidParameter {
+        /// The parameter's name.
+        name: &'static str,
+        /// Its value, as the caller gave it.
+        value: String,
+        /// The accepted domain.
+        reason: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
