@@ -1,0 +1,92 @@
+//! Command-line definitions (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::backend::BackendName;
+
+/// Quantization Networks (Yang et al., CVPR 2019) for Burn.
+#[derive(Debug, Parser)]
+#[command(name = "quantnet", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print (or plot) the soft and hard quantizer over a range of inputs.
+    ///
+    /// The CSV has the header `x,soft,hard,dsoft_dx`; `dsoft_dx` is the derivative the backward
+    /// pass uses in the chosen gradient mode.
+    Quantizer(QuantizerArgs),
+    /// Time the quantizer's forward+backward against a same-size copy and the naive composition
+    /// of n sigmoids, side by side, and print GB/s and ratios.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct QuantizerArgs {
+    /// Target levels: 1 (binary), 2 (ternary), 3pm2, 3pm4, 5, uN (unsigned N-bit), sN (signed
+    /// N-bit, symmetric), or an explicit list like -4,-2,-1,0,1,2,4.
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) levels: String,
+    /// Temperature T of the soft quantizer.
+    #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
+    pub(crate) temperature: f32,
+    /// Output scale alpha.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub(crate) alpha: f32,
+    /// Input scale beta.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub(crate) beta: f32,
+    /// Thresholds b_1,...,b_n in the beta*x domain (default: midpoints between adjacent levels).
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ',')]
+    pub(crate) thresholds: Option<Vec<f32>>,
+    /// Smallest x.
+    #[arg(long, default_value_t = -2.0, allow_hyphen_values = true)]
+    pub(crate) x_min: f32,
+    /// Largest x.
+    #[arg(long, default_value_t = 2.0, allow_hyphen_values = true)]
+    pub(crate) x_max: f32,
+    /// Number of evenly spaced points from x-min to x-max.
+    #[arg(long, default_value_t = 401)]
+    pub(crate) points: usize,
+    /// Gradient mode of the backward pass.
+    #[arg(long, value_enum, default_value_t = Gradient::Exact)]
+    pub(crate) gradient: Gradient,
+    /// Print the CSV to stdout.
+    #[arg(long)]
+    pub(crate) csv: bool,
+    /// Draw soft curves at several temperatures over the hard staircase into this PNG file.
+    #[arg(long)]
+    pub(crate) plot: Option<PathBuf>,
+    /// Backend to compute on.
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
+    pub(crate) backend: BackendName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Gradient {
+    /// The exact derivative at temperature T.
+    Exact,
+    /// The official code's weight rule: sigmoid derivative at T = 1, scaled by min(T, 2000).
+    Official,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Backends to time (each must be compiled in).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendName::Cpu])]
+    pub(crate) backend: Vec<BackendName>,
+    /// Tensor sizes in elements.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize << 20, 1 << 24])]
+    pub(crate) sizes: Vec<usize>,
+    /// Timed steps per path (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) runs: usize,
+    /// Untimed warm-up steps per path (shader compilation, allocator warm-up).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup: usize,
+}
