@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
-use quantnet_burn::{GradientMode, LevelSet, QuantBackend, QuantParams, soft_quantize, soft_quantize_reference};
+use quantnet_burn::{
+    GradientMode, LevelSet, QuantBackend, QuantParams, soft_quantize, soft_quantize_reference,
+};
 
 /// What is timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +48,12 @@ impl Path {
 
 /// The level sets of the benchmark, by number of thresholds: 1, 2, 6 and 30.
 pub fn level_sets() -> [LevelSet; 4] {
-    [LevelSet::binary(), LevelSet::ternary(), LevelSet::three_pm4(), LevelSet::five_bit()]
+    [
+        LevelSet::binary(),
+        LevelSet::ternary(),
+        LevelSet::three_pm4(),
+        LevelSet::five_bit(),
+    ]
 }
 
 /// One prepared benchmark case: an input of `len` elements and a quantizer for `levels`.
@@ -63,7 +70,11 @@ impl<B: AutodiffBackend + QuantBackend> Case<B> {
         let params = QuantParams::with_midpoints(levels, 1.0 / beta, beta, device)
             .expect("named level sets with finite scales are valid");
         let x = Tensor::random([len], Distribution::Uniform(-1.0, 1.0), device);
-        Self { x, params, device: device.clone() }
+        Self {
+            x,
+            params,
+            device: device.clone(),
+        }
     }
 
     /// Bytes of the input tensor (f32).
@@ -117,7 +128,8 @@ pub fn sync<B: Backend>(device: &B::Device) {
 
 /// The CubeCL wgpu backend without Burn's `Fusion` wrapper, so the fused kernel runs.
 #[cfg(feature = "wgpu")]
-pub type WgpuCube = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+pub type WgpuCube =
+    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// Burn's cuda backend: the CubeCL backend itself (the fused kernel runs) unless the `fusion`
 /// feature wraps it in `Fusion`, which runs the generic body.

@@ -1,1 +1,5 @@
-//! bootstrap
+//! Runnable examples of quantnet; each lives in its own folder with a README, and is run with
+//! `cargo run -p quantnet-examples --example <name>`:
+//!
+//! - `soft_to_hard`: initialise a weight quantizer from data and watch the soft quantizer turn
+//!   into the hard one as the temperature rises.

@@ -16,11 +16,14 @@ where
     for len in [1 << 20, 1 << 24] {
         for levels in level_sets() {
             let case = Case::<B>::new(len, &levels, device);
-            let mut group = c.benchmark_group(format!("quantizer/{backend}/{len}/n{}", levels.num_steps()));
+            let mut group =
+                c.benchmark_group(format!("quantizer/{backend}/{len}/n{}", levels.num_steps()));
             group.throughput(Throughput::Bytes(case.bytes()));
             group.sample_size(10);
             for path in Path::ALL {
-                group.bench_function(BenchmarkId::from_parameter(path.name()), |b| b.iter(|| case.step(path)));
+                group.bench_function(BenchmarkId::from_parameter(path.name()), |b| {
+                    b.iter(|| case.step(path))
+                });
             }
             group.finish();
         }

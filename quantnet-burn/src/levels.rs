@@ -140,7 +140,10 @@ impl LevelSet {
     /// [`Error::InvalidLevels`] unless `1 <= bits <= 8`.
     pub fn unsigned(bits: u32) -> Result<Self> {
         check_bits(bits, 1, &format!("u{bits}"))?;
-        Ok(Self::named(integers(0, (1 << bits) - 1), format!("u{bits}")))
+        Ok(Self::named(
+            integers(0, (1 << bits) - 1),
+            format!("u{bits}"),
+        ))
     }
 
     /// Signed, narrow-range `bits`-bit levels `{−(2^(bits−1) − 1), …, 2^(bits−1) − 1}`, symmetric
@@ -197,7 +200,10 @@ impl LevelSet {
     /// Midpoints between adjacent levels, `b_i = (y_i + y_{i+1})/2`: thresholds that make the hard
     /// quantizer round `βx` to the nearest level. The default when no data is at hand.
     pub fn midpoint_thresholds(&self) -> Vec<f32> {
-        self.levels.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect()
+        self.levels
+            .windows(2)
+            .map(|w| 0.5 * (w[0] + w[1]))
+            .collect()
     }
 
     /// The short name (`"3pm4"`) for named sets, otherwise the comma-separated levels.
@@ -296,7 +302,9 @@ impl TryFrom<LevelSpec> for LevelSet {
             LevelSpec::Name(name) => name.parse(),
             // Values are read as f64 so that a value beyond f32's range is reported as non-finite
             // instead of failing inside serde with a less helpful message.
-            LevelSpec::Values(values) => Self::new(values.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+            LevelSpec::Values(values) => {
+                Self::new(values.iter().map(|&v| v as f32).collect::<Vec<_>>())
+            }
         }
     }
 }
@@ -341,25 +349,44 @@ mod tests {
     fn bits_are_ceil_log2_of_the_level_count() {
         let bits = |s: &str| s.parse::<LevelSet>().unwrap().bits();
         assert_eq!(
-            [bits("1"), bits("2"), bits("3pm2"), bits("3pm4"), bits("5"), bits("u8")],
+            [
+                bits("1"),
+                bits("2"),
+                bits("3pm2"),
+                bits("3pm4"),
+                bits("5"),
+                bits("u8")
+            ],
             [1, 2, 3, 3, 5, 8]
         );
     }
 
     #[test]
     fn names_parse_and_print_back() {
-        for name in ["1", "2", "3pm2", "3pm4", "5", "u1", "u4", "s2", "s8", "-1,0,2.5"] {
+        for name in [
+            "1", "2", "3pm2", "3pm4", "5", "u1", "u4", "s2", "s8", "-1,0,2.5",
+        ] {
             let y: LevelSet = name.parse().unwrap();
             assert_eq!(y.to_string(), name);
         }
-        assert_eq!("s5".parse::<LevelSet>().unwrap().levels(), LevelSet::five_bit().levels());
-        assert_eq!("s2".parse::<LevelSet>().unwrap().levels(), LevelSet::ternary().levels());
+        assert_eq!(
+            "s5".parse::<LevelSet>().unwrap().levels(),
+            LevelSet::five_bit().levels()
+        );
+        assert_eq!(
+            "s2".parse::<LevelSet>().unwrap().levels(),
+            LevelSet::ternary().levels()
+        );
     }
 
     #[test]
     fn bad_sets_are_errors_that_name_the_values() {
         let err = |s: &str| s.parse::<LevelSet>().unwrap_err().to_string();
-        assert!(err("1,1,2").contains("duplicate level: 1 then 1"), "{}", err("1,1,2"));
+        assert!(
+            err("1,1,2").contains("duplicate level: 1 then 1"),
+            "{}",
+            err("1,1,2")
+        );
         assert!(err("2,1").contains("sorted"));
         assert!(err("3").contains("unknown level set"));
         assert!(err("u0").contains("between 1 and 8, got 0"));
@@ -387,9 +414,17 @@ mod tests {
         let back: Cfg = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
         assert_eq!((back.weights, back.custom), (cfg.weights, cfg.custom));
 
-        let bad = toml::from_str::<Cfg>("weights = \"2\"\ncustom = [1, 0]").err().unwrap();
-        assert!(bad.to_string().contains("sorted in increasing order: 1 then 0"), "{bad}");
-        let huge = toml::from_str::<Cfg>("weights = \"2\"\ncustom = [0, 1e300]").err().unwrap();
+        let bad = toml::from_str::<Cfg>("weights = \"2\"\ncustom = [1, 0]")
+            .err()
+            .unwrap();
+        assert!(
+            bad.to_string()
+                .contains("sorted in increasing order: 1 then 0"),
+            "{bad}"
+        );
+        let huge = toml::from_str::<Cfg>("weights = \"2\"\ncustom = [0, 1e300]")
+            .err()
+            .unwrap();
         assert!(huge.to_string().contains("not finite"), "{huge}");
     }
 

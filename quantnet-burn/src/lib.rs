@@ -48,12 +48,16 @@
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
 pub mod error;
+pub mod init;
 pub mod levels;
 pub mod op;
+pub mod schedule;
 
 pub use error::{Error, Result};
+pub use init::{ThresholdInit, initial_scales};
 pub use levels::LevelSet;
 pub use op::{
     GradientMode, QuantBackend, QuantParams, check_temperature, hard_quantize, soft_quantize,
     soft_quantize_reference,
 };
+pub use schedule::TemperatureSchedule;

@@ -21,6 +21,10 @@ pub(crate) enum Command {
     /// The CSV has the header `x,soft,hard,dsoft_dx`; `dsoft_dx` is the derivative the backward
     /// pass uses in the chosen gradient mode.
     Quantizer(QuantizerArgs),
+    /// Fit an activation quantizer to real images: calibrate beta = 5p/4q and k-means thresholds
+    /// on sampled training images, then learn alpha and beta through the soft quantizer with a
+    /// rising temperature, and report the hard-quantization error against a uniform quantizer.
+    Fit(FitArgs),
     /// Time the quantizer's forward+backward against a same-size copy and the naive composition
     /// of n sigmoids, side by side, and print GB/s and ratios.
     Bench(BenchArgs),
@@ -89,4 +93,47 @@ pub(crate) struct BenchArgs {
     /// Untimed warm-up steps per path (shader compilation, allocator warm-up).
     #[arg(long, default_value_t = 2)]
     pub(crate) warmup: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Dataset {
+    /// MNIST handwritten digits.
+    Mnist,
+    /// Zalando's Fashion-MNIST.
+    FashionMnist,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct FitArgs {
+    /// Data set whose training images are quantized.
+    #[arg(long, value_enum, default_value_t = Dataset::FashionMnist)]
+    pub(crate) dataset: Dataset,
+    /// Folder holding the data set (or a folder with a `mnist`/`fashion-mnist` subfolder).
+    /// Default: $QUANTNET_DATA, ../shared/data, ./data, ~/.cache/quantnet/data.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Target levels (activation sets are unsigned: u1, u2, ...).
+    #[arg(long, default_value = "u2", allow_hyphen_values = true)]
+    pub(crate) levels: String,
+    /// Images sampled for calibration and fitting (the paper samples 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) samples: usize,
+    /// Epochs over the sample.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) epochs: usize,
+    /// T0 of the linear schedule T = T0 (epoch + 1).
+    #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
+    pub(crate) temperature: f32,
+    /// Adam learning rate for alpha and beta.
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true)]
+    pub(crate) lr: f32,
+    /// Images per step.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) batch_size: usize,
+    /// Seed of the image sample.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Backend to compute on.
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
+    pub(crate) backend: BackendName,
 }

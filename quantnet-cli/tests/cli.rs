@@ -32,7 +32,20 @@ fn csv_rows(text: &str) -> Vec<[f64; 4]> {
 #[test]
 fn quantizer_csv_has_the_requested_points_and_hand_checked_values() {
     // Ternary, midpoint thresholds ±0.5, α = β = 1, T = 10, x = -2, -1.5, ..., 2.
-    let out = quantnet(&["quantizer", "--levels", "2", "--temperature", "10", "--x-min", "-2", "--x-max", "2", "--points", "9", "--csv"]);
+    let out = quantnet(&[
+        "quantizer",
+        "--levels",
+        "2",
+        "--temperature",
+        "10",
+        "--x-min",
+        "-2",
+        "--x-max",
+        "2",
+        "--points",
+        "9",
+        "--csv",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = csv_rows(&stdout(&out));
     assert_eq!(rows.len(), 9);
@@ -54,9 +67,26 @@ fn quantizer_csv_has_the_requested_points_and_hand_checked_values() {
 #[test]
 fn quantizer_accepts_scales_thresholds_and_official_gradients() {
     let out = quantnet(&[
-        "quantizer", "--levels", "-4,-2,-1,0,1,2,4", "--alpha", "0.5", "--beta", "2", "--thresholds",
-        "-3,-1.5,-0.05,0.05,1.5,3", "--gradient", "official", "--temperature", "100", "--x-min", "-3",
-        "--x-max", "3", "--points", "7", "--csv",
+        "quantizer",
+        "--levels",
+        "-4,-2,-1,0,1,2,4",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "2",
+        "--thresholds",
+        "-3,-1.5,-0.05,0.05,1.5,3",
+        "--gradient",
+        "official",
+        "--temperature",
+        "100",
+        "--x-min",
+        "-3",
+        "--x-max",
+        "3",
+        "--points",
+        "7",
+        "--csv",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = csv_rows(&stdout(&out));
@@ -73,16 +103,40 @@ fn quantizer_accepts_scales_thresholds_and_official_gradients() {
 #[test]
 fn quantizer_errors_are_one_clear_line() {
     for (args, needle) in [
-        (vec!["--levels", "1,1", "--csv"], "duplicate level: 1 then 1"),
-        (vec!["--levels", "2", "--thresholds", "0.1", "--csv"], "needs 2 thresholds"),
-        (vec!["--levels", "2", "--temperature", "-1", "--csv"], "must be finite and greater than 0"),
-        (vec!["--levels", "2", "--temperature", "0", "--csv"], "must be finite and greater than 0"),
+        (
+            vec!["--levels", "1,1", "--csv"],
+            "duplicate level: 1 then 1",
+        ),
+        (
+            vec!["--levels", "2", "--thresholds", "0.1", "--csv"],
+            "needs 2 thresholds",
+        ),
+        (
+            vec!["--levels", "2", "--temperature", "-1", "--csv"],
+            "must be finite and greater than 0",
+        ),
+        (
+            vec!["--levels", "2", "--temperature", "0", "--csv"],
+            "must be finite and greater than 0",
+        ),
         (vec!["--levels", "u9", "--csv"], "between 1 and 8, got 9"),
         (vec!["--levels", "2"], "nothing to do"),
-        (vec!["--levels", "2", "--alpha", "nan", "--csv"], "`alpha` = NaN"),
-        (vec!["--levels", "2", "--x-min", "1", "--x-max", "0", "--csv"], "smaller than --x-max"),
-        (vec!["--levels", "2", "--points", "1", "--csv"], "--points must be between 2"),
-        (vec!["--levels", "2", "--plot", "out.jpg"], "must end in .png"),
+        (
+            vec!["--levels", "2", "--alpha", "nan", "--csv"],
+            "`alpha` = NaN",
+        ),
+        (
+            vec!["--levels", "2", "--x-min", "1", "--x-max", "0", "--csv"],
+            "smaller than --x-max",
+        ),
+        (
+            vec!["--levels", "2", "--points", "1", "--csv"],
+            "--points must be between 2",
+        ),
+        (
+            vec!["--levels", "2", "--plot", "out.jpg"],
+            "must end in .png",
+        ),
     ] {
         let mut all = vec!["quantizer"];
         all.extend(args.iter());
@@ -100,11 +154,22 @@ fn quantizer_plot_writes_a_png() {
     let dir = std::env::temp_dir().join(format!("quantnet-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("curve.png");
-    let out = quantnet(&["quantizer", "--levels", "3pm4", "--temperature", "5", "--plot", path.to_str().unwrap()]);
+    let out = quantnet(&[
+        "quantizer",
+        "--levels",
+        "3pm4",
+        "--temperature",
+        "5",
+        "--plot",
+        path.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(bytes.len() > 10_000, "a 960x640 plot with curves is not tiny");
+    assert!(
+        bytes.len() > 10_000,
+        "a 960x640 plot with curves is not tiny"
+    );
     assert!(!dir.join("curve.partial.png").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,7 +12,9 @@ use burn::tensor::{Shape, TensorMetadata};
 use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward};
 
 /// Unwraps the parameters to the inner backend (no gradient is tracked through the result).
-fn inner<B: QuantBackend, C: CheckpointStrategy>(p: QuantPrimitives<Autodiff<B, C>>) -> QuantPrimitives<B> {
+fn inner<B: QuantBackend, C: CheckpointStrategy>(
+    p: QuantPrimitives<Autodiff<B, C>>,
+) -> QuantPrimitives<B> {
     QuantPrimitives {
         alpha: p.alpha.primitive,
         beta: p.beta.primitive,
@@ -21,7 +23,9 @@ fn inner<B: QuantBackend, C: CheckpointStrategy>(p: QuantPrimitives<Autodiff<B, 
     }
 }
 
-fn from_inner<B: QuantBackend, C: CheckpointStrategy>(t: FloatTensor<B>) -> FloatTensor<Autodiff<B, C>> {
+fn from_inner<B: QuantBackend, C: CheckpointStrategy>(
+    t: FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
     <Autodiff<B, C> as AutodiffBackend>::from_inner(t)
 }
 
@@ -41,7 +45,12 @@ struct SoftQuantBackward;
 impl<B: QuantBackend> Backward<B, 4> for SoftQuantBackward {
     type State = SoftState<B>;
 
-    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
         let [node_x, node_alpha, node_beta, node_thresholds] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let SoftState {
@@ -62,7 +71,10 @@ impl<B: QuantBackend> Backward<B, 4> for SoftQuantBackward {
 
         if let Some(node) = node_beta {
             // ∂ℓ/∂β = α·Σ g·D·x
-            let gdx = B::float_sum(B::float_mul(grad_d.clone().expect("computed when β is tracked"), x.clone()));
+            let gdx = B::float_sum(B::float_mul(
+                grad_d.clone().expect("computed when β is tracked"),
+                x.clone(),
+            ));
             let g = B::float_mul(B::float_reshape(gdx, scalar_shape()), params.alpha.clone());
             grads.register::<B>(node.id, g);
         }
@@ -80,21 +92,32 @@ impl<B: QuantBackend> Backward<B, 4> for SoftQuantBackward {
         }
         if let Some(node) = node_alpha {
             // ∂ℓ/∂α = Σ g·(S − o)
-            let g = B::float_sum(B::float_mul(grad, B::float_sub_scalar(sum, args.offset.into())));
+            let g = B::float_sum(B::float_mul(
+                grad,
+                B::float_sub_scalar(sum, args.offset.into()),
+            ));
             grads.register::<B>(node.id, B::float_reshape(g, scalar_shape()));
         }
     }
 }
 
 impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
-    fn quant_soft(x: FloatTensor<Self>, p: QuantPrimitives<Self>, args: SoftArgs) -> FloatTensor<Self> {
+    fn quant_soft(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+    ) -> FloatTensor<Self> {
         let parents = [
             x.node.clone(),
             p.alpha.node.clone(),
             p.beta.node.clone(),
             p.thresholds.node.clone(),
         ];
-        match SoftQuantBackward.prepare::<C>(parents).compute_bound().stateful() {
+        match SoftQuantBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(mut prep) => {
                 let x_id = prep.checkpoint(&x);
                 let params = inner(p);
@@ -116,7 +139,11 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         }
     }
 
-    fn quant_soft_with_state(x: FloatTensor<Self>, p: QuantPrimitives<Self>, args: SoftArgs) -> SoftForward<Self> {
+    fn quant_soft_with_state(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+    ) -> SoftForward<Self> {
         let out = B::quant_soft_with_state(x.primitive, inner(p), args);
         SoftForward {
             output: from_inner::<B, C>(out.output),
@@ -125,7 +152,11 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         }
     }
 
-    fn quant_hard(x: FloatTensor<Self>, p: QuantPrimitives<Self>, offset: f32) -> FloatTensor<Self> {
+    fn quant_hard(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        offset: f32,
+    ) -> FloatTensor<Self> {
         // A step function: its gradient is zero almost everywhere, so nothing is tracked.
         from_inner::<B, C>(B::quant_hard(x.primitive, inner(p), offset))
     }
@@ -136,6 +167,11 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         p: QuantPrimitives<Self>,
         args: SoftArgs,
     ) -> FloatTensor<Self> {
-        from_inner::<B, C>(B::quant_threshold_grad(x.primitive, grad.primitive, inner(p), args))
+        from_inner::<B, C>(B::quant_threshold_grad(
+            x.primitive,
+            grad.primitive,
+            inner(p),
+            args,
+        ))
     }
 }

@@ -189,7 +189,11 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    fn quant_soft(x: FloatTensor<Self>, p: QuantPrimitives<Self>, args: SoftArgs) -> FloatTensor<Self> {
+    fn quant_soft(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+    ) -> FloatTensor<Self> {
         let l = Launch::new(x, params(p));
         let output = l.empty();
         let dtype = l.x.dtype();
@@ -212,7 +216,11 @@ where
         output
     }
 
-    fn quant_soft_with_state(x: FloatTensor<Self>, p: QuantPrimitives<Self>, args: SoftArgs) -> SoftForward<Self> {
+    fn quant_soft_with_state(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+    ) -> SoftForward<Self> {
         let l = Launch::new(x, params(p));
         let [output, sum, derivative] = [l.empty(), l.empty(), l.empty()];
         let dtype = l.x.dtype();
@@ -244,7 +252,11 @@ where
         }
     }
 
-    fn quant_hard(x: FloatTensor<Self>, p: QuantPrimitives<Self>, offset: f32) -> FloatTensor<Self> {
+    fn quant_hard(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        offset: f32,
+    ) -> FloatTensor<Self> {
         let l = Launch::new(x, params(p));
         let output = l.empty();
         let dtype = l.x.dtype();

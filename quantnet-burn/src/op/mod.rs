@@ -106,7 +106,10 @@ impl SoftArgs {
         let (grad_temperature, grad_scale) = match mode {
             GradientMode::Exact => (temperature, temperature),
             GradientMode::Official { cap } => {
-                assert!(cap > 0.0, "the official gradient cap must be positive, got {cap}");
+                assert!(
+                    cap > 0.0,
+                    "the official gradient cap must be positive, got {cap}"
+                );
                 (1.0, temperature.min(cap))
             }
         };
@@ -168,7 +171,11 @@ pub struct SoftForward<B: Backend> {
 pub trait QuantBackend: Backend {
     /// The soft quantizer's output only (inference at finite `T`, or the inner op of autodiff when
     /// nothing is tracked).
-    fn quant_soft(x: FloatTensor<Self>, p: QuantPrimitives<Self>, args: SoftArgs) -> FloatTensor<Self> {
+    fn quant_soft(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+    ) -> FloatTensor<Self> {
         Self::quant_soft_with_state(x, p, args).output
     }
 
@@ -182,7 +189,11 @@ pub trait QuantBackend: Backend {
     }
 
     /// The hard quantizer `α·(Σ_i s_i·A(βx − b_i) − o)`.
-    fn quant_hard(x: FloatTensor<Self>, p: QuantPrimitives<Self>, offset: f32) -> FloatTensor<Self> {
+    fn quant_hard(
+        x: FloatTensor<Self>,
+        p: QuantPrimitives<Self>,
+        offset: f32,
+    ) -> FloatTensor<Self> {
         generic::hard::<Self>(x, p, offset)
     }
 
@@ -283,7 +294,11 @@ mod generic {
         }
     }
 
-    pub(super) fn hard<B: Backend>(x: FloatTensor<B>, p: QuantPrimitives<B>, offset: f32) -> FloatTensor<B> {
+    pub(super) fn hard<B: Backend>(
+        x: FloatTensor<B>,
+        p: QuantPrimitives<B>,
+        offset: f32,
+    ) -> FloatTensor<B> {
         let (x, shape) = flat::<B>(x);
         let [alpha, beta, thresholds, steps] =
             [p.alpha, p.beta, p.thresholds, p.steps].map(wrap::<B>);
@@ -394,7 +409,12 @@ impl<B: Backend> QuantParams<B> {
     ///
     /// # Errors
     /// As [`QuantParams::new`].
-    pub fn with_midpoints(levels: &LevelSet, alpha: f32, beta: f32, device: &B::Device) -> Result<Self> {
+    pub fn with_midpoints(
+        levels: &LevelSet,
+        alpha: f32,
+        beta: f32,
+        device: &B::Device,
+    ) -> Result<Self> {
         Self::new(levels, alpha, beta, &levels.midpoint_thresholds(), device)
     }
 
@@ -444,8 +464,15 @@ pub fn soft_quantize<B: QuantBackend, const D: usize>(
 ///
 /// # Shapes
 /// `x`: any shape; the output has the same shape.
-pub fn hard_quantize<B: QuantBackend, const D: usize>(x: Tensor<B, D>, params: &QuantParams<B>) -> Tensor<B, D> {
-    let y = B::quant_hard(x.into_primitive().tensor(), params.primitives(), params.offset);
+pub fn hard_quantize<B: QuantBackend, const D: usize>(
+    x: Tensor<B, D>,
+    params: &QuantParams<B>,
+) -> Tensor<B, D> {
+    let y = B::quant_hard(
+        x.into_primitive().tensor(),
+        params.primitives(),
+        params.offset,
+    );
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 

@@ -18,21 +18,42 @@ type Run = (Vec<f64>, HostGrads);
 fn runs(case: &Case<'_>, x: &[f64], w: &[f64]) -> Vec<(&'static str, Run)> {
     let f32 = DType::F32;
     #[allow(unused_mut)]
-    let mut out = vec![("flex", case.run::<Autodiff<Flex>>(x, w, &Default::default(), f32))];
+    let mut out = vec![(
+        "flex",
+        case.run::<Autodiff<Flex>>(x, w, &Default::default(), f32),
+    )];
     #[cfg(feature = "ndarray")]
-    out.push(("ndarray", case.run::<Autodiff<burn::backend::NdArray>>(x, w, &Default::default(), f32)));
+    out.push((
+        "ndarray",
+        case.run::<Autodiff<burn::backend::NdArray>>(x, w, &Default::default(), f32),
+    ));
     #[cfg(feature = "wgpu")]
-    out.push(("wgpu", case.run::<Autodiff<crate::common::Wgpu>>(x, w, &Default::default(), f32)));
+    out.push((
+        "wgpu",
+        case.run::<Autodiff<crate::common::Wgpu>>(x, w, &Default::default(), f32),
+    ));
     out
 }
 
 fn assert_same(what: &str, a: &Run, b: &Run) {
     let scale = |v: &[f64]| v.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
     assert_close(&format!("{what} y"), &a.0, &b.0, 0.0, 1e-5 * scale(&b.0));
-    assert_close(&format!("{what} dL/dx"), &a.1.x, &b.1.x, 0.0, 1e-5 * scale(&b.1.x));
+    assert_close(
+        &format!("{what} dL/dx"),
+        &a.1.x,
+        &b.1.x,
+        0.0,
+        1e-5 * scale(&b.1.x),
+    );
     let reduced = |g: &HostGrads| [vec![g.alpha, g.beta], g.thresholds.clone()].concat();
     let (ra, rb) = (reduced(&a.1), reduced(&b.1));
-    assert_close(&format!("{what} dL/d(alpha, beta, b)"), &ra, &rb, 0.0, 1e-4 * scale(&rb));
+    assert_close(
+        &format!("{what} dL/d(alpha, beta, b)"),
+        &ra,
+        &rb,
+        0.0,
+        1e-4 * scale(&rb),
+    );
 }
 
 #[test]
@@ -60,12 +81,20 @@ fn every_backend_agrees_with_flex() {
         if std::env::var("QN_DEBUG").is_ok() {
             let host = case.host();
             for (backend, run) in &all {
-                let err = x.iter().zip(&run.0).map(|(x, y)| (crate::reference::soft(*x, &host, f64::from(t)) - y).abs()).fold(0.0, f64::max);
+                let err = x
+                    .iter()
+                    .zip(&run.0)
+                    .map(|(x, y)| (crate::reference::soft(*x, &host, f64::from(t)) - y).abs())
+                    .fold(0.0, f64::max);
                 println!("{backend} {name}: max |y - f64 reference| = {err:.3e}");
             }
         }
         for (backend, run) in &all[1..] {
-            assert_same(&format!("{backend} vs flex, {name} T={t} {mode:?}"), run, reference);
+            assert_same(
+                &format!("{backend} vs flex, {name} T={t} {mode:?}"),
+                run,
+                reference,
+            );
         }
     }
 }

@@ -53,12 +53,18 @@ pub struct Lcg(u64);
 
 impl Lcg {
     pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+        Self(
+            seed.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
     }
 
     /// Uniform in `[0, 1)`, 53 bits.
     pub fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 
@@ -73,7 +79,12 @@ pub fn host_params(levels: &LevelSet, alpha: f32, beta: f32) -> HostParams {
     host_params_with(levels, alpha, beta, &levels.midpoint_thresholds())
 }
 
-pub fn host_params_with(levels: &LevelSet, alpha: f32, beta: f32, thresholds: &[f32]) -> HostParams {
+pub fn host_params_with(
+    levels: &LevelSet,
+    alpha: f32,
+    beta: f32,
+    thresholds: &[f32],
+) -> HostParams {
     let wide = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
     HostParams {
         alpha: f64::from(alpha),
@@ -88,8 +99,15 @@ pub fn to_vec<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>
     t.into_data().iter::<f64>().collect()
 }
 
-pub fn tensor<B: burn::tensor::backend::Backend>(values: &[f64], device: &B::Device, dtype: DType) -> Tensor<B, 1> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, dtype))
+pub fn tensor<B: burn::tensor::backend::Backend>(
+    values: &[f64],
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, 1> {
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), [values.len()]),
+        (device, dtype),
+    )
 }
 
 /// One soft-quantizer case.
@@ -136,7 +154,10 @@ impl Case<'_> {
         let thresholds = if self.learn_thresholds {
             grad(&p.thresholds)
         } else {
-            assert!(p.thresholds.grad(&grads).is_none(), "frozen thresholds get no gradient");
+            assert!(
+                p.thresholds.grad(&grads).is_none(),
+                "frozen thresholds get no gradient"
+            );
             Vec::new()
         };
         let g = HostGrads {

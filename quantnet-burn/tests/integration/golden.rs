@@ -16,12 +16,13 @@
 
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use quantnet_burn::{GradientMode, LevelSet, QuantBackend, QuantParams, hard_quantize, soft_quantize};
+use quantnet_burn::{
+    GradientMode, LevelSet, QuantBackend, QuantParams, hard_quantize, soft_quantize,
+};
 
 use crate::common::{tensor, to_vec};
 use crate::on_each_backend;
 use crate::reference::assert_close;
-
 
 /// `(x, soft, hard, dsoft/dx)` rows per set, from the derivation above.
 fn golden() -> Vec<(&'static str, Vec<[f64; 4]>)> {
@@ -114,7 +115,10 @@ fn golden() -> Vec<(&'static str, Vec<[f64; 4]>)> {
     ]
 }
 
-fn named_sets_match_hand_derived_values<B: AutodiffBackend + QuantBackend>(device: &B::Device, dtype: DType) {
+fn named_sets_match_hand_derived_values<B: AutodiffBackend + QuantBackend>(
+    device: &B::Device,
+    dtype: DType,
+) {
     // f64: the neglected sigmoid tails are below e^−25 ≈ 1.4e-11. f32: x itself is rounded, which
     // moves T·βx by up to ~1e-4 at T = 100.
     let ((rtol, atol), (drtol, datol)) = if dtype == DType::F64 {
@@ -124,7 +128,9 @@ fn named_sets_match_hand_derived_values<B: AutodiffBackend + QuantBackend>(devic
     };
     for (name, rows) in golden() {
         let levels: LevelSet = name.parse().unwrap();
-        let params = QuantParams::<B>::with_midpoints(&levels, 0.5, 2.0, device).unwrap().cast(dtype);
+        let params = QuantParams::<B>::with_midpoints(&levels, 0.5, 2.0, device)
+            .unwrap()
+            .cast(dtype);
         let col = |j: usize| rows.iter().map(|r| r[j]).collect::<Vec<_>>();
         let x = tensor::<B>(&col(0), device, dtype).require_grad();
         let soft = soft_quantize(x.clone(), &params, 100.0, GradientMode::Exact);

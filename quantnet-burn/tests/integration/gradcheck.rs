@@ -41,8 +41,30 @@ where
             )
         })
         .collect();
-    let alpha = central(&|v| loss(x, &reference::HostParams { alpha: v, ..host.clone() }), host.alpha);
-    let beta = central(&|v| loss(x, &reference::HostParams { beta: v, ..host.clone() }), host.beta);
+    let alpha = central(
+        &|v| {
+            loss(
+                x,
+                &reference::HostParams {
+                    alpha: v,
+                    ..host.clone()
+                },
+            )
+        },
+        host.alpha,
+    );
+    let beta = central(
+        &|v| {
+            loss(
+                x,
+                &reference::HostParams {
+                    beta: v,
+                    ..host.clone()
+                },
+            )
+        },
+        host.beta,
+    );
     let thresholds = (0..host.thresholds.len())
         .map(|i| {
             central(
@@ -55,7 +77,12 @@ where
             )
         })
         .collect();
-    HostGrads { x: gx, alpha, beta, thresholds }
+    HostGrads {
+        x: gx,
+        alpha,
+        beta,
+        thresholds,
+    }
 }
 
 /// (levels, temperature, α, β, thresholds learned?) — several sets, temperatures from 0.5 to 50.
@@ -95,11 +122,25 @@ fn exact_gradients_match_finite_differences<B: AutodiffBackend + QuantBackend>(
         let w = rng.uniform_vec(24, -1.0, 1.0);
         let (_, g) = case.run::<B>(&x, &w, device, dtype);
         let what = format!("{name} T={t}");
-        let (eps, rtol, atol) = if f64_run { (1e-6, 1e-6, 1e-7) } else { (1e-2, 2e-2, 2e-3) };
+        let (eps, rtol, atol) = if f64_run {
+            (1e-6, 1e-6, 1e-7)
+        } else {
+            (1e-2, 2e-2, 2e-3)
+        };
         let fd = finite_differences::<B>(&case, &x, &w, device, dtype, eps);
-        assert_grads_close(&format!("{what} vs finite differences"), &g, &fd, rtol, atol);
+        assert_grads_close(
+            &format!("{what} vs finite differences"),
+            &g,
+            &fd,
+            rtol,
+            atol,
+        );
         let closed = reference::grads(&x, &w, &case.host(), f64::from(t), GradientMode::Exact);
-        let (rtol, atol) = if f64_run { (1e-10, 1e-12) } else { (1e-4, 1e-5) };
+        let (rtol, atol) = if f64_run {
+            (1e-10, 1e-12)
+        } else {
+            (1e-4, 1e-5)
+        };
         assert_grads_close(&format!("{what} vs closed form"), &g, &closed, rtol, atol);
     }
 }
@@ -135,13 +176,23 @@ fn official_gradients_match_their_closed_form<B: AutodiffBackend + QuantBackend>
         let w = rng.uniform_vec(32, -1.0, 1.0);
         let (_, g) = case.run::<B>(&x, &w, device, dtype);
         let closed = reference::grads(&x, &w, &case.host(), f64::from(t), mode);
-        let (rtol, atol) = if f64_run { (1e-10, 1e-10) } else { (1e-4, 1e-3) };
+        let (rtol, atol) = if f64_run {
+            (1e-10, 1e-10)
+        } else {
+            (1e-4, 1e-3)
+        };
         let what = format!("official {name} T={t} cap={cap}");
         assert_grads_close(&what, &g, &closed, rtol, atol);
         // ∂ℓ/∂α is the true derivative in both modes.
         if f64_run {
             let fd = finite_differences::<B>(&case, &x, &w, device, dtype, 1e-6);
-            assert_close(&format!("{what} dL/dalpha vs finite differences"), &[g.alpha], &[fd.alpha], 1e-6, 1e-7);
+            assert_close(
+                &format!("{what} dL/dalpha vs finite differences"),
+                &[g.alpha],
+                &[fd.alpha],
+                1e-6,
+                1e-7,
+            );
         }
     }
 }
@@ -171,6 +222,12 @@ fn official_rule_equals_exact_at_unit_temperature<B: AutodiffBackend + QuantBack
         .run::<B>(&x, &w, device, dtype)
         .1
     };
-    assert_grads_close("official vs exact at T=1", &run(GradientMode::official()), &run(GradientMode::Exact), 1e-6, 1e-7);
+    assert_grads_close(
+        "official vs exact at T=1",
+        &run(GradientMode::official()),
+        &run(GradientMode::Exact),
+        1e-6,
+        1e-7,
+    );
 }
 on_each_backend!(official_rule_equals_exact_at_unit_temperature);

@@ -39,14 +39,25 @@ fn dsigmoid(z: f64) -> f64 {
 /// `α·(Σ s_i σ(T(βx − b_i)) − o)`.
 pub fn soft(x: f64, p: &HostParams, t: f64) -> f64 {
     let bx = p.beta * x;
-    let sum: f64 = p.thresholds.iter().zip(&p.steps).map(|(b, s)| s * sigmoid(t * (bx - b))).sum();
+    let sum: f64 = p
+        .thresholds
+        .iter()
+        .zip(&p.steps)
+        .map(|(b, s)| s * sigmoid(t * (bx - b)))
+        .sum();
     p.alpha * (sum - p.offset)
 }
 
 /// `α·(Σ s_i [βx ≥ b_i] − o)`.
 pub fn hard(x: f64, p: &HostParams) -> f64 {
     let bx = p.beta * x;
-    let sum: f64 = p.thresholds.iter().zip(&p.steps).filter(|(b, _)| bx >= **b).map(|(_, s)| s).sum();
+    let sum: f64 = p
+        .thresholds
+        .iter()
+        .zip(&p.steps)
+        .filter(|(b, _)| bx >= **b)
+        .map(|(_, s)| s)
+        .sum();
     p.alpha * (sum - p.offset)
 }
 
@@ -99,8 +110,34 @@ pub fn finite_differences(x: &[f64], w: &[f64], p: &HostParams, t: f64, eps: f64
             )
         })
         .collect();
-    let alpha = central(&|v| loss(x, w, &HostParams { alpha: v, ..p.clone() }, t), p.alpha);
-    let beta = central(&|v| loss(x, w, &HostParams { beta: v, ..p.clone() }, t), p.beta);
+    let alpha = central(
+        &|v| {
+            loss(
+                x,
+                w,
+                &HostParams {
+                    alpha: v,
+                    ..p.clone()
+                },
+                t,
+            )
+        },
+        p.alpha,
+    );
+    let beta = central(
+        &|v| {
+            loss(
+                x,
+                w,
+                &HostParams {
+                    beta: v,
+                    ..p.clone()
+                },
+                t,
+            )
+        },
+        p.beta,
+    );
     let thresholds = (0..p.thresholds.len())
         .map(|i| {
             central(
@@ -113,7 +150,12 @@ pub fn finite_differences(x: &[f64], w: &[f64], p: &HostParams, t: f64, eps: f64
             )
         })
         .collect();
-    HostGrads { x: gx, alpha, beta, thresholds }
+    HostGrads {
+        x: gx,
+        alpha,
+        beta,
+        thresholds,
+    }
 }
 
 /// `|a − b| ≤ atol + rtol·|b|` for every pair, with a message naming the first failure.
@@ -130,11 +172,29 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], rtol: f64, atol: f64) {
 
 pub fn assert_grads_close(what: &str, a: &HostGrads, b: &HostGrads, rtol: f64, atol: f64) {
     assert_close(&format!("{what} dL/dx"), &a.x, &b.x, rtol, atol);
-    assert_close(&format!("{what} dL/dalpha"), &[a.alpha], &[b.alpha], rtol, atol);
-    assert_close(&format!("{what} dL/dbeta"), &[a.beta], &[b.beta], rtol, atol);
+    assert_close(
+        &format!("{what} dL/dalpha"),
+        &[a.alpha],
+        &[b.alpha],
+        rtol,
+        atol,
+    );
+    assert_close(
+        &format!("{what} dL/dbeta"),
+        &[a.beta],
+        &[b.beta],
+        rtol,
+        atol,
+    );
     // `a` has no threshold gradients when its thresholds were frozen.
     if !a.thresholds.is_empty() {
-        assert_close(&format!("{what} dL/db"), &a.thresholds, &b.thresholds, rtol, atol);
+        assert_close(
+            &format!("{what} dL/db"),
+            &a.thresholds,
+            &b.thresholds,
+            rtol,
+            atol,
+        );
     }
 }
 
@@ -147,7 +207,13 @@ mod tests {
     #[test]
     fn closed_form_exact_gradients_match_finite_differences() {
         let mut rng = Lcg::new(7);
-        for (name, t) in [("1", 1.0), ("2", 5.0), ("3pm4", 20.0), ("u2", 0.5), ("5", 3.0)] {
+        for (name, t) in [
+            ("1", 1.0),
+            ("2", 5.0),
+            ("3pm4", 20.0),
+            ("u2", 0.5),
+            ("5", 3.0),
+        ] {
             let levels: LevelSet = name.parse().unwrap();
             let p = host_params(&levels, 0.8, 1.3);
             let x = rng.uniform_vec(40, -4.0, 4.0);

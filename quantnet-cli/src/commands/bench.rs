@@ -52,7 +52,9 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         "forward+backward through autodiff, median of {} runs after {} warm-up; GB/s of the f32 input",
         args.runs, args.warmup
     );
-    println!("| backend | elements | n | copy GB/s | fused GB/s | naive GB/s | fused/copy | fused/naive |");
+    println!(
+        "| backend | elements | n | copy GB/s | fused GB/s | naive GB/s | fused/copy | fused/naive |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for backend in args.backend {
         let job = BenchJob {

@@ -48,7 +48,13 @@ impl WithBackend for CurveJob {
     type Output = Curves;
 
     fn run<B: AutodiffBackend + QuantBackend>(self, device: B::Device) -> Result<Curves> {
-        let params = QuantParams::<B>::new(&self.levels, self.alpha, self.beta, &self.thresholds, &device)?;
+        let params = QuantParams::<B>::new(
+            &self.levels,
+            self.alpha,
+            self.beta,
+            &self.thresholds,
+            &device,
+        )?;
         let xt = Tensor::<B, 1>::from_floats(self.x.as_slice(), &device);
         let to_vec = |t: Tensor<B, 1>| -> Result<Vec<f32>> {
             t.into_data()
@@ -70,7 +76,11 @@ impl WithBackend for CurveJob {
                 dsoft_dx: to_vec(Tensor::from_inner(dy))?,
             });
         }
-        Ok(Curves { x: self.x, hard, soft })
+        Ok(Curves {
+            x: self.x,
+            hard,
+            soft,
+        })
     }
 }
 
@@ -88,9 +98,15 @@ pub(crate) fn run(args: QuantizerArgs) -> Result<()> {
         );
     }
     if !(2..=MAX_POINTS).contains(&args.points) {
-        bail!("--points must be between 2 and {MAX_POINTS}, got {}", args.points);
+        bail!(
+            "--points must be between 2 and {MAX_POINTS}, got {}",
+            args.points
+        );
     }
-    let thresholds = args.thresholds.clone().unwrap_or_else(|| levels.midpoint_thresholds());
+    let thresholds = args
+        .thresholds
+        .clone()
+        .unwrap_or_else(|| levels.midpoint_thresholds());
     let step = (f64::from(args.x_max) - f64::from(args.x_min)) / (args.points - 1) as f64;
     let x = (0..args.points)
         .map(|i| (f64::from(args.x_min) + step * i as f64) as f32)
@@ -183,11 +199,19 @@ mod plot {
         let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e:?}");
         root.fill(&WHITE).map_err(err)?;
         let (x0, x1) = (curves.x[0], curves.x[curves.x.len() - 1]);
-        let all = curves.hard.iter().chain(curves.soft.iter().flat_map(|c| c.soft.iter()));
-        let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let all = curves
+            .hard
+            .iter()
+            .chain(curves.soft.iter().flat_map(|c| c.soft.iter()));
+        let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
         let pad = ((hi - lo) * 0.08).max(1e-3);
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Quantization Networks: levels {levels}"), ("sans-serif", 26))
+            .caption(
+                format!("Quantization Networks: levels {levels}"),
+                ("sans-serif", 26),
+            )
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(56)
@@ -200,7 +224,14 @@ mod plot {
             .label_style(("sans-serif", 16))
             .draw()
             .map_err(err)?;
-        let points = |ys: &[f32]| curves.x.iter().copied().zip(ys.iter().copied()).collect::<Vec<_>>();
+        let points = |ys: &[f32]| {
+            curves
+                .x
+                .iter()
+                .copied()
+                .zip(ys.iter().copied())
+                .collect::<Vec<_>>()
+        };
         chart
             .draw_series(LineSeries::new(points(&curves.hard), BLACK.stroke_width(3)))
             .map_err(err)?

@@ -1,0 +1,172 @@
+//! Temperature schedules (paper-spec §4).
+//!
+//! The temperature is constant within an epoch and jumps at epoch boundaries. With 0-based
+//! epochs the paper's linear schedule is `T = T0·(epoch + 1)` (the official code's
+//! `(epoch+1)·args.temperature`), so the first epoch already runs at `T0`. The official code caps
+//! the weight temperature at 2000 and leaves the activation temperature uncapped.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How the temperature grows with the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// `T = t0·(epoch + 1)` (the paper's default).
+    Linear {
+        /// `T0`, the temperature of the first epoch.
+        t0: f32,
+    },
+    /// `T = t0·growth^epoch`.
+    Exponential {
+        /// The temperature of the first epoch.
+        t0: f32,
+        /// The factor per epoch (> 1 to sharpen).
+        growth: f32,
+    },
+    /// `T = t` for every epoch.
+    Constant {
+        /// The temperature.
+        t: f32,
+    },
+}
+
+/// A temperature schedule with an optional cap.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TemperatureSchedule {
+    /// The growth rule.
+    #[serde(flatten)]
+    pub kind: ScheduleKind,
+    /// The largest temperature ever returned (the official code caps weights at 2000).
+    #[serde(default)]
+    pub cap: Option<f32>,
+}
+
+impl TemperatureSchedule {
+    /// `T = t0·(epoch + 1)`, uncapped.
+    pub fn linear(t0: f32) -> Self {
+        Self {
+            kind: ScheduleKind::Linear { t0 },
+            cap: None,
+        }
+    }
+
+    /// `T = t0·growth^epoch`, uncapped.
+    pub fn exponential(t0: f32, growth: f32) -> Self {
+        Self {
+            kind: ScheduleKind::Exponential { t0, growth },
+            cap: None,
+        }
+    }
+
+    /// `T = t`.
+    pub fn constant(t: f32) -> Self {
+        Self {
+            kind: ScheduleKind::Constant { t },
+            cap: None,
+        }
+    }
+
+    /// The same schedule, never above `cap`.
+    pub fn with_cap(self, cap: f32) -> Self {
+        Self {
+            cap: Some(cap),
+            ..self
+        }
+    }
+
+    /// Checks every parameter (positive, finite; growth ≥ 1 would be the usual choice but any
+    /// positive growth is accepted).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |name: &'static str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::InvalidParameter {
+                    name,
+                    value: v.to_string(),
+                    reason: "must be finite and greater than 0".into(),
+                })
+            }
+        };
+        match self.kind {
+            ScheduleKind::Linear { t0 } => positive("t0", t0)?,
+            ScheduleKind::Exponential { t0, growth } => {
+                positive("t0", t0)?;
+                positive("growth", growth)?;
+            }
+            ScheduleKind::Constant { t } => positive("t", t)?,
+        }
+        if let Some(cap) = self.cap {
+            positive("cap", cap)?;
+        }
+        Ok(())
+    }
+
+    /// The temperature of (0-based) `epoch`; always finite and positive for a valid schedule
+    /// (an exponential that overflows stays at `f32::MAX` or the cap).
+    pub fn at(&self, epoch: usize) -> f32 {
+        let t = match self.kind {
+            ScheduleKind::Linear { t0 } => t0 * (epoch as f32 + 1.0),
+            ScheduleKind::Exponential { t0, growth } => {
+                t0 * growth.powi(epoch.min(i32::MAX as usize) as i32)
+            }
+            ScheduleKind::Constant { t } => t,
+        };
+        let t = if t.is_finite() { t } else { f32::MAX };
+        let t = t.max(f32::MIN_POSITIVE);
+        self.cap.map_or(t, |cap| t.min(cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_matches_the_official_schedule_and_the_cap_holds() {
+        // quan_weight_main.py: t = (epoch+1)·temperature, weights capped at 2000.
+        let s = TemperatureSchedule::linear(10.0).with_cap(2000.0);
+        assert_eq!([s.at(0), s.at(1), s.at(34)], [10.0, 20.0, 350.0]);
+        assert_eq!(s.at(199), 2000.0);
+        assert_eq!(s.at(10_000), 2000.0);
+    }
+
+    #[test]
+    fn exponential_and_constant_schedules() {
+        let e = TemperatureSchedule::exponential(1.0, 2.0);
+        assert_eq!([e.at(0), e.at(1), e.at(3)], [1.0, 2.0, 8.0]);
+        assert_eq!(e.at(1000), f32::MAX);
+        assert_eq!(TemperatureSchedule::constant(5.0).at(7), 5.0);
+    }
+
+    #[test]
+    fn bad_parameters_are_errors_and_configs_round_trip() {
+        assert!(
+            TemperatureSchedule::linear(0.0)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`t0` = 0")
+        );
+        assert!(
+            TemperatureSchedule::exponential(1.0, f32::NAN)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            TemperatureSchedule::constant(1.0)
+                .with_cap(-1.0)
+                .validate()
+                .is_err()
+        );
+        let s = TemperatureSchedule::linear(5.0).with_cap(2000.0);
+        let text = toml::to_string(&s).unwrap();
+        assert!(text.contains("kind = \"linear\""), "{text}");
+        assert_eq!(toml::from_str::<TemperatureSchedule>(&text).unwrap(), s);
+    }
+}

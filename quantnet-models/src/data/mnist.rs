@@ -1,0 +1,230 @@
+//! MNIST and Fashion-MNIST from their original IDX files.
+
+use std::path::{Path, PathBuf};
+
+use super::idx;
+use crate::error::{Error, Result};
+
+/// Which of the two IDX image data sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MnistKind {
+    /// Handwritten digits (LeCun et al.).
+    Mnist,
+    /// Zalando's Fashion-MNIST (Xiao et al., 2017).
+    FashionMnist,
+}
+
+impl MnistKind {
+    /// The folder name used under a data root (`mnist`, `fashion-mnist`).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            MnistKind::Mnist => "mnist",
+            MnistKind::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// Where the standard archives are published.
+    pub fn source_url(self) -> &'static str {
+        match self {
+            MnistKind::Mnist => "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            MnistKind::FashionMnist => {
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+            }
+        }
+    }
+}
+
+/// Training or test split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// 60,000 images.
+    Train,
+    /// 10,000 images.
+    Test,
+}
+
+impl Split {
+    fn prefix(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        }
+    }
+}
+
+/// Grey-scale images with their labels.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    /// `count · rows · cols` pixels, 0–255, row-major.
+    pub images: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+    /// Rows per image.
+    pub rows: usize,
+    /// Columns per image.
+    pub cols: usize,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let size = self.rows * self.cols;
+        &self.images[i * size..(i + 1) * size]
+    }
+}
+
+/// The path of `stem` in `dir`, gzipped or not.
+fn file_in(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [format!("{stem}.gz"), stem.to_string()]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Loads one split from `dir`, which holds `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
+///
+/// # Errors
+/// [`Error::NotFound`] when a file is missing, [`Error::Corrupt`] for malformed files or when the
+/// image and label counts disagree.
+pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
+    let find = |kind: &str| {
+        let stem = format!("{}-{kind}-ubyte", split.prefix());
+        file_in(dir, &stem).ok_or_else(|| Error::NotFound {
+            dataset: format!("{stem}[.gz]"),
+            looked: dir.display().to_string(),
+            hint: "The folder must hold the four IDX files of MNIST or Fashion-MNIST.".into(),
+        })
+    };
+    let (images_path, labels_path) = (find("images-idx3")?, find("labels-idx1")?);
+    let images = idx::read(&images_path, 3)?;
+    let labels = idx::read(&labels_path, 1)?;
+    if images.dims[0] != labels.dims[0] {
+        return Err(Error::Corrupt {
+            path: labels_path,
+            reason: format!(
+                "{} labels for {} images in {}",
+                labels.dims[0],
+                images.dims[0],
+                images_path.display()
+            ),
+        });
+    }
+    Ok(ImageSet {
+        images: images.data,
+        labels: labels.data,
+        rows: images.dims[1],
+        cols: images.dims[2],
+    })
+}
+
+/// Finds the folder of `kind`: `explicit` itself or `explicit/<name>` when given, otherwise the
+/// first of `$QUANTNET_DATA/<name>`, `../shared/data/<name>`, `data/<name>` and
+/// `~/.cache/quantnet/data/<name>` that holds the training images.
+///
+/// # Errors
+/// [`Error::NotFound`] naming every folder looked in and where to get the files.
+pub fn locate(kind: MnistKind, explicit: Option<&Path>) -> Result<PathBuf> {
+    let name = kind.dir_name();
+    let roots: Vec<PathBuf> = match explicit {
+        Some(dir) => vec![dir.to_path_buf(), dir.join(name)],
+        None => {
+            let mut roots = Vec::new();
+            if let Some(root) = std::env::var_os("QUANTNET_DATA") {
+                roots.push(PathBuf::from(root).join(name));
+            }
+            roots.push(Path::new("../shared/data").join(name));
+            roots.push(Path::new("data").join(name));
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+            if let Some(cache) = cache {
+                roots.push(cache.join("quantnet/data").join(name));
+            }
+            roots
+        }
+    };
+    roots
+        .iter()
+        .find(|d| file_in(d, "train-images-idx3-ubyte").is_some())
+        .cloned()
+        .ok_or_else(|| Error::NotFound {
+            dataset: name.to_string(),
+            looked: roots
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            hint: format!(
+                "Download the four IDX .gz files from {} into one of them, or pass --data-dir DIR.",
+                kind.source_url()
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(name: &str) -> Option<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data")
+            .join(name);
+        dir.is_dir().then_some(dir)
+    }
+
+    #[test]
+    fn loads_the_real_fashion_mnist_test_split_when_present() {
+        let Some(dir) = shared("fashion-mnist") else {
+            eprintln!("../shared/data/fashion-mnist not present: nothing to check");
+            return;
+        };
+        let set = load(&dir, Split::Test).unwrap();
+        assert_eq!((set.len(), set.rows, set.cols), (10_000, 28, 28));
+        // Balanced: 1000 test images per class (README of the data set).
+        for class in 0..10u8 {
+            assert_eq!(set.labels.iter().filter(|&&l| l == class).count(), 1000);
+        }
+        assert!(set.image(0).iter().any(|&p| p > 0));
+    }
+
+    #[test]
+    fn mismatched_counts_and_missing_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("quantnet-mnist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut images = 2051u32.to_be_bytes().to_vec();
+        for d in [3u32, 2, 2] {
+            images.extend(d.to_be_bytes());
+        }
+        images.extend([0u8; 12]);
+        let mut labels = 2049u32.to_be_bytes().to_vec();
+        labels.extend(2u32.to_be_bytes());
+        labels.extend([1u8, 2]);
+        std::fs::write(dir.join("t10k-images-idx3-ubyte"), &images).unwrap();
+        let missing = load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(
+            missing.contains("t10k-labels-idx1-ubyte[.gz] not found"),
+            "{missing}"
+        );
+        std::fs::write(dir.join("t10k-labels-idx1-ubyte"), &labels).unwrap();
+        let err = load(&dir, Split::Test).unwrap_err().to_string();
+        assert!(err.contains("2 labels for 3 images"), "{err}");
+        let not_found = locate(MnistKind::Mnist, Some(&dir))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            not_found.contains("mnist not found; looked in") && not_found.contains("--data-dir"),
+            "{not_found}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
