@@ -30,14 +30,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("thresholds (beta*w domain): {thresholds:.3?}");
     let params = QuantParams::<B>::new(&levels, alpha, beta, &thresholds, &device)?;
 
-    let hard: Vec<f32> = hard_quantize(weights.clone(), &params).to_data().to_vec().map_err(|e| format!("{e:?}"))?;
+    let hard: Vec<f32> = hard_quantize(weights.clone(), &params)
+        .to_data()
+        .to_vec()
+        .map_err(|e| format!("{e:?}"))?;
     for y in levels.levels() {
-        let count = hard.iter().filter(|h| (*h / alpha - y).abs() < 1e-3).count();
-        println!("level {y:>3}: {:5.1}% of the weights", 100.0 * count as f32 / hard.len() as f32);
+        let count = hard
+            .iter()
+            .filter(|h| (*h / alpha - y).abs() < 1e-3)
+            .count();
+        println!(
+            "level {y:>3}: {:5.1}% of the weights",
+            100.0 * count as f32 / hard.len() as f32
+        );
     }
     for t in [1.0, 10.0, 100.0, 1000.0] {
         let soft = soft_quantize(weights.clone(), &params, t, GradientMode::Exact);
-        let gap: Vec<f32> = (soft - Tensor::from_floats(hard.as_slice(), &device)).abs().to_data().to_vec().map_err(|e| format!("{e:?}"))?;
+        let gap: Vec<f32> = (soft - Tensor::from_floats(hard.as_slice(), &device))
+            .abs()
+            .to_data()
+            .to_vec()
+            .map_err(|e| format!("{e:?}"))?;
         let mut sorted = gap.clone();
         sorted.sort_by(f32::total_cmp);
         println!(
