@@ -50,14 +50,18 @@
 pub mod error;
 pub mod init;
 pub mod levels;
+pub mod nn;
 pub mod op;
+pub mod quantizer;
 pub mod schedule;
 
 pub use error::{Error, Result};
 pub use init::{ThresholdInit, initial_scales};
 pub use levels::LevelSet;
+pub use nn::{QuantAct, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig};
 pub use op::{
     GradientMode, QuantBackend, QuantParams, check_temperature, hard_quantize, soft_quantize,
     soft_quantize_reference,
 };
+pub use quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature};
 pub use schedule::TemperatureSchedule;

@@ -1,0 +1,396 @@
+//! Quantized layers: [`QuantLinear`], [`QuantConv2d`] and [`QuantAct`].
+//!
+//! The linear and conv layers wrap Burn's own `Linear` / `Conv2d` (so every option of those
+//! works, and `from_float` takes a trained one as it is); their weight passes through a
+//! [`Quantizer`] on every forward, the bias stays float. [`QuantAct`] quantizes activations and is
+//! placed *after* the ReLU (and pooling), which it does not replace (paper-spec §5).
+//!
+//! For inference, [`QuantLinear::freeze`] and [`QuantConv2d::freeze`] compute the hard-quantized
+//! weight once and return a plain Burn layer holding it.
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::op::{QuantBackend, hard_quantize};
+use crate::quantizer::{Quantizer, QuantizerConfig, Temperature};
+
+/// The values of a tensor on the host, for initialisation.
+fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::InvalidParameter {
+            name: "tensor",
+            value: String::new(),
+            reason: format!("reading values for initialisation failed: {e:?}"),
+        })
+}
+
+/// Burn initialises parameters lazily, and a clone of a not-yet-initialised parameter draws its
+/// own values. The layers clone their float layer (`freeze`, the conv forward), so every parameter
+/// is materialised once, when the quantized layer is made; the weight is by reading it.
+fn materialize_bias<B: Backend>(bias: &Option<Param<Tensor<B, 1>>>) {
+    if let Some(bias) = bias {
+        let _ = bias.val();
+    }
+}
+
+/// Config of a [`QuantLinear`]: Burn's `LinearConfig` plus the weight quantizer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuantLinearConfig {
+    /// The float layer.
+    pub linear: LinearConfig,
+    /// The weight quantizer.
+    pub weights: QuantizerConfig,
+}
+
+impl QuantLinearConfig {
+    /// A freshly initialised layer whose quantizer is initialised from its random weights.
+    ///
+    /// # Errors
+    /// As [`QuantizerConfig::init_from_data`].
+    pub fn init<B: Backend>(
+        &self,
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<QuantLinear<B>> {
+        QuantLinear::from_float(self.linear.init(device), &self.weights, temperature)
+    }
+}
+
+/// A linear layer with quantized weights.
+#[derive(Module, Debug)]
+pub struct QuantLinear<B: Backend> {
+    /// The float layer: its weight is the latent full-precision weight that training updates.
+    pub linear: Linear<B>,
+    /// The weight quantizer.
+    pub quantizer: Quantizer<B>,
+}
+
+impl<B: Backend> QuantLinear<B> {
+    /// Turns a (trained) Burn `Linear` into a quantized one; the quantizer is initialised from its
+    /// weights (`β = 5p/(4q)`, thresholds as configured).
+    ///
+    /// # Errors
+    /// As [`QuantizerConfig::init_from_data`] (for instance an all-zero weight).
+    pub fn from_float(
+        linear: Linear<B>,
+        config: &QuantizerConfig,
+        temperature: &Temperature,
+    ) -> Result<Self> {
+        materialize_bias(&linear.bias);
+        let device = linear.weight.val().device();
+        let values = host_values(linear.weight.val())?;
+        let quantizer = config.init_from_data(&values, temperature, &device)?;
+        Ok(Self { linear, quantizer })
+    }
+}
+
+impl<B: QuantBackend> QuantLinear<B> {
+    /// `y = x·Q(W) + b`.
+    ///
+    /// # Shapes
+    /// As Burn's `Linear`: `[..., d_input] -> [..., d_output]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let weight = self.quantizer.forward(self.linear.weight.val());
+        burn::tensor::module::linear(x, weight, self.linear.bias.as_ref().map(|b| b.val()))
+    }
+
+    /// A plain `Linear` holding the hard-quantized weight, computed once: the inference layer.
+    pub fn freeze(&self) -> Linear<B> {
+        let mut linear = self.linear.clone();
+        let hard = hard_quantize(self.linear.weight.val(), &self.quantizer.params());
+        linear.weight = Param::initialized(ParamId::new(), hard.detach());
+        linear
+    }
+}
+
+/// Config of a [`QuantConv2d`]: Burn's `Conv2dConfig` plus the weight quantizer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuantConv2dConfig {
+    /// The float layer.
+    pub conv: Conv2dConfig,
+    /// The weight quantizer.
+    pub weights: QuantizerConfig,
+}
+
+impl QuantConv2dConfig {
+    /// A freshly initialised layer whose quantizer is initialised from its random weights.
+    ///
+    /// # Errors
+    /// As [`QuantizerConfig::init_from_data`].
+    pub fn init<B: Backend>(
+        &self,
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<QuantConv2d<B>> {
+        QuantConv2d::from_float(self.conv.init(device), &self.weights, temperature)
+    }
+}
+
+/// A 2-D convolution with quantized weights.
+#[derive(Module, Debug)]
+pub struct QuantConv2d<B: Backend> {
+    /// The float layer: its weight is the latent full-precision weight that training updates.
+    pub conv: Conv2d<B>,
+    /// The weight quantizer.
+    pub quantizer: Quantizer<B>,
+}
+
+impl<B: Backend> QuantConv2d<B> {
+    /// Turns a (trained) Burn `Conv2d` into a quantized one (see [`QuantLinear::from_float`]).
+    ///
+    /// # Errors
+    /// As [`QuantizerConfig::init_from_data`].
+    pub fn from_float(
+        conv: Conv2d<B>,
+        config: &QuantizerConfig,
+        temperature: &Temperature,
+    ) -> Result<Self> {
+        materialize_bias(&conv.bias);
+        let device = conv.weight.val().device();
+        let values = host_values(conv.weight.val())?;
+        let quantizer = config.init_from_data(&values, temperature, &device)?;
+        Ok(Self { conv, quantizer })
+    }
+}
+
+impl<B: QuantBackend> QuantConv2d<B> {
+    /// The convolution with the quantized weight; padding, stride, dilation and groups as
+    /// configured in the float layer.
+    ///
+    /// # Shapes
+    /// As Burn's `Conv2d`: `[batch, c_in, h, w] -> [batch, c_out, h', w']`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut conv = self.conv.clone();
+        // `Param::initialized` keeps the quantized weight's graph (`from_tensor` would try to make
+        // it a leaf), so gradients flow through the quantizer to the latent weight.
+        conv.weight = Param::initialized(
+            ParamId::new(),
+            self.quantizer.forward(self.conv.weight.val()),
+        );
+        conv.forward(x)
+    }
+
+    /// A plain `Conv2d` holding the hard-quantized weight, computed once: the inference layer.
+    pub fn freeze(&self) -> Conv2d<B> {
+        let mut conv = self.conv.clone();
+        let hard = hard_quantize(self.conv.weight.val(), &self.quantizer.params());
+        conv.weight = Param::initialized(ParamId::new(), hard.detach());
+        conv
+    }
+}
+
+/// An activation quantizer (after the ReLU).
+#[derive(Module, Debug)]
+pub struct QuantAct<B: Backend> {
+    /// The quantizer.
+    pub quantizer: Quantizer<B>,
+}
+
+impl<B: Backend> QuantAct<B> {
+    /// Calibrates on sampled activations (the paper samples 1000 training images and records
+    /// each layer's activations): `β = 5p/(4q)` with `q` their maximum, thresholds by k-means.
+    ///
+    /// # Errors
+    /// As [`QuantizerConfig::init_from_data`] (all-zero activations cannot set a scale).
+    pub fn calibrate(
+        config: &QuantizerConfig,
+        samples: &[f32],
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            quantizer: config.init_from_data(samples, temperature, device)?,
+        })
+    }
+}
+
+impl<B: QuantBackend> QuantAct<B> {
+    /// Quantizes the activations.
+    ///
+    /// # Shapes
+    /// Any shape; the output has the same shape.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.quantizer.forward(x)
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use crate::levels::LevelSet;
+    use crate::quantizer::QuantMode;
+    use burn::backend::{Autodiff, Flex};
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use burn::tensor::Distribution;
+
+    type B = Autodiff<Flex>;
+
+    fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
+        t.into_data().to_vec().expect("f32 tensor")
+    }
+
+    #[test]
+    fn quantized_layers_keep_shapes_and_send_gradients_to_weights_and_scales() {
+        let device = Default::default();
+        let t = Temperature::new(5.0);
+        let conv = QuantConv2dConfig {
+            conv: Conv2dConfig::new([3, 8], [3, 3]),
+            weights: QuantizerConfig::weights(LevelSet::three_pm4()),
+        }
+        .init::<B>(&t, &device)
+        .unwrap();
+        let fc = QuantLinearConfig {
+            linear: LinearConfig::new(8 * 6 * 6, 10),
+            weights: QuantizerConfig::weights(LevelSet::ternary()),
+        }
+        .init::<B>(&t, &device)
+        .unwrap();
+        let act = QuantAct::<B>::calibrate(
+            &QuantizerConfig::activations(LevelSet::unsigned(2).unwrap()),
+            &[0.0, 0.5, 2.0, 3.0],
+            &t,
+            &device,
+        )
+        .unwrap();
+        let x = Tensor::<B, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        let h = act.forward(burn::tensor::activation::relu(conv.forward(x)));
+        assert_eq!(h.dims(), [2, 8, 6, 6]);
+        let y = fc.forward(h.flatten::<2>(1, 3));
+        assert_eq!(y.dims(), [2, 10]);
+        let grads = y.sum().backward();
+        for (name, g) in [
+            (
+                "conv weight",
+                conv.conv
+                    .weight
+                    .grad(&grads)
+                    .map(|g| g.dims().iter().product::<usize>()),
+            ),
+            (
+                "fc weight",
+                fc.linear
+                    .weight
+                    .grad(&grads)
+                    .map(|g| g.dims().iter().product::<usize>()),
+            ),
+            (
+                "conv alpha",
+                conv.quantizer.alpha.grad(&grads).map(|g| g.dims()[0]),
+            ),
+            (
+                "fc beta",
+                fc.quantizer.beta.grad(&grads).map(|g| g.dims()[0]),
+            ),
+            (
+                "act alpha",
+                act.quantizer.alpha.grad(&grads).map(|g| g.dims()[0]),
+            ),
+        ] {
+            assert!(g.is_some_and(|n| n > 0), "{name} has no gradient");
+        }
+        assert!(
+            conv.quantizer.thresholds.grad(&grads).is_none(),
+            "thresholds are frozen"
+        );
+    }
+
+    #[test]
+    fn from_float_preserves_outputs_when_quantization_is_off() {
+        let device = Default::default();
+        let t = Temperature::new(1.0);
+        let linear = LinearConfig::new(16, 4).init::<Flex>(&device);
+        let conv = Conv2dConfig::new([2, 3], [3, 3]).init::<Flex>(&device);
+        let x = Tensor::<Flex, 2>::random([5, 16], Distribution::Normal(0.0, 1.0), &device);
+        let xc = Tensor::<Flex, 4>::random([1, 2, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        let want = (
+            values(linear.forward(x.clone())),
+            values(conv.forward(xc.clone())),
+        );
+        let config = QuantizerConfig::weights(LevelSet::binary());
+        let mut ql = QuantLinear::from_float(linear, &config, &t).unwrap();
+        let mut qc = QuantConv2d::from_float(conv, &config, &t).unwrap();
+        ql.quantizer = ql.quantizer.with_mode(QuantMode::Off);
+        qc.quantizer = qc.quantizer.with_mode(QuantMode::Off);
+        assert_eq!((values(ql.forward(x)), values(qc.forward(xc))), want);
+    }
+
+    #[test]
+    fn hard_mode_and_freeze_give_weights_on_the_level_grid() {
+        let device = Default::default();
+        let t = Temperature::new(1.0);
+        let linear = LinearConfig::new(32, 8).init::<Flex>(&device);
+        let q =
+            QuantLinear::from_float(linear, &QuantizerConfig::weights(LevelSet::three_pm4()), &t)
+                .unwrap();
+        // Not an autodiff backend: Auto mode is hard.
+        let x = Tensor::<Flex, 2>::random([3, 32], Distribution::Normal(0.0, 1.0), &device);
+        let frozen = q.freeze();
+        let wq = values(q.quantizer.forward(q.linear.weight.val()));
+        assert_eq!(wq, values(frozen.weight.val()), "hard weights");
+        assert_eq!(values(q.forward(x.clone())), values(frozen.forward(x)));
+        let alpha = values(q.quantizer.alpha.val())[0];
+        for w in values(frozen.weight.val()) {
+            let level = w / alpha;
+            assert!(
+                [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
+                    .iter()
+                    .any(|y| (level - y).abs() < 1e-5),
+                "{w} is off the grid"
+            );
+        }
+    }
+
+    #[test]
+    fn records_round_trip_scales_thresholds_and_levels_exactly() {
+        let device = Default::default();
+        let t = Temperature::new(3.0);
+        let config = QuantizerConfig::weights(LevelSet::five_bit());
+        let a =
+            QuantLinear::from_float(LinearConfig::new(20, 7).init::<Flex>(&device), &config, &t)
+                .unwrap();
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = recorder.record(a.clone().into_record(), ()).unwrap();
+        // A different layer (other weights, so other scales and thresholds) loads the record.
+        let b =
+            QuantLinear::from_float(LinearConfig::new(20, 7).init::<Flex>(&device), &config, &t)
+                .unwrap();
+        assert_ne!(
+            values(a.quantizer.beta.val()),
+            values(b.quantizer.beta.val())
+        );
+        let b = b.load_record(recorder.load(bytes, &device).unwrap());
+        for (x, y) in [
+            (a.quantizer.alpha.val(), b.quantizer.alpha.val()),
+            (a.quantizer.beta.val(), b.quantizer.beta.val()),
+            (a.quantizer.thresholds.val(), b.quantizer.thresholds.val()),
+            (a.quantizer.levels.val(), b.quantizer.levels.val()),
+        ] {
+            assert_eq!(values(x), values(y));
+        }
+        assert_eq!(values(a.linear.weight.val()), values(b.linear.weight.val()));
+    }
+
+    #[test]
+    fn all_zero_weights_are_a_clear_error() {
+        let device = Default::default();
+        let mut linear = LinearConfig::new(4, 2).init::<Flex>(&device);
+        linear.weight = Param::from_tensor(Tensor::zeros([4, 2], &device));
+        let err = QuantLinear::from_float(
+            linear,
+            &QuantizerConfig::weights(LevelSet::ternary()),
+            &Temperature::new(1.0),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("non-zero largest magnitude"),
+            "{err}"
+        );
+    }
+}

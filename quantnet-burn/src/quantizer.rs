@@ -1,0 +1,271 @@
+//! The quantizer as a Burn module: learned `α`, `β`, frozen thresholds, a level set and a shared
+//! temperature.
+//!
+//! A [`Quantizer`] is what quantized layers hold. Its record carries `α`, `β`, the thresholds and
+//! the level values (as non-trained parameters), so saving and loading a model round-trips them
+//! exactly. The temperature is a [`Temperature`] cell shared by every quantizer of one kind
+//! (weights or activations) so that one per-epoch hook raises them all; it is set from the
+//! schedule and the epoch, which is what a resumed run needs.
+//!
+//! **Soft or hard.** In [`QuantMode::Auto`] (the default) a quantizer is soft on an autodiff
+//! backend (training) and hard on any other (`model.valid()`, evaluation, inference), so
+//! validation always measures the hard-quantized model. `Soft` and `Hard` force one or the other
+//! (soft accuracy is a diagnostic); `Off` passes values through unchanged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::init::{self, ThresholdInit};
+use crate::levels::LevelSet;
+use crate::op::{GradientMode, QuantBackend, QuantParams, hard_quantize, soft_quantize};
+
+/// A temperature shared by clones: setting it on one sets it on all.
+#[derive(Clone, Debug)]
+pub struct Temperature(Arc<AtomicU32>);
+
+impl Temperature {
+    /// A new cell holding `t`.
+    ///
+    /// # Panics
+    /// If `t` is not finite and positive.
+    pub fn new(t: f32) -> Self {
+        crate::op::check_temperature(t).unwrap_or_else(|e| panic!("{e}"));
+        Self(Arc::new(AtomicU32::new(t.to_bits())))
+    }
+
+    /// The current temperature.
+    pub fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Sets the temperature for every quantizer sharing this cell.
+    ///
+    /// # Panics
+    /// If `t` is not finite and positive.
+    pub fn set(&self, t: f32) {
+        crate::op::check_temperature(t).unwrap_or_else(|e| panic!("{e}"));
+        self.0.store(t.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl Default for Temperature {
+    fn default() -> Self {
+        Self::new(1.0)
+    }
+}
+
+/// When a quantizer uses the soft function, the hard one, or none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantMode {
+    /// Soft on autodiff backends (training), hard otherwise (evaluation).
+    #[default]
+    Auto,
+    /// Always the soft function at the current temperature.
+    Soft,
+    /// Always the hard function.
+    Hard,
+    /// Identity: quantization bypassed.
+    Off,
+}
+
+/// How one quantizer is set up: its levels, gradient rule and initialisation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantizerConfig {
+    /// Target levels `Y`.
+    pub levels: LevelSet,
+    /// Gradient rule of the backward pass.
+    #[serde(default)]
+    pub gradient: GradientMode,
+    /// k-means (paper) or uniform thresholds.
+    #[serde(default)]
+    pub threshold_init: ThresholdInit,
+    /// Half-width of the band around 0 (weights: `Some(0.05)`; activations: `None`).
+    #[serde(default)]
+    pub zero_band: Option<f32>,
+    /// Train the thresholds too (the paper freezes them).
+    #[serde(default)]
+    pub learn_thresholds: bool,
+}
+
+impl QuantizerConfig {
+    /// A weight quantizer: k-means thresholds with the ±0.05 band, exact gradients.
+    pub fn weights(levels: LevelSet) -> Self {
+        Self {
+            levels,
+            gradient: GradientMode::Exact,
+            threshold_init: ThresholdInit::KMeans,
+            zero_band: Some(init::ZERO_BAND),
+            learn_thresholds: false,
+        }
+    }
+
+    /// An activation quantizer: k-means thresholds, no band, exact gradients.
+    pub fn activations(levels: LevelSet) -> Self {
+        Self {
+            zero_band: None,
+            ..Self::weights(levels)
+        }
+    }
+
+    /// The same configuration with another gradient rule.
+    pub fn with_gradient(self, gradient: GradientMode) -> Self {
+        Self { gradient, ..self }
+    }
+
+    /// The same configuration with another threshold initialisation.
+    pub fn with_threshold_init(self, threshold_init: ThresholdInit) -> Self {
+        Self {
+            threshold_init,
+            ..self
+        }
+    }
+
+    /// A quantizer initialised from `data` (the layer's weights, or sampled activations):
+    /// `β = 5p/(4q)` with `q = max|data|`, `α = 1/β`, thresholds as configured.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for empty, all-zero or non-finite data.
+    pub fn init_from_data<B: Backend>(
+        &self,
+        data: &[f32],
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<Quantizer<B>> {
+        if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
+            return Err(Error::InvalidParameter {
+                name: "data",
+                value: bad.to_string(),
+                reason: "quantizer initialisation needs finite values".into(),
+            });
+        }
+        let q = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (alpha, beta) = init::initial_scales(&self.levels, q)?;
+        let scaled: Vec<f32> = data.iter().map(|v| v * beta).collect();
+        let thresholds =
+            init::thresholds(&scaled, &self.levels, self.threshold_init, self.zero_band)?;
+        self.init_with(alpha, beta, &thresholds, temperature, device)
+    }
+
+    /// A quantizer with the given scales and thresholds.
+    ///
+    /// # Errors
+    /// As [`QuantParams::new`].
+    pub fn init_with<B: Backend>(
+        &self,
+        alpha: f32,
+        beta: f32,
+        thresholds: &[f32],
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<Quantizer<B>> {
+        let p = QuantParams::<B>::new(&self.levels, alpha, beta, thresholds, device)?;
+        let levels = Tensor::<B, 1>::from_floats(self.levels.levels(), device);
+        Ok(Quantizer {
+            alpha: Param::from_tensor(p.alpha),
+            beta: Param::from_tensor(p.beta),
+            thresholds: Param::from_tensor(p.thresholds).set_require_grad(self.learn_thresholds),
+            levels: Param::from_tensor(levels).set_require_grad(false),
+            level_set: self.levels.clone(),
+            gradient: self.gradient,
+            temperature: temperature.clone(),
+            mode: QuantMode::Auto,
+        })
+    }
+}
+
+/// A Quantization Networks quantizer (see the [module docs](self)).
+#[derive(Module, Debug)]
+pub struct Quantizer<B: Backend> {
+    /// Output scale `α` (trained).
+    pub alpha: Param<Tensor<B, 1>>,
+    /// Input scale `β` (trained).
+    pub beta: Param<Tensor<B, 1>>,
+    /// Thresholds `b_i` in the `β·x` domain (frozen unless configured otherwise).
+    pub thresholds: Param<Tensor<B, 1>>,
+    /// The level values `Y`, persisted with the record (never trained).
+    pub levels: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    level_set: LevelSet,
+    #[module(skip)]
+    gradient: GradientMode,
+    #[module(skip)]
+    temperature: Temperature,
+    #[module(skip)]
+    mode: QuantMode,
+}
+
+impl<B: QuantBackend> Quantizer<B> {
+    /// Quantizes `x` (soft or hard, see [`QuantMode`]).
+    ///
+    /// # Shapes
+    /// Any shape; the output has the same shape.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let soft = match self.mode {
+            QuantMode::Off => return x,
+            QuantMode::Soft => true,
+            QuantMode::Hard => false,
+            QuantMode::Auto => B::ad_enabled(&x.device()),
+        };
+        let params = self.params();
+        if soft {
+            soft_quantize(x, &params, self.temperature.get(), self.gradient)
+        } else {
+            hard_quantize(x, &params)
+        }
+    }
+
+    /// The quantizer's parameters as op arguments (`s_i` from the persisted levels).
+    pub fn params(&self) -> QuantParams<B> {
+        let levels = self.levels.val();
+        let n = levels.dims()[0];
+        let steps = levels.clone().slice(1..n) - levels.slice(0..n - 1);
+        QuantParams {
+            alpha: self.alpha.val(),
+            beta: self.beta.val(),
+            thresholds: self.thresholds.val(),
+            steps,
+            offset: self.level_set.offset(),
+        }
+    }
+}
+
+impl<B: Backend> Quantizer<B> {
+    /// The level set.
+    pub fn level_set(&self) -> &LevelSet {
+        &self.level_set
+    }
+
+    /// The shared temperature cell.
+    pub fn temperature(&self) -> &Temperature {
+        &self.temperature
+    }
+
+    /// Makes this quantizer share `temperature` (e.g. after loading a record).
+    pub fn with_temperature(mut self, temperature: &Temperature) -> Self {
+        self.temperature = temperature.clone();
+        self
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> QuantMode {
+        self.mode
+    }
+
+    /// The same quantizer in another mode.
+    pub fn with_mode(mut self, mode: QuantMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The gradient rule.
+    pub fn gradient(&self) -> GradientMode {
+        self.gradient
+    }
+}
