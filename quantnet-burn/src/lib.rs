@@ -45,6 +45,7 @@
 //! - `ndarray`: the ndarray CPU backend.
 //! - `wgpu`, `cuda`: GPU backends with the fused CubeCL kernel (`cube`).
 //! - `fusion`: support Burn's lazy `Fusion` backend (generic tensor-op body).
+//! - `train` (default): the burn-train Learner hook ([`train::TemperatureHook`]) and metrics.
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
 pub mod error;
@@ -54,6 +55,8 @@ pub mod nn;
 pub mod op;
 pub mod quantizer;
 pub mod schedule;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{Error, Result};
 pub use init::{ThresholdInit, initial_scales};

@@ -1,0 +1,148 @@
+//! The burn-train side: the per-epoch temperature hook and the temperature metric.
+//!
+//! burn-train 0.21 has no epoch callback. The one user-pluggable piece its training loop calls
+//! synchronously, on the training thread, once per epoch (after validation, before the next
+//! epoch, in the single-device, multi-device and DDP strategies) is
+//! `EarlyStoppingStrategy::should_stop(epoch, store)`. [`TemperatureHook`] is such a strategy: it
+//! sets every registered [`Temperature`] from its schedule for the epoch about to start, then asks
+//! a wrapped early-stopping strategy, if any, whether to stop. Metric loggers and renderers run
+//! asynchronously and could race with the next epoch, so they are not used to change state.
+//!
+//! Epochs: burn-train numbers them from 1; schedules take 0-based epochs. After epoch `e`
+//! (1-based) the hook sets `T = schedule.at(e)`, the temperature of the `(e+1)`-th epoch. Before
+//! `launch`, call [`TemperatureHook::start_at`] with the first epoch to run: 0 for a new run, `k`
+//! when resuming from the checkpoint of epoch `k`, so a resumed run continues with the temperature
+//! the interrupted run would have had.
+
+use std::sync::Arc;
+
+use burn::train::EarlyStoppingStrategy;
+use burn::train::metric::state::{FormatOptions, NumericMetricState};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::metric::{
+    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
+    SerializedEntry,
+};
+
+use crate::quantizer::Temperature;
+use crate::schedule::TemperatureSchedule;
+
+/// An early-stopping strategy that never stops: the default inner strategy of the hook.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NeverStop;
+
+impl EarlyStoppingStrategy for NeverStop {
+    fn should_stop(&mut self, _epoch: usize, _store: &EventStoreClient) -> bool {
+        false
+    }
+}
+
+/// Raises the temperatures at each epoch boundary (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct TemperatureHook<S = NeverStop> {
+    cells: Vec<(Temperature, TemperatureSchedule)>,
+    inner: S,
+}
+
+impl TemperatureHook<NeverStop> {
+    /// A hook with no temperature yet and no early stopping.
+    pub fn new() -> Self {
+        Self {
+            cells: Vec::new(),
+            inner: NeverStop,
+        }
+    }
+}
+
+impl Default for TemperatureHook<NeverStop> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> TemperatureHook<S> {
+    /// Drives `temperature` (shared by a group of quantizers) with `schedule`.
+    pub fn with(mut self, temperature: &Temperature, schedule: TemperatureSchedule) -> Self {
+        self.cells.push((temperature.clone(), schedule));
+        self
+    }
+
+    /// Keeps a real early-stopping strategy: it is asked after the temperatures are set.
+    pub fn with_early_stopping<T: EarlyStoppingStrategy>(self, inner: T) -> TemperatureHook<T> {
+        TemperatureHook {
+            cells: self.cells,
+            inner,
+        }
+    }
+
+    /// Sets every temperature for the 0-based `epoch` about to run.
+    pub fn start_at(&self, epoch: usize) {
+        for (temperature, schedule) in &self.cells {
+            temperature.set(schedule.at(epoch));
+        }
+    }
+}
+
+impl<S: EarlyStoppingStrategy> EarlyStoppingStrategy for TemperatureHook<S> {
+    fn should_stop(&mut self, epoch: usize, store: &EventStoreClient) -> bool {
+        // `epoch` (1-based) has ended; the next one is `epoch` in 0-based numbering.
+        self.start_at(epoch);
+        self.inner.should_stop(epoch, store)
+    }
+}
+
+/// Reports a [`Temperature`] as a numeric metric (one value per iteration, so the epoch mean is
+/// the epoch's temperature).
+#[derive(Clone)]
+pub struct TemperatureMetric {
+    name: MetricName,
+    temperature: Temperature,
+    state: NumericMetricState,
+}
+
+impl TemperatureMetric {
+    /// A metric named `name` (for instance "Temperature (weights)") reading `temperature`.
+    pub fn new(name: &str, temperature: &Temperature) -> Self {
+        Self {
+            name: Arc::new(name.to_string()),
+            temperature: temperature.clone(),
+            state: NumericMetricState::new(),
+        }
+    }
+}
+
+impl Metric for TemperatureMetric {
+    type Input = ();
+
+    fn update(&mut self, _item: &(), _metadata: &MetricMetadata) -> SerializedEntry {
+        let t = f64::from(self.temperature.get());
+        self.state
+            .update(t, 1, FormatOptions::new(self.name()).precision(2))
+    }
+
+    fn clear(&mut self) {
+        self.state.reset()
+    }
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: true,
+        }
+        .into()
+    }
+}
+
+impl Numeric for TemperatureMetric {
+    fn value(&self) -> NumericEntry {
+        self.state.current_value()
+    }
+
+    fn running_value(&self) -> NumericEntry {
+        self.state.running_value()
+    }
+}
