@@ -3,3 +3,5 @@
 //!
 //! - `soft_to_hard`: initialise a weight quantizer from data and watch the soft quantizer turn
 //!   into the hard one as the temperature rises.
+//! - `finetune_existing_model`: a plain Burn CNN trained on MNIST, its layers swapped for quantized
+//!   ones, fine-tuned with the temperature hook.
