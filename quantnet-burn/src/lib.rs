@@ -15,9 +15,9 @@
 //! ([`hard_quantize`]).
 //!
 //! The op ([`soft_quantize`], module [`op`]) is a Burn backend extension ([`QuantBackend`]) with
-//! its own backward pass, implemented for every backend: CPU backends (flex, ndarray) run a generic
-//! tensor-op body, wgpu and cuda a fused CubeCL kernel, and `Autodiff<B>` carries the custom
-//! backward (exact derivative, or the official code's weight rule: [`GradientMode`]).
+//! its own backward pass, implemented for every backend: wgpu and cuda run a fused CubeCL kernel,
+//! flex a fused CPU kernel, other backends (ndarray, Burn's `Fusion`) a generic tensor-op body,
+//! and `Autodiff<B>` carries the custom backward (exact derivative, or the official code's weight rule: [`GradientMode`]).
 //!
 //! ```
 //! # #[cfg(feature = "flex")] {

@@ -42,6 +42,8 @@
 mod autodiff;
 #[cfg(feature = "cube")]
 mod cube;
+#[cfg(feature = "flex")]
+mod flex;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -209,9 +211,6 @@ pub trait QuantBackend: Backend {
     }
 }
 
-#[cfg(feature = "flex")]
-impl QuantBackend for burn_flex::Flex {}
-
 #[cfg(feature = "ndarray")]
 impl<E, I, Q> QuantBackend for burn_ndarray::NdArray<E, I, Q>
 where
@@ -227,7 +226,7 @@ where
 impl<B: burn_fusion::FusionBackend> QuantBackend for burn_fusion::Fusion<B> {}
 
 /// The generic bodies: plain tensor ops, one pass per threshold, memory `O(N)`.
-mod generic {
+pub(crate) mod generic {
     use super::*;
 
     type T1<B> = Tensor<B, 1>;
@@ -259,7 +258,7 @@ mod generic {
         denominator.ones_like() / denominator
     }
 
-    pub(super) fn soft_with_state<B: Backend>(
+    pub(crate) fn soft_with_state<B: Backend>(
         x: FloatTensor<B>,
         p: QuantPrimitives<B>,
         args: SoftArgs,
@@ -294,7 +293,7 @@ mod generic {
         }
     }
 
-    pub(super) fn hard<B: Backend>(
+    pub(crate) fn hard<B: Backend>(
         x: FloatTensor<B>,
         p: QuantPrimitives<B>,
         offset: f32,
