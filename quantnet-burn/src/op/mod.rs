@@ -35,9 +35,9 @@
 //! `T ∈ [0.1, 1e4]` and `|x| ≤ 1e6`).
 //!
 //! **Memory.** The autodiff node keeps `x` (as a checkpoint of the parent), and two tensors of the
-//! size of `x` (`S = Σ s_i σ_i` and `D`), whatever the number of levels. The CPU path loops over the
-//! thresholds and never materialises an `N × n` tensor; the CubeCL kernel (wgpu, cuda) computes `y`,
-//! `S` and `D` in one pass over `x`.
+//! size of `x` (`S = Σ s_i σ_i` and `D`), whatever the number of levels. The generic body loops
+//! over the thresholds and never materialises an `N × n` tensor; the fused kernels (CubeCL on wgpu
+//! and cuda, rayon on flex) compute `y`, `S` and `D` in one pass over `x`.
 
 mod autodiff;
 #[cfg(feature = "cube")]
@@ -167,9 +167,9 @@ pub struct SoftForward<B: Backend> {
 
 /// A Burn backend that can run the quantizer op.
 ///
-/// Implemented for Flex, NdArray and Burn's lazy `Fusion` backend with the generic tensor-op bodies
-/// below, for `CubeBackend` (wgpu, cuda) with fused CubeCL kernels, and for `Autodiff<B>` of any of
-/// them with a custom backward.
+/// Implemented for NdArray and Burn's lazy `Fusion` backend with the generic tensor-op bodies
+/// below, for `CubeBackend` (wgpu, cuda) with fused CubeCL kernels, for Flex with a fused CPU
+/// kernel, and for `Autodiff<B>` of any of them with a custom backward.
 pub trait QuantBackend: Backend {
     /// The soft quantizer's output only (inference at finite `T`, or the inner op of autodiff when
     /// nothing is tracked).
