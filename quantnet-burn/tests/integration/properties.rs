@@ -190,10 +190,20 @@ fn same_inputs_give_identical_results<B: AutodiffBackend + QuantBackend>(
     };
     let (y1, g1) = case.run::<B>(&x, &w, device, dtype);
     let (y2, g2) = case.run::<B>(&x, &w, device, dtype);
+    // Elementwise results are bit-identical everywhere.
     assert_eq!(y1, y2);
-    assert_eq!(
-        (g1.x, g1.alpha, g1.beta, g1.thresholds),
-        (g2.x, g2.alpha, g2.beta, g2.thresholds)
-    );
+    assert_eq!(g1.x, g2.x);
+    let reduced =
+        |g: &crate::reference::HostGrads| [vec![g.alpha, g.beta], g.thresholds.clone()].concat();
+    if dtype == DType::F64 {
+        // CPU reductions (flex, ndarray) run in a fixed order: bit-identical too.
+        assert_eq!(reduced(&g1), reduced(&g2));
+    } else {
+        // wgpu's parallel sums of 3000 terms are not reproducible bit for bit from run to run
+        // (seen on lavapipe: the last bits of the α, β and b_i gradients change); they agree to
+        // f32 rounding.
+        let (a, b) = (reduced(&g1), reduced(&g2));
+        crate::reference::assert_close("repeated reductions", &a, &b, 1e-5, 1e-6);
+    }
 }
 on_each_backend!(same_inputs_give_identical_results);
