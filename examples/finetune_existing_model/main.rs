@@ -27,7 +27,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::AdamConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
@@ -37,7 +37,7 @@ use quantnet_burn::{
     LevelSet, QuantAct, QuantBackend, QuantConv2d, QuantizerConfig, Temperature,
     TemperatureSchedule,
 };
-use quantnet_models::data::{ImageSet, MnistKind, Split, mnist};
+use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, MnistKind, Split, mnist};
 
 type B = Autodiff<Flex>;
 
@@ -99,35 +99,7 @@ impl<B: QuantBackend> QuantCnn<B> {
 
 // ---- Training glue (burn-train) -------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-struct Item {
-    pixels: Vec<f32>,
-    label: i64,
-}
-
-#[derive(Clone, Debug)]
-struct Batch<B: Backend> {
-    images: Tensor<B, 4>,
-    targets: Tensor<B, 1, Int>,
-}
-
-#[derive(Clone, Default)]
-struct ItemBatcher;
-
-impl<B: Backend> Batcher<B, Item, Batch<B>> for ItemBatcher {
-    fn batch(&self, items: Vec<Item>, device: &B::Device) -> Batch<B> {
-        let n = items.len();
-        let pixels: Vec<f32> = items
-            .iter()
-            .flat_map(|i| i.pixels.iter().copied())
-            .collect();
-        let labels: Vec<i64> = items.iter().map(|i| i.label).collect();
-        Batch {
-            images: Tensor::from_data(TensorData::new(pixels, [n, 1, 28, 28]), device),
-            targets: Tensor::from_data(TensorData::new(labels, [n]), device),
-        }
-    }
-}
+const BATCHER: ImageBatcher = ImageBatcher { rows: 28, cols: 28 };
 
 fn classify<B: Backend>(
     output: Tensor<B, 2>,
@@ -142,17 +114,17 @@ fn classify<B: Backend>(
 macro_rules! steps {
     ($model:ident, $bound:path) => {
         impl<B: AutodiffBackend + $bound> TrainStep for $model<B> {
-            type Input = Batch<B>;
+            type Input = ImageBatch<B>;
             type Output = ClassificationOutput<B>;
-            fn step(&self, batch: Batch<B>) -> TrainOutput<ClassificationOutput<B>> {
+            fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
                 let item = classify(self.forward(batch.images), batch.targets);
                 TrainOutput::new(self, item.loss.backward(), item)
             }
         }
         impl<B: $bound> InferenceStep for $model<B> {
-            type Input = Batch<B>;
+            type Input = ImageBatch<B>;
             type Output = ClassificationOutput<B>;
-            fn step(&self, batch: Batch<B>) -> ClassificationOutput<B> {
+            fn step(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
                 classify(self.forward(batch.images), batch.targets)
             }
         }
@@ -162,10 +134,10 @@ steps!(Cnn, Backend);
 steps!(QuantCnn, QuantBackend);
 
 fn loader<Bk: Backend>(
-    items: Vec<Item>,
+    items: Vec<ImageItem>,
     shuffle: bool,
-) -> std::sync::Arc<dyn DataLoader<Bk, Batch<Bk>>> {
-    let builder = DataLoaderBuilder::new(ItemBatcher)
+) -> std::sync::Arc<dyn DataLoader<Bk, ImageBatch<Bk>>> {
+    let builder = DataLoaderBuilder::new(BATCHER)
         .batch_size(64)
         .num_workers(1);
     let builder = if shuffle {
@@ -176,29 +148,15 @@ fn loader<Bk: Backend>(
     builder.build(InMemDataset::new(items))
 }
 
-fn items(set: &ImageSet, n: usize) -> Vec<Item> {
-    (0..n.min(set.len()))
-        .map(|i| Item {
-            // Normalised as in Burn's MNIST example.
-            pixels: set
-                .image(i)
-                .iter()
-                .map(|&p| (f32::from(p) / 255.0 - 0.1307) / 0.3081)
-                .collect(),
-            label: i64::from(set.labels[i]),
-        })
-        .collect()
-}
-
 /// Test accuracy (%) of `forward` over the whole test set, on the inner (non-autodiff) backend.
-fn accuracy<M, F>(model: &M, test: &[Item], forward: F) -> f64
+fn accuracy<M, F>(model: &M, test: &[ImageItem], forward: F) -> f64
 where
     F: Fn(&M, Tensor<Flex, 4>) -> Tensor<Flex, 2>,
 {
     let device = Default::default();
     let mut correct = 0usize;
     for chunk in test.chunks(500) {
-        let batch: Batch<Flex> = ItemBatcher.batch(chunk.to_vec(), &device);
+        let batch: ImageBatch<Flex> = BATCHER.batch(chunk.to_vec(), &device);
         let predicted = forward(model, batch.images).argmax(1).flatten::<1>(0, 1);
         let hits = predicted.equal(batch.targets).int().sum().into_scalar();
         correct += hits as usize;
@@ -224,8 +182,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dir = mnist::locate(MnistKind::Mnist, data_dir.as_deref())?;
     let train_set = mnist::load(&dir, Split::Train)?;
-    let test = items(&mnist::load(&dir, Split::Test)?, usize::MAX);
-    let train_items = items(&train_set, if smoke { 2000 } else { 60_000 });
+    // Normalised as in Burn's MNIST example.
+    let test = mnist::load(&dir, Split::Test)?.items(usize::MAX, 0.1307, 0.3081);
+    let train_items = train_set.items(if smoke { 2000 } else { 60_000 }, 0.1307, 0.3081);
     let quant_epochs = if smoke { 1 } else { 3 };
     println!(
         "MNIST from {}: {} training, {} test images",
@@ -237,7 +196,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Default::default();
     B::seed(&device, 42);
     let artifacts = std::env::temp_dir().join(format!("quantnet-finetune-{}", std::process::id()));
-    let valid_items: Vec<Item> = test[..2000].to_vec();
+    let valid_items: Vec<ImageItem> = test[..2000].to_vec();
 
     // 1. Full precision.
     let fp = SupervisedTraining::new(
@@ -264,7 +223,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let weights_t = Temperature::new(1.0);
     let acts_t = Temperature::new(1.0);
     let calibration: Vec<f32> = {
-        let batch: Batch<B> = ItemBatcher.batch(train_items[..1000].to_vec(), &device);
+        let batch: ImageBatch<B> = BATCHER.batch(train_items[..1000].to_vec(), &device);
         let h = fp
             .pool
             .forward(fp.relu.forward(fp.conv2.forward(fp.stem(batch.images))));

@@ -89,21 +89,22 @@ fn apply_zero_band(b: &mut [f32], levels: &LevelSet, width: f32) {
         if zero < b.len() {
             b[zero] = width;
         }
-        for i in (0..zero.saturating_sub(1)).rev() {
-            b[i] = b[i].min(b[i + 1]);
-        }
-        for i in zero + 1..b.len() {
-            b[i] = b[i].max(b[i - 1]);
-        }
+        keep_ordered_around(b, zero.saturating_sub(1), zero.min(b.len() - 1));
     } else if let Some(i) = y.windows(2).position(|w| w[0] < 0.0 && w[1] > 0.0) {
         // A set without 0 that straddles it (binary): split at 0.
         b[i] = 0.0;
-        for j in (0..i).rev() {
-            b[j] = b[j].min(b[j + 1]);
-        }
-        for j in i + 1..b.len() {
-            b[j] = b[j].max(b[j - 1]);
-        }
+        keep_ordered_around(b, i, i);
+    }
+}
+
+/// Makes `b` non-decreasing by moving the thresholds below `lo` down and those above `hi` up to
+/// their fixed neighbours `b[lo]`, `b[hi]`.
+fn keep_ordered_around(b: &mut [f32], lo: usize, hi: usize) {
+    for i in (0..lo).rev() {
+        b[i] = b[i].min(b[i + 1]);
+    }
+    for i in hi + 1..b.len() {
+        b[i] = b[i].max(b[i - 1]);
     }
 }
 

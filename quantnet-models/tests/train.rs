@@ -15,15 +15,14 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::AdamConfig;
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
@@ -33,39 +32,9 @@ use quantnet_burn::{
     LevelSet, QuantAct, QuantBackend, QuantLinear, QuantizerConfig, Temperature,
     TemperatureSchedule,
 };
-use quantnet_models::data::{Split, mnist};
+use quantnet_models::data::{ImageBatch, ImageItem, Split, mnist};
 
 type B = Autodiff<Flex>;
-
-#[derive(Clone, Debug)]
-struct Item {
-    pixels: Vec<f32>,
-    label: i64,
-}
-
-#[derive(Clone, Debug)]
-struct Batch<B: Backend> {
-    images: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-}
-
-#[derive(Clone, Default)]
-struct ItemBatcher;
-
-impl<B: Backend> Batcher<B, Item, Batch<B>> for ItemBatcher {
-    fn batch(&self, items: Vec<Item>, device: &B::Device) -> Batch<B> {
-        let n = items.len();
-        let pixels: Vec<f32> = items
-            .iter()
-            .flat_map(|i| i.pixels.iter().copied())
-            .collect();
-        let labels: Vec<i64> = items.iter().map(|i| i.label).collect();
-        Batch {
-            images: Tensor::from_data(TensorData::new(pixels, [n, 784]), device),
-            targets: Tensor::from_data(TensorData::new(labels, [n]), device),
-        }
-    }
-}
 
 #[derive(Module, Debug)]
 struct Mlp<B: Backend> {
@@ -80,8 +49,8 @@ impl<B: QuantBackend> Mlp<B> {
         self.fc2.forward(self.act.forward(h))
     }
 
-    fn classify(&self, batch: Batch<B>) -> ClassificationOutput<B> {
-        let output = self.forward(batch.images);
+    fn classify(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
+        let output = self.forward(batch.images.flatten(1, 3));
         let loss = CrossEntropyLossConfig::new()
             .init(&output.device())
             .forward(output.clone(), batch.targets.clone());
@@ -90,20 +59,20 @@ impl<B: QuantBackend> Mlp<B> {
 }
 
 impl<B: AutodiffBackend + QuantBackend> TrainStep for Mlp<B> {
-    type Input = Batch<B>;
+    type Input = ImageBatch<B>;
     type Output = ClassificationOutput<B>;
 
-    fn step(&self, batch: Batch<B>) -> TrainOutput<ClassificationOutput<B>> {
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
         let item = self.classify(batch);
         TrainOutput::new(self, item.loss.backward(), item)
     }
 }
 
 impl<B: QuantBackend> InferenceStep for Mlp<B> {
-    type Input = Batch<B>;
+    type Input = ImageBatch<B>;
     type Output = ClassificationOutput<B>;
 
-    fn step(&self, batch: Batch<B>) -> ClassificationOutput<B> {
+    fn step(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
         self.classify(batch)
     }
 }
@@ -113,14 +82,8 @@ fn mnist_dir() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-fn items(dir: &Path, split: Split, n: usize) -> Vec<Item> {
-    let set = mnist::load(dir, split).unwrap();
-    (0..n)
-        .map(|i| Item {
-            pixels: set.image(i).iter().map(|&p| f32::from(p) / 255.0).collect(),
-            label: i64::from(set.labels[i]),
-        })
-        .collect()
+fn items(dir: &Path, split: Split, n: usize) -> Vec<ImageItem> {
+    mnist::load(dir, split).unwrap().items(n, 0.0, 1.0)
 }
 
 struct Run {
@@ -162,11 +125,12 @@ fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
         .with(&weights_t, TemperatureSchedule::linear(5.0))
         .with(&acts_t, TemperatureSchedule::linear(10.0));
     hook.start_at(resume_from.unwrap_or(0));
-    let train = DataLoaderBuilder::new(ItemBatcher)
+    let batcher = quantnet_models::data::ImageBatcher { rows: 28, cols: 28 };
+    let train = DataLoaderBuilder::new(batcher)
         .batch_size(100)
         .num_workers(1)
         .build(InMemDataset::new(items(&data, Split::Train, 1000)));
-    let valid = DataLoaderBuilder::new(ItemBatcher)
+    let valid = DataLoaderBuilder::new(batcher)
         .batch_size(250)
         .num_workers(1)
         .build(InMemDataset::new(items(&data, Split::Test, 500)));
