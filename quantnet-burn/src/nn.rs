@@ -335,7 +335,24 @@ mod tests {
         let wq = values(q.quantizer.forward(q.linear.weight.val()));
         assert_eq!(wq, values(frozen.weight.val()), "hard weights");
         assert_eq!(values(q.forward(x.clone())), values(frozen.forward(x)));
+        // Occupancy counts the same grid: the fractions per level match the frozen weights.
+        let occupancy = q.quantizer.occupancy(q.linear.weight.val()).unwrap();
+        assert!(
+            (occupancy.iter().sum::<f32>() - 1.0).abs() < 1e-6,
+            "{occupancy:?}"
+        );
         let alpha = values(q.quantizer.alpha.val())[0];
+        let frozen_w = values(frozen.weight.val());
+        for (y, share) in [-4.0f32, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
+            .iter()
+            .zip(&occupancy)
+        {
+            let count = frozen_w
+                .iter()
+                .filter(|w| (*w / alpha - y).abs() < 1e-5)
+                .count();
+            assert_eq!(count as f32 / frozen_w.len() as f32, *share, "level {y}");
+        }
         for w in values(frozen.weight.val()) {
             let level = w / alpha;
             assert!(

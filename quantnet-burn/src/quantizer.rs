@@ -236,6 +236,50 @@ impl<B: QuantBackend> Quantizer<B> {
     }
 }
 
+impl<B: QuantBackend> Quantizer<B> {
+    /// The fraction of `x`'s elements that the hard quantizer maps to each level (in the order of
+    /// [`LevelSet::levels`]): the level occupancy of a layer's weights. Reads one value per level
+    /// back from the device.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if the counts cannot be read back.
+    pub fn occupancy<const D: usize>(&self, x: Tensor<B, D>) -> Result<Vec<f32>> {
+        let total = x.shape().num_elements().max(1) as f32;
+        let flat: Tensor<B, 1> = x.flatten(0, D - 1);
+        let params = self.params();
+        let bx = flat * params.beta;
+        let thresholds = self.thresholds.val();
+        let n = self.level_set.num_steps();
+        // Elements at or above threshold i: level k holds those above b_{k-1} but below b_k.
+        let mut at_or_above = Vec::with_capacity(n);
+        for i in 0..n {
+            let b_i = thresholds.clone().slice(i..i + 1);
+            let count = bx.clone().greater_equal(b_i.expand(bx.shape())).int().sum();
+            let value = count
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .map_err(|e| Error::InvalidParameter {
+                    name: "occupancy",
+                    value: String::new(),
+                    reason: format!("reading counts back failed: {e:?}"),
+                })?;
+            at_or_above.push(value[0] as f32);
+        }
+        let mut above = std::iter::once(total)
+            .chain(at_or_above)
+            .chain(std::iter::once(0.0));
+        let mut previous = above.next().unwrap_or(total);
+        Ok(above
+            .map(|next| {
+                let share = (previous - next) / total;
+                previous = next;
+                share
+            })
+            .collect())
+    }
+}
+
 impl<B: Backend> Quantizer<B> {
     /// The level set.
     pub fn level_set(&self) -> &LevelSet {
