@@ -15,29 +15,29 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::op::{QuantBackend, hard_quantize};
-use crate::quantizer::{Quantizer, QuantizerConfig, Temperature};
+use crate::quantizer::{Quantizer, QuantizerConfig, Temperature, read_back};
 
-/// The values of a tensor on the host, for initialisation.
-fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| Error::InvalidParameter {
-            name: "tensor",
-            value: String::new(),
-            reason: format!("reading values for initialisation failed: {e:?}"),
-        })
-}
-
+/// The weight quantizer of a float layer, initialised from its weights.
+///
 /// Burn initialises parameters lazily, and a clone of a not-yet-initialised parameter draws its
 /// own values. The layers clone their float layer (`freeze`, the conv forward), so every parameter
-/// is materialised once, when the quantized layer is made; the weight is by reading it.
-fn materialize_bias<B: Backend>(bias: &Option<Param<Tensor<B, 1>>>) {
+/// is materialised here, once, when the quantized layer is made: the weight by reading it, the
+/// bias explicitly.
+fn weight_quantizer<B: Backend, const D: usize>(
+    weight: &Param<Tensor<B, D>>,
+    bias: &Option<Param<Tensor<B, 1>>>,
+    config: &QuantizerConfig,
+    temperature: &Temperature,
+) -> Result<Quantizer<B>> {
     if let Some(bias) = bias {
         let _ = bias.val();
     }
+    let weight = weight.val();
+    let device = weight.device();
+    let values = read_back::<f32>(weight.into_data(), "weights")?;
+    config.init_from_data(&values, temperature, &device)
 }
 
 /// Config of a [`QuantLinear`]: Burn's `LinearConfig` plus the weight quantizer.
@@ -83,10 +83,7 @@ impl<B: Backend> QuantLinear<B> {
         config: &QuantizerConfig,
         temperature: &Temperature,
     ) -> Result<Self> {
-        materialize_bias(&linear.bias);
-        let device = linear.weight.val().device();
-        let values = host_values(linear.weight.val())?;
-        let quantizer = config.init_from_data(&values, temperature, &device)?;
+        let quantizer = weight_quantizer(&linear.weight, &linear.bias, config, temperature)?;
         Ok(Self { linear, quantizer })
     }
 }
@@ -152,10 +149,7 @@ impl<B: Backend> QuantConv2d<B> {
         config: &QuantizerConfig,
         temperature: &Temperature,
     ) -> Result<Self> {
-        materialize_bias(&conv.bias);
-        let device = conv.weight.val().device();
-        let values = host_values(conv.weight.val())?;
-        let quantizer = config.init_from_data(&values, temperature, &device)?;
+        let quantizer = weight_quantizer(&conv.weight, &conv.bias, config, temperature)?;
         Ok(Self { conv, quantizer })
     }
 }

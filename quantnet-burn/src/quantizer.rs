@@ -25,6 +25,23 @@ use crate::init::{self, ThresholdInit};
 use crate::levels::LevelSet;
 use crate::op::{GradientMode, QuantBackend, QuantParams, hard_quantize, soft_quantize};
 
+/// `data` as host values of type `E`: how initialisation and diagnostics read tensors back.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] naming `what` if the values cannot be read.
+pub(crate) fn read_back<E: burn::tensor::Element>(
+    data: burn::tensor::TensorData,
+    what: &'static str,
+) -> Result<Vec<E>> {
+    data.convert::<E>()
+        .to_vec::<E>()
+        .map_err(|e| Error::InvalidParameter {
+            name: what,
+            value: String::new(),
+            reason: format!("reading it back from the device failed: {e:?}"),
+        })
+}
+
 /// A temperature shared by clones: setting it on one sets it on all.
 #[derive(Clone, Debug)]
 pub struct Temperature(Arc<AtomicU32>);
@@ -251,21 +268,16 @@ impl<B: QuantBackend> Quantizer<B> {
         let thresholds = self.thresholds.val();
         let n = self.level_set.num_steps();
         // Elements at or above threshold i: level k holds those above b_{k-1} but below b_k.
-        let mut at_or_above = Vec::with_capacity(n);
-        for i in 0..n {
-            let b_i = thresholds.clone().slice(i..i + 1);
-            let count = bx.clone().greater_equal(b_i.expand(bx.shape())).int().sum();
-            let value = count
-                .into_data()
-                .convert::<i64>()
-                .to_vec::<i64>()
-                .map_err(|e| Error::InvalidParameter {
-                    name: "occupancy",
-                    value: String::new(),
-                    reason: format!("reading counts back failed: {e:?}"),
-                })?;
-            at_or_above.push(value[0] as f32);
-        }
+        // The n counts are gathered on the device and read back together.
+        let counts = (0..n)
+            .map(|i| {
+                let b_i = thresholds.clone().slice(i..i + 1);
+                bx.clone().greater_equal(b_i.expand(bx.shape())).int().sum()
+            })
+            .collect::<Vec<_>>();
+        let at_or_above = read_back::<i64>(Tensor::cat(counts, 0).into_data(), "level counts")?
+            .into_iter()
+            .map(|c| c as f32);
         let mut above = std::iter::once(total)
             .chain(at_or_above)
             .chain(std::iter::once(0.0));
