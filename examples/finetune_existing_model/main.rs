@@ -99,7 +99,11 @@ impl<B: QuantBackend> QuantCnn<B> {
 
 // ---- Training glue (burn-train) -------------------------------------------------------------
 
-const BATCHER: ImageBatcher = ImageBatcher { rows: 28, cols: 28 };
+const BATCHER: ImageBatcher = ImageBatcher {
+    channels: 1,
+    rows: 28,
+    cols: 28,
+};
 
 fn classify<B: Backend>(
     output: Tensor<B, 2>,

@@ -19,13 +19,13 @@ use crate::error::Result;
 use crate::op::{QuantBackend, hard_quantize};
 use crate::quantizer::{Quantizer, QuantizerConfig, Temperature, read_back};
 
-/// The weight quantizer of a float layer, initialised from its weights.
+/// The weight quantizer of a float layer (`weight`, `bias`), initialised from its weights.
 ///
 /// Burn initialises parameters lazily, and a clone of a not-yet-initialised parameter draws its
 /// own values. The layers clone their float layer (`freeze`, the conv forward), so every parameter
 /// is materialised here, once, when the quantized layer is made: the weight by reading it, the
 /// bias explicitly.
-fn weight_quantizer<B: Backend, const D: usize>(
+pub fn weight_quantizer<B: Backend, const D: usize>(
     weight: &Param<Tensor<B, D>>,
     bias: &Option<Param<Tensor<B, 1>>>,
     config: &QuantizerConfig,
@@ -38,6 +38,48 @@ fn weight_quantizer<B: Backend, const D: usize>(
     let device = weight.device();
     let values = read_back::<f32>(weight.into_data(), "weights")?;
     config.init_from_data(&values, temperature, &device)
+}
+
+/// `linear`'s forward with its weight passed through `quantizer` (soft or hard, as the
+/// quantizer's mode says); the bias stays float. The building block of [`QuantLinear`], for
+/// models that decide per layer whether to quantize.
+pub fn quantized_linear<B: QuantBackend, const D: usize>(
+    linear: &Linear<B>,
+    quantizer: &Quantizer<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let weight = quantizer.forward(linear.weight.val());
+    burn::tensor::module::linear(x, weight, linear.bias.as_ref().map(|b| b.val()))
+}
+
+/// `conv`'s forward with its weight passed through `quantizer`; padding, stride, dilation and
+/// groups as configured in `conv`. The building block of [`QuantConv2d`].
+pub fn quantized_conv2d<B: QuantBackend>(
+    conv: &Conv2d<B>,
+    quantizer: &Quantizer<B>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let mut layer = conv.clone();
+    // `Param::initialized` keeps the quantized weight's graph (`from_tensor` would try to make
+    // it a leaf), so gradients flow through the quantizer to the latent weight.
+    layer.weight = Param::initialized(ParamId::new(), quantizer.forward(conv.weight.val()));
+    layer.forward(x)
+}
+
+/// A copy of `linear` holding its hard-quantized weight, computed once.
+pub fn frozen_linear<B: QuantBackend>(linear: &Linear<B>, quantizer: &Quantizer<B>) -> Linear<B> {
+    let mut frozen = linear.clone();
+    let hard = hard_quantize(linear.weight.val(), &quantizer.params());
+    frozen.weight = Param::initialized(ParamId::new(), hard.detach());
+    frozen
+}
+
+/// A copy of `conv` holding its hard-quantized weight, computed once.
+pub fn frozen_conv2d<B: QuantBackend>(conv: &Conv2d<B>, quantizer: &Quantizer<B>) -> Conv2d<B> {
+    let mut frozen = conv.clone();
+    let hard = hard_quantize(conv.weight.val(), &quantizer.params());
+    frozen.weight = Param::initialized(ParamId::new(), hard.detach());
+    frozen
 }
 
 /// Config of a [`QuantLinear`]: Burn's `LinearConfig` plus the weight quantizer.
@@ -94,16 +136,12 @@ impl<B: QuantBackend> QuantLinear<B> {
     /// # Shapes
     /// As Burn's `Linear`: `[..., d_input] -> [..., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let weight = self.quantizer.forward(self.linear.weight.val());
-        burn::tensor::module::linear(x, weight, self.linear.bias.as_ref().map(|b| b.val()))
+        quantized_linear(&self.linear, &self.quantizer, x)
     }
 
     /// A plain `Linear` holding the hard-quantized weight, computed once: the inference layer.
     pub fn freeze(&self) -> Linear<B> {
-        let mut linear = self.linear.clone();
-        let hard = hard_quantize(self.linear.weight.val(), &self.quantizer.params());
-        linear.weight = Param::initialized(ParamId::new(), hard.detach());
-        linear
+        frozen_linear(&self.linear, &self.quantizer)
     }
 }
 
@@ -161,22 +199,12 @@ impl<B: QuantBackend> QuantConv2d<B> {
     /// # Shapes
     /// As Burn's `Conv2d`: `[batch, c_in, h, w] -> [batch, c_out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut conv = self.conv.clone();
-        // `Param::initialized` keeps the quantized weight's graph (`from_tensor` would try to make
-        // it a leaf), so gradients flow through the quantizer to the latent weight.
-        conv.weight = Param::initialized(
-            ParamId::new(),
-            self.quantizer.forward(self.conv.weight.val()),
-        );
-        conv.forward(x)
+        quantized_conv2d(&self.conv, &self.quantizer, x)
     }
 
     /// A plain `Conv2d` holding the hard-quantized weight, computed once: the inference layer.
     pub fn freeze(&self) -> Conv2d<B> {
-        let mut conv = self.conv.clone();
-        let hard = hard_quantize(self.conv.weight.val(), &self.quantizer.params());
-        conv.weight = Param::initialized(ParamId::new(), hard.detach());
-        conv
+        frozen_conv2d(&self.conv, &self.quantizer)
     }
 }
 
@@ -228,6 +256,35 @@ mod tests {
 
     fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
         t.into_data().to_vec().expect("f32 tensor")
+    }
+
+    #[test]
+    fn quantizers_made_on_the_inner_backend_are_trainable_after_from_inner() {
+        use burn::module::AutodiffModule;
+        let device = Default::default();
+        let t = Temperature::new(5.0);
+        let config = QuantizerConfig::weights(LevelSet::three_pm4());
+        let inner = QuantLinearConfig {
+            linear: LinearConfig::new(4, 3),
+            weights: config.clone(),
+        }
+        .init::<Flex>(&t, &device)
+        .unwrap();
+        let layer = <QuantLinear<B> as AutodiffModule<B>>::from_inner(inner);
+        let q = &layer.quantizer;
+        assert!(q.alpha.val().is_require_grad());
+        assert!(q.beta.val().is_require_grad());
+        // Thresholds are frozen unless configured, levels always.
+        assert!(!q.thresholds.val().is_require_grad());
+        assert!(!q.levels.val().is_require_grad());
+        let learn = QuantizerConfig {
+            learn_thresholds: true,
+            ..config
+        };
+        let inner =
+            learn.init_with::<Flex>(0.5, 2.0, &[-1.0, 0.0, 1.0, 2.0, 3.0, 4.0], &t, &device);
+        let q = <Quantizer<B> as AutodiffModule<B>>::from_inner(inner.unwrap());
+        assert!(q.thresholds.val().is_require_grad());
     }
 
     #[test]

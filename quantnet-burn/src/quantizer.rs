@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -185,16 +185,39 @@ impl QuantizerConfig {
         let p = QuantParams::<B>::new(&self.levels, alpha, beta, thresholds, device)?;
         let levels = Tensor::<B, 1>::from_floats(self.levels.levels(), device);
         Ok(Quantizer {
-            alpha: Param::from_tensor(p.alpha),
-            beta: Param::from_tensor(p.beta),
-            thresholds: Param::from_tensor(p.thresholds).set_require_grad(self.learn_thresholds),
-            levels: Param::from_tensor(levels).set_require_grad(false),
+            alpha: param(p.alpha, true),
+            beta: param(p.beta, true),
+            thresholds: param(p.thresholds, self.learn_thresholds),
+            levels: param(levels, false),
             level_set: self.levels.clone(),
             gradient: self.gradient,
             temperature: temperature.clone(),
             mode: QuantMode::Auto,
         })
     }
+}
+
+/// A parameter holding `value` that remembers whether it is trained.
+///
+/// `Param::from_tensor` takes the flag from the tensor, and a tensor of a non-autodiff backend
+/// never requires grad: a quantizer made on the inner backend (calibration runs there) would
+/// come back from `AutodiffModule::from_inner` frozen. A parameter made like Burn's own
+/// initialisers (lazy, with an explicit flag) keeps it.
+fn param<B: Backend>(value: Tensor<B, 1>, require_grad: bool) -> Param<Tensor<B, 1>> {
+    let device = value.device();
+    let shape = value.shape();
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            value
+                .clone()
+                .to_device(device)
+                .set_require_grad(require_grad)
+        },
+        device,
+        require_grad,
+        shape,
+    )
 }
 
 /// A Quantization Networks quantizer (see the [module docs](self)).
@@ -314,7 +337,12 @@ impl<B: Backend> Quantizer<B> {
         self.mode
     }
 
-    /// The same quantizer in another mode.
+    /// Switches this quantizer to `mode`.
+    pub fn set_mode(&mut self, mode: QuantMode) {
+        self.mode = mode;
+    }
+
+    /// This quantizer in `mode`.
     pub fn with_mode(mut self, mode: QuantMode) -> Self {
         self.mode = mode;
         self

@@ -33,6 +33,18 @@ pub enum Error {
         /// How to get it.
         hint: String,
     },
+    /// A layer's quantizer could not be set up.
+    #[error("layer {layer}")]
+    Layer {
+        /// The layer.
+        layer: String,
+        /// The cause.
+        #[source]
+        source: quantnet_burn::Error,
+    },
+    /// Something else the caller asked for is not possible.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// `Result` with this crate's [`Error`].

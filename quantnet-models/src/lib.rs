@@ -1,12 +1,19 @@
 //! # quantnet-models: models and real-data loaders for quantnet
 //!
-//! Today this crate holds the data side: loaders for the real data sets the CLI and the examples
-//! train and calibrate on ([`data`]). The quantized models (LeNet-5, the Brevitas FC nets,
-//! VGG-small, ResNet-20/18/50, AlexNet-BN) are built on `quantnet-burn`'s quantized layers and
-//! arrive with them.
+//! - [`data`]: loaders for the real data sets, in their original formats.
+//! - [`layers`]: conv / linear / activation slots that are quantized or not, per layer.
+//! - [`models`]: LeNet-5, the Brevitas FC nets (TFC, SFC, LFC), VGG-small, ResNet-20/18/50 and
+//!   AlexNet-BN, one [`models::Model`] each, full precision or quantized from one config.
+//! - [`quantize`]: the precision policy, weight initialisation and activation calibration that
+//!   turn a full-precision model into a quantized one.
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
 pub mod data;
 pub mod error;
+pub mod layers;
+pub mod models;
+pub mod quantize;
 
 pub use error::{Error, Result};
+pub use models::{Arch, InputShape, Model};
+pub use quantize::{QuantPolicy, Temperatures};

@@ -125,7 +125,11 @@ fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
         .with(&weights_t, TemperatureSchedule::linear(5.0))
         .with(&acts_t, TemperatureSchedule::linear(10.0));
     hook.start_at(resume_from.unwrap_or(0));
-    let batcher = quantnet_models::data::ImageBatcher { rows: 28, cols: 28 };
+    let batcher = quantnet_models::data::ImageBatcher {
+        channels: 1,
+        rows: 28,
+        cols: 28,
+    };
     let train = DataLoaderBuilder::new(batcher)
         .batch_size(100)
         .num_workers(1)

@@ -52,13 +52,15 @@ impl Split {
     }
 }
 
-/// Grey-scale images with their labels.
+/// Images with their labels.
 #[derive(Clone, Debug)]
 pub struct ImageSet {
-    /// `count · rows · cols` pixels, 0–255, row-major.
+    /// `count · channels · rows · cols` pixels, 0–255, channel planes, each row-major.
     pub images: Vec<u8>,
     /// One label per image.
     pub labels: Vec<u8>,
+    /// Channels per image (1 for MNIST, 3 for CIFAR).
+    pub channels: usize,
     /// Rows per image.
     pub rows: usize,
     /// Columns per image.
@@ -78,7 +80,7 @@ impl ImageSet {
 
     /// Pixels of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
-        let size = self.rows * self.cols;
+        let size = self.channels * self.rows * self.cols;
         &self.images[i * size..(i + 1) * size]
     }
 }
@@ -122,6 +124,7 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
     Ok(ImageSet {
         images: images.data,
         labels: labels.data,
+        channels: 1,
         rows: images.dims[1],
         cols: images.dims[2],
     })
@@ -134,7 +137,26 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
 /// # Errors
 /// [`Error::NotFound`] naming every folder looked in and where to get the files.
 pub fn locate(kind: MnistKind, explicit: Option<&Path>) -> Result<PathBuf> {
-    let name = kind.dir_name();
+    search(
+        kind.dir_name(),
+        explicit,
+        |d| file_in(d, "train-images-idx3-ubyte").is_some(),
+        &format!(
+            "Download the four IDX .gz files from {} into one of them (or run \
+             `quantnet data fetch {}`), or pass --data-dir DIR.",
+            kind.source_url(),
+            kind.dir_name()
+        ),
+    )
+}
+
+/// The shared search: `explicit` or `explicit/<name>`, else the standard roots.
+pub(crate) fn search(
+    name: &str,
+    explicit: Option<&Path>,
+    found: impl Fn(&Path) -> bool,
+    hint: &str,
+) -> Result<PathBuf> {
     let roots: Vec<PathBuf> = match explicit {
         Some(dir) => vec![dir.to_path_buf(), dir.join(name)],
         None => {
@@ -155,7 +177,7 @@ pub fn locate(kind: MnistKind, explicit: Option<&Path>) -> Result<PathBuf> {
     };
     roots
         .iter()
-        .find(|d| file_in(d, "train-images-idx3-ubyte").is_some())
+        .find(|d| found(d))
         .cloned()
         .ok_or_else(|| Error::NotFound {
             dataset: name.to_string(),
@@ -164,10 +186,7 @@ pub fn locate(kind: MnistKind, explicit: Option<&Path>) -> Result<PathBuf> {
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            hint: format!(
-                "Download the four IDX .gz files from {} into one of them, or pass --data-dir DIR.",
-                kind.source_url()
-            ),
+            hint: hint.to_string(),
         })
 }
 

@@ -2,9 +2,113 @@
 
 #[cfg(feature = "train")]
 pub mod batch;
+pub mod cifar;
 pub mod idx;
 pub mod mnist;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 #[cfg(feature = "train")]
 pub use batch::{ImageBatch, ImageBatcher, ImageItem};
 pub use mnist::{ImageSet, MnistKind, Split};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::models::InputShape;
+
+/// The image-classification data sets the CLI trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    /// MNIST digits, 28×28 grey.
+    Mnist,
+    /// Fashion-MNIST, 28×28 grey.
+    FashionMnist,
+    /// CIFAR-10, 32×32 RGB.
+    Cifar10,
+}
+
+impl Dataset {
+    /// Every data set.
+    pub const ALL: [Dataset; 3] = [Dataset::Mnist, Dataset::FashionMnist, Dataset::Cifar10];
+
+    /// The name on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Cifar10 => "cifar10",
+        }
+    }
+
+    /// The models' input for this data set.
+    pub fn input(self) -> InputShape {
+        match self {
+            Dataset::Mnist | Dataset::FashionMnist => InputShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+                classes: 10,
+            },
+            Dataset::Cifar10 => InputShape {
+                channels: 3,
+                height: 32,
+                width: 32,
+                classes: 10,
+            },
+        }
+    }
+
+    /// Per-channel mean and standard deviation of the training images (pixels in [0, 1]).
+    pub fn normalisation(self) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dataset::Mnist => (vec![0.1307], vec![0.3081]),
+            Dataset::FashionMnist => (vec![0.2860], vec![0.3530]),
+            Dataset::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+        }
+    }
+
+    /// Finds the data set's folder (see [`mnist::locate`] for the search order).
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] naming every folder looked in and how to get the files.
+    pub fn locate(self, explicit: Option<&Path>) -> Result<PathBuf> {
+        match self {
+            Dataset::Mnist => mnist::locate(MnistKind::Mnist, explicit),
+            Dataset::FashionMnist => mnist::locate(MnistKind::FashionMnist, explicit),
+            Dataset::Cifar10 => cifar::locate(explicit),
+        }
+    }
+
+    /// Loads one split from `dir`.
+    ///
+    /// # Errors
+    /// As the format's loader: missing, truncated or inconsistent files name the file.
+    pub fn load(self, dir: &Path, split: Split) -> Result<ImageSet> {
+        match self {
+            Dataset::Mnist | Dataset::FashionMnist => mnist::load(dir, split),
+            Dataset::Cifar10 => cifar::load(dir, split),
+        }
+    }
+}
+
+impl fmt::Display for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dataset {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Dataset::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                format!("unknown data set `{s}` (expected mnist, fashion-mnist or cifar10)")
+            })
+    }
+}

@@ -1,0 +1,266 @@
+//! The models: one architecture gives the full-precision and the quantized variant.
+//!
+//! A model is built full precision ([`Model::new`]); [`crate::quantize::quantize`] then gives its
+//! chosen layers quantizers (weights from their current values, activations from a calibration
+//! pass). Every model lists its weight layers in forward order and its activation-quantizer slots
+//! through [`Model::slots`]: the quantization policy (first conv and last linear full precision
+//! unless told otherwise) works on that list, so it is the same for every model.
+
+pub mod alexnet;
+pub mod fc;
+pub mod lenet;
+pub mod resnet;
+pub mod vgg;
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use quantnet_burn::{QuantBackend, Quantizer};
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{QAct, QConv2d, QLinear};
+
+pub use alexnet::AlexNetBn;
+pub use fc::FcNet;
+pub use lenet::Lenet5;
+pub use resnet::ResNet;
+pub use vgg::VggSmall;
+
+/// The architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// LeNet-5 (conv 6, conv 16, fc 120, fc 84, fc classes).
+    Lenet5,
+    /// Brevitas' TFC: three hidden layers of 64 with batch norm.
+    Tfc,
+    /// Brevitas' SFC: three hidden layers of 256.
+    Sfc,
+    /// Brevitas' LFC: three hidden layers of 1024.
+    Lfc,
+    /// VGG-small for CIFAR (LQ-Nets' layout: 128-128-256-256-512-512, one linear).
+    VggSmall,
+    /// ResNet-20 for CIFAR (3 stages of 3 basic blocks, 16/32/64 channels).
+    Resnet20,
+    /// torchvision's ResNet-18.
+    Resnet18,
+    /// torchvision's ResNet-50.
+    Resnet50,
+    /// torchvision's AlexNet with batch norm after every conv and hidden linear (paper-spec §5).
+    AlexnetBn,
+}
+
+impl Arch {
+    /// Every architecture, in the order of the docs.
+    pub const ALL: [Arch; 9] = [
+        Arch::Lenet5,
+        Arch::Tfc,
+        Arch::Sfc,
+        Arch::Lfc,
+        Arch::VggSmall,
+        Arch::Resnet20,
+        Arch::Resnet18,
+        Arch::Resnet50,
+        Arch::AlexnetBn,
+    ];
+
+    /// The name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Lenet5 => "lenet5",
+            Arch::Tfc => "tfc",
+            Arch::Sfc => "sfc",
+            Arch::Lfc => "lfc",
+            Arch::VggSmall => "vgg-small",
+            Arch::Resnet20 => "resnet20",
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet50 => "resnet50",
+            Arch::AlexnetBn => "alexnet-bn",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown model `{s}` (expected one of {})", names.join(", "))
+            })
+    }
+}
+
+/// The input a model is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputShape {
+    /// Image channels.
+    pub channels: usize,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// A weight layer of a model, as listed by [`Model::slots`].
+#[derive(Debug)]
+pub enum WeightLayer<'a, B: Backend> {
+    /// A convolution.
+    Conv(&'a mut QConv2d<B>),
+    /// A linear layer.
+    Linear(&'a mut QLinear<B>),
+}
+
+impl<B: Backend> WeightLayer<'_, B> {
+    /// The layer's weight quantizer slot.
+    pub fn quantizer(&mut self) -> &mut Option<Quantizer<B>> {
+        match self {
+            WeightLayer::Conv(c) => &mut c.quantizer,
+            WeightLayer::Linear(l) => &mut l.quantizer,
+        }
+    }
+
+    /// The layer's (latent, full-precision) weight, flattened.
+    pub fn weight(&self) -> Tensor<B, 1> {
+        match self {
+            WeightLayer::Conv(c) => c.conv.weight.val().flatten(0, 3),
+            WeightLayer::Linear(l) => l.linear.weight.val().flatten(0, 1),
+        }
+    }
+
+    /// The weight's shape.
+    pub fn weight_shape(&self) -> Vec<usize> {
+        match self {
+            WeightLayer::Conv(c) => c.conv.weight.dims().to_vec(),
+            WeightLayer::Linear(l) => l.linear.weight.dims().to_vec(),
+        }
+    }
+
+    /// Materialises lazily-initialised parameters (see `quantnet_burn::weight_quantizer`).
+    pub(crate) fn materialise(&self) {
+        let bias = match self {
+            WeightLayer::Conv(c) => c.conv.bias.as_ref().map(|b| b.val()),
+            WeightLayer::Linear(l) => l.linear.bias.as_ref().map(|b| b.val()),
+        };
+        drop((self.weight(), bias));
+    }
+}
+
+/// The quantizable places of a model: weight layers and activation slots, in forward order.
+#[derive(Debug)]
+pub struct Slots<'a, B: Backend> {
+    /// Weight layers (name, layer).
+    pub weights: Vec<(String, WeightLayer<'a, B>)>,
+    /// Activation-quantizer slots (name, slot).
+    pub acts: Vec<(String, &'a mut QAct<B>)>,
+}
+
+impl<'a, B: Backend> Slots<'a, B> {
+    pub(crate) fn new() -> Self {
+        Self {
+            weights: Vec::new(),
+            acts: Vec::new(),
+        }
+    }
+
+    pub(crate) fn conv(&mut self, name: impl Into<String>, layer: &'a mut QConv2d<B>) {
+        self.weights.push((name.into(), WeightLayer::Conv(layer)));
+    }
+
+    pub(crate) fn linear(&mut self, name: impl Into<String>, layer: &'a mut QLinear<B>) {
+        self.weights.push((name.into(), WeightLayer::Linear(layer)));
+    }
+
+    pub(crate) fn act(&mut self, name: impl Into<String>, slot: &'a mut QAct<B>) {
+        self.acts.push((name.into(), slot));
+    }
+
+    /// Every quantizer that is set, weights first.
+    pub fn quantizers(self) -> impl Iterator<Item = &'a mut Quantizer<B>> {
+        let weights = self.weights.into_iter().filter_map(|(_, w)| match w {
+            WeightLayer::Conv(c) => c.quantizer.as_mut(),
+            WeightLayer::Linear(l) => l.quantizer.as_mut(),
+        });
+        let acts = self
+            .acts
+            .into_iter()
+            .filter_map(|(_, a)| a.quantizer.as_mut());
+        weights.chain(acts)
+    }
+}
+
+/// Any of the models.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Model<B: Backend> {
+    /// LeNet-5.
+    Lenet5(Lenet5<B>),
+    /// TFC, SFC, LFC.
+    Fc(FcNet<B>),
+    /// VGG-small.
+    VggSmall(VggSmall<B>),
+    /// ResNet-20, -18, -50.
+    ResNet(ResNet<B>),
+    /// AlexNet with batch norm.
+    AlexNetBn(AlexNetBn<B>),
+}
+
+impl<B: Backend> Model<B> {
+    /// A full-precision `arch` for `input`, randomly initialised.
+    pub fn new(arch: Arch, input: InputShape, device: &B::Device) -> Self {
+        match arch {
+            Arch::Lenet5 => Model::Lenet5(Lenet5::new(input, device)),
+            Arch::Tfc => Model::Fc(FcNet::new(input, 64, device)),
+            Arch::Sfc => Model::Fc(FcNet::new(input, 256, device)),
+            Arch::Lfc => Model::Fc(FcNet::new(input, 1024, device)),
+            Arch::VggSmall => Model::VggSmall(VggSmall::new(input, device)),
+            Arch::Resnet20 => Model::ResNet(ResNet::resnet20(input, device)),
+            Arch::Resnet18 => Model::ResNet(ResNet::resnet18(input, device)),
+            Arch::Resnet50 => Model::ResNet(ResNet::resnet50(input, device)),
+            Arch::AlexnetBn => Model::AlexNetBn(AlexNetBn::new(input, device)),
+        }
+    }
+
+    /// The model's weight layers and activation slots, in forward order.
+    pub fn slots(&mut self) -> Slots<'_, B> {
+        let mut slots = Slots::new();
+        match self {
+            Model::Lenet5(m) => m.slots(&mut slots),
+            Model::Fc(m) => m.slots(&mut slots),
+            Model::VggSmall(m) => m.slots(&mut slots),
+            Model::ResNet(m) => m.slots(&mut slots),
+            Model::AlexNetBn(m) => m.slots(&mut slots),
+        }
+        slots
+    }
+}
+
+impl<B: QuantBackend> Model<B> {
+    /// Class scores.
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width] -> [batch, classes]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            Model::Lenet5(m) => m.forward(x),
+            Model::Fc(m) => m.forward(x),
+            Model::VggSmall(m) => m.forward(x),
+            Model::ResNet(m) => m.forward(x),
+            Model::AlexNetBn(m) => m.forward(x),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Turning a full-precision model into a quantized one: the precision policy, weight
+//! quantizers from the trained weights, activation quantizers from a calibration pass.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use quantnet_burn::{QuantBackend, QuantMode, QuantizerConfig, Temperature};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layers::ActStats;
+use crate::models::Model;
+
+/// What is quantized.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantPolicy {
+    /// Weight quantizer (`None`: full-precision weights).
+    pub weights: Option<QuantizerConfig>,
+    /// Activation quantizer (`None`: full-precision activations).
+    pub acts: Option<QuantizerConfig>,
+    /// Quantize the first and the last weight layer too (the paper keeps them full precision).
+    #[serde(default)]
+    pub quantize_all: bool,
+}
+
+impl QuantPolicy {
+    /// Full precision everywhere.
+    pub fn float() -> Self {
+        Self {
+            weights: None,
+            acts: None,
+            quantize_all: false,
+        }
+    }
+
+    /// Whether weight layer `i` of `n` (forward order) is quantized.
+    pub fn quantizes_weight(&self, i: usize, n: usize) -> bool {
+        self.weights.is_some() && (self.quantize_all || (i != 0 && i + 1 != n))
+    }
+
+    /// Whether anything is quantized.
+    pub fn is_float(&self) -> bool {
+        self.weights.is_none() && self.acts.is_none()
+    }
+}
+
+/// The temperature cells shared by a model's quantizers (the hook raises them every epoch).
+#[derive(Clone, Debug, Default)]
+pub struct Temperatures {
+    /// Weight quantizers' temperature.
+    pub weights: Temperature,
+    /// Activation quantizers' temperature.
+    pub acts: Temperature,
+}
+
+fn layer_error(layer: &str, source: quantnet_burn::Error) -> Error {
+    Error::Layer {
+        layer: layer.to_string(),
+        source,
+    }
+}
+
+fn to_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
+    data.convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Invalid(format!("reading {what}: {e:?}")))
+}
+
+/// Gives the policy's weight layers quantizers initialised from their current weights
+/// (`β = 5p/4q`, thresholds by k-means or as configured). Returns how many were quantized.
+///
+/// # Errors
+/// [`Error::Layer`] names the layer whose weights cannot set a quantizer (all zero, non-finite).
+pub fn quantize_weights<B: Backend>(
+    model: &mut Model<B>,
+    policy: &QuantPolicy,
+    temperatures: &Temperatures,
+) -> Result<usize> {
+    let Some(config) = &policy.weights else {
+        return Ok(0);
+    };
+    let mut slots = model.slots();
+    let n = slots.weights.len();
+    let mut count = 0;
+    for (i, (name, layer)) in slots.weights.iter_mut().enumerate() {
+        if !policy.quantizes_weight(i, n) {
+            continue;
+        }
+        layer.materialise();
+        let weight = layer.weight();
+        let device = weight.device();
+        let values = to_f32(weight.into_data(), name)?;
+        let q = config
+            .init_from_data(&values, &temperatures.weights, &device)
+            .map_err(|e| layer_error(name, e))?;
+        *layer.quantizer() = Some(q);
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Calibrates the activation quantizers: runs `batches` through the model (on a non-autodiff
+/// backend, so weight quantizers are hard), records what reaches every activation slot, and sets
+/// each slot's quantizer from the maximum and a sample of the values (paper-spec §3: `β` from the
+/// maximum, thresholds by k-means). Returns how many slots were calibrated.
+///
+/// # Errors
+/// [`Error::Layer`] names a slot whose activations are all zero or non-finite;
+/// [`Error::Invalid`] when `batches` is empty.
+pub fn calibrate_acts<B: QuantBackend>(
+    model: &mut Model<B>,
+    policy: &QuantPolicy,
+    temperatures: &Temperatures,
+    batches: impl IntoIterator<Item = Tensor<B, 4>>,
+) -> Result<usize> {
+    let Some(config) = &policy.acts else {
+        return Ok(0);
+    };
+    for (_, slot) in model.slots().acts {
+        slot.quantizer = None;
+        slot.probe.start();
+    }
+    let mut seen = 0usize;
+    let mut device = None;
+    for batch in batches {
+        device = Some(batch.device());
+        seen += batch.dims()[0];
+        drop(model.forward(batch));
+    }
+    let stats: Vec<(String, Option<ActStats>)> = model
+        .slots()
+        .acts
+        .into_iter()
+        .map(|(name, slot)| (name, slot.probe.take()))
+        .collect();
+    let Some(device) = device.filter(|_| seen > 0) else {
+        return Err(Error::Invalid(
+            "activation calibration needs at least one image".into(),
+        ));
+    };
+    let mut slots = model.slots();
+    for ((name, slot), (_, stats)) in slots.acts.iter_mut().zip(stats) {
+        let stats = stats.unwrap_or_default();
+        if stats.non_finite {
+            return Err(Error::Invalid(format!(
+                "{name}: non-finite activations during calibration (diverged model?)"
+            )));
+        }
+        // The sample is strided; the maximum is over every value, and sets β.
+        let mut values = stats.samples;
+        values.push(stats.max);
+        let q = config
+            .init_from_data(&values, &temperatures.acts, &device)
+            .map_err(|e| layer_error(name, e))?;
+        slot.quantizer = Some(q);
+    }
+    Ok(slots.acts.len())
+}
+
+/// Gives the model the structure `policy` asks for with placeholder quantizers (α = β = 1,
+/// midpoint thresholds): the skeleton a saved quantized model's record loads into.
+///
+/// # Errors
+/// As [`QuantizerConfig::init_with`].
+pub fn skeleton<B: Backend>(
+    model: &mut Model<B>,
+    policy: &QuantPolicy,
+    temperatures: &Temperatures,
+    device: &B::Device,
+) -> Result<()> {
+    let placeholder = |config: &QuantizerConfig, t: &Temperature, name: &str| {
+        config
+            .init_with(1.0, 1.0, &config.levels.midpoint_thresholds(), t, device)
+            .map_err(|e| layer_error(name, e))
+    };
+    let mut slots = model.slots();
+    let n = slots.weights.len();
+    if let Some(config) = &policy.weights {
+        for (i, (name, layer)) in slots.weights.iter_mut().enumerate() {
+            if policy.quantizes_weight(i, n) {
+                layer.materialise();
+                *layer.quantizer() = Some(placeholder(config, &temperatures.weights, name)?);
+            }
+        }
+    }
+    if let Some(config) = &policy.acts {
+        for (name, slot) in slots.acts.iter_mut() {
+            slot.quantizer = Some(placeholder(config, &temperatures.acts, name)?);
+        }
+    }
+    Ok(())
+}
+
+/// Sets every quantizer of the model to `mode` (e.g. `Soft` to measure soft accuracy on a
+/// non-autodiff backend, `Auto` to go back).
+pub fn set_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
+    for q in model.slots().quantizers() {
+        q.set_mode(mode);
+    }
+}
+
+/// Re-attaches the model's quantizers to `temperatures` (after loading a record, or after a
+/// `valid()` copy, so that the hook's cells drive them).
+pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
+    let slots = model.slots();
+    for (_, mut layer) in slots.weights {
+        if let Some(q) = layer.quantizer().take() {
+            *layer.quantizer() = Some(q.with_temperature(&temperatures.weights));
+        }
+    }
+    for (_, slot) in slots.acts {
+        if let Some(q) = slot.quantizer.take() {
+            slot.quantizer = Some(q.with_temperature(&temperatures.acts));
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Every model: parameter count, output shape, quantization (weights from the trained values,
+//! activations from a calibration pass), one training step, and the precision policy.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor};
+use quantnet_burn::{LevelSet, QuantizerConfig};
+use quantnet_models::quantize::{calibrate_acts, quantize_weights};
+use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
+
+type B = Autodiff<Flex>;
+
+fn input(channels: usize, size: usize, classes: usize) -> InputShape {
+    InputShape {
+        channels,
+        height: size,
+        width: size,
+        classes,
+    }
+}
+
+/// Parameter counts. Burn's `num_params` also counts batch norm's running mean and variance,
+/// which PyTorch keeps as buffers; so each count is PyTorch's `sum(p.numel())` plus 2 per BN
+/// feature (the same number as BN's γ and β).
+///
+/// - LeNet-5 on 28×28: conv1 1·6·25+6 = 156, conv2 6·16·25+16 = 2416, fc1 400·120+120 = 48120,
+///   fc2 120·84+84 = 10164, fc3 84·10+10 = 850: 61,706; no BN.
+/// - TFC: 784·64 + 64·64 + 64·64 + (64·10+10) = 59,018; BN 3·2·64 = 384 (twice): 59,786.
+/// - SFC: 784·256 + 2·256² + 2570 = 334,346; BN 1536 (twice): 337,418.
+/// - LFC: 784·1024 + 2·1024² + 10250 = 2,910,218; BN 6144 (twice): 2,922,506.
+/// - VGG-small: convs 9·(3·128 + 128² + 128·256 + 256² + 256·512 + 512²) = 4,574,592,
+///   fc 8192·10+10 = 81,930, BN 2·1792 = 3584 (twice): 4,663,690.
+/// - ResNet-20 (1×1-conv shortcuts): stem 432, stage 1 13,824, stage 2 49,664, stage 3 200,704
+///   (convs), fc 650: 265,274 + BN 2·784 = 1568: PyTorch's 272,474 (the usual "0.27M");
+///   with running stats 274,042.
+/// - ResNet-18: torchvision's 11,689,512, of which BN 9600 (4800 features): 11,699,112.
+/// - ResNet-50: torchvision's 25,557,032, of which BN 53,120: 25,610,152.
+/// - AlexNet-BN: torchvision's AlexNet, 61,100,840, plus BN 2·(64+192+384+256+256+4096+4096)
+///   = 18,688 (twice): 61,138,216.
+const COUNTS: [(Arch, usize, usize, usize); 9] = [
+    (Arch::Lenet5, 1, 28, 61_706),
+    (Arch::Tfc, 1, 28, 59_786),
+    (Arch::Sfc, 1, 28, 337_418),
+    (Arch::Lfc, 1, 28, 2_922_506),
+    (Arch::VggSmall, 3, 32, 4_663_690),
+    (Arch::Resnet20, 3, 32, 274_042),
+    (Arch::Resnet18, 3, 224, 11_699_112),
+    (Arch::Resnet50, 3, 224, 25_610_152),
+    (Arch::AlexnetBn, 3, 224, 61_138_216),
+];
+
+#[test]
+fn parameter_counts_match_the_reference_layouts() {
+    let device = Default::default();
+    for (arch, channels, size, expected) in COUNTS {
+        let classes = if size == 224 { 1000 } else { 10 };
+        let model = Model::<Flex>::new(arch, input(channels, size, classes), &device);
+        assert_eq!(model.num_params(), expected, "{arch}");
+    }
+}
+
+fn ternary_u2() -> QuantPolicy {
+    QuantPolicy {
+        weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
+        acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
+        quantize_all: false,
+    }
+}
+
+/// Quantizes `arch`, checks the policy and the output shape, takes one SGD step and checks that
+/// the loss is finite and that the latent weights and the quantizer's β moved. (Not α: a layer
+/// followed by batch norm is invariant to the scale of its weight, so α's gradient there is
+/// zero up to rounding; only β, which moves the thresholds relative to the weights, matters.)
+fn quantize_and_step(arch: Arch, shape: InputShape, batch: usize) {
+    let device = Default::default();
+    <B as Backend>::seed(&device, 7);
+    let temps = Temperatures::default();
+    temps.weights.set(5.0);
+    temps.acts.set(5.0);
+    let policy = ternary_u2();
+    let images = || {
+        Tensor::<Flex, 4>::random(
+            [batch, shape.channels, shape.height, shape.width],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+    };
+    // Quantize on the inner backend (hard weight quantizers during calibration).
+    let mut inner = Model::<Flex>::new(arch, shape, &device);
+    let n_weights = inner.slots().weights.len();
+    let quantized = quantize_weights(&mut inner, &policy, &temps).unwrap();
+    assert_eq!(
+        quantized,
+        n_weights - 2,
+        "{arch}: first and last stay float"
+    );
+    let acts = calibrate_acts(&mut inner, &policy, &temps, [images(), images()]).unwrap();
+    assert!(acts > 0, "{arch}");
+    {
+        let slots = inner.slots();
+        let last = slots.weights.len() - 1;
+        for (i, (name, mut layer)) in slots.weights.into_iter().enumerate() {
+            let float = i == 0 || i == last;
+            assert_eq!(layer.quantizer().is_none(), float, "{arch} {name}");
+        }
+    }
+    let hard = inner.forward(images());
+    assert_eq!(hard.dims(), [batch, shape.classes], "{arch}");
+
+    let model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
+    let x = Tensor::<B, 4>::random(
+        [batch, shape.channels, shape.height, shape.width],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let targets =
+        Tensor::<B, 1, Int>::from_ints([1, 0, 1, 0][..batch].to_vec().as_slice(), &device);
+    let logits = model.forward(x);
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, targets);
+    let loss_value: f32 = loss.clone().into_scalar();
+    assert!(loss_value.is_finite(), "{arch}: loss {loss_value}");
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut before = model.clone();
+    let (w0, a0) = {
+        let mut slots = before.slots();
+        let (_, layer) = &mut slots.weights[1];
+        let w = layer.weight().into_data();
+        let a = layer.quantizer().as_ref().unwrap().beta.val().into_data();
+        (w, a)
+    };
+    let mut after = SgdConfig::new().init().step(0.1, model, grads);
+    let mut slots = after.slots();
+    let (name, layer) = &mut slots.weights[1];
+    assert_ne!(
+        layer.weight().into_data(),
+        w0,
+        "{arch} {name}: weight did not move"
+    );
+    assert_ne!(
+        layer.quantizer().as_ref().unwrap().beta.val().into_data(),
+        a0,
+        "{arch} {name}: beta did not move"
+    );
+}
+
+#[test]
+fn small_models_quantize_and_train_one_step() {
+    quantize_and_step(Arch::Lenet5, input(1, 28, 10), 4);
+    quantize_and_step(Arch::Lenet5, input(3, 32, 10), 2);
+    quantize_and_step(Arch::Tfc, input(1, 28, 10), 4);
+    quantize_and_step(Arch::Sfc, input(1, 28, 10), 4);
+    quantize_and_step(Arch::Lfc, input(1, 28, 10), 4);
+    quantize_and_step(Arch::Resnet20, input(3, 32, 10), 2);
+    quantize_and_step(Arch::VggSmall, input(3, 32, 10), 2);
+}
+
+#[test]
+fn imagenet_models_quantize_and_train_one_step_on_small_inputs() {
+    quantize_and_step(Arch::Resnet18, input(3, 64, 10), 2);
+    quantize_and_step(Arch::Resnet50, input(3, 64, 10), 2);
+    // Batch 4 and 96×96: with 2 images, the batch norm after fc6 maps every feature to ±1
+    // whatever its input, and no gradient reaches the layers below.
+    quantize_and_step(Arch::AlexnetBn, input(3, 96, 10), 4);
+}
+
+#[test]
+fn quantize_all_quantizes_the_first_and_last_layer_and_slots_are_in_forward_order() {
+    let device = Default::default();
+    let mut model = Model::<Flex>::new(Arch::Resnet18, input(3, 64, 10), &device);
+    let policy = QuantPolicy {
+        quantize_all: true,
+        ..ternary_u2()
+    };
+    let n = quantize_weights(&mut model, &policy, &Temperatures::default()).unwrap();
+    let slots = model.slots();
+    assert_eq!(n, slots.weights.len());
+    // 21 conv/linear modules, as paper-spec §5 counts for ResNet-18 (3 of them 1×1 shortcuts).
+    assert_eq!(slots.weights.len(), 21);
+    assert_eq!(slots.weights[0].0, "conv1");
+    assert_eq!(slots.weights[20].0, "fc");
+    // quan0 (after the stem) + 2 per basic block.
+    assert_eq!(slots.acts.len(), 17);
+}
