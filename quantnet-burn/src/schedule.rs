@@ -123,6 +123,59 @@ impl TemperatureSchedule {
     }
 }
 
+impl std::str::FromStr for TemperatureSchedule {
+    type Err = Error;
+
+    /// `linear:T0`, `exp:T0,GROWTH` or `const:T`, optionally followed by `,cap=C`; for
+    /// example `linear:5,cap=2000`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::InvalidParameter {
+            name: "temperature schedule",
+            value: s.to_string(),
+            reason: format!(
+                "{reason}; expected linear:T0, exp:T0,GROWTH or const:T, optionally with ,cap=C"
+            ),
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(|| bad("no `kind:`"))?;
+        let mut numbers = Vec::new();
+        let mut cap = None;
+        for part in rest.split(',') {
+            let part = part.trim();
+            if let Some(c) = part.strip_prefix("cap=") {
+                cap = Some(
+                    c.parse::<f32>()
+                        .map_err(|_| bad("the cap is not a number"))?,
+                );
+            } else {
+                numbers.push(part.parse::<f32>().map_err(|_| bad("not a number"))?);
+            }
+        }
+        let kind = match (kind.trim(), numbers.as_slice()) {
+            ("linear", &[t0]) => ScheduleKind::Linear { t0 },
+            ("exp" | "exponential", &[t0, growth]) => ScheduleKind::Exponential { t0, growth },
+            ("const" | "constant", &[t]) => ScheduleKind::Constant { t },
+            _ => return Err(bad("unknown kind or wrong number of values")),
+        };
+        let schedule = Self { kind, cap };
+        schedule.validate()?;
+        Ok(schedule)
+    }
+}
+
+impl std::fmt::Display for TemperatureSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ScheduleKind::Linear { t0 } => write!(f, "linear:{t0}")?,
+            ScheduleKind::Exponential { t0, growth } => write!(f, "exp:{t0},{growth}")?,
+            ScheduleKind::Constant { t } => write!(f, "const:{t}")?,
+        }
+        if let Some(cap) = self.cap {
+            write!(f, ",cap={cap}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +221,31 @@ mod tests {
         let text = toml::to_string(&s).unwrap();
         assert!(text.contains("kind = \"linear\""), "{text}");
         assert_eq!(toml::from_str::<TemperatureSchedule>(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn schedules_parse_from_and_print_to_the_command_line_form() {
+        for text in [
+            "linear:5",
+            "linear:5,cap=2000",
+            "exp:1,1.5",
+            "const:10,cap=3",
+        ] {
+            let s: TemperatureSchedule = text.parse().unwrap();
+            assert_eq!(s.to_string(), text);
+        }
+        let s: TemperatureSchedule = "linear:5,cap=12".parse().unwrap();
+        assert_eq!((s.at(0), s.at(1), s.at(2)), (5.0, 10.0, 12.0));
+        for bad in [
+            "",
+            "linear",
+            "linear:x",
+            "linear:-1",
+            "exp:1",
+            "cubic:2",
+            "const:1,cap=0",
+        ] {
+            assert!(bad.parse::<TemperatureSchedule>().is_err(), "{bad}");
+        }
     }
 }

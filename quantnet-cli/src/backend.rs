@@ -34,7 +34,8 @@ pub(crate) trait WithBackend {
     type Output;
     fn run<B>(self, device: B::Device) -> Result<Self::Output>
     where
-        B: burn::tensor::backend::AutodiffBackend + quantnet_burn::QuantBackend;
+        B: burn::tensor::backend::AutodiffBackend + quantnet_burn::QuantBackend,
+        B::InnerBackend: quantnet_burn::QuantBackend;
 }
 
 fn not_compiled(name: BackendName) -> anyhow::Error {

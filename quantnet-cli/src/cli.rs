@@ -25,6 +25,15 @@ pub(crate) enum Command {
     /// on sampled training images, then learn alpha and beta through the soft quantizer with a
     /// rising temperature, and report the hard-quantization error against a uniform quantizer.
     Fit(FitArgs),
+    /// Train a model on real data: full precision, or quantized from a full-precision start
+    /// (pretraining first, or `--from` a finished run). Writes a run directory with config.toml,
+    /// checkpoints, metrics.csv, model.mpk and summary.json.
+    Train(TrainArgs),
+    /// Evaluate a run's final model on the whole test set: hard-quantized accuracy (the model's
+    /// accuracy) and soft accuracy (a diagnostic).
+    Eval(EvalArgs),
+    /// Print a run's model: per-layer precision, level sets, temperatures, alpha and beta.
+    Info(InfoArgs),
     /// Time the quantizer's forward+backward against a same-size copy and the naive composition
     /// of n sigmoids, side by side, and print GB/s and ratios.
     Bench(BenchArgs),
@@ -136,4 +145,98 @@ pub(crate) struct FitArgs {
     /// Backend to compute on.
     #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     pub(crate) backend: BackendName,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// A TOML run config (a run's config.toml works); the flags below override it.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Architecture: lenet5, tfc, sfc, lfc, vgg-small, resnet20, resnet18, resnet50, alexnet-bn.
+    #[arg(long)]
+    pub(crate) model: Option<quantnet_models::Arch>,
+    /// Data set: mnist, fashion-mnist, cifar10.
+    #[arg(long)]
+    pub(crate) dataset: Option<quantnet_models::data::Dataset>,
+    /// Folder holding the data set (or a parent of it). Default: $QUANTNET_DATA, ../shared/data,
+    /// ./data, ~/.cache/quantnet/data.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Weight levels: fp, 1 (binary), 2 (ternary), 3pm2, 3pm4, 5, sN, or a list like -4,-2,0,2,4.
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) weights: Option<String>,
+    /// Activation levels: 32 (full precision), N (unsigned N-bit), or a level set.
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) acts: Option<String>,
+    /// Quantize the first conv and the last linear too (the paper keeps them full precision).
+    #[arg(long)]
+    pub(crate) quantize_all: bool,
+    /// Gradient rule of the weight quantizers: exact or official.
+    #[arg(long)]
+    pub(crate) gradient: Option<String>,
+    /// Training epochs (quantized, or full precision with --weights fp --acts 32).
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
+    /// Full-precision epochs before quantizing (without --from).
+    #[arg(long)]
+    pub(crate) pretrain_epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Adam learning rate.
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
+    /// Weight temperature schedule: linear:T0, exp:T0,GROWTH or const:T, optionally ,cap=C.
+    #[arg(long)]
+    pub(crate) temperature: Option<String>,
+    /// Activation temperature schedule (same forms).
+    #[arg(long)]
+    pub(crate) act_temperature: Option<String>,
+    /// Training images used to calibrate the activation quantizers.
+    #[arg(long)]
+    pub(crate) calibration_images: Option<usize>,
+    /// Clip the gradient L2 norm.
+    #[arg(long)]
+    pub(crate) clip: Option<f32>,
+    /// Seed (initialisation, shuffling).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Train on the first N training images only (the test set is always whole).
+    #[arg(long)]
+    pub(crate) limit: Option<usize>,
+    /// Start from this run directory's final model (e.g. a full-precision run).
+    #[arg(long)]
+    pub(crate) from: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (its config.toml is used).
+    #[arg(long, conflicts_with_all = ["config", "out", "from"])]
+    pub(crate) resume: Option<PathBuf>,
+    /// Run directory (default: runs/MODEL-DATASET-PRECISION-TIMESTAMP).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Backend to train on.
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
+    pub(crate) backend: BackendName,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    /// The run directory whose model.mpk is evaluated.
+    #[arg(long = "from", value_name = "RUN_DIR")]
+    pub(crate) run: PathBuf,
+    /// Folder holding the data set (default: the run's, then the standard places).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Write summary.json (the same fields as a training run) into this folder.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Backend to evaluate on.
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
+    pub(crate) backend: BackendName,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InfoArgs {
+    /// The run directory.
+    #[arg(long = "from", value_name = "RUN_DIR")]
+    pub(crate) run: PathBuf,
 }

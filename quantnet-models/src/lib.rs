@@ -13,6 +13,8 @@ pub mod error;
 pub mod layers;
 pub mod models;
 pub mod quantize;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{Error, Result};
 pub use models::{Arch, InputShape, Model};

@@ -66,7 +66,9 @@ fn to_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
 }
 
 /// Gives the policy's weight layers quantizers initialised from their current weights
-/// (`β = 5p/4q`, thresholds by k-means or as configured). Returns how many were quantized.
+/// (`β = 5p/4q`, thresholds by k-means or as configured). A layer that already has a quantizer
+/// with the policy's level set keeps it (a model loaded from a quantized run continues as it
+/// was). Returns how many quantizers were made.
 ///
 /// # Errors
 /// [`Error::Layer`] names the layer whose weights cannot set a quantizer (all zero, non-finite).
@@ -85,6 +87,11 @@ pub fn quantize_weights<B: Backend>(
         if !policy.quantizes_weight(i, n) {
             continue;
         }
+        if let Some(q) = layer.quantizer()
+            && q.level_set() == &config.levels
+        {
+            continue;
+        }
         layer.materialise();
         let weight = layer.weight();
         let device = weight.device();
@@ -101,7 +108,8 @@ pub fn quantize_weights<B: Backend>(
 /// Calibrates the activation quantizers: runs `batches` through the model (on a non-autodiff
 /// backend, so weight quantizers are hard), records what reaches every activation slot, and sets
 /// each slot's quantizer from the maximum and a sample of the values (paper-spec §3: `β` from the
-/// maximum, thresholds by k-means). Returns how many slots were calibrated.
+/// maximum, thresholds by k-means). Slots that already have a quantizer with the policy's level
+/// set keep it and quantize during the pass. Returns how many slots were calibrated.
 ///
 /// # Errors
 /// [`Error::Layer`] names a slot whose activations are all zero or non-finite;
@@ -115,9 +123,21 @@ pub fn calibrate_acts<B: QuantBackend>(
     let Some(config) = &policy.acts else {
         return Ok(0);
     };
-    for (_, slot) in model.slots().acts {
+    let mut todo = Vec::new();
+    for (i, (_, slot)) in model.slots().acts.into_iter().enumerate() {
+        if slot
+            .quantizer
+            .as_ref()
+            .is_some_and(|q| q.level_set() == &config.levels)
+        {
+            continue;
+        }
         slot.quantizer = None;
         slot.probe.start();
+        todo.push(i);
+    }
+    if todo.is_empty() {
+        return Ok(0);
     }
     let mut seen = 0usize;
     let mut device = None;
@@ -138,7 +158,10 @@ pub fn calibrate_acts<B: QuantBackend>(
         ));
     };
     let mut slots = model.slots();
-    for ((name, slot), (_, stats)) in slots.acts.iter_mut().zip(stats) {
+    for ((i, (name, slot)), (_, stats)) in slots.acts.iter_mut().enumerate().zip(stats) {
+        if !todo.contains(&i) {
+            continue;
+        }
         let stats = stats.unwrap_or_default();
         if stats.non_finite {
             return Err(Error::Invalid(format!(
@@ -153,7 +176,7 @@ pub fn calibrate_acts<B: QuantBackend>(
             .map_err(|e| layer_error(name, e))?;
         slot.quantizer = Some(q);
     }
-    Ok(slots.acts.len())
+    Ok(todo.len())
 }
 
 /// Gives the model the structure `policy` asks for with placeholder quantizers (α = β = 1,

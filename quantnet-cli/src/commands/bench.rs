@@ -18,7 +18,11 @@ struct BenchJob {
 impl WithBackend for BenchJob {
     type Output = ();
 
-    fn run<B: AutodiffBackend + QuantBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B>(self, device: B::Device) -> Result<()>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+    {
         for &len in &self.sizes {
             for levels in level_sets() {
                 let case = Case::<B>::new(len, &levels, &device);

@@ -64,7 +64,11 @@ fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> Result<f32> {
 impl WithBackend for FitJob {
     type Output = ();
 
-    fn run<B: AutodiffBackend + QuantBackend>(self, device: B::Device) -> Result<()> {
+    fn run<B>(self, device: B::Device) -> Result<()>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+    {
         let levels = &self.levels;
         let q = self.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let (mut alpha, mut beta) = init::initial_scales(levels, q).context("calibrating β")?;

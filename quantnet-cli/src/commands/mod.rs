@@ -1,8 +1,10 @@
 //! The subcommands.
 
 mod bench;
+mod eval;
 mod fit;
 mod quantizer;
+mod train;
 
 use anyhow::Result;
 
@@ -13,5 +15,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Quantizer(args) => quantizer::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Fit(args) => fit::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Info(args) => eval::info(args),
     }
 }

@@ -47,7 +47,11 @@ struct CurveJob {
 impl WithBackend for CurveJob {
     type Output = Curves;
 
-    fn run<B: AutodiffBackend + QuantBackend>(self, device: B::Device) -> Result<Curves> {
+    fn run<B>(self, device: B::Device) -> Result<Curves>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+    {
         let params = QuantParams::<B>::new(
             &self.levels,
             self.alpha,

@@ -67,6 +67,29 @@ impl Arch {
         Arch::AlexnetBn,
     ];
 
+    /// Whether `input` is large enough for this architecture (its pools and strides leave at
+    /// least one pixel); the error says what the smallest input is.
+    ///
+    /// # Errors
+    /// A message naming the architecture, the input and the minimum.
+    pub fn check_input(self, input: InputShape) -> Result<(), String> {
+        let min = match self {
+            Arch::Lenet5 => 28,
+            Arch::Tfc | Arch::Sfc | Arch::Lfc => 1,
+            Arch::VggSmall | Arch::Resnet20 => 8,
+            Arch::Resnet18 | Arch::Resnet50 => 32,
+            Arch::AlexnetBn => 63,
+        };
+        if input.height < min || input.width < min || input.channels == 0 || input.classes < 2 {
+            return Err(format!(
+                "{self} needs images of at least {min}×{min} pixels, 1+ channels and 2+ classes; \
+                 got {}×{}×{} with {} classes",
+                input.channels, input.height, input.width, input.classes
+            ));
+        }
+        Ok(())
+    }
+
     /// The name used on the command line and in files.
     pub fn name(self) -> &'static str {
         match self {

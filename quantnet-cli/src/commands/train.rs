@@ -1,0 +1,729 @@
+//! `quantnet train`: full precision, or quantized from a full-precision start, on real data.
+//!
+//! 1. The model: `--from` a run directory (its final model), or a fresh one trained for
+//!    `pretrain_epochs` in full precision first when the run quantizes anything.
+//! 2. Quantize: weight quantizers from the trained weights (β = 5p/4q, k-means thresholds), then
+//!    activation quantizers calibrated on `calibration_images` training images.
+//! 3. Train with burn-train's Learner; the temperature hook raises T every epoch; validation on
+//!    the whole test set runs hard-quantized; a checkpoint per epoch (`--resume` continues).
+//! 4. Report the hard-quantized test accuracy (the model's accuracy) and the soft one (a
+//!    diagnostic), write `model.mpk`, `metrics.csv` and `summary.json`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::InMemDataset;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::AdamConfig;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::renderer::{
+    EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
+use quantnet_burn::train::{TemperatureHook, TemperatureMetric};
+use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
+use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
+use quantnet_models::models::WeightLayer;
+use quantnet_models::quantize::{self, calibrate_acts, quantize_weights};
+use quantnet_models::{Model, QuantPolicy, Temperatures};
+
+use crate::backend::{BackendName, WithBackend, dispatch};
+use crate::cli::TrainArgs;
+use crate::run::{LayerReport, RunConfig, Summary, write_atomic};
+
+/// Prints plain progress lines: about ten per epoch, with the epoch's running metrics.
+struct PlainRenderer {
+    phase: String,
+    names: Vec<(burn::train::metric::MetricId, String)>,
+    metrics: Vec<(burn::train::metric::MetricId, String)>,
+    last: Option<(usize, usize, bool)>,
+}
+
+impl PlainRenderer {
+    fn new(phase: &str) -> Self {
+        Self {
+            phase: phase.to_string(),
+            names: Vec::new(),
+            metrics: Vec::new(),
+            last: None,
+        }
+    }
+
+    fn update(&mut self, state: MetricState) {
+        let entry = match state {
+            MetricState::Generic(e) | MetricState::Numeric(e, _) => e,
+        };
+        // burn-train formats numeric metrics as "epoch X - batch Y": keep the epoch's value.
+        let text = entry.serialized_entry.formatted;
+        let value = text
+            .split(" - ")
+            .next()
+            .unwrap_or(&text)
+            .trim_start_matches("epoch ")
+            .to_string();
+        match self
+            .metrics
+            .iter_mut()
+            .find(|(id, _)| *id == entry.metric_id)
+        {
+            Some(slot) => slot.1 = value,
+            None => self.metrics.push((entry.metric_id, value)),
+        }
+    }
+
+    fn render(&mut self, valid: bool, item: &TrainingProgress) {
+        let Some(progress) = &item.progress else {
+            return;
+        };
+        let total = progress.items_total.max(1);
+        let decile = progress.items_processed * 10 / total;
+        let epoch = item.global_progress.items_processed;
+        if self.last == Some((epoch, decile, valid)) || (valid && progress.items_processed < total)
+        {
+            return;
+        }
+        self.last = Some((epoch, decile, valid));
+        let metrics: Vec<String> = self
+            .metrics
+            .iter()
+            .map(|(id, value)| {
+                let name = self
+                    .names
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map_or("?", |(_, n)| n.as_str());
+                format!("{name} {value}")
+            })
+            .collect();
+        println!(
+            "{} epoch {}/{} {} {:>3}% ({}/{})  {}",
+            self.phase,
+            epoch,
+            item.global_progress.items_total,
+            if valid { "test (hard)" } else { "train" },
+            progress.items_processed * 100 / total,
+            progress.items_processed,
+            progress.items_total,
+            metrics.join("  ")
+        );
+    }
+}
+
+impl MetricsRendererTraining for PlainRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        self.update(state);
+    }
+    fn update_valid(&mut self, state: MetricState) {
+        if self.last.is_some_and(|(_, _, valid)| !valid) {
+            // The first validation update: show the test metrics, not the training ones.
+            self.metrics.clear();
+            self.last = None;
+        }
+        self.update(state);
+    }
+    fn render_train(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
+        self.render(false, &item);
+    }
+    fn render_valid(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
+        self.render(true, &item);
+    }
+}
+
+impl MetricsRendererEvaluation for PlainRenderer {
+    fn render_test(&mut self, _: EvaluationProgress, _: Vec<ProgressType>) {}
+    fn update_test(&mut self, _: burn::train::renderer::EvaluationName, _: MetricState) {}
+}
+
+impl MetricsRenderer for PlainRenderer {
+    fn manual_close(&mut self) {}
+    fn register_metric(&mut self, definition: burn::train::metric::MetricDefinition) {
+        self.names.push((definition.metric_id, definition.name));
+    }
+}
+
+/// Wall time per epoch, taken at burn-train's per-epoch call (after validation).
+#[derive(Clone)]
+struct EpochClock {
+    start: Arc<Mutex<Instant>>,
+    seconds: Arc<Mutex<Vec<f64>>>,
+}
+
+impl EpochClock {
+    fn new() -> Self {
+        Self {
+            start: Arc::new(Mutex::new(Instant::now())),
+            seconds: Arc::default(),
+        }
+    }
+
+    fn seconds(&self) -> Vec<f64> {
+        self.seconds.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl EarlyStoppingStrategy for EpochClock {
+    fn should_stop(&mut self, _epoch: usize, _store: &EventStoreClient) -> bool {
+        if let (Ok(mut start), Ok(mut seconds)) = (self.start.lock(), self.seconds.lock()) {
+            seconds.push(start.elapsed().as_secs_f64());
+            *start = Instant::now();
+        }
+        false
+    }
+}
+
+struct Data {
+    train: Vec<ImageItem>,
+    test: Vec<ImageItem>,
+    batcher: ImageBatcher,
+}
+
+fn load_data(cfg: &RunConfig) -> Result<Data> {
+    let dir = cfg.dataset.locate(cfg.data_dir.as_deref())?;
+    let train = cfg.dataset.load(&dir, Split::Train)?;
+    let test = cfg.dataset.load(&dir, Split::Test)?;
+    let (means, stds) = cfg.dataset.normalisation();
+    let batcher = train.batcher();
+    let expected = cfg.dataset.input();
+    if (batcher.channels, batcher.rows, batcher.cols)
+        != (expected.channels, expected.height, expected.width)
+    {
+        bail!(
+            "{}: images are {}×{}×{}, expected {}×{}×{}",
+            dir.display(),
+            batcher.channels,
+            batcher.rows,
+            batcher.cols,
+            expected.channels,
+            expected.height,
+            expected.width
+        );
+    }
+    let data = Data {
+        train: train.items_normalised(cfg.limit.unwrap_or(usize::MAX), &means, &stds),
+        test: test.items_normalised(usize::MAX, &means, &stds),
+        batcher,
+    };
+    println!(
+        "{} from {}: {} training images, {} test images",
+        cfg.dataset,
+        dir.display(),
+        data.train.len(),
+        data.test.len()
+    );
+    Ok(data)
+}
+
+fn loader<B: Backend>(
+    items: Vec<ImageItem>,
+    batcher: ImageBatcher,
+    batch_size: usize,
+    shuffle: Option<u64>,
+) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+    let builder = DataLoaderBuilder::new(batcher)
+        .batch_size(batch_size)
+        .num_workers(1);
+    let builder = match shuffle {
+        Some(seed) => builder.shuffle(seed),
+        None => builder,
+    };
+    builder.build(InMemDataset::new(items))
+}
+
+/// The epochs of the checkpoints in `dir/checkpoint`, highest last.
+fn checkpoint_epochs(dir: &Path) -> Vec<usize> {
+    let mut epochs: Vec<usize> = std::fs::read_dir(dir.join("checkpoint"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("model-")?.split('.').next()?.parse().ok()
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+/// Loads a run's final model (with its own policy) onto `device`.
+pub(crate) fn load_run<B: Backend>(
+    dir: &Path,
+    temps: &Temperatures,
+    device: &B::Device,
+) -> Result<(RunConfig, Model<B>)> {
+    let cfg = RunConfig::read(&dir.join("config.toml"))
+        .with_context(|| format!("{} is not a quantnet run directory", dir.display()))?;
+    let policy = cfg.policy()?;
+    let mut model = Model::new(cfg.model, cfg.dataset.input(), device);
+    quantize::skeleton(&mut model, &policy, temps, device)?;
+    let path = dir.join("model.mpk");
+    if !path.is_file() {
+        bail!(
+            "{} has no model.mpk (the run did not finish; `quantnet train --resume {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.clone(), device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let mut model = model.load_record(record);
+    quantize::attach(&mut model, temps);
+    Ok((cfg, model))
+}
+
+fn save_model<B: Backend>(model: &Model<B>, dir: &Path) -> Result<()> {
+    // The recorder sets the extension itself: write `model-partial.mpk`, then rename.
+    let path = dir.join("model.mpk");
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(model.clone().into_record(), dir.join("model-partial"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(dir.join("model-partial.mpk"), &path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+struct Phase<'a> {
+    name: &'a str,
+    dir: PathBuf,
+    epochs: usize,
+    resume_from: Option<usize>,
+    hook: TemperatureHook,
+}
+
+/// One burn-train run of `phase.epochs` epochs; returns the trained model and seconds per epoch.
+fn fit<B>(
+    model: Model<B::InnerBackend>,
+    phase: Phase<'_>,
+    cfg: &RunConfig,
+    data: &Data,
+    temps: &Temperatures,
+) -> Result<(Model<B::InnerBackend>, Vec<f64>)>
+where
+    B: AutodiffBackend + QuantBackend,
+    B::InnerBackend: QuantBackend,
+{
+    let dir = phase
+        .dir
+        .to_str()
+        .context("the run directory's path is not UTF-8")?
+        .to_string();
+    let clock = EpochClock::new();
+    let optimizer = AdamConfig::new()
+        .with_grad_clipping(cfg.clip.map(GradientClippingConfig::Norm))
+        .init();
+    let mut training = SupervisedTraining::new(
+        dir,
+        loader::<B>(
+            data.train.clone(),
+            data.batcher,
+            cfg.batch_size,
+            Some(cfg.seed),
+        ),
+        loader::<B::InnerBackend>(data.test.clone(), data.batcher, 500, None),
+    )
+    .metrics((AccuracyMetric::new(), LossMetric::new()))
+    .metric_train_numeric(TemperatureMetric::new("Weight temperature", &temps.weights))
+    .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
+    .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
+    .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
+    .renderer(PlainRenderer::new(phase.name))
+    .num_epochs(phase.epochs);
+    let start = phase.resume_from.unwrap_or(0);
+    phase.hook.start_at(start);
+    if start > 0 {
+        training = training.checkpoint(start);
+    }
+    let model = <Model<B> as AutodiffModule<B>>::from_inner(model);
+    let trained = training
+        .launch(Learner::new(model, optimizer, cfg.lr))
+        .model;
+    Ok((trained, clock.seconds()))
+}
+
+/// Per-epoch metrics from burn-train's logs (`DIR/{train,valid}/epoch-N/NAME.log`, lines of
+/// `value,count`): the count-weighted mean.
+fn epoch_mean(dir: &Path, split: &str, epoch: usize, name: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(
+        dir.join(split)
+            .join(format!("epoch-{epoch}"))
+            .join(format!("{name}.log")),
+    )
+    .ok()?;
+    let (mut sum, mut n) = (0.0, 0.0);
+    for line in text.lines() {
+        let (v, c) = line.split_once(',')?;
+        let (v, c): (f64, f64) = (v.trim().parse().ok()?, c.trim().parse().ok()?);
+        sum += v * c;
+        n += c;
+    }
+    (n > 0.0).then(|| sum / n)
+}
+
+fn write_metrics(
+    dir: &Path,
+    phase_dir: &Path,
+    epochs: usize,
+    seconds: &[f64],
+    schedules: (&TemperatureSchedule, &TemperatureSchedule),
+    policy: &QuantPolicy,
+) -> Result<()> {
+    let mut csv = String::from(
+        "epoch,train_loss,train_accuracy,test_loss,test_accuracy_hard,weights_temperature,\
+         acts_temperature,seconds\n",
+    );
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    let first = seconds.len().saturating_sub(epochs);
+    for epoch in 1..=epochs {
+        let t = |s: &TemperatureSchedule, on: bool| {
+            if on {
+                format!("{}", s.at(epoch - 1))
+            } else {
+                String::new()
+            }
+        };
+        csv.push_str(&format!(
+            "{epoch},{},{},{},{},{},{},{}\n",
+            cell(epoch_mean(phase_dir, "train", epoch, "Loss")),
+            cell(epoch_mean(phase_dir, "train", epoch, "Accuracy")),
+            cell(epoch_mean(phase_dir, "valid", epoch, "Loss")),
+            cell(epoch_mean(phase_dir, "valid", epoch, "Accuracy")),
+            t(schedules.0, policy.weights.is_some()),
+            t(schedules.1, policy.acts.is_some()),
+            cell(seconds.get(first + epoch - 1).copied()),
+        ));
+    }
+    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())
+}
+
+/// α, β and the weight occupancy of every quantizer.
+pub(crate) fn layer_reports<B: QuantBackend>(model: &mut Model<B>) -> Result<Vec<LayerReport>> {
+    let scalar = |t: burn::tensor::Tensor<B, 1>| -> f32 {
+        t.into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f32::NAN)
+    };
+    let mut out = Vec::new();
+    let slots = model.slots();
+    for (name, mut layer) in slots.weights {
+        let weight = layer.weight();
+        let kind = match layer {
+            WeightLayer::Conv(_) => "conv",
+            WeightLayer::Linear(_) => "linear",
+        };
+        if let Some(q) = layer.quantizer().as_ref() {
+            out.push(LayerReport {
+                name,
+                kind: kind.into(),
+                levels: q.level_set().name(),
+                alpha: scalar(q.alpha.val()),
+                beta: scalar(q.beta.val()),
+                occupancy: Some(q.occupancy(weight)?),
+            });
+        }
+    }
+    for (name, slot) in slots.acts {
+        if let Some(q) = &slot.quantizer {
+            out.push(LayerReport {
+                name,
+                kind: "activation".into(),
+                levels: q.level_set().name(),
+                alpha: scalar(q.alpha.val()),
+                beta: scalar(q.beta.val()),
+                occupancy: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+struct TrainJob {
+    cfg: RunConfig,
+    out: PathBuf,
+    resume: bool,
+    backend: BackendName,
+}
+
+impl WithBackend for TrainJob {
+    type Output = Summary;
+
+    fn run<B>(self, device: B::Device) -> Result<Summary>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+    {
+        let TrainJob {
+            cfg,
+            out,
+            resume,
+            backend,
+        } = self;
+        let policy = cfg.policy()?;
+        let (w_schedule, a_schedule) = cfg.schedules()?;
+        let data = load_data(&cfg)?;
+        B::seed(&device, cfg.seed);
+        let temps = Temperatures::default();
+        let quantized = !policy.is_float();
+        let main_dir = out.join("train");
+        let done = checkpoint_epochs(&main_dir)
+            .into_iter()
+            .filter(|&e| e <= cfg.epochs)
+            .next_back();
+
+        let model = if let (true, Some(epoch)) = (resume, done) {
+            println!("resuming from the checkpoint of epoch {epoch}");
+            let mut model = Model::new(cfg.model, cfg.dataset.input(), &device);
+            quantize::skeleton(&mut model, &policy, &temps, &device)?;
+            (model, Some(epoch))
+        } else {
+            let mut model = match &cfg.from {
+                Some(from) => {
+                    let (from_cfg, model) = load_run::<B::InnerBackend>(from, &temps, &device)?;
+                    if (from_cfg.model, from_cfg.dataset.input())
+                        != (cfg.model, cfg.dataset.input())
+                    {
+                        bail!(
+                            "--from {}: a {} for {}, not a {} for {}",
+                            from.display(),
+                            from_cfg.model,
+                            from_cfg.dataset,
+                            cfg.model,
+                            cfg.dataset
+                        );
+                    }
+                    println!(
+                        "starting from {} ({})",
+                        from.display(),
+                        from_cfg.precision_tag()
+                    );
+                    model
+                }
+                None => {
+                    let model = Model::new(cfg.model, cfg.dataset.input(), &device);
+                    if quantized && cfg.pretrain_epochs > 0 {
+                        println!(
+                            "full-precision pretraining: {} epoch(s)",
+                            cfg.pretrain_epochs
+                        );
+                        let phase = Phase {
+                            name: "pretrain",
+                            dir: out.join("pretrain"),
+                            epochs: cfg.pretrain_epochs,
+                            resume_from: None,
+                            hook: TemperatureHook::new(),
+                        };
+                        let (model, _) = fit::<B>(model, phase, &cfg, &data, &temps)?;
+                        let fp = quantnet_models::train::accuracy(
+                            &model,
+                            &data.test,
+                            data.batcher,
+                            500,
+                            &device,
+                        );
+                        println!("full precision: test accuracy {fp:.2}%");
+                        model
+                    } else {
+                        model
+                    }
+                }
+            };
+            let w = quantize_weights(&mut model, &policy, &temps)?;
+            let calibration: Vec<_> = data.train[..cfg.calibration_images.min(data.train.len())]
+                .chunks(100)
+                .map(|c| {
+                    let batch: ImageBatch<B::InnerBackend> =
+                        data.batcher.batch(c.to_vec(), &device);
+                    batch.images
+                })
+                .collect();
+            let a = calibrate_acts(&mut model, &policy, &temps, calibration)?;
+            if quantized {
+                println!("quantized {w} weight layer(s), calibrated {a} activation quantizer(s)");
+            }
+            (model, None)
+        };
+        let (model, resume_from) = model;
+        let hook = TemperatureHook::new()
+            .with(&temps.weights, w_schedule)
+            .with(&temps.acts, a_schedule);
+        let phase = Phase {
+            name: if quantized { "quantized" } else { "train" },
+            dir: main_dir.clone(),
+            epochs: cfg.epochs,
+            resume_from,
+            hook: hook.clone(),
+        };
+        let (mut model, seconds) = fit::<B>(model, phase, &cfg, &data, &temps)?;
+        quantize::attach(&mut model, &temps);
+        // The temperatures of the last epoch (the hook has already moved to the next one).
+        hook.start_at(cfg.epochs - 1);
+        save_model(&model, &out)?;
+        write_metrics(
+            &out,
+            &main_dir,
+            cfg.epochs,
+            &seconds,
+            (&w_schedule, &a_schedule),
+            &policy,
+        )?;
+
+        let hard = quantnet_models::train::accuracy(&model, &data.test, data.batcher, 500, &device);
+        quantize::set_mode(&mut model, QuantMode::Soft);
+        let soft = quantnet_models::train::accuracy(&model, &data.test, data.batcher, 500, &device);
+        quantize::set_mode(&mut model, QuantMode::Auto);
+        let summary = Summary {
+            model: cfg.model.to_string(),
+            dataset: cfg.dataset.to_string(),
+            backend: backend.name().into(),
+            weights: cfg.weights.clone(),
+            acts: cfg.acts.clone(),
+            epochs: cfg.epochs,
+            pretrain_epochs: if cfg.from.is_none() && quantized {
+                cfg.pretrain_epochs
+            } else {
+                0
+            },
+            train_images: data.train.len(),
+            test_images: data.test.len(),
+            test_accuracy_hard: hard,
+            test_accuracy_soft: soft,
+            seconds_per_epoch: seconds,
+            temperature: crate::run::Temperatures {
+                weights: policy.weights.as_ref().map(|_| temps.weights.get()),
+                acts: policy.acts.as_ref().map(|_| temps.acts.get()),
+            },
+            layers: layer_reports(&mut model)?,
+        };
+        summary.write(&out)?;
+        Ok(summary)
+    }
+}
+
+fn default_out(cfg: &RunConfig) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs").join(format!(
+        "{}-{}-{}-{stamp}",
+        cfg.model,
+        cfg.dataset,
+        cfg.precision_tag()
+    ))
+}
+
+/// Config file, then flags.
+fn config_from(args: &TrainArgs) -> Result<RunConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => RunConfig::read(path)?,
+        None => RunConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => {$(
+            if let Some(v) = &args.$field {
+                cfg.$field = v.clone().into();
+            }
+        )*};
+    }
+    set!(
+        model,
+        dataset,
+        weights,
+        acts,
+        gradient,
+        epochs,
+        pretrain_epochs,
+        batch_size,
+        lr,
+        calibration_images,
+        seed
+    );
+    if let Some(v) = &args.temperature {
+        cfg.weights_temperature = v.clone();
+    }
+    if let Some(v) = &args.act_temperature {
+        cfg.acts_temperature = v.clone();
+    }
+    if args.data_dir.is_some() {
+        cfg.data_dir = args.data_dir.clone();
+    }
+    if args.limit.is_some() {
+        cfg.limit = args.limit;
+    }
+    if args.clip.is_some() {
+        cfg.clip = args.clip;
+    }
+    if args.from.is_some() {
+        cfg.from = args.from.clone();
+    }
+    if args.quantize_all {
+        cfg.quantize_all = true;
+    }
+    Ok(cfg)
+}
+
+pub(crate) fn run(args: TrainArgs) -> Result<()> {
+    let (cfg, out, resume) = match &args.resume {
+        Some(dir) => {
+            let cfg = RunConfig::read(&dir.join("config.toml")).with_context(|| {
+                format!("--resume {}: not a quantnet run directory", dir.display())
+            })?;
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let cfg = config_from(&args)?;
+            let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+            if out.join("config.toml").exists() {
+                bail!(
+                    "{} already holds a run; pass --resume {} to continue it or another --out",
+                    out.display(),
+                    out.display()
+                );
+            }
+            (cfg, out, false)
+        }
+    };
+    cfg.validate()?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    cfg.write(&out)?;
+    println!(
+        "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}",
+        out.display(),
+        cfg.model,
+        cfg.dataset,
+        cfg.weights,
+        cfg.acts,
+        cfg.epochs,
+        args.backend.name()
+    );
+    let summary = dispatch(
+        args.backend,
+        TrainJob {
+            cfg,
+            out: out.clone(),
+            resume,
+            backend: args.backend,
+        },
+    )?;
+    let per_epoch = summary.seconds_per_epoch.iter().sum::<f64>()
+        / summary.seconds_per_epoch.len().max(1) as f64;
+    println!(
+        "test accuracy (hard-quantized): {:.2}%   (soft, diagnostic: {:.2}%)   {:.1} s/epoch",
+        summary.test_accuracy_hard, summary.test_accuracy_soft, per_epoch
+    );
+    println!(
+        "wrote {}/{{model.mpk,metrics.csv,summary.json}}",
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Run configuration, run directories and the summary every run writes.
+//!
+//! A run directory holds `config.toml` (the configuration used, complete: `quantnet train
+//! --config RUN/config.toml` repeats the run), `checkpoint/` (burn-train's, per epoch),
+//! `metrics.csv`, `model.mpk` (the final model) and `summary.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use quantnet_burn::{GradientMode, LevelSet, QuantizerConfig, TemperatureSchedule};
+use quantnet_models::data::Dataset;
+use quantnet_models::{Arch, QuantPolicy};
+use serde::{Deserialize, Serialize};
+
+/// Everything a training run is made from. The defaults are the README's main job: LeNet-5 on
+/// Fashion-MNIST, one full-precision epoch, then two with ternary weights and 2-bit activations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RunConfig {
+    /// Architecture.
+    pub(crate) model: Arch,
+    /// Data set.
+    pub(crate) dataset: Dataset,
+    /// Folder holding the data set (default: the standard places).
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Weight levels: `fp`, or a level set (`1`, `2`, `3pm2`, `3pm4`, `5`, `sN`, a list).
+    pub(crate) weights: String,
+    /// Activation levels: `32`/`fp`, a bit count `N` (unsigned N-bit), or a level set.
+    pub(crate) acts: String,
+    /// Quantize the first conv and the last linear too.
+    pub(crate) quantize_all: bool,
+    /// Gradient rule of the weight quantizers: `exact` or `official`.
+    pub(crate) gradient: String,
+    /// Quantized (or, for `weights = "fp"`, full-precision) training epochs.
+    pub(crate) epochs: usize,
+    /// Full-precision epochs before quantizing, when not starting `from` a run.
+    pub(crate) pretrain_epochs: usize,
+    /// Images per step.
+    pub(crate) batch_size: usize,
+    /// Adam's learning rate.
+    pub(crate) lr: f64,
+    /// Weight temperature schedule (`linear:5,cap=2000`, `exp:T0,G`, `const:T`).
+    pub(crate) weights_temperature: String,
+    /// Activation temperature schedule.
+    pub(crate) acts_temperature: String,
+    /// Training images sampled to calibrate the activation quantizers (the paper: 1000).
+    pub(crate) calibration_images: usize,
+    /// Clip the gradient's L2 norm to this value (the paper: 5).
+    pub(crate) clip: Option<f32>,
+    /// Seed of the initialisation and the shuffling.
+    pub(crate) seed: u64,
+    /// Train on the first N training images only (the test set is always whole).
+    pub(crate) limit: Option<usize>,
+    /// A run directory to start from (its final model).
+    pub(crate) from: Option<PathBuf>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            model: Arch::Lenet5,
+            dataset: Dataset::FashionMnist,
+            data_dir: None,
+            weights: "2".into(),
+            acts: "2".into(),
+            quantize_all: false,
+            gradient: "exact".into(),
+            epochs: 2,
+            pretrain_epochs: 1,
+            batch_size: 64,
+            lr: 1e-3,
+            weights_temperature: "linear:5,cap=2000".into(),
+            acts_temperature: "linear:10".into(),
+            calibration_images: 1000,
+            clip: None,
+            seed: 42,
+            limit: None,
+            from: None,
+        }
+    }
+}
+
+/// `fp`/`32` or a level set.
+fn levels(text: &str, what: &str, bits_are_unsigned: bool) -> Result<Option<LevelSet>> {
+    let text = text.trim();
+    if matches!(text, "fp" | "32" | "float") {
+        return Ok(None);
+    }
+    if bits_are_unsigned && let Ok(bits) = text.parse::<u32>() {
+        return Ok(Some(LevelSet::unsigned(bits).with_context(|| {
+            format!("--{what} {text}: not a valid bit count")
+        })?));
+    }
+    Ok(Some(
+        text.parse::<LevelSet>()
+            .with_context(|| format!("--{what} {text}"))?,
+    ))
+}
+
+impl RunConfig {
+    /// Checks every field and derives the quantization policy.
+    pub(crate) fn policy(&self) -> Result<QuantPolicy> {
+        let gradient = match self.gradient.as_str() {
+            "exact" => GradientMode::Exact,
+            "official" => GradientMode::official(),
+            other => bail!("gradient `{other}`: expected exact or official"),
+        };
+        Ok(QuantPolicy {
+            weights: levels(&self.weights, "weights", false)?
+                .map(|l| QuantizerConfig::weights(l).with_gradient(gradient)),
+            acts: levels(&self.acts, "acts", true)?.map(QuantizerConfig::activations),
+            quantize_all: self.quantize_all,
+        })
+    }
+
+    /// The two temperature schedules.
+    pub(crate) fn schedules(&self) -> Result<(TemperatureSchedule, TemperatureSchedule)> {
+        let w = self
+            .weights_temperature
+            .parse()
+            .context("--temperature (weights)")?;
+        let a = self.acts_temperature.parse().context("--act-temperature")?;
+        Ok((w, a))
+    }
+
+    /// Everything that can be checked before loading data.
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.policy()?;
+        self.schedules()?;
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if self.limit == Some(0) {
+            bail!("--limit must be at least 1 image");
+        }
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if let Some(clip) = self.clip
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            bail!("--clip must be a positive number, got {clip}");
+        }
+        if self.calibration_images == 0 {
+            bail!("--calibration-images must be at least 1");
+        }
+        self.model
+            .check_input(self.dataset.input())
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
+    /// Reads a TOML config file.
+    pub(crate) fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid run config", path.display()))
+    }
+
+    /// Writes `config.toml` into `dir`.
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        let text = toml::to_string(self).context("serialising the run config")?;
+        write_atomic(&dir.join("config.toml"), text.as_bytes())
+    }
+
+    /// A short tag such as `w2-a2` or `fp`.
+    pub(crate) fn precision_tag(&self) -> String {
+        let w = levels(&self.weights, "weights", false).ok().flatten();
+        let a = levels(&self.acts, "acts", true).ok().flatten();
+        match (w, a) {
+            (None, None) => "fp".into(),
+            (w, a) => format!(
+                "w{}-a{}",
+                w.map_or("fp".into(), |l| l.name()),
+                a.map_or("fp".into(), |l| l.name())
+            ),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a failure never
+/// leaves a half-written file in place of a good one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What every run directory ends with (`summary.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Summary {
+    pub(crate) model: String,
+    pub(crate) dataset: String,
+    pub(crate) backend: String,
+    pub(crate) weights: String,
+    pub(crate) acts: String,
+    pub(crate) epochs: usize,
+    pub(crate) pretrain_epochs: usize,
+    pub(crate) train_images: usize,
+    pub(crate) test_images: usize,
+    /// Test accuracy (%) with hard quantization: the model's accuracy.
+    pub(crate) test_accuracy_hard: f64,
+    /// Test accuracy (%) with the soft quantizers at the final temperature (a diagnostic).
+    pub(crate) test_accuracy_soft: f64,
+    /// Wall time of each epoch of this run (training and validation), seconds.
+    pub(crate) seconds_per_epoch: Vec<f64>,
+    /// The temperatures of the last epoch.
+    pub(crate) temperature: Temperatures,
+    /// Per quantized layer: level set, α, β, and (weights) the fraction at each level.
+    pub(crate) layers: Vec<LayerReport>,
+}
+
+/// Final temperatures (absent where nothing is quantized).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Temperatures {
+    pub(crate) weights: Option<f32>,
+    pub(crate) acts: Option<f32>,
+}
+
+/// One quantizer's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct LayerReport {
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) levels: String,
+    pub(crate) alpha: f32,
+    pub(crate) beta: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) occupancy: Option<Vec<f32>>,
+}
+
+impl Summary {
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).context("serialising the summary")?;
+        write_atomic(&dir.join("summary.json"), text.as_bytes())
+    }
+}
