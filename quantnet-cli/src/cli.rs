@@ -32,6 +32,9 @@ pub(crate) enum Command {
     /// Evaluate a run's final model on the whole test set: hard-quantized accuracy (the model's
     /// accuracy) and soft accuracy (a diagnostic).
     Eval(EvalArgs),
+    /// Export a run's final model as a .qnet file: quantized weights as bit-packed level codes,
+    /// the rest as float32, with a checksum; prints the size report.
+    Export(ExportArgs),
     /// Print a run's model: per-layer precision, level sets, temperatures, alpha and beta.
     Info(InfoArgs),
     /// Time the quantizer's forward+backward against a same-size copy and the naive composition
@@ -221,8 +224,18 @@ pub(crate) struct TrainArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct EvalArgs {
     /// The run directory whose model.mpk is evaluated.
-    #[arg(long = "from", value_name = "RUN_DIR")]
-    pub(crate) run: PathBuf,
+    #[arg(
+        long = "from",
+        value_name = "RUN_DIR",
+        required_unless_present = "model_file"
+    )]
+    pub(crate) run: Option<PathBuf>,
+    /// A .qnet file (from `quantnet export`) to evaluate instead.
+    #[arg(long, conflicts_with = "run")]
+    pub(crate) model_file: Option<PathBuf>,
+    /// Data set (default: the run's, or the one recorded in the .qnet file).
+    #[arg(long)]
+    pub(crate) dataset: Option<quantnet_models::data::Dataset>,
     /// Folder holding the data set (default: the run's, then the standard places).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
@@ -239,4 +252,14 @@ pub(crate) struct InfoArgs {
     /// The run directory.
     #[arg(long = "from", value_name = "RUN_DIR")]
     pub(crate) run: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    /// The run directory whose final model is exported.
+    #[arg(long = "from", value_name = "RUN_DIR")]
+    pub(crate) run: PathBuf,
+    /// The .qnet file to write.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
 }

@@ -207,8 +207,9 @@ pub(crate) struct Summary {
     pub(crate) test_images: usize,
     /// Test accuracy (%) with hard quantization: the model's accuracy.
     pub(crate) test_accuracy_hard: f64,
-    /// Test accuracy (%) with the soft quantizers at the final temperature (a diagnostic).
-    pub(crate) test_accuracy_soft: f64,
+    /// Test accuracy (%) with the soft quantizers at the final temperature (a diagnostic;
+    /// `null` for an exported model, which holds only hard weights).
+    pub(crate) test_accuracy_soft: Option<f64>,
     /// Wall time of each epoch of this run (training and validation), seconds.
     pub(crate) seconds_per_epoch: Vec<f64>,
     /// The temperatures of the last epoch.

@@ -186,3 +186,224 @@ fn bench_runs_a_tiny_case_and_prints_the_table() {
         assert!(row.starts_with(&format!("| cpu | 1024 | {n} |")), "{row}");
     }
 }
+
+fn shared_data() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    dir.join("fashion-mnist").is_dir().then_some(dir)
+}
+
+/// The temperature object's `key`.
+fn temperature(text: &str, key: &str) -> f64 {
+    let at = text
+        .find("\"temperature\": {")
+        .expect("temperature in summary");
+    json_number(&text[at..], key)
+}
+
+fn json_number(text: &str, key: &str) -> f64 {
+    let at = text
+        .find(&format!("\"{key}\": "))
+        .unwrap_or_else(|| panic!("{key} missing in {text}"));
+    let rest = &text[at + key.len() + 4..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().unwrap()
+}
+
+#[test]
+fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
+    let Some(data) = shared_data() else {
+        eprintln!("../shared/data not present: nothing to check");
+        return;
+    };
+    let data = data.to_str().unwrap();
+    let root = std::env::temp_dir().join(format!("quantnet-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run = root.join("run");
+    let run_s = run.to_str().unwrap();
+    // One full-precision epoch, then two ternary-weight, 2-bit-activation epochs on 600 images.
+    let out = quantnet(&[
+        "train",
+        "--data-dir",
+        data,
+        "--limit",
+        "600",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--out",
+        run_s,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("quantized 3 weight layer(s), calibrated 4 activation"),
+        "{text}"
+    );
+    assert!(text.contains("test accuracy (hard-quantized)"), "{text}");
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    for key in [
+        "\"model\": \"lenet5\"",
+        "\"dataset\": \"fashion-mnist\"",
+        "\"backend\": \"cpu\"",
+        "\"weights\": \"2\"",
+        "\"acts\": \"2\"",
+        "\"seconds_per_epoch\"",
+    ] {
+        assert!(summary.contains(key), "{key} in {summary}");
+    }
+    let hard = json_number(&summary, "test_accuracy_hard");
+    // Better than chance (10%) after 3 epochs on 600 images, and a percentage.
+    assert!(hard > 20.0 && hard <= 100.0, "{summary}");
+    assert_eq!(json_number(&summary, "test_images"), 10_000.0);
+    // T = 5·(epoch+1) for weights, 10·(epoch+1) for activations: epoch 2 of 2 has 10 and 20.
+    assert_eq!(temperature(&summary, "weights"), 10.0);
+    assert_eq!(temperature(&summary, "acts"), 20.0);
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = metrics.lines().collect();
+    assert_eq!(rows.len(), 3, "{metrics}");
+    assert!(rows[0].starts_with("epoch,train_loss,train_accuracy,test_loss,test_accuracy_hard"));
+    assert!(
+        rows[2].starts_with("2,") && rows[2].contains(",10,20,"),
+        "{metrics}"
+    );
+    assert!(run.join("config.toml").is_file() && run.join("model.mpk").is_file());
+
+    // eval reproduces the run's hard accuracy exactly and writes the same summary fields.
+    let eval_dir = root.join("eval");
+    let out = quantnet(&["eval", "--from", run_s, "--out", eval_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval = std::fs::read_to_string(eval_dir.join("summary.json")).unwrap();
+    assert_eq!(json_number(&eval, "test_accuracy_hard"), hard, "{eval}");
+    assert_eq!(
+        json_number(&eval, "test_accuracy_soft"),
+        json_number(&summary, "test_accuracy_soft")
+    );
+
+    // Export: bit-packed codes; evaluating the file gives the run's hard accuracy exactly.
+    let qnet = root.join("model.qnet");
+    let out = quantnet(&["export", "--from", run_s, "--out", qnet.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    // conv2 holds 6·16·25 = 2400 ternary weights: 2 bits each, 600 bytes.
+    assert!(
+        report.contains("conv2") && report.contains(" 2400     2          600"),
+        "{report}"
+    );
+    let eval_q = root.join("eval-qnet");
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        qnet.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--out",
+        eval_q.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let from_file = std::fs::read_to_string(eval_q.join("summary.json")).unwrap();
+    assert_eq!(
+        json_number(&from_file, "test_accuracy_hard"),
+        hard,
+        "{from_file}"
+    );
+    assert!(
+        from_file.contains("\"test_accuracy_soft\": null"),
+        "{from_file}"
+    );
+    // A corrupted file is one clear line.
+    let mut bytes = std::fs::read(&qnet).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&qnet, &bytes).unwrap();
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        qnet.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+
+    // info lists every layer with its precision.
+    let out = quantnet(&["info", "--from", run_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = stdout(&out);
+    assert!(info.contains("conv1") && info.contains("fp32"), "{info}");
+    assert!(info.contains("conv2") && info.contains("act4"), "{info}");
+
+    // Resume: drop the last epoch's checkpoint and the results, continue from epoch 1; the
+    // temperatures are those of the uninterrupted run.
+    for f in ["model-2.bin", "optim-2.bin", "scheduler-2.bin"] {
+        std::fs::remove_file(run.join("train/checkpoint").join(f)).unwrap();
+    }
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let out = quantnet(&["train", "--resume", run_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("resuming from the checkpoint of epoch 1"));
+    let resumed = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    assert_eq!(temperature(&resumed, "weights"), 10.0);
+    assert_eq!(temperature(&resumed, "acts"), 20.0);
+
+    // A second run into the same directory is refused (no silent overwrite).
+    let out = quantnet(&["train", "--data-dir", data, "--limit", "10", "--out", run_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already holds a run"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn train_errors_are_one_clear_line() {
+    let cases: [(&[&str], &str); 7] = [
+        (&["train", "--weights", "7"], "--weights 7"),
+        (&["train", "--acts", "u0"], "--acts u0"),
+        (
+            &["train", "--model", "alexnet-bn"],
+            "needs images of at least 63",
+        ),
+        (&["train", "--temperature", "linear:-1"], "temperature"),
+        (&["train", "--batch-size", "0"], "--batch-size"),
+        (
+            &[
+                "train",
+                "--data-dir",
+                "/nonexistent/quantnet",
+                "--out",
+                "/tmp/quantnet-never",
+            ],
+            "not found; looked in /nonexistent/quantnet",
+        ),
+        (
+            &["eval", "--from", "/nonexistent/run"],
+            "not a quantnet run directory",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = quantnet(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/quantnet-never").exists());
+    // Flag values clap rejects: its usage error (exit 2), with our message.
+    let out = quantnet(&["train", "--model", "vgg"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown model `vgg`"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod layers;
 pub mod models;
 pub mod quantize;

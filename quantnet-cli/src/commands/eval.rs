@@ -2,17 +2,19 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
+use quantnet_burn::LevelSet;
 use quantnet_burn::{QuantBackend, QuantMode};
-use quantnet_models::data::Split;
+use quantnet_models::data::{Dataset, ImageBatcher, ImageItem, Split};
+use quantnet_models::export;
 use quantnet_models::quantize;
 use quantnet_models::{Temperatures, models::WeightLayer};
 
 use super::train::{layer_reports, load_run};
 use crate::backend::{BackendName, WithBackend, dispatch};
-use crate::cli::{EvalArgs, InfoArgs};
-use crate::run::{RunConfig, Summary};
+use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
+use crate::run::{RunConfig, Summary, write_atomic};
 
 struct EvalJob {
     args: EvalArgs,
@@ -26,6 +28,19 @@ fn final_temperatures(cfg: &RunConfig, temps: &Temperatures) -> Result<()> {
     Ok(())
 }
 
+fn test_items(
+    dataset: Dataset,
+    data_dir: Option<&std::path::Path>,
+) -> Result<(Vec<ImageItem>, ImageBatcher)> {
+    let dir = dataset.locate(data_dir)?;
+    let test = dataset.load(&dir, Split::Test)?;
+    let (means, stds) = dataset.normalisation();
+    Ok((
+        test.items_normalised(usize::MAX, &means, &stds),
+        test.batcher(),
+    ))
+}
+
 impl WithBackend for EvalJob {
     type Output = Summary;
 
@@ -34,25 +49,87 @@ impl WithBackend for EvalJob {
         B: AutodiffBackend + QuantBackend,
         B::InnerBackend: QuantBackend,
     {
+        let args = self.args;
+        let backend = args.backend.name().to_string();
+        if let Some(file) = &args.model_file {
+            // An exported model: hard weights decoded from codes, activation quantizers hard.
+            let (manifest, mut model) = export::load::<B::InnerBackend>(file, &device)?;
+            let dataset = match (args.dataset, &manifest.dataset) {
+                (Some(d), _) => d,
+                (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,
+                (None, None) => bail!(
+                    "{} does not say its data set; pass --dataset",
+                    file.display()
+                ),
+            };
+            if dataset.input() != manifest.input {
+                bail!(
+                    "{} is a model for {}×{}×{} images, not for {dataset}",
+                    file.display(),
+                    manifest.input.channels,
+                    manifest.input.height,
+                    manifest.input.width
+                );
+            }
+            let (items, batcher) = test_items(dataset, args.data_dir.as_deref())?;
+            let started = Instant::now();
+            let hard = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
+            let seconds = started.elapsed().as_secs_f64();
+            let bits = |c: &[quantnet_models::export::CodedEntry]| {
+                c.first().map_or("fp".to_string(), |e| {
+                    LevelSet::new(e.levels.clone()).map_or("custom".into(), |l| l.name())
+                })
+            };
+            return Ok(Summary {
+                model: manifest.arch.to_string(),
+                dataset: dataset.to_string(),
+                backend,
+                weights: bits(&manifest.coded),
+                acts: manifest.acts.as_ref().map_or("32".to_string(), |l| {
+                    LevelSet::new(l.clone()).map_or("custom".into(), |l| l.name())
+                }),
+                epochs: 0,
+                pretrain_epochs: 0,
+                train_images: 0,
+                test_images: items.len(),
+                test_accuracy_hard: hard,
+                test_accuracy_soft: None,
+                seconds_per_epoch: vec![seconds],
+                temperature: crate::run::Temperatures {
+                    weights: None,
+                    acts: None,
+                },
+                layers: layer_reports(&mut model)?,
+            });
+        }
+        let run = args
+            .run
+            .as_deref()
+            .context("--from RUN_DIR or --model-file FILE")?;
         let temps = Temperatures::default();
-        let (cfg, mut model) = load_run::<B::InnerBackend>(&self.args.run, &temps, &device)?;
+        let (cfg, mut model) = load_run::<B::InnerBackend>(run, &temps, &device)?;
         final_temperatures(&cfg, &temps)?;
         let policy = cfg.policy()?;
-        let data_dir = self.args.data_dir.clone().or(cfg.data_dir.clone());
-        let dir = cfg.dataset.locate(data_dir.as_deref())?;
-        let test = cfg.dataset.load(&dir, Split::Test)?;
-        let (means, stds) = cfg.dataset.normalisation();
-        let items = test.items_normalised(usize::MAX, &means, &stds);
+        let dataset = args.dataset.unwrap_or(cfg.dataset);
+        if dataset.input() != cfg.dataset.input() {
+            bail!(
+                "{} holds a model for {}, which {dataset} does not fit",
+                run.display(),
+                cfg.dataset
+            );
+        }
+        let data_dir = args.data_dir.clone().or(cfg.data_dir.clone());
+        let (items, batcher) = test_items(dataset, data_dir.as_deref())?;
         let started = Instant::now();
-        let hard = quantnet_models::train::accuracy(&model, &items, test.batcher(), 500, &device);
+        let hard = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
         let seconds = started.elapsed().as_secs_f64();
         quantize::set_mode(&mut model, QuantMode::Soft);
-        let soft = quantnet_models::train::accuracy(&model, &items, test.batcher(), 500, &device);
+        let soft = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
         quantize::set_mode(&mut model, QuantMode::Auto);
         Ok(Summary {
             model: cfg.model.to_string(),
-            dataset: cfg.dataset.to_string(),
-            backend: self.args.backend.name().into(),
+            dataset: dataset.to_string(),
+            backend,
             weights: cfg.weights.clone(),
             acts: cfg.acts.clone(),
             epochs: cfg.epochs,
@@ -60,7 +137,7 @@ impl WithBackend for EvalJob {
             train_images: 0,
             test_images: items.len(),
             test_accuracy_hard: hard,
-            test_accuracy_soft: soft,
+            test_accuracy_soft: Some(soft),
             seconds_per_epoch: vec![seconds],
             temperature: crate::run::Temperatures {
                 weights: policy.weights.as_ref().map(|_| temps.weights.get()),
@@ -74,15 +151,21 @@ impl WithBackend for EvalJob {
 pub(crate) fn run(args: EvalArgs) -> Result<()> {
     let backend: BackendName = args.backend;
     let out = args.out.clone();
-    let run_dir = args.run.clone();
+    let what = args
+        .model_file
+        .clone()
+        .or(args.run.clone())
+        .unwrap_or_default();
     let summary = dispatch(backend, EvalJob { args })?;
+    let soft = summary
+        .test_accuracy_soft
+        .map_or(String::new(), |s| format!("   (soft, diagnostic: {s:.2}%)"));
     println!(
-        "{}: test accuracy (hard-quantized) {:.2}%   (soft, diagnostic: {:.2}%)   on {} test \
-         images, backend {}",
-        run_dir.display(),
+        "{}: test accuracy (hard-quantized) {:.2}%{soft}   on {} {} test images, backend {}",
+        what.display(),
         summary.test_accuracy_hard,
-        summary.test_accuracy_soft,
         summary.test_images,
+        summary.dataset,
         backend.name()
     );
     if let Some(out) = out {
@@ -90,6 +173,48 @@ pub(crate) fn run(args: EvalArgs) -> Result<()> {
         summary.write(&out)?;
         println!("wrote {}/summary.json", out.display());
     }
+    Ok(())
+}
+
+pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let temps = Temperatures::default();
+    let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
+    let exported = export::export(
+        &mut model,
+        cfg.model,
+        cfg.dataset.input(),
+        Some(cfg.dataset.to_string()),
+    )?;
+    write_atomic(&args.out, &exported.bytes)?;
+    println!(
+        "{:<14} {:>10} {:>5} {:>12} {:>12} {:>12} {:>8}",
+        "layer", "values", "bits", "bytes", "float32", "minimum", "ratio"
+    );
+    let rows = export::size_report(&exported);
+    for r in &rows {
+        println!(
+            "{:<14} {:>10} {:>5} {:>12} {:>12} {:>12.0} {:>8.4}",
+            r.name,
+            r.values,
+            r.bits,
+            r.bytes,
+            r.float_bytes,
+            r.minimum_bytes,
+            r.bytes as f64 / r.float_bytes as f64
+        );
+    }
+    let float_total: u64 = rows.iter().map(|r| r.float_bytes).sum();
+    println!(
+        "wrote {}: {} bytes ({} of them manifest and framing), {:.2}× smaller than the float32 \
+         parameters ({} bytes)",
+        args.out.display(),
+        exported.bytes.len(),
+        exported.bytes.len() as u64 - rows.iter().map(|r| r.bytes).sum::<u64>(),
+        float_total as f64 / exported.bytes.len() as f64,
+        float_total
+    );
     Ok(())
 }
 

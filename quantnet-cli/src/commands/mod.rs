@@ -18,5 +18,6 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => eval::info(args),
+        Command::Export(args) => eval::export_run(args),
     }
 }

@@ -596,7 +596,7 @@ impl WithBackend for TrainJob {
             train_images: data.train.len(),
             test_images: data.test.len(),
             test_accuracy_hard: hard,
-            test_accuracy_soft: soft,
+            test_accuracy_soft: Some(soft),
             seconds_per_epoch: seconds,
             temperature: crate::run::Temperatures {
                 weights: policy.weights.as_ref().map(|_| temps.weights.get()),
@@ -694,6 +694,8 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         }
     };
     cfg.validate()?;
+    // Find the data before creating anything, so that a missing data set leaves no run behind.
+    cfg.dataset.locate(cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     cfg.write(&out)?;
     println!(
@@ -719,7 +721,9 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         / summary.seconds_per_epoch.len().max(1) as f64;
     println!(
         "test accuracy (hard-quantized): {:.2}%   (soft, diagnostic: {:.2}%)   {:.1} s/epoch",
-        summary.test_accuracy_hard, summary.test_accuracy_soft, per_epoch
+        summary.test_accuracy_hard,
+        summary.test_accuracy_soft.unwrap_or(f64::NAN),
+        per_epoch
     );
     println!(
         "wrote {}/{{model.mpk,metrics.csv,summary.json}}",

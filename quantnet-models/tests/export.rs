@@ -1,0 +1,201 @@
+//! The `.qnet` export: packing, checksums, parity of the exported model with the training-time
+//! hard-quantized model, size, and bad files.
+
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use quantnet_burn::{LevelSet, QuantizerConfig, hard_quantize};
+use quantnet_models::export::{self, crc32, pack, unpack};
+use quantnet_models::models::WeightLayer;
+use quantnet_models::quantize::{calibrate_acts, quantize_weights};
+use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
+
+type B = Flex;
+
+#[test]
+fn crc32_has_the_standard_check_value() {
+    // The CRC-32/ISO-HDLC check value of "123456789".
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+#[test]
+fn packing_round_trips_every_width() {
+    for bits in 1..=8u32 {
+        let codes: Vec<u32> = (0..1001u32).map(|i| (i * 7 + 3) % (1 << bits)).collect();
+        let packed = pack(&codes, bits);
+        assert_eq!(packed.len(), (1001 * bits as usize).div_ceil(8));
+        assert_eq!(unpack(&packed, bits, codes.len()), codes);
+    }
+    // LSB first: codes 1, 2, 3 at 2 bits are 0b11_10_01.
+    assert_eq!(pack(&[1, 2, 3], 2), vec![0b0011_1001]);
+}
+
+fn quantized(arch: Arch, input: InputShape, weights: LevelSet, seed: u64) -> Model<B> {
+    let device = Default::default();
+    B::seed(&device, seed);
+    let policy = QuantPolicy {
+        weights: Some(QuantizerConfig::weights(weights)),
+        acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
+        quantize_all: false,
+    };
+    let temps = Temperatures::default();
+    let mut model = Model::<B>::new(arch, input, &device);
+    quantize_weights(&mut model, &policy, &temps).unwrap();
+    let batch = Tensor::<B, 4>::random(
+        [8, input.channels, input.height, input.width],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    calibrate_acts(&mut model, &policy, &temps, [batch]).unwrap();
+    model
+}
+
+const MNIST: InputShape = InputShape {
+    channels: 1,
+    height: 28,
+    width: 28,
+    classes: 10,
+};
+const CIFAR: InputShape = InputShape {
+    channels: 3,
+    height: 32,
+    width: 32,
+    classes: 10,
+};
+
+/// For many seeds and level sets: the hard-quantized training-time model, the model reloaded from
+/// the file, and the decoded codes agree exactly. The arithmetic is identical (the decoded weight
+/// is `fl(α·y_k)`, which is what `hard_quantize` returns, and everything else is the same f32
+/// tensor), so the tolerance is zero.
+#[test]
+fn exported_models_reload_and_match_the_training_time_model_exactly() {
+    let device = Default::default();
+    let dir = std::env::temp_dir().join(format!("quantnet-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (Arch::Lenet5, MNIST, LevelSet::ternary()),
+        (Arch::Lenet5, MNIST, LevelSet::binary()),
+        (Arch::Lenet5, MNIST, LevelSet::three_pm4()),
+        (Arch::Lenet5, MNIST, LevelSet::five_bit()),
+        (Arch::Tfc, MNIST, LevelSet::three_pm2()),
+        (Arch::Resnet20, CIFAR, LevelSet::ternary()),
+    ];
+    for seed in 0..4u64 {
+        for (arch, input, levels) in cases.clone() {
+            let mut model = quantized(arch, input, levels.clone(), seed);
+            let exported = export::export(&mut model, arch, input, None).unwrap();
+            // Decoded codes equal the hard-quantized weights bit for bit.
+            {
+                let slots = model.slots();
+                let mut checked = 0;
+                for (name, mut layer) in slots.weights {
+                    let Some(q) = layer.quantizer().clone() else {
+                        continue;
+                    };
+                    let weight = match &layer {
+                        WeightLayer::Conv(c) => c.conv.weight.val(),
+                        WeightLayer::Linear(l) => l.linear.weight.val().unsqueeze::<4>(),
+                    };
+                    let hard: Vec<f32> = hard_quantize(weight, &q.params())
+                        .into_data()
+                        .to_vec()
+                        .unwrap();
+                    let entry = exported
+                        .manifest
+                        .coded
+                        .iter()
+                        .find(|c| c.layer == name)
+                        .unwrap();
+                    let (_, payload) = export::parse(&exported.bytes, "x".as_ref()).unwrap();
+                    let decoded = export::decode(entry, payload).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&decoded), bits(&hard), "{arch} {name} seed {seed}");
+                    checked += 1;
+                }
+                assert!(checked > 0);
+            }
+            let path = dir.join(format!("{arch}-{seed}.qnet"));
+            std::fs::write(&path, &exported.bytes).unwrap();
+            let (manifest, reloaded) = export::load::<B>(&path, &device).unwrap();
+            assert_eq!(manifest, exported.manifest);
+            let x = Tensor::<B, 4>::random(
+                [4, input.channels, input.height, input.width],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let a: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
+            let b: Vec<f32> = reloaded.forward(x).into_data().to_vec().unwrap();
+            assert_eq!(a, b, "{arch} {} seed {seed}", levels.name());
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantized_layers_take_bits_over_32_of_float32_within_one_percent() {
+    let mut model = quantized(Arch::Lenet5, MNIST, LevelSet::three_pm4(), 1);
+    let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
+    let rows = export::size_report(&exported);
+    // conv2, fc1, fc2 are quantized at 3 bits (7 levels); conv1 and fc3 stay float.
+    let coded: Vec<_> = rows.iter().filter(|r| r.bits == 3).collect();
+    assert_eq!(coded.len(), 3);
+    for r in coded {
+        assert!(r.bytes as f64 <= r.minimum_bytes * 1.01, "{r:?}");
+        assert!(
+            (r.bytes as f64 / r.float_bytes as f64 - 3.0 / 32.0).abs() < 0.001,
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn truncated_corrupted_wrong_version_and_wrong_model_files_are_clear_errors() {
+    let device = Default::default();
+    let mut model = quantized(Arch::Lenet5, MNIST, LevelSet::ternary(), 3);
+    let good = export::export(&mut model, Arch::Lenet5, MNIST, None)
+        .unwrap()
+        .bytes;
+    let dir = std::env::temp_dir().join(format!("quantnet-badqnet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.qnet");
+    let check = |bytes: &[u8], expected: &str| {
+        std::fs::write(&path, bytes).unwrap();
+        let err = export::load::<B>(&path, &device).unwrap_err().to_string();
+        assert!(
+            err.contains("m.qnet") && err.contains(expected),
+            "{expected}: {err}"
+        );
+    };
+    check(&good[..good.len() / 2], "checksum mismatch");
+    check(&good[..10], "too short");
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    check(&flipped, "checksum mismatch");
+    let mut magic = good.clone();
+    magic[0] = b'X';
+    check(&magic, "bad magic");
+    let mut version = good.clone();
+    version[4] = 9;
+    check(&version, "format version 9");
+    // A consistent file for another model: rename LeNet-5's conv2 tensors in the manifest (same
+    // length) and fix the checksum.
+    let mut other = good.clone();
+    let m = u64::from_le_bytes(good[8..16].try_into().unwrap()) as usize;
+    let (from, to) = (b"Lenet5.conv2", b"Lenet5.convX");
+    let mut renamed = 0;
+    for i in 16..16 + m - from.len() {
+        if &other[i..i + from.len()] == from {
+            other[i..i + to.len()].copy_from_slice(to);
+            renamed += 1;
+        }
+    }
+    assert!(renamed > 0);
+    let n = other.len() - 4;
+    let crc = crc32(&other[..n]);
+    other[n..].copy_from_slice(&crc.to_le_bytes());
+    check(&other, "has no tensor Lenet5.conv2");
+    check(b"", "too short");
+    let missing = export::load::<B>(&dir.join("none.qnet"), &device).unwrap_err();
+    assert!(missing.to_string().contains("none.qnet"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
