@@ -146,3 +146,72 @@ impl Numeric for TemperatureMetric {
         self.state.running_value()
     }
 }
+
+/// An optimizer that steps one group of parameters (by id) with its own learning-rate
+/// multiplier and the rest with the base rate: separate learning rates for quantizer scales, as
+/// the official code's separate optimizers for α and β.
+///
+/// burn-train drives one optimizer with one rate; this wraps any of Burn's optimizers. Each
+/// step splits the gradients into the group and the rest and takes two inner steps, each
+/// parameter being updated once. Gradient clipping, if the inner optimizer has it, applies per
+/// group. Multi-device steps (`step_multi`) use the base rate for every parameter.
+#[derive(Clone)]
+pub struct GroupLr<O> {
+    inner: O,
+    group: Arc<std::collections::HashSet<burn::module::ParamId>>,
+    multiplier: f64,
+}
+
+impl<O> GroupLr<O> {
+    /// Steps the parameters in `group` at `multiplier` × the base learning rate.
+    pub fn new(
+        inner: O,
+        group: impl IntoIterator<Item = burn::module::ParamId>,
+        multiplier: f64,
+    ) -> Self {
+        Self {
+            inner,
+            group: Arc::new(group.into_iter().collect()),
+            multiplier,
+        }
+    }
+}
+
+impl<M, B, O> burn::optim::Optimizer<M, B> for GroupLr<O>
+where
+    M: burn::module::AutodiffModule<B>,
+    B: burn::tensor::backend::AutodiffBackend,
+    O: burn::optim::Optimizer<M, B>,
+{
+    type Record = O::Record;
+
+    fn step(&mut self, lr: f64, module: M, mut grads: burn::optim::GradientsParams) -> M {
+        let mut group = burn::optim::GradientsParams::new();
+        for &id in self.group.iter() {
+            if let Some(g) = grads.remove::<B::InnerBackend, 1>(id) {
+                group.register::<B::InnerBackend, 1>(id, g);
+            }
+        }
+        let module = if group.is_empty() || self.multiplier == 0.0 {
+            module
+        } else {
+            self.inner.step(lr * self.multiplier, module, group)
+        };
+        self.inner.step(lr, module, grads)
+    }
+
+    fn step_multi(&mut self, lr: f64, module: M, grads: burn::optim::MultiGradientsParams) -> M {
+        self.inner.step_multi(lr, module, grads)
+    }
+
+    fn to_record(&self) -> Self::Record {
+        self.inner.to_record()
+    }
+
+    fn load_record(self, record: Self::Record) -> Self {
+        Self {
+            inner: self.inner.load_record(record),
+            ..self
+        }
+    }
+}

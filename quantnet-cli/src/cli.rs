@@ -186,9 +186,12 @@ pub(crate) struct TrainArgs {
     /// Images per step.
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
-    /// Adam learning rate.
+    /// Learning rate (default 1e-3 for full precision, 1e-4 for quantized fine-tuning).
     #[arg(long)]
     pub(crate) lr: Option<f64>,
+    /// Learning rate of the full-precision pretraining.
+    #[arg(long)]
+    pub(crate) pretrain_lr: Option<f64>,
     /// Weight temperature schedule: linear:T0, exp:T0,GROWTH or const:T, optionally ,cap=C.
     #[arg(long)]
     pub(crate) temperature: Option<String>,
@@ -201,6 +204,19 @@ pub(crate) struct TrainArgs {
     /// Clip the gradient L2 norm.
     #[arg(long)]
     pub(crate) clip: Option<f32>,
+    /// Learning-rate multiplier of the quantizers' alpha and beta.
+    #[arg(long)]
+    pub(crate) quant_lr_mult: Option<f64>,
+    /// Optimizer: adam, or sgd (momentum 0.9, as the paper).
+    #[arg(long)]
+    pub(crate) optimizer: Option<String>,
+    /// Calibrate activation ranges at this percentile (default 99.9; 100 is the maximum, the
+    /// paper's rule).
+    #[arg(long)]
+    pub(crate) act_percentile: Option<f32>,
+    /// Activation thresholds: uniform (default) or kmeans (the paper).
+    #[arg(long)]
+    pub(crate) act_thresholds: Option<String>,
     /// Seed (initialisation, shuffling).
     #[arg(long)]
     pub(crate) seed: Option<u64>,

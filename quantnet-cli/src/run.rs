@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use quantnet_burn::{GradientMode, LevelSet, QuantizerConfig, TemperatureSchedule};
+use quantnet_burn::{GradientMode, LevelSet, QuantizerConfig, TemperatureSchedule, ThresholdInit};
 use quantnet_models::data::Dataset;
 use quantnet_models::{Arch, QuantPolicy};
 use serde::{Deserialize, Serialize};
@@ -37,8 +37,11 @@ pub(crate) struct RunConfig {
     pub(crate) pretrain_epochs: usize,
     /// Images per step.
     pub(crate) batch_size: usize,
-    /// Adam's learning rate.
-    pub(crate) lr: f64,
+    /// Learning rate of the main phase (default: 1e-3 for full precision, 1e-4 when
+    /// fine-tuning a quantized model).
+    pub(crate) lr: Option<f64>,
+    /// Learning rate of the full-precision pretraining.
+    pub(crate) pretrain_lr: f64,
     /// Weight temperature schedule (`linear:5,cap=2000`, `exp:T0,G`, `const:T`).
     pub(crate) weights_temperature: String,
     /// Activation temperature schedule.
@@ -47,6 +50,15 @@ pub(crate) struct RunConfig {
     pub(crate) calibration_images: usize,
     /// Clip the gradient's L2 norm to this value (the paper: 5).
     pub(crate) clip: Option<f32>,
+    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds).
+    pub(crate) quant_lr_mult: f64,
+    /// Optimizer: `adam`, or `sgd` (momentum 0.9, no dampening: the paper's).
+    pub(crate) optimizer: String,
+    /// Activation range `q` at this percentile of the calibration activations instead of the
+    /// maximum (the paper's rule; `None`).
+    pub(crate) act_percentile: Option<f32>,
+    /// Activation thresholds: `uniform` (midpoints, the default) or `kmeans` (the paper).
+    pub(crate) act_thresholds: String,
     /// Seed of the initialisation and the shuffling.
     pub(crate) seed: u64,
     /// Train on the first N training images only (the test set is always whole).
@@ -68,11 +80,16 @@ impl Default for RunConfig {
             epochs: 2,
             pretrain_epochs: 1,
             batch_size: 64,
-            lr: 1e-3,
+            lr: None,
+            pretrain_lr: 1e-3,
             weights_temperature: "linear:5,cap=2000".into(),
             acts_temperature: "linear:10".into(),
             calibration_images: 1000,
             clip: None,
+            optimizer: "adam".into(),
+            quant_lr_mult: 1.0,
+            act_percentile: Some(99.9),
+            act_thresholds: "uniform".into(),
             seed: 42,
             limit: None,
             from: None,
@@ -105,11 +122,23 @@ impl RunConfig {
             "official" => GradientMode::official(),
             other => bail!("gradient `{other}`: expected exact or official"),
         };
+        let act_thresholds = match self.act_thresholds.as_str() {
+            "kmeans" => ThresholdInit::KMeans,
+            "uniform" => ThresholdInit::Uniform,
+            other => bail!("act-thresholds `{other}`: expected kmeans or uniform"),
+        };
+        if let Some(p) = self.act_percentile
+            && !(p > 0.0 && p <= 100.0)
+        {
+            bail!("--act-percentile must be in (0, 100], got {p}");
+        }
         Ok(QuantPolicy {
             weights: levels(&self.weights, "weights", false)?
                 .map(|l| QuantizerConfig::weights(l).with_gradient(gradient)),
-            acts: levels(&self.acts, "acts", true)?.map(QuantizerConfig::activations),
+            acts: levels(&self.acts, "acts", true)?
+                .map(|l| QuantizerConfig::activations(l).with_threshold_init(act_thresholds)),
             quantize_all: self.quantize_all,
+            act_percentile: self.act_percentile,
         })
     }
 
@@ -130,8 +159,13 @@ impl RunConfig {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr must be a positive number, got {}", self.lr);
+        for (name, lr) in [
+            ("--lr", self.lr.unwrap_or(1e-3)),
+            ("--pretrain-lr", self.pretrain_lr),
+        ] {
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!("{name} must be a positive number, got {lr}");
+            }
         }
         if self.limit == Some(0) {
             bail!("--limit must be at least 1 image");
@@ -143,6 +177,15 @@ impl RunConfig {
             && !(clip.is_finite() && clip > 0.0)
         {
             bail!("--clip must be a positive number, got {clip}");
+        }
+        if !(self.quant_lr_mult.is_finite() && self.quant_lr_mult >= 0.0) {
+            bail!(
+                "--quant-lr-mult must be a non-negative number, got {}",
+                self.quant_lr_mult
+            );
+        }
+        if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
+            bail!("--optimizer `{}`: expected adam or sgd", self.optimizer);
         }
         if self.calibration_images == 0 {
             bail!("--calibration-images must be at least 1");
@@ -165,6 +208,15 @@ impl RunConfig {
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         let text = toml::to_string(self).context("serialising the run config")?;
         write_atomic(&dir.join("config.toml"), text.as_bytes())
+    }
+
+    /// The main phase's learning rate.
+    pub(crate) fn main_lr(&self) -> Result<f64> {
+        Ok(self.lr.unwrap_or(if self.policy()?.is_float() {
+            1e-3
+        } else {
+            1e-4
+        }))
     }
 
     /// A short tag such as `w2-a2` or `fp`.

@@ -477,6 +477,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Manifest, Mo
         weights: None,
         acts,
         quantize_all: false,
+        act_percentile: None,
     };
     let mut model = Model::new(manifest.arch, manifest.input, device);
     quantize::skeleton(&mut model, &policy, &Temperatures::default(), device)?;

@@ -20,6 +20,11 @@ pub struct QuantPolicy {
     /// Quantize the first and the last weight layer too (the paper keeps them full precision).
     #[serde(default)]
     pub quantize_all: bool,
+    /// Calibrate each activation quantizer's range `q` at this percentile of the sampled
+    /// activations instead of their maximum (the paper's rule), e.g. 99.9: one outlier then
+    /// cannot stretch the levels over values that almost never occur.
+    #[serde(default)]
+    pub act_percentile: Option<f32>,
 }
 
 impl QuantPolicy {
@@ -29,6 +34,7 @@ impl QuantPolicy {
             weights: None,
             acts: None,
             quantize_all: false,
+            act_percentile: None,
         }
     }
 
@@ -168,15 +174,35 @@ pub fn calibrate_acts<B: QuantBackend>(
                 "{name}: non-finite activations during calibration (diverged model?)"
             )));
         }
-        // The sample is strided; the maximum is over every value, and sets β.
+        // The sample is strided; the maximum is over every value, and sets β (or the percentile
+        // of the sample does, with the values above it clipped to it).
         let mut values = stats.samples;
-        values.push(stats.max);
+        match policy.act_percentile {
+            None => values.push(stats.max),
+            Some(p) => {
+                let q = percentile(&values, p).unwrap_or(stats.max);
+                for v in &mut values {
+                    *v = v.min(q);
+                }
+            }
+        }
         let q = config
             .init_from_data(&values, &temperatures.acts, &device)
             .map_err(|e| layer_error(name, e))?;
         slot.quantizer = Some(q);
     }
     Ok(todo.len())
+}
+
+/// The `p`-th percentile (0–100, nearest rank) of `values`; `None` when empty.
+pub fn percentile(values: &[f32], p: f32) -> Option<f32> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let rank = ((p.clamp(0.0, 100.0) / 100.0) * sorted.len() as f32).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// Gives the model the structure `policy` asks for with placeholder quantizers (α = β = 1,

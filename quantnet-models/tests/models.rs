@@ -67,6 +67,7 @@ fn ternary_u2() -> QuantPolicy {
         weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
         acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
         quantize_all: false,
+        act_percentile: None,
     }
 }
 

@@ -19,7 +19,8 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module};
-use burn::optim::AdamConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, SgdConfig};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::store::EventStoreClient;
@@ -29,7 +30,7 @@ use burn::train::renderer::{
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
-use quantnet_burn::train::{TemperatureHook, TemperatureMetric};
+use quantnet_burn::train::{GroupLr, TemperatureHook, TemperatureMetric};
 use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
 use quantnet_models::models::WeightLayer;
@@ -292,6 +293,7 @@ fn save_model<B: Backend>(model: &Model<B>, dir: &Path) -> Result<()> {
 
 struct Phase<'a> {
     name: &'a str,
+    lr: f64,
     dir: PathBuf,
     epochs: usize,
     resume_from: Option<usize>,
@@ -316,35 +318,57 @@ where
         .context("the run directory's path is not UTF-8")?
         .to_string();
     let clock = EpochClock::new();
-    let optimizer = AdamConfig::new()
-        .with_grad_clipping(cfg.clip.map(GradientClippingConfig::Norm))
-        .init();
-    let mut training = SupervisedTraining::new(
-        dir,
-        loader::<B>(
-            data.train.clone(),
-            data.batcher,
-            cfg.batch_size,
-            Some(cfg.seed),
-        ),
-        loader::<B::InnerBackend>(data.test.clone(), data.batcher, 500, None),
-    )
-    .metrics((AccuracyMetric::new(), LossMetric::new()))
-    .metric_train_numeric(TemperatureMetric::new("Weight temperature", &temps.weights))
-    .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
-    .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
-    .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
-    .renderer(PlainRenderer::new(phase.name))
-    .num_epochs(phase.epochs);
+    let clipping = cfg.clip.map(GradientClippingConfig::Norm);
     let start = phase.resume_from.unwrap_or(0);
     phase.hook.start_at(start);
-    if start > 0 {
-        training = training.checkpoint(start);
+    let mut model = <Model<B> as AutodiffModule<B>>::from_inner(model);
+    let quantizer_params: Vec<_> = model
+        .slots()
+        .quantizers()
+        .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
+        .collect();
+    // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
+    macro_rules! launch {
+        ($optimizer:expr) => {{
+            let mut training = SupervisedTraining::new(
+                dir.clone(),
+                loader::<B>(
+                    data.train.clone(),
+                    data.batcher,
+                    cfg.batch_size,
+                    Some(cfg.seed),
+                ),
+                loader::<B::InnerBackend>(data.test.clone(), data.batcher, 500, None),
+            )
+            .metrics((AccuracyMetric::new(), LossMetric::new()))
+            .metric_train_numeric(TemperatureMetric::new("Weight temperature", &temps.weights))
+            .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
+            .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
+            .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
+            .renderer(PlainRenderer::new(phase.name))
+            .num_epochs(phase.epochs);
+            if start > 0 {
+                training = training.checkpoint(start);
+            }
+            training
+                .launch(Learner::new(
+                    model,
+                    GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
+                    phase.lr,
+                ))
+                .model
+        }};
     }
-    let model = <Model<B> as AutodiffModule<B>>::from_inner(model);
-    let trained = training
-        .launch(Learner::new(model, optimizer, cfg.lr))
-        .model;
+    let trained = if cfg.optimizer == "sgd" {
+        launch!(
+            SgdConfig::new()
+                .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
+                .with_gradient_clipping(clipping)
+                .init()
+        )
+    } else {
+        launch!(AdamConfig::new().with_grad_clipping(clipping).init())
+    };
     Ok((trained, clock.seconds()))
 }
 
@@ -488,7 +512,12 @@ impl WithBackend for TrainJob {
         } else {
             let mut model = match &cfg.from {
                 Some(from) => {
-                    let (from_cfg, model) = load_run::<B::InnerBackend>(from, &temps, &device)?;
+                    // Loaded on the autodiff backend and then made inner with `valid()`, which
+                    // keeps every parameter's trainable flag; a record loaded on the inner
+                    // backend comes back frozen (Burn 0.21 takes the flag from the tensor).
+                    let (from_cfg, model) = load_run::<B>(from, &temps, &device)?;
+                    let mut model = model.valid();
+                    quantize::attach(&mut model, &temps);
                     if (from_cfg.model, from_cfg.dataset.input())
                         != (cfg.model, cfg.dataset.input())
                     {
@@ -517,6 +546,7 @@ impl WithBackend for TrainJob {
                         );
                         let phase = Phase {
                             name: "pretrain",
+                            lr: cfg.pretrain_lr,
                             dir: out.join("pretrain"),
                             epochs: cfg.pretrain_epochs,
                             resume_from: None,
@@ -558,6 +588,7 @@ impl WithBackend for TrainJob {
             .with(&temps.acts, a_schedule);
         let phase = Phase {
             name: if quantized { "quantized" } else { "train" },
+            lr: cfg.main_lr()?,
             dir: main_dir.clone(),
             epochs: cfg.epochs,
             resume_from,
@@ -644,10 +675,19 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         epochs,
         pretrain_epochs,
         batch_size,
-        lr,
+        pretrain_lr,
         calibration_images,
-        seed
+        seed,
+        optimizer,
+        act_thresholds,
+        quant_lr_mult
     );
+    if args.lr.is_some() {
+        cfg.lr = args.lr;
+    }
+    if args.act_percentile.is_some() {
+        cfg.act_percentile = args.act_percentile;
+    }
     if let Some(v) = &args.temperature {
         cfg.weights_temperature = v.clone();
     }
