@@ -5,6 +5,17 @@
 use anyhow::Result;
 use clap::ValueEnum;
 
+/// The CPU backend for host-side work that needs no autodiff (`export`, `info`).
+#[cfg(feature = "flex")]
+pub(crate) type Host = burn::backend::Flex;
+/// The CPU backend for host-side work that needs no autodiff (`export`, `info`).
+#[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+pub(crate) type Host = burn::backend::NdArray;
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+compile_error!(
+    "quantnet-cli needs a CPU backend: enable the `flex` (default) or `ndarray` feature"
+);
+
 /// A backend as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BackendName {

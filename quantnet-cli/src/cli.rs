@@ -15,6 +15,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     /// Print (or plot) the soft and hard quantizer over a range of inputs.
     ///
@@ -37,6 +38,8 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Print a run's model: per-layer precision, level sets, temperatures, alpha and beta.
     Info(InfoArgs),
+    /// Data sets: `quantnet data fetch NAME` downloads and verifies one.
+    Data(DataArgs),
     /// Time the quantizer's forward+backward against a same-size copy and the naive composition
     /// of n sigmoids, side by side, and print GB/s and ratios.
     Bench(BenchArgs),
@@ -278,4 +281,30 @@ pub(crate) struct ExportArgs {
     /// The .qnet file to write.
     #[arg(long)]
     pub(crate) out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DataArgs {
+    #[command(subcommand)]
+    pub(crate) command: DataCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DataCommand {
+    /// Download a data set's standard archives (with progress), verify their checksums and put
+    /// them where the loaders look.
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct FetchArgs {
+    /// mnist, fashion-mnist or cifar10.
+    pub(crate) dataset: quantnet_models::data::Dataset,
+    /// Destination folder (default: ~/.cache/quantnet/data/NAME).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Download from this URL prefix, or copy from this local folder, instead of the standard
+    /// mirrors.
+    #[arg(long)]
+    pub(crate) mirror: Option<String>,
 }

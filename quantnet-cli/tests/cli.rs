@@ -407,3 +407,56 @@ fn train_errors_are_one_clear_line() {
         stderr(&out)
     );
 }
+
+#[test]
+fn data_fetch_verifies_and_installs_files_from_a_mirror() {
+    let Some(data) = shared_data() else {
+        eprintln!("../shared/data not present: nothing to check");
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("quantnet-fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mirror = data.join("fashion-mnist");
+    let dest = root.join("fashion-mnist");
+    let out = quantnet(&[
+        "data",
+        "fetch",
+        "fashion-mnist",
+        "--mirror",
+        mirror.to_str().unwrap(),
+        "--dir",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).matches(": verified").count(),
+        4,
+        "{}",
+        stdout(&out)
+    );
+    for f in ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        assert_eq!(
+            std::fs::read(dest.join(f)).unwrap(),
+            std::fs::read(mirror.join(f)).unwrap()
+        );
+    }
+    // MNIST's files are not Fashion-MNIST's: the content checksum says so, nothing is written.
+    let wrong = root.join("wrong");
+    let out = quantnet(&[
+        "data",
+        "fetch",
+        "fashion-mnist",
+        "--mirror",
+        data.join("mnist").to_str().unwrap(),
+        "--dir",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("SHA-256 of the content") && err.contains("expected"),
+        "{err}"
+    );
+    assert!(!wrong.join("train-images-idx3-ubyte.gz").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -174,6 +174,9 @@ fn collect<B: Backend>(model: &Model<B>) -> Vec<(String, ParamId, Vec<usize>, Te
     c.out
 }
 
+/// A quantized weight on its way into the file: layer name, bits, levels, α, codes.
+type Coded = (String, u32, Vec<f32>, f32, Vec<u32>);
+
 /// A quantized model as a `.qnet` file in memory, and a report of its size.
 #[derive(Clone, Debug)]
 pub struct Export {
@@ -196,7 +199,7 @@ pub fn export<B: QuantBackend>(
 ) -> Result<Export> {
     // Quantized weights: their ids, codes and level tables; weight-quantizer parameters (stored
     // as α and the level table instead) are skipped.
-    let mut coded_ids: HashMap<ParamId, (String, u32, Vec<f32>, f32, Vec<u32>)> = HashMap::new();
+    let mut coded_ids: HashMap<ParamId, Coded> = HashMap::new();
     let mut skip: HashSet<ParamId> = HashSet::new();
     let mut acts: Option<Vec<f32>> = None;
     {

@@ -177,7 +177,7 @@ pub(crate) fn run(args: EvalArgs) -> Result<()> {
 }
 
 pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
-    type B = burn::backend::Flex;
+    type B = crate::backend::Host;
     let device = Default::default();
     let temps = Temperatures::default();
     let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
@@ -219,7 +219,7 @@ pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
 }
 
 pub(crate) fn info(args: InfoArgs) -> Result<()> {
-    type B = burn::backend::Flex;
+    type B = crate::backend::Host;
     let device = Default::default();
     let temps = Temperatures::default();
     let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;

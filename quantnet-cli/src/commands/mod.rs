@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod bench;
+mod data;
 mod eval;
 mod fit;
 mod quantizer;
@@ -19,5 +20,6 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => eval::info(args),
         Command::Export(args) => eval::export_run(args),
+        Command::Data(args) => data::run(args),
     }
 }

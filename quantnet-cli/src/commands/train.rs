@@ -187,8 +187,8 @@ struct Data {
     batcher: ImageBatcher,
 }
 
-fn load_data(cfg: &RunConfig) -> Result<Data> {
-    let dir = cfg.dataset.locate(cfg.data_dir.as_deref())?;
+fn load_data(cfg: &RunConfig, dir: &Path) -> Result<Data> {
+    let dir = dir.to_path_buf();
     let train = cfg.dataset.load(&dir, Split::Train)?;
     let test = cfg.dataset.load(&dir, Split::Test)?;
     let (means, stds) = cfg.dataset.normalisation();
@@ -472,6 +472,7 @@ pub(crate) fn layer_reports<B: QuantBackend>(model: &mut Model<B>) -> Result<Vec
 }
 
 struct TrainJob {
+    data_dir: PathBuf,
     cfg: RunConfig,
     out: PathBuf,
     resume: bool,
@@ -487,6 +488,7 @@ impl WithBackend for TrainJob {
         B::InnerBackend: QuantBackend,
     {
         let TrainJob {
+            data_dir,
             cfg,
             out,
             resume,
@@ -494,15 +496,14 @@ impl WithBackend for TrainJob {
         } = self;
         let policy = cfg.policy()?;
         let (w_schedule, a_schedule) = cfg.schedules()?;
-        let data = load_data(&cfg)?;
+        let data = load_data(&cfg, &data_dir)?;
         B::seed(&device, cfg.seed);
         let temps = Temperatures::default();
         let quantized = !policy.is_float();
         let main_dir = out.join("train");
         let done = checkpoint_epochs(&main_dir)
             .into_iter()
-            .filter(|&e| e <= cfg.epochs)
-            .next_back();
+            .rfind(|&e| e <= cfg.epochs);
 
         let model = if let (true, Some(epoch)) = (resume, done) {
             println!("resuming from the checkpoint of epoch {epoch}");
@@ -734,8 +735,9 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         }
     };
     cfg.validate()?;
-    // Find the data before creating anything, so that a missing data set leaves no run behind.
-    cfg.dataset.locate(cfg.data_dir.as_deref())?;
+    // Find (or download) the data before creating anything, so that a missing data set leaves
+    // no run behind.
+    let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     cfg.write(&out)?;
     println!(
@@ -751,6 +753,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
     let summary = dispatch(
         args.backend,
         TrainJob {
+            data_dir,
             cfg,
             out: out.clone(),
             resume,

@@ -54,6 +54,7 @@ pub struct Bottleneck<B: Backend> {
 
 /// A residual block.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Block<B: Backend> {
     /// Two 3×3 convs.
     Basic(BasicBlock<B>),
