@@ -1,6 +1,7 @@
 //! The models: one architecture gives the full-precision and the quantized variant.
 //!
-//! A model is built full precision ([`Model::new`]); [`crate::quantize::quantize`] then gives its
+//! A model is built full precision ([`Model::new`]); [`crate::quantize::quantize_weights`] and
+//! [`crate::quantize::calibrate_acts`] then give its
 //! chosen layers quantizers (weights from their current values, activations from a calibration
 //! pass). Every model lists its weight layers in forward order and its activation-quantizer slots
 //! through [`Model::slots`]: the quantization policy (first conv and last linear full precision
