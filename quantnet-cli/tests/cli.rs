@@ -352,6 +352,52 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     assert_eq!(temperature(&resumed, "weights"), 10.0);
     assert_eq!(temperature(&resumed, "acts"), 20.0);
 
+    // --from continues training the source model: its weights move (a record loaded on the
+    // inner backend would come back frozen; regression test).
+    let cont = root.join("continued");
+    let out = quantnet(&[
+        "train",
+        "--data-dir",
+        data,
+        "--limit",
+        "600",
+        "--epochs",
+        "1",
+        "--from",
+        run_s,
+        "--out",
+        cont.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("starting from"), "{}", stdout(&out));
+    // The full-precision first conv (loaded from the source run's record) was trained too.
+    let conv1 = |dir: &std::path::Path| {
+        let file = dir.join("m.qnet");
+        let out = quantnet(&[
+            "export",
+            "--from",
+            dir.to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let bytes = std::fs::read(&file).unwrap();
+        let (manifest, payload) = quantnet_models::export::parse(&bytes, &file).unwrap();
+        let entry = manifest
+            .floats
+            .iter()
+            .find(|f| f.path == "Lenet5.conv1.conv.weight")
+            .expect("conv1 is stored as float")
+            .clone();
+        let start = entry.offset as usize;
+        payload[start..start + 4 * 150].to_vec()
+    };
+    assert_ne!(
+        conv1(&run),
+        conv1(&cont),
+        "conv1 did not train after --from"
+    );
+
     // A second run into the same directory is refused (no silent overwrite).
     let out = quantnet(&["train", "--data-dir", data, "--limit", "10", "--out", run_s]);
     assert_eq!(out.status.code(), Some(1));
