@@ -161,7 +161,7 @@ pub(crate) struct TrainArgs {
     /// Architecture: lenet5, tfc, sfc, lfc, vgg-small, resnet20, resnet18, resnet50, alexnet-bn.
     #[arg(long)]
     pub(crate) model: Option<quantnet_models::Arch>,
-    /// Data set: mnist, fashion-mnist, cifar10.
+    /// Data set: mnist, fashion-mnist, cifar10, imagenet (an image folder).
     #[arg(long)]
     pub(crate) dataset: Option<quantnet_models::data::Dataset>,
     /// Folder holding the data set (or a parent of it). Default: $QUANTNET_DATA, ../shared/data,

@@ -71,6 +71,7 @@ fn mirrors(dataset: Dataset) -> Vec<&'static str> {
             vec!["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
         }
         Dataset::Cifar10 => vec![CIFAR_URL],
+        Dataset::Imagenet => Vec::new(),
     }
 }
 
@@ -214,6 +215,10 @@ pub(crate) fn fetch(dataset: Dataset, dir: Option<&Path>, mirror: Option<&str>) 
         Dataset::Mnist => fetch_idx(&dir, &mirrors, &MNIST)?,
         Dataset::FashionMnist => fetch_idx(&dir, &mirrors, &FASHION_MNIST)?,
         Dataset::Cifar10 => fetch_cifar(&dir, &mirrors)?,
+        Dataset::Imagenet => bail!(
+            "ImageNet cannot be downloaded automatically (it needs an account at image-net.org); \
+             put train/ and val/ class folders in a folder and pass --data-dir"
+        ),
     }
     Ok(dir)
 }

@@ -43,7 +43,7 @@ pub fn read_batch(path: &Path) -> Result<ImageSet> {
                 reason: format!("record {i} has label {}, not 0–9", record[0]),
             });
         }
-        labels.push(record[0]);
+        labels.push(u16::from(record[0]));
         images.extend_from_slice(&record[1..]);
     }
     Ok(ImageSet {

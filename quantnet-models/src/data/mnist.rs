@@ -58,7 +58,7 @@ pub struct ImageSet {
     /// `count · channels · rows · cols` pixels, 0–255, channel planes, each row-major.
     pub images: Vec<u8>,
     /// One label per image.
-    pub labels: Vec<u8>,
+    pub labels: Vec<u16>,
     /// Channels per image (1 for MNIST, 3 for CIFAR).
     pub channels: usize,
     /// Rows per image.
@@ -123,7 +123,7 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
     }
     Ok(ImageSet {
         images: images.data,
-        labels: labels.data,
+        labels: labels.data.into_iter().map(u16::from).collect(),
         channels: 1,
         rows: images.dims[1],
         cols: images.dims[2],
@@ -210,7 +210,7 @@ mod tests {
         let set = load(&dir, Split::Test).unwrap();
         assert_eq!((set.len(), set.rows, set.cols), (10_000, 28, 28));
         // Balanced: 1000 test images per class (README of the data set).
-        for class in 0..10u8 {
+        for class in 0..10u16 {
             assert_eq!(set.labels.iter().filter(|&&l| l == class).count(), 1000);
         }
         assert!(set.image(0).iter().any(|&p| p > 0));

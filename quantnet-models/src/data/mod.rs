@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod cifar;
 pub mod idx;
+pub mod imagefolder;
 pub mod mnist;
 
 use std::fmt;
@@ -28,11 +29,19 @@ pub enum Dataset {
     FashionMnist,
     /// CIFAR-10, 32×32 RGB.
     Cifar10,
+    /// An ImageNet-style image folder (`train/` and `val/` of class folders, or one folder with
+    /// `labels.csv`), 224×224 RGB, 1000 classes; held in memory, so for small folders.
+    Imagenet,
 }
 
 impl Dataset {
     /// Every data set.
-    pub const ALL: [Dataset; 3] = [Dataset::Mnist, Dataset::FashionMnist, Dataset::Cifar10];
+    pub const ALL: [Dataset; 4] = [
+        Dataset::Mnist,
+        Dataset::FashionMnist,
+        Dataset::Cifar10,
+        Dataset::Imagenet,
+    ];
 
     /// The name on the command line and in files.
     pub fn name(self) -> &'static str {
@@ -40,6 +49,7 @@ impl Dataset {
             Dataset::Mnist => "mnist",
             Dataset::FashionMnist => "fashion-mnist",
             Dataset::Cifar10 => "cifar10",
+            Dataset::Imagenet => "imagenet",
         }
     }
 
@@ -58,6 +68,12 @@ impl Dataset {
                 width: 32,
                 classes: 10,
             },
+            Dataset::Imagenet => InputShape {
+                channels: 3,
+                height: 224,
+                width: 224,
+                classes: 1000,
+            },
         }
     }
 
@@ -67,6 +83,10 @@ impl Dataset {
             Dataset::Mnist => (vec![0.1307], vec![0.3081]),
             Dataset::FashionMnist => (vec![0.2860], vec![0.3530]),
             Dataset::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+            Dataset::Imagenet => (
+                imagefolder::IMAGENET_MEAN.to_vec(),
+                imagefolder::IMAGENET_STD.to_vec(),
+            ),
         }
     }
 
@@ -79,6 +99,16 @@ impl Dataset {
             Dataset::Mnist => mnist::locate(MnistKind::Mnist, explicit),
             Dataset::FashionMnist => mnist::locate(MnistKind::FashionMnist, explicit),
             Dataset::Cifar10 => cifar::locate(explicit),
+            Dataset::Imagenet => mnist::search(
+                "imagenet",
+                explicit,
+                |d| {
+                    d.join("train").is_dir()
+                        || d.join("val").is_dir()
+                        || d.join("labels.csv").is_file()
+                },
+                "Point --data-dir at a folder with train/ and val/ class folders (or labels.csv).",
+            ),
         }
     }
 
@@ -90,6 +120,13 @@ impl Dataset {
         match self {
             Dataset::Mnist | Dataset::FashionMnist => mnist::load(dir, split),
             Dataset::Cifar10 => cifar::load(dir, split),
+            Dataset::Imagenet => {
+                let sub = dir.join(match split {
+                    Split::Train => "train",
+                    Split::Test => "val",
+                });
+                imagefolder::load(if sub.is_dir() { &sub } else { dir }, 224)
+            }
         }
     }
 }
@@ -108,7 +145,9 @@ impl FromStr for Dataset {
             .into_iter()
             .find(|d| d.name() == s)
             .ok_or_else(|| {
-                format!("unknown data set `{s}` (expected mnist, fashion-mnist or cifar10)")
+                format!(
+                    "unknown data set `{s}` (expected mnist, fashion-mnist, cifar10 or imagenet)"
+                )
             })
     }
 }
