@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::{Arch, InputShape, Model};
-use crate::quantize::{self, QuantPolicy, Temperatures};
+use crate::quantize::{self, QuantPolicy, Temperatures, read_f32};
 
 /// The magic bytes.
 pub const MAGIC: &[u8; 4] = b"QNET";
@@ -133,13 +133,6 @@ fn bits_for(levels: usize) -> u32 {
     (usize::BITS - (levels.max(2) - 1).leading_zeros()).max(1)
 }
 
-fn floats_of<B: Backend, const D: usize>(t: Tensor<B, D>, what: &str) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("reading {what}: {e:?}")))
-}
-
 /// Collects every float parameter with its module path.
 struct Collect<B: Backend> {
     path: Vec<String>,
@@ -205,12 +198,7 @@ pub fn export<B: QuantBackend>(
     {
         let slots = model.slots();
         for (name, mut layer) in slots.weights {
-            let (weight_id, weight) = match &layer {
-                crate::models::WeightLayer::Conv(c) => (c.conv.weight.id, c.conv.weight.val()),
-                crate::models::WeightLayer::Linear(l) => {
-                    (l.linear.weight.id, l.linear.weight.val().unsqueeze::<4>())
-                }
-            };
+            let (weight_id, weight) = (layer.weight_id(), layer.weight());
             let Some(q) = layer.quantizer().as_ref() else {
                 continue;
             };
@@ -218,8 +206,8 @@ pub fn export<B: QuantBackend>(
                 skip.insert(p.id);
             }
             let levels = q.level_set().levels().to_vec();
-            let alpha = floats_of(q.alpha.val(), "alpha")?[0];
-            let hard = floats_of(hard_quantize(weight, &q.params()), &name)?;
+            let alpha = read_f32(q.alpha.val().into_data(), "alpha")?[0];
+            let hard = read_f32(hard_quantize(weight, &q.params()).into_data(), &name)?;
             let table: Vec<u32> = levels.iter().map(|y| (alpha * y).to_bits()).collect();
             let codes = hard
                 .iter()
@@ -268,11 +256,7 @@ pub fn export<B: QuantBackend>(
             });
             payload.extend(packed);
         } else {
-            let values = data
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| Error::Invalid(format!("reading {path}: {e:?}")))?;
-            for v in values {
+            for v in read_f32(data, &path)? {
                 payload.extend(v.to_le_bytes());
             }
             floats.push(FloatEntry {

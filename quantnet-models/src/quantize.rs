@@ -65,7 +65,8 @@ fn layer_error(layer: &str, source: quantnet_burn::Error) -> Error {
     }
 }
 
-fn to_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
+/// A tensor's values as f32 on the host; `what` names it in the error.
+pub(crate) fn read_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
     data.convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| Error::Invalid(format!("reading {what}: {e:?}")))
@@ -101,7 +102,7 @@ pub fn quantize_weights<B: Backend>(
         layer.materialise();
         let weight = layer.weight();
         let device = weight.device();
-        let values = to_f32(weight.into_data(), name)?;
+        let values = read_f32(weight.into_data(), name)?;
         let q = config
             .init_from_data(&values, &temperatures.weights, &device)
             .map_err(|e| layer_error(name, e))?;

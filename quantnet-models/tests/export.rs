@@ -6,7 +6,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use quantnet_burn::{LevelSet, QuantizerConfig, hard_quantize};
 use quantnet_models::export::{self, crc32, pack, unpack};
-use quantnet_models::models::WeightLayer;
 use quantnet_models::quantize::{calibrate_acts, quantize_weights};
 use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
 
@@ -93,10 +92,7 @@ fn exported_models_reload_and_match_the_training_time_model_exactly() {
                     let Some(q) = layer.quantizer().clone() else {
                         continue;
                     };
-                    let weight = match &layer {
-                        WeightLayer::Conv(c) => c.conv.weight.val(),
-                        WeightLayer::Linear(l) => l.linear.weight.val().unsqueeze::<4>(),
-                    };
+                    let weight = layer.weight();
                     let hard: Vec<f32> = hard_quantize(weight, &q.params())
                         .into_data()
                         .to_vec()

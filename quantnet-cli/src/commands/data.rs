@@ -75,12 +75,9 @@ fn mirrors(dataset: Dataset) -> Vec<&'static str> {
     }
 }
 
-/// `~/.cache/quantnet/data` (or `$XDG_CACHE_HOME/quantnet/data`).
-pub(crate) fn cache_root() -> Result<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|c| c.join("quantnet/data"))
+/// The download cache (`quantnet_models::data::cache_root`).
+fn cache_root() -> Result<PathBuf> {
+    quantnet_models::data::cache_root()
         .context("neither $XDG_CACHE_HOME nor $HOME is set; pass --dir")
 }
 

@@ -6,10 +6,10 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quantnet_burn::LevelSet;
 use quantnet_burn::{QuantBackend, QuantMode};
+use quantnet_models::Temperatures;
 use quantnet_models::data::{Dataset, ImageBatcher, ImageItem, Split};
 use quantnet_models::export;
 use quantnet_models::quantize;
-use quantnet_models::{Temperatures, models::WeightLayer};
 
 use super::train::{layer_reports, load_run};
 use crate::backend::{BackendName, WithBackend, dispatch};
@@ -260,10 +260,7 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
     );
     let slots = model.slots();
     for (name, layer) in &slots.weights {
-        let kind = match layer {
-            WeightLayer::Conv(_) => "conv",
-            WeightLayer::Linear(_) => "linear",
-        };
+        let kind = layer.kind();
         match reports.iter().find(|r| &r.name == name) {
             Some(r) => println!(
                 "{name:<22} {kind:<10} {:<8} {:>12.6} {:>12.6}  {}",

@@ -33,7 +33,6 @@ use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
 use quantnet_burn::train::{GroupLr, TemperatureHook, TemperatureMetric};
 use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
-use quantnet_models::models::WeightLayer;
 use quantnet_models::quantize::{self, calibrate_acts, quantize_weights};
 use quantnet_models::{Model, QuantPolicy, Temperatures};
 
@@ -441,10 +440,7 @@ pub(crate) fn layer_reports<B: QuantBackend>(model: &mut Model<B>) -> Result<Vec
     let slots = model.slots();
     for (name, mut layer) in slots.weights {
         let weight = layer.weight();
-        let kind = match layer {
-            WeightLayer::Conv(_) => "conv",
-            WeightLayer::Linear(_) => "linear",
-        };
+        let kind = layer.kind();
         if let Some(q) = layer.quantizer().as_ref() {
             out.push(LayerReport {
                 name,

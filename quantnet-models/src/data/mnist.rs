@@ -166,11 +166,8 @@ pub(crate) fn search(
             }
             roots.push(Path::new("../shared/data").join(name));
             roots.push(Path::new("data").join(name));
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-            if let Some(cache) = cache {
-                roots.push(cache.join("quantnet/data").join(name));
+            if let Some(cache) = super::cache_root() {
+                roots.push(cache.join(name));
             }
             roots
         }

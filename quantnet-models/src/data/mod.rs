@@ -19,6 +19,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::models::InputShape;
 
+/// Where downloaded data sets live: `$XDG_CACHE_HOME/quantnet/data`, else
+/// `~/.cache/quantnet/data`; `None` when neither variable is set.
+pub fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("quantnet/data"))
+}
+
 /// The image-classification data sets the CLI trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -158,6 +158,22 @@ impl<B: Backend> WeightLayer<'_, B> {
         }
     }
 
+    /// `"conv"` or `"linear"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WeightLayer::Conv(_) => "conv",
+            WeightLayer::Linear(_) => "linear",
+        }
+    }
+
+    /// The id of the layer's weight parameter.
+    pub fn weight_id(&self) -> burn::module::ParamId {
+        match self {
+            WeightLayer::Conv(c) => c.conv.weight.id,
+            WeightLayer::Linear(l) => l.linear.weight.id,
+        }
+    }
+
     /// The layer's (latent, full-precision) weight, flattened.
     pub fn weight(&self) -> Tensor<B, 1> {
         match self {
