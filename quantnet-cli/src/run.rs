@@ -152,6 +152,26 @@ impl RunConfig {
         Ok((w, a))
     }
 
+    /// The temperature hook of the main phase: the two schedules driving `temps`.
+    pub(crate) fn hook(
+        &self,
+        temps: &quantnet_models::Temperatures,
+    ) -> Result<quantnet_burn::train::TemperatureHook> {
+        let (w, a) = self.schedules()?;
+        Ok(quantnet_burn::train::TemperatureHook::new()
+            .with(&temps.weights, w)
+            .with(&temps.acts, a))
+    }
+
+    /// Sets `temps` to the temperatures of the run's last epoch.
+    pub(crate) fn set_final_temperatures(
+        &self,
+        temps: &quantnet_models::Temperatures,
+    ) -> Result<()> {
+        self.hook(temps)?.start_at(self.epochs.saturating_sub(1));
+        Ok(())
+    }
+
     /// Everything that can be checked before loading data.
     pub(crate) fn validate(&self) -> Result<()> {
         self.policy()?;

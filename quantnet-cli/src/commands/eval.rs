@@ -5,27 +5,18 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quantnet_burn::LevelSet;
-use quantnet_burn::{QuantBackend, QuantMode};
+use quantnet_burn::QuantBackend;
 use quantnet_models::Temperatures;
 use quantnet_models::data::{Dataset, ImageBatcher, ImageItem, Split};
 use quantnet_models::export;
-use quantnet_models::quantize;
 
-use super::train::{layer_reports, load_run};
+use super::train::{hard_and_soft_accuracy, layer_reports, load_run};
 use crate::backend::{BackendName, WithBackend, dispatch};
 use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
-use crate::run::{RunConfig, Summary, write_atomic};
+use crate::run::{Summary, write_atomic};
 
 struct EvalJob {
     args: EvalArgs,
-}
-
-/// The temperatures of a run's last epoch.
-fn final_temperatures(cfg: &RunConfig, temps: &Temperatures) -> Result<()> {
-    let (w, a) = cfg.schedules()?;
-    temps.weights.set(w.at(cfg.epochs.saturating_sub(1)));
-    temps.acts.set(a.at(cfg.epochs.saturating_sub(1)));
-    Ok(())
 }
 
 fn test_items(
@@ -108,7 +99,7 @@ impl WithBackend for EvalJob {
             .context("--from RUN_DIR or --model-file FILE")?;
         let temps = Temperatures::default();
         let (cfg, mut model) = load_run::<B::InnerBackend>(run, &temps, &device)?;
-        final_temperatures(&cfg, &temps)?;
+        cfg.set_final_temperatures(&temps)?;
         let policy = cfg.policy()?;
         let dataset = args.dataset.unwrap_or(cfg.dataset);
         if dataset.input() != cfg.dataset.input() {
@@ -120,12 +111,7 @@ impl WithBackend for EvalJob {
         }
         let data_dir = args.data_dir.clone().or(cfg.data_dir.clone());
         let (items, batcher) = test_items(dataset, data_dir.as_deref())?;
-        let started = Instant::now();
-        let hard = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
-        let seconds = started.elapsed().as_secs_f64();
-        quantize::set_mode(&mut model, QuantMode::Soft);
-        let soft = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
-        quantize::set_mode(&mut model, QuantMode::Auto);
+        let (hard, soft, seconds) = hard_and_soft_accuracy(&mut model, &items, batcher, &device);
         Ok(Summary {
             model: cfg.model.to_string(),
             dataset: dataset.to_string(),
@@ -223,7 +209,7 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
     let device = Default::default();
     let temps = Temperatures::default();
     let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
-    final_temperatures(&cfg, &temps)?;
+    cfg.set_final_temperatures(&temps)?;
     let policy = cfg.policy()?;
     println!(
         "{} for {} ({} parameters), weights {}, activations {}{}",

@@ -426,6 +426,23 @@ fn write_metrics(
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())
 }
 
+/// Test accuracy (%) hard-quantized (the model's accuracy) and with the soft quantizers at the
+/// current temperatures (a diagnostic), and the seconds the hard pass took.
+pub(crate) fn hard_and_soft_accuracy<B: QuantBackend>(
+    model: &mut Model<B>,
+    items: &[ImageItem],
+    batcher: ImageBatcher,
+    device: &B::Device,
+) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let hard = quantnet_models::train::accuracy(model, items, batcher, 500, device);
+    let seconds = started.elapsed().as_secs_f64();
+    quantize::set_mode(model, QuantMode::Soft);
+    let soft = quantnet_models::train::accuracy(model, items, batcher, 500, device);
+    quantize::set_mode(model, QuantMode::Auto);
+    (hard, soft, seconds)
+}
+
 /// α, β and the weight occupancy of every quantizer.
 pub(crate) fn layer_reports<B: QuantBackend>(model: &mut Model<B>) -> Result<Vec<LayerReport>> {
     let scalar = |t: burn::tensor::Tensor<B, 1>| -> f32 {
@@ -580,9 +597,7 @@ impl WithBackend for TrainJob {
             (model, None)
         };
         let (model, resume_from) = model;
-        let hook = TemperatureHook::new()
-            .with(&temps.weights, w_schedule)
-            .with(&temps.acts, a_schedule);
+        let hook = cfg.hook(&temps)?;
         let phase = Phase {
             name: if quantized { "quantized" } else { "train" },
             lr: cfg.main_lr()?,
@@ -594,7 +609,7 @@ impl WithBackend for TrainJob {
         let (mut model, seconds) = fit::<B>(model, phase, &cfg, &data, &temps)?;
         quantize::attach(&mut model, &temps);
         // The temperatures of the last epoch (the hook has already moved to the next one).
-        hook.start_at(cfg.epochs - 1);
+        cfg.set_final_temperatures(&temps)?;
         save_model(&model, &out)?;
         write_metrics(
             &out,
@@ -605,10 +620,7 @@ impl WithBackend for TrainJob {
             &policy,
         )?;
 
-        let hard = quantnet_models::train::accuracy(&model, &data.test, data.batcher, 500, &device);
-        quantize::set_mode(&mut model, QuantMode::Soft);
-        let soft = quantnet_models::train::accuracy(&model, &data.test, data.batcher, 500, &device);
-        quantize::set_mode(&mut model, QuantMode::Auto);
+        let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, &device);
         let summary = Summary {
             model: cfg.model.to_string(),
             dataset: cfg.dataset.to_string(),
