@@ -51,6 +51,7 @@
 pub mod error;
 pub mod init;
 pub mod levels;
+pub mod native;
 pub mod nn;
 pub mod op;
 pub mod quantizer;
@@ -68,5 +69,5 @@ pub use op::{
     GradientMode, QuantBackend, QuantParams, check_temperature, hard_quantize, soft_quantize,
     soft_quantize_reference,
 };
-pub use quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature};
+pub use quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField};
 pub use schedule::TemperatureSchedule;

@@ -82,6 +82,35 @@ pub fn frozen_conv2d<B: QuantBackend>(conv: &Conv2d<B>, quantizer: &Quantizer<B>
     frozen
 }
 
+/// A copy of `linear` whose weight is a Burn quantized tensor holding the hard-quantized weight
+/// (see [`crate::native`]): a plain Burn layer, loadable without quantnet.
+///
+/// # Errors
+/// As [`crate::native::native_weight`] (a level set Burn cannot hold, for instance).
+pub fn native_linear<B: QuantBackend>(
+    linear: &Linear<B>,
+    quantizer: &Quantizer<B>,
+) -> Result<Linear<B>> {
+    let mut native = linear.clone();
+    let weight = crate::native::native_weight(linear.weight.val(), quantizer)?;
+    native.weight = Param::initialized(ParamId::new(), weight);
+    Ok(native)
+}
+
+/// A copy of `conv` whose weight is a Burn quantized tensor (see [`native_linear`]).
+///
+/// # Errors
+/// As [`crate::native::native_weight`].
+pub fn native_conv2d<B: QuantBackend>(
+    conv: &Conv2d<B>,
+    quantizer: &Quantizer<B>,
+) -> Result<Conv2d<B>> {
+    let mut native = conv.clone();
+    let weight = crate::native::native_weight(conv.weight.val(), quantizer)?;
+    native.weight = Param::initialized(ParamId::new(), weight);
+    Ok(native)
+}
+
 /// Config of a [`QuantLinear`]: Burn's `LinearConfig` plus the weight quantizer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QuantLinearConfig {
@@ -142,6 +171,15 @@ impl<B: QuantBackend> QuantLinear<B> {
     /// A plain `Linear` holding the hard-quantized weight, computed once: the inference layer.
     pub fn freeze(&self) -> Linear<B> {
         frozen_linear(&self.linear, &self.quantizer)
+    }
+
+    /// A plain `Linear` whose weight is a Burn quantized tensor (2, 4 or 8-bit integers and one
+    /// scale; see [`crate::native`]): what a Burn user loads without quantnet.
+    ///
+    /// # Errors
+    /// As [`crate::native::native_weight`] (a level set Burn cannot hold, for instance).
+    pub fn to_native(&self) -> Result<Linear<B>> {
+        native_linear(&self.linear, &self.quantizer)
     }
 }
 
@@ -205,6 +243,14 @@ impl<B: QuantBackend> QuantConv2d<B> {
     /// A plain `Conv2d` holding the hard-quantized weight, computed once: the inference layer.
     pub fn freeze(&self) -> Conv2d<B> {
         frozen_conv2d(&self.conv, &self.quantizer)
+    }
+
+    /// A plain `Conv2d` whose weight is a Burn quantized tensor (see [`QuantLinear::to_native`]).
+    ///
+    /// # Errors
+    /// As [`crate::native::native_weight`].
+    pub fn to_native(&self) -> Result<Conv2d<B>> {
+        native_conv2d(&self.conv, &self.quantizer)
     }
 }
 
@@ -416,24 +462,31 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_scales_thresholds_and_levels_exactly() {
+    fn records_round_trip_scales_thresholds_levels_and_temperature_exactly() {
         let device = Default::default();
         let t = Temperature::new(3.0);
+        // Not a round number: the stored T must come back bit for bit.
+        t.set(37.123_456);
         let config = QuantizerConfig::weights(LevelSet::five_bit());
         let a =
             QuantLinear::from_float(LinearConfig::new(20, 7).init::<Flex>(&device), &config, &t)
                 .unwrap();
         let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
         let bytes = recorder.record(a.clone().into_record(), ()).unwrap();
-        // A different layer (other weights, so other scales and thresholds) loads the record.
-        let b =
-            QuantLinear::from_float(LinearConfig::new(20, 7).init::<Flex>(&device), &config, &t)
-                .unwrap();
+        // A different layer (other weights, so other scales and thresholds, and its own
+        // temperature cell) loads the record.
+        let other_t = Temperature::new(1.0);
+        let b = QuantLinear::from_float(
+            LinearConfig::new(20, 7).init::<Flex>(&device),
+            &config,
+            &other_t,
+        )
+        .unwrap();
         assert_ne!(
             values(a.quantizer.beta.val()),
             values(b.quantizer.beta.val())
         );
-        let b = b.load_record(recorder.load(bytes, &device).unwrap());
+        let b = b.load_record(recorder.load(bytes.clone(), &device).unwrap());
         for (x, y) in [
             (a.quantizer.alpha.val(), b.quantizer.alpha.val()),
             (a.quantizer.beta.val(), b.quantizer.beta.val()),
@@ -443,6 +496,22 @@ mod tests {
             assert_eq!(values(x), values(y));
         }
         assert_eq!(values(a.linear.weight.val()), values(b.linear.weight.val()));
+        assert_eq!(other_t.get().to_bits(), 37.123_456f32.to_bits());
+        assert_eq!(b.quantizer.temperature().get(), t.get());
+
+        // A cell that a hook schedules keeps the schedule's T (resuming from a checkpoint saved
+        // before the hook moved T on must not roll it back).
+        let scheduled = Temperature::new(50.0);
+        let _hook = crate::train::TemperatureHook::new()
+            .with(&scheduled, crate::TemperatureSchedule::constant(50.0));
+        let c = QuantLinear::from_float(
+            LinearConfig::new(20, 7).init::<Flex>(&device),
+            &config,
+            &scheduled,
+        )
+        .unwrap()
+        .load_record(recorder.load(bytes, &device).unwrap());
+        assert_eq!(c.quantizer.temperature().get(), 50.0);
     }
 
     #[test]

@@ -4,20 +4,28 @@
 //! A [`Quantizer`] is what quantized layers hold. Its record carries `α`, `β`, the thresholds and
 //! the level values (as non-trained parameters), so saving and loading a model round-trips them
 //! exactly. The temperature is a [`Temperature`] cell shared by every quantizer of one kind
-//! (weights or activations) so that one per-epoch hook raises them all; it is set from the
-//! schedule and the epoch, which is what a resumed run needs.
+//! (weights or activations) so that one per-epoch hook raises them all. It is part of the record
+//! too (one `f32` per quantizer): saving stores the current value and loading sets the shared
+//! cell to it, except while a [`TemperatureHook`](crate::train::TemperatureHook) drives the cell:
+//! burn-train saves a checkpoint before the hook moves T on, so a resumed run takes T from the
+//! schedule and the epoch ([`TemperatureHook::start_at`](crate::train::TemperatureHook::start_at)),
+//! which is what the interrupted run would have used next.
 //!
 //! **Soft or hard.** In [`QuantMode::Auto`] (the default) a quantizer is soft on an autodiff
 //! backend (training) and hard on any other (`model.valid()`, evaluation, inference), so
 //! validation always measures the hard-quantized model. `Soft` and `Hard` force one or the other
 //! (soft accuracy is a diagnostic); `Off` passes values through unchanged.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::{
+    AutodiffModule, Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
+    ModuleVisitor, Param, ParamId,
+};
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -43,8 +51,18 @@ pub(crate) fn read_back<E: burn::tensor::Element>(
 }
 
 /// A temperature shared by clones: setting it on one sets it on all.
+///
+/// A cell registered with a [`TemperatureHook`](crate::train::TemperatureHook) is *scheduled*:
+/// from then on its schedule decides T, and loading a record (a checkpoint saved before the hook
+/// moved T on, say) no longer overwrites it.
 #[derive(Clone, Debug)]
-pub struct Temperature(Arc<AtomicU32>);
+pub struct Temperature(Arc<TemperatureCell>);
+
+#[derive(Debug)]
+struct TemperatureCell {
+    bits: AtomicU32,
+    scheduled: AtomicBool,
+}
 
 impl Temperature {
     /// A new cell holding `t`.
@@ -53,12 +71,15 @@ impl Temperature {
     /// If `t` is not finite and positive.
     pub fn new(t: f32) -> Self {
         crate::op::check_temperature(t).unwrap_or_else(|e| panic!("{e}"));
-        Self(Arc::new(AtomicU32::new(t.to_bits())))
+        Self(Arc::new(TemperatureCell {
+            bits: AtomicU32::new(t.to_bits()),
+            scheduled: AtomicBool::new(false),
+        }))
     }
 
     /// The current temperature.
     pub fn get(&self) -> f32 {
-        f32::from_bits(self.0.load(Ordering::Relaxed))
+        f32::from_bits(self.0.bits.load(Ordering::Relaxed))
     }
 
     /// Sets the temperature for every quantizer sharing this cell.
@@ -67,7 +88,16 @@ impl Temperature {
     /// If `t` is not finite and positive.
     pub fn set(&self, t: f32) {
         crate::op::check_temperature(t).unwrap_or_else(|e| panic!("{e}"));
-        self.0.store(t.to_bits(), Ordering::Relaxed);
+        self.0.bits.store(t.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether a hook's schedule drives this cell (loaded records then leave it alone).
+    pub fn is_scheduled(&self) -> bool {
+        self.0.scheduled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_scheduled(&self) {
+        self.0.scheduled.store(true, Ordering::Relaxed);
     }
 }
 
@@ -76,6 +106,82 @@ impl Default for Temperature {
         Self::new(1.0)
     }
 }
+
+/// A quantizer's [`Temperature`] as a module field: the shared cell, saved as its value.
+///
+/// A module without parameters whose record is one `f32`: saving a model stores T, loading one
+/// sets the (shared) cell to the stored T unless a hook schedules that cell (see
+/// [`Temperature`]). Burn's derive only treats fields that mention the
+/// backend as modules, hence the backend marker.
+#[derive(Clone, Debug)]
+pub struct TemperatureField<B: Backend> {
+    cell: Temperature,
+    backend: PhantomData<B>,
+}
+
+impl<B: Backend> TemperatureField<B> {
+    fn new(cell: &Temperature) -> Self {
+        Self {
+            cell: cell.clone(),
+            backend: PhantomData,
+        }
+    }
+}
+
+impl<B: Backend> Module<B> for TemperatureField<B> {
+    type Record = f32;
+
+    fn collect_devices(&self, devices: Vec<B::Device>) -> Vec<B::Device> {
+        devices
+    }
+
+    fn fork(self, _device: &B::Device) -> Self {
+        self
+    }
+
+    fn to_device(self, _device: &B::Device) -> Self {
+        self
+    }
+
+    fn visit<V: ModuleVisitor<B>>(&self, _visitor: &mut V) {}
+
+    fn map<M: ModuleMapper<B>>(self, _mapper: &mut M) -> Self {
+        self
+    }
+
+    fn load_record(self, record: f32) -> Self {
+        // A scheduled cell follows its schedule; a record holding no usable temperature
+        // (hand-edited, corrupted) keeps the current one.
+        if !self.cell.is_scheduled() && crate::op::check_temperature(record).is_ok() {
+            self.cell.set(record);
+        }
+        self
+    }
+
+    fn into_record(self) -> f32 {
+        self.cell.get()
+    }
+}
+
+impl<B: AutodiffBackend> AutodiffModule<B> for TemperatureField<B> {
+    type InnerModule = TemperatureField<B::InnerBackend>;
+
+    fn valid(&self) -> Self::InnerModule {
+        TemperatureField::new(&self.cell)
+    }
+
+    fn from_inner(module: Self::InnerModule) -> Self {
+        Self::new(&module.cell)
+    }
+}
+
+impl<B: Backend> ModuleDisplayDefault for TemperatureField<B> {
+    fn content(&self, content: Content) -> Option<Content> {
+        content.add_formatted(&self.cell.get()).optional()
+    }
+}
+
+impl<B: Backend> ModuleDisplay for TemperatureField<B> {}
 
 /// When a quantizer uses the soft function, the hard one, or none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,7 +297,7 @@ impl QuantizerConfig {
             levels: param(levels, false),
             level_set: self.levels.clone(),
             gradient: self.gradient,
-            temperature: temperature.clone(),
+            temperature: TemperatureField::new(temperature),
             mode: QuantMode::Auto,
         })
     }
@@ -235,8 +341,8 @@ pub struct Quantizer<B: Backend> {
     level_set: LevelSet,
     #[module(skip)]
     gradient: GradientMode,
-    #[module(skip)]
-    temperature: Temperature,
+    /// The shared temperature (its value is saved with the record).
+    temperature: TemperatureField<B>,
     #[module(skip)]
     mode: QuantMode,
 }
@@ -255,7 +361,7 @@ impl<B: QuantBackend> Quantizer<B> {
         };
         let params = self.params();
         if soft {
-            soft_quantize(x, &params, self.temperature.get(), self.gradient)
+            soft_quantize(x, &params, self.temperature.cell.get(), self.gradient)
         } else {
             hard_quantize(x, &params)
         }
@@ -323,12 +429,12 @@ impl<B: Backend> Quantizer<B> {
 
     /// The shared temperature cell.
     pub fn temperature(&self) -> &Temperature {
-        &self.temperature
+        &self.temperature.cell
     }
 
     /// Makes this quantizer share `temperature` (e.g. after loading a record).
     pub fn with_temperature(mut self, temperature: &Temperature) -> Self {
-        self.temperature = temperature.clone();
+        self.temperature = TemperatureField::new(temperature);
         self
     }
 

@@ -62,7 +62,10 @@ impl Default for TemperatureHook<NeverStop> {
 
 impl<S> TemperatureHook<S> {
     /// Drives `temperature` (shared by a group of quantizers) with `schedule`.
+    ///
+    /// From then on the cell is scheduled: loading a record no longer sets it.
     pub fn with(mut self, temperature: &Temperature, schedule: TemperatureSchedule) -> Self {
+        temperature.mark_scheduled();
         self.cells.push((temperature.clone(), schedule));
         self
     }
