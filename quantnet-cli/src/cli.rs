@@ -213,6 +213,10 @@ pub(crate) struct TrainArgs {
     /// Optimizer: adam, or sgd (momentum 0.9, as the paper).
     #[arg(long)]
     pub(crate) optimizer: Option<String>,
+    /// What trains: joint (everything, the default) or acts (only the activation quantizers'
+    /// alpha and beta: the paper's second phase, after a weights-only run given with --from).
+    #[arg(long)]
+    pub(crate) phase: Option<String>,
     /// Calibrate activation ranges at this percentile (default 99.9; 100 is the maximum, the
     /// paper's rule).
     #[arg(long)]

@@ -54,6 +54,9 @@ pub(crate) struct RunConfig {
     pub(crate) quant_lr_mult: f64,
     /// Optimizer: `adam`, or `sgd` (momentum 0.9, no dampening: the paper's).
     pub(crate) optimizer: String,
+    /// What trains: `joint` (everything), or `acts` (only the activation quantizers' α and β;
+    /// the paper's second phase, run `--from` a weight-quantized run).
+    pub(crate) phase: String,
     /// Activation range `q` at this percentile of the calibration activations instead of the
     /// maximum (the paper's rule; `None`).
     pub(crate) act_percentile: Option<f32>,
@@ -87,6 +90,7 @@ impl Default for RunConfig {
             calibration_images: 1000,
             clip: None,
             optimizer: "adam".into(),
+            phase: "joint".into(),
             quant_lr_mult: 1.0,
             act_percentile: Some(99.9),
             act_thresholds: "uniform".into(),
@@ -207,6 +211,16 @@ impl RunConfig {
         if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
             bail!("--optimizer `{}`: expected adam or sgd", self.optimizer);
         }
+        match self.phase.as_str() {
+            "joint" => {}
+            "acts" if self.policy()?.acts.is_some() => {}
+            "acts" => bail!(
+                "--phase acts trains only the activation quantizers, but --acts `{}` quantizes no \
+                 activations",
+                self.acts
+            ),
+            other => bail!("--phase `{other}`: expected joint or acts"),
+        }
         if self.calibration_images == 0 {
             bail!("--calibration-images must be at least 1");
         }
@@ -298,16 +312,7 @@ pub(crate) struct Temperatures {
 }
 
 /// One quantizer's state.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct LayerReport {
-    pub(crate) name: String,
-    pub(crate) kind: String,
-    pub(crate) levels: String,
-    pub(crate) alpha: f32,
-    pub(crate) beta: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) occupancy: Option<Vec<f32>>,
-}
+pub(crate) type LayerReport = quantnet_models::train::LayerStats;
 
 impl Summary {
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {

@@ -269,6 +269,33 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         rows[2].starts_with("2,") && rows[2].contains(",10,20,"),
         "{metrics}"
     );
+    // Per-epoch diagnostics: the soft-hard gap and every quantizer's α, β and occupancy.
+    let header: Vec<&str> = rows[0].split(',').collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name}: {metrics}"))
+    };
+    for row in &rows[1..] {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells.len(), header.len(), "{metrics}");
+        let gap: f64 = cells[column("soft_hard_gap")].parse().unwrap();
+        assert!(gap.is_finite() && gap.abs() <= 100.0, "{metrics}");
+        let alpha: f64 = cells[column("alpha conv2")].parse().unwrap();
+        assert!(alpha > 0.0, "{metrics}");
+        let beta: f64 = cells[column("beta act1")].parse().unwrap();
+        assert!(beta > 0.0, "{metrics}");
+        let occupancy: Vec<f64> = cells[column("occupancy conv2")]
+            .split(' ')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(occupancy.len(), 3, "ternary: {metrics}");
+        assert!(
+            (occupancy.iter().sum::<f64>() - 1.0).abs() < 1e-3,
+            "{metrics}"
+        );
+    }
     assert!(run.join("config.toml").is_file() && run.join("model.mpk").is_file());
 
     // eval reproduces the run's hard accuracy exactly and writes the same summary fields.
@@ -411,8 +438,13 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
 
 #[test]
 fn train_errors_are_one_clear_line() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["train", "--weights", "7"], "--weights 7"),
+        (
+            &["train", "--phase", "acts", "--acts", "32"],
+            "quantizes no activations",
+        ),
+        (&["train", "--phase", "both"], "expected joint or acts"),
         (&["train", "--acts", "u0"], "--acts u0"),
         (
             &["train", "--model", "alexnet-bn"],

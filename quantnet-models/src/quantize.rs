@@ -263,3 +263,21 @@ pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
         }
     }
 }
+
+/// The paper's second phase, "activations only": freezes every parameter of `model` (weights,
+/// biases, batch norm, the weight quantizers' α/β) except the activation quantizers' α and β,
+/// so training moves only those. Batch-norm running statistics still update in training mode.
+/// Returns how many activation quantizers stay trainable.
+pub fn train_only_act_quantizers<B: Backend>(model: &mut Model<B>) -> usize {
+    use burn::module::Module;
+    *model = model.clone().no_grad();
+    let mut trainable = 0;
+    for (_, slot) in model.slots().acts {
+        if let Some(q) = slot.quantizer.as_mut() {
+            q.alpha = q.alpha.clone().set_require_grad(true);
+            q.beta = q.beta.clone().set_require_grad(true);
+            trainable += 1;
+        }
+    }
+    trainable
+}

@@ -1,11 +1,19 @@
 //! burn-train glue (feature `train`): every [`Model`] is a classification `TrainStep` and
 //! `InferenceStep` on [`ImageBatch`]es, with cross-entropy loss.
 
+use std::sync::Arc;
+
+use burn::backend::Flex;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::train::metric::state::{FormatOptions, NumericMetricState};
+use burn::train::metric::{
+    AccuracyInput, Adaptor, ItemLazy, LossInput, Metric, MetricAttributes, MetricMetadata,
+    MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
-use quantnet_burn::QuantBackend;
+use quantnet_burn::{QuantBackend, QuantMode};
 
 use crate::data::ImageBatch;
 use crate::models::Model;
@@ -66,4 +74,417 @@ pub fn accuracy<B: QuantBackend>(
         correct += usize::try_from(hits).unwrap_or(0);
     }
     100.0 * correct as f64 / items.len() as f64
+}
+
+/// One quantizer's state: scales, level set and (for weight quantizers) the fraction of the
+/// layer's weights at each level.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerStats {
+    /// The slot's name (as in [`Model::slots`]).
+    pub name: String,
+    /// "conv", "linear" or "activation".
+    pub kind: String,
+    /// The level set's name.
+    pub levels: String,
+    /// `α`.
+    pub alpha: f32,
+    /// `β`.
+    pub beta: f32,
+    /// Fraction of the weights at each level (weight quantizers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occupancy: Option<Vec<f32>>,
+}
+
+/// α, β and the weight-level occupancy of every quantizer of `model`, in slot order.
+///
+/// # Errors
+/// [`crate::Error::Invalid`] if values cannot be read back from the device.
+pub fn layer_stats<B: QuantBackend>(model: &Model<B>) -> crate::Result<Vec<LayerStats>> {
+    let scalar = |t: Tensor<B, 1>, what: &str| -> crate::Result<f32> {
+        Ok(crate::quantize::read_f32(t.into_data(), what)?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN))
+    };
+    let mut model = model.clone();
+    let slots = model.slots();
+    let mut out = Vec::new();
+    for (name, mut layer) in slots.weights {
+        let weight = layer.weight();
+        let kind = layer.kind();
+        if let Some(q) = layer.quantizer().as_ref() {
+            out.push(LayerStats {
+                kind: kind.into(),
+                levels: q.level_set().name(),
+                alpha: scalar(q.alpha.val(), "α")?,
+                beta: scalar(q.beta.val(), "β")?,
+                occupancy: Some(
+                    q.occupancy(weight)
+                        .map_err(|e| crate::Error::Invalid(format!("{name}: {e}")))?,
+                ),
+                name,
+            });
+        }
+    }
+    for (name, slot) in slots.acts {
+        if let Some(q) = &slot.quantizer {
+            out.push(LayerStats {
+                kind: "activation".into(),
+                levels: q.level_set().name(),
+                alpha: scalar(q.alpha.val(), "α")?,
+                beta: scalar(q.beta.val(), "β")?,
+                occupancy: None,
+                name,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What [`Monitored`] measures on every validation batch besides loss and accuracy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MonitorOptions {
+    /// Also run the batch through the soft quantizers (at the current temperatures) to report
+    /// the soft-minus-hard accuracy gap. Costs a second forward pass.
+    pub soft_gap: bool,
+    /// Report each quantizer's α, β and weight-level occupancy.
+    pub layer_stats: bool,
+}
+
+impl Default for MonitorOptions {
+    fn default() -> Self {
+        Self {
+            soft_gap: true,
+            layer_stats: true,
+        }
+    }
+}
+
+/// A [`Model`] trained by burn-train with quantization diagnostics on validation: its
+/// [`InferenceStep`] output carries, besides the hard-quantized classification, the soft model's
+/// hits on the same batch and every quantizer's α, β and occupancy ([`MonitorInput`]), which
+/// the metrics [`SoftHardGapMetric`] and [`LayerMetric`] report per epoch. Training steps are
+/// those of the model.
+#[derive(burn::module::Module, Debug)]
+pub struct Monitored<B: Backend> {
+    /// The model.
+    pub model: Model<B>,
+    #[module(skip)]
+    options: MonitorOptions,
+}
+
+impl<B: Backend> Monitored<B> {
+    /// Wraps `model`.
+    pub fn new(model: Model<B>, options: MonitorOptions) -> Self {
+        Self { model, options }
+    }
+
+    /// The model.
+    pub fn into_model(self) -> Model<B> {
+        self.model
+    }
+}
+
+impl<B: AutodiffBackend + QuantBackend> TrainStep for Monitored<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        let item = classify(&self.model, batch.images, batch.targets);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+/// Correct predictions among `output`'s rows.
+fn hits<B: Backend>(output: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
+    let hits: i64 = output
+        .argmax(1)
+        .flatten::<1>(0, 1)
+        .equal(targets)
+        .int()
+        .sum()
+        .into_scalar()
+        .elem();
+    usize::try_from(hits).unwrap_or(0)
+}
+
+impl<B: QuantBackend> InferenceStep for Monitored<B> {
+    type Input = ImageBatch<B>;
+    type Output = MonitoredOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> MonitoredOutput<B> {
+        let n = batch.targets.dims()[0];
+        let gap = self.options.soft_gap.then(|| {
+            let mut soft = self.model.clone();
+            crate::quantize::set_mode(&mut soft, QuantMode::Soft);
+            let soft_hits = hits(soft.forward(batch.images.clone()), batch.targets.clone());
+            soft_hits
+        });
+        let classification = classify(&self.model, batch.images, batch.targets);
+        let monitor = MonitorInput {
+            batch: n,
+            hard_hits: gap.map(|_| {
+                hits(
+                    classification.output.clone(),
+                    classification.targets.clone(),
+                )
+            }),
+            soft_hits: gap,
+            // A read-back failure leaves the layer metrics without a value for this batch.
+            layers: if self.options.layer_stats {
+                layer_stats(&self.model).ok().map(Arc::new)
+            } else {
+                None
+            },
+        };
+        MonitoredOutput {
+            classification,
+            monitor,
+        }
+    }
+}
+
+/// A validation step's output: the classification and the quantization diagnostics.
+pub struct MonitoredOutput<B: Backend> {
+    /// Loss, logits and targets (hard-quantized model).
+    pub classification: ClassificationOutput<B>,
+    /// Host-side diagnostics.
+    pub monitor: MonitorInput,
+}
+
+/// The diagnostics of one validation batch.
+#[derive(Clone, Debug, Default)]
+pub struct MonitorInput {
+    /// Items in the batch.
+    pub batch: usize,
+    /// Correct predictions of the hard model (with `soft_hits`).
+    pub hard_hits: Option<usize>,
+    /// Correct predictions of the soft model.
+    pub soft_hits: Option<usize>,
+    /// Every quantizer's state.
+    pub layers: Option<Arc<Vec<LayerStats>>>,
+}
+
+impl<B: Backend> ItemLazy for MonitoredOutput<B> {
+    type ItemSync = MonitoredOutput<Flex>;
+
+    fn sync(self) -> MonitoredOutput<Flex> {
+        MonitoredOutput {
+            classification: self.classification.sync(),
+            monitor: self.monitor,
+        }
+    }
+}
+
+impl<B: Backend> Adaptor<AccuracyInput<B>> for MonitoredOutput<B> {
+    fn adapt(&self) -> AccuracyInput<B> {
+        self.classification.adapt()
+    }
+}
+
+impl<B: Backend> Adaptor<LossInput<B>> for MonitoredOutput<B> {
+    fn adapt(&self) -> LossInput<B> {
+        self.classification.adapt()
+    }
+}
+
+impl<B: Backend> Adaptor<MonitorInput> for MonitoredOutput<B> {
+    fn adapt(&self) -> MonitorInput {
+        self.monitor.clone()
+    }
+}
+
+/// Soft-model accuracy minus hard-model accuracy on the same validation batches, in points:
+/// how much the step functions cost at the current temperature.
+#[derive(Clone)]
+pub struct SoftHardGapMetric {
+    state: NumericMetricState,
+    name: MetricName,
+}
+
+impl SoftHardGapMetric {
+    /// The metric ("Soft-hard gap").
+    pub fn new() -> Self {
+        Self {
+            state: NumericMetricState::new(),
+            name: Arc::new("Soft-hard gap".to_string()),
+        }
+    }
+}
+
+impl Default for SoftHardGapMetric {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metric for SoftHardGapMetric {
+    type Input = MonitorInput;
+
+    fn update(&mut self, item: &MonitorInput, _metadata: &MetricMetadata) -> SerializedEntry {
+        let gap = match (item.soft_hits, item.hard_hits) {
+            (Some(soft), Some(hard)) if item.batch > 0 => {
+                100.0 * (soft as f64 - hard as f64) / item.batch as f64
+            }
+            _ => f64::NAN,
+        };
+        self.state.update(
+            gap,
+            item.batch.max(1),
+            FormatOptions::new(self.name()).unit("pt").precision(2),
+        )
+    }
+
+    fn clear(&mut self) {
+        self.state.reset()
+    }
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: Some("pt".into()),
+            higher_is_better: false,
+        }
+        .into()
+    }
+}
+
+impl Numeric for SoftHardGapMetric {
+    fn value(&self) -> NumericEntry {
+        self.state.current_value()
+    }
+
+    fn running_value(&self) -> NumericEntry {
+        self.state.running_value()
+    }
+}
+
+/// Which part of a quantizer's state a [`LayerMetric`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerValue {
+    /// `α`.
+    Alpha,
+    /// `β`.
+    Beta,
+    /// The fraction of the weights at each level (text: the fractions separated by spaces).
+    Occupancy,
+}
+
+/// One quantizer's α, β (numeric) or weight-level occupancy (text), per validation epoch, named
+/// "alpha conv2", "beta conv2", "occupancy conv2" (ASCII: burn-train names log files after
+/// metrics).
+#[derive(Clone)]
+pub struct LayerMetric {
+    layer: String,
+    value: LayerValue,
+    name: MetricName,
+    state: NumericMetricState,
+}
+
+impl LayerMetric {
+    /// The metric for `value` of the quantizer in slot `layer`.
+    pub fn new(layer: &str, value: LayerValue) -> Self {
+        let what = match value {
+            LayerValue::Alpha => "alpha",
+            LayerValue::Beta => "beta",
+            LayerValue::Occupancy => "occupancy",
+        };
+        Self {
+            layer: layer.to_string(),
+            value,
+            name: Arc::new(format!("{what} {layer}")),
+            state: NumericMetricState::new(),
+        }
+    }
+
+    /// The metrics of every quantizer in `stats`: α and β, and occupancy where there is one.
+    pub fn for_layers(stats: &[LayerStats]) -> Vec<Self> {
+        stats
+            .iter()
+            .flat_map(|s| {
+                let mut v = vec![
+                    Self::new(&s.name, LayerValue::Alpha),
+                    Self::new(&s.name, LayerValue::Beta),
+                ];
+                if s.occupancy.is_some() {
+                    v.push(Self::new(&s.name, LayerValue::Occupancy));
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Whether this metric is numeric (α, β) or text (occupancy).
+    pub fn is_numeric(&self) -> bool {
+        self.value != LayerValue::Occupancy
+    }
+}
+
+impl Metric for LayerMetric {
+    type Input = MonitorInput;
+
+    fn update(&mut self, item: &MonitorInput, _metadata: &MetricMetadata) -> SerializedEntry {
+        let stats = item
+            .layers
+            .as_ref()
+            .and_then(|layers| layers.iter().find(|s| s.name == self.layer));
+        match self.value {
+            LayerValue::Occupancy => {
+                let text = stats
+                    .and_then(|s| s.occupancy.as_ref())
+                    .map(|o| {
+                        o.iter()
+                            .map(|v| format!("{v:.4}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                SerializedEntry::new(format!("{} {text}", self.name), text)
+            }
+            LayerValue::Alpha | LayerValue::Beta => {
+                let v = stats.map_or(f64::NAN, |s| {
+                    f64::from(if self.value == LayerValue::Alpha {
+                        s.alpha
+                    } else {
+                        s.beta
+                    })
+                });
+                self.state
+                    .update(v, 1, FormatOptions::new(self.name()).precision(5))
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.state.reset()
+    }
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        if self.is_numeric() {
+            NumericAttributes {
+                unit: None,
+                higher_is_better: true,
+            }
+            .into()
+        } else {
+            MetricAttributes::None
+        }
+    }
+}
+
+impl Numeric for LayerMetric {
+    fn value(&self) -> NumericEntry {
+        self.state.current_value()
+    }
+
+    fn running_value(&self) -> NumericEntry {
+        self.state.running_value()
+    }
 }

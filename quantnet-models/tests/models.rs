@@ -187,3 +187,51 @@ fn quantize_all_quantizes_the_first_and_last_layer_and_slots_are_in_forward_orde
     // quan0 (after the stem) + 2 per basic block.
     assert_eq!(slots.acts.len(), 17);
 }
+
+#[test]
+fn activations_only_phase_moves_only_the_activation_quantizers() {
+    let device = Default::default();
+    <B as Backend>::seed(&device, 11);
+    let temps = Temperatures::default();
+    temps.weights.set(5.0);
+    temps.acts.set(5.0);
+    let policy = ternary_u2();
+    let shape = input(1, 28, 10);
+    let images =
+        || Tensor::<Flex, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut inner = Model::<Flex>::new(Arch::Lenet5, shape, &device);
+    quantize_weights(&mut inner, &policy, &temps).unwrap();
+    calibrate_acts(&mut inner, &policy, &temps, [images()]).unwrap();
+    let mut model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
+    let acts = quantnet_models::quantize::train_only_act_quantizers(&mut model);
+    assert!(acts > 0);
+    let snapshot = |m: &mut Model<B>| {
+        let slots = m.slots();
+        let weights: Vec<_> = slots
+            .weights
+            .into_iter()
+            .map(|(_, mut l)| {
+                let q = l.quantizer().as_ref().map(|q| q.alpha.val().into_data());
+                (l.weight().into_data(), q)
+            })
+            .collect();
+        let acts: Vec<_> = slots
+            .acts
+            .into_iter()
+            .filter_map(|(_, a)| a.quantizer.as_ref().map(|q| q.alpha.val().into_data()))
+            .collect();
+        (weights, acts)
+    };
+    let x = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let targets = Tensor::<B, 1, Int>::from_ints([1, 0, 3, 2], &device);
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(model.forward(x), targets);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut before = model.clone();
+    let (w0, a0) = snapshot(&mut before);
+    let mut after = SgdConfig::new().init().step(0.5, model, grads);
+    let (w1, a1) = snapshot(&mut after);
+    assert_eq!(w0, w1, "weights and weight quantizers must stay fixed");
+    assert_ne!(a0, a1, "activation quantizers must train");
+}

@@ -44,7 +44,7 @@ impl WithBackend for EvalJob {
         let backend = args.backend.name().to_string();
         if let Some(file) = &args.model_file {
             // An exported model: hard weights decoded from codes, activation quantizers hard.
-            let (manifest, mut model) = export::load::<B::InnerBackend>(file, &device)?;
+            let (manifest, model) = export::load::<B::InnerBackend>(file, &device)?;
             let dataset = match (args.dataset, &manifest.dataset) {
                 (Some(d), _) => d,
                 (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,
@@ -90,7 +90,7 @@ impl WithBackend for EvalJob {
                     weights: None,
                     acts: None,
                 },
-                layers: layer_reports(&mut model)?,
+                layers: layer_reports(&model)?,
             });
         }
         let run = args
@@ -129,7 +129,7 @@ impl WithBackend for EvalJob {
                 weights: policy.weights.as_ref().map(|_| temps.weights.get()),
                 acts: policy.acts.as_ref().map(|_| temps.acts.get()),
             },
-            layers: layer_reports(&mut model)?,
+            layers: layer_reports(&model)?,
         })
     }
 }
@@ -239,7 +239,7 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
             cfg.acts_temperature
         );
     }
-    let reports = layer_reports(&mut model)?;
+    let reports = layer_reports(&model)?;
     println!(
         "{:<22} {:<10} {:<8} {:>12} {:>12}  levels",
         "layer", "kind", "precision", "alpha", "beta"

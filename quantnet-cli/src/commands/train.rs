@@ -34,6 +34,7 @@ use quantnet_burn::train::{GroupLr, TemperatureHook, TemperatureMetric};
 use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
 use quantnet_models::quantize::{self, calibrate_acts, quantize_weights};
+use quantnet_models::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric};
 use quantnet_models::{Model, QuantPolicy, Temperatures};
 
 use crate::backend::{BackendName, WithBackend, dispatch};
@@ -62,6 +63,16 @@ impl PlainRenderer {
         let entry = match state {
             MetricState::Generic(e) | MetricState::Numeric(e, _) => e,
         };
+        // Per-layer α/β/occupancy go to the logs and metrics.csv, not the progress lines.
+        let per_layer = self.names.iter().any(|(id, name)| {
+            *id == entry.metric_id
+                && ["alpha ", "beta ", "occupancy "]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+        });
+        if per_layer {
+            return;
+        }
         // burn-train formats numeric metrics as "epoch X - batch Y": keep the epoch's value.
         let text = entry.serialized_entry.formatted;
         let value = text
@@ -120,6 +131,10 @@ impl PlainRenderer {
 
 impl MetricsRendererTraining for PlainRenderer {
     fn update_train(&mut self, state: MetricState) {
+        if self.last.is_some_and(|(_, _, valid)| valid) {
+            // The first training update after a validation: drop the test metrics.
+            self.metrics.clear();
+        }
         self.update(state);
     }
     fn update_valid(&mut self, state: MetricState) {
@@ -297,6 +312,8 @@ struct Phase<'a> {
     epochs: usize,
     resume_from: Option<usize>,
     hook: TemperatureHook,
+    /// Train only the activation quantizers (`--phase acts`).
+    acts_only: bool,
 }
 
 /// One burn-train run of `phase.epochs` epochs; returns the trained model and seconds per epoch.
@@ -320,8 +337,18 @@ where
     let clipping = cfg.clip.map(GradientClippingConfig::Norm);
     let start = phase.resume_from.unwrap_or(0);
     phase.hook.start_at(start);
-    let mut model = <Model<B> as AutodiffModule<B>>::from_inner(model);
+    let stats = quantnet_models::train::layer_stats(&model)?;
+    let monitor = MonitorOptions {
+        soft_gap: !stats.is_empty(),
+        layer_stats: !stats.is_empty(),
+    };
+    let mut model = Monitored::new(<Model<B> as AutodiffModule<B>>::from_inner(model), monitor);
+    if phase.acts_only {
+        let n = quantize::train_only_act_quantizers(&mut model.model);
+        println!("training only the {n} activation quantizer(s); everything else is fixed");
+    }
     let quantizer_params: Vec<_> = model
+        .model
         .slots()
         .quantizers()
         .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
@@ -346,6 +373,16 @@ where
             .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
             .renderer(PlainRenderer::new(phase.name))
             .num_epochs(phase.epochs);
+            if monitor.soft_gap {
+                training = training.metric_valid_numeric(SoftHardGapMetric::new());
+            }
+            for metric in LayerMetric::for_layers(&stats) {
+                training = if metric.is_numeric() {
+                    training.metric_valid_numeric(metric)
+                } else {
+                    training.metric_valid(metric)
+                };
+            }
             if start > 0 {
                 training = training.checkpoint(start);
             }
@@ -356,6 +393,7 @@ where
                     phase.lr,
                 ))
                 .model
+                .into_model()
         }};
     }
     let trained = if cfg.optimizer == "sgd" {
@@ -374,12 +412,7 @@ where
 /// Per-epoch metrics from burn-train's logs (`DIR/{train,valid}/epoch-N/NAME.log`, lines of
 /// `value,count`): the count-weighted mean.
 fn epoch_mean(dir: &Path, split: &str, epoch: usize, name: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(
-        dir.join(split)
-            .join(format!("epoch-{epoch}"))
-            .join(format!("{name}.log")),
-    )
-    .ok()?;
+    let text = std::fs::read_to_string(log_path(dir, split, epoch, name)).ok()?;
     let (mut sum, mut n) = (0.0, 0.0);
     for line in text.lines() {
         let (v, c) = line.split_once(',')?;
@@ -390,6 +423,19 @@ fn epoch_mean(dir: &Path, split: &str, epoch: usize, name: &str) -> Option<f64> 
     (n > 0.0).then(|| sum / n)
 }
 
+/// The last logged value of a text metric in an epoch.
+fn epoch_last(dir: &Path, split: &str, epoch: usize, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(log_path(dir, split, epoch, name)).ok()?;
+    text.lines().last().map(str::to_string)
+}
+
+/// burn-train's log file of metric `name` (spaces become underscores).
+fn log_path(dir: &Path, split: &str, epoch: usize, name: &str) -> PathBuf {
+    dir.join(split)
+        .join(format!("epoch-{epoch}"))
+        .join(format!("{}.log", name.replace(' ', "_")))
+}
+
 fn write_metrics(
     dir: &Path,
     phase_dir: &Path,
@@ -397,11 +443,19 @@ fn write_metrics(
     seconds: &[f64],
     schedules: (&TemperatureSchedule, &TemperatureSchedule),
     policy: &QuantPolicy,
+    layers: &[LayerReport],
 ) -> Result<()> {
     let mut csv = String::from(
-        "epoch,train_loss,train_accuracy,test_loss,test_accuracy_hard,weights_temperature,\
-         acts_temperature,seconds\n",
+        "epoch,train_loss,train_accuracy,test_loss,test_accuracy_hard,soft_hard_gap,\
+         weights_temperature,acts_temperature,seconds",
     );
+    for layer in layers {
+        csv.push_str(&format!(",alpha {0},beta {0}", layer.name));
+        if layer.occupancy.is_some() {
+            csv.push_str(&format!(",occupancy {}", layer.name));
+        }
+    }
+    csv.push('\n');
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     let first = seconds.len().saturating_sub(epochs);
     for epoch in 1..=epochs {
@@ -413,15 +467,29 @@ fn write_metrics(
             }
         };
         csv.push_str(&format!(
-            "{epoch},{},{},{},{},{},{},{}\n",
+            "{epoch},{},{},{},{},{},{},{},{}",
             cell(epoch_mean(phase_dir, "train", epoch, "Loss")),
             cell(epoch_mean(phase_dir, "train", epoch, "Accuracy")),
             cell(epoch_mean(phase_dir, "valid", epoch, "Loss")),
             cell(epoch_mean(phase_dir, "valid", epoch, "Accuracy")),
+            cell(epoch_mean(phase_dir, "valid", epoch, "Soft-hard gap")),
             t(schedules.0, policy.weights.is_some()),
             t(schedules.1, policy.acts.is_some()),
             cell(seconds.get(first + epoch - 1).copied()),
         ));
+        for layer in layers {
+            for what in ["alpha", "beta"] {
+                let name = format!("{what} {}", layer.name);
+                csv.push(',');
+                csv.push_str(&cell(epoch_mean(phase_dir, "valid", epoch, &name)));
+            }
+            if layer.occupancy.is_some() {
+                let name = format!("occupancy {}", layer.name);
+                csv.push(',');
+                csv.push_str(&epoch_last(phase_dir, "valid", epoch, &name).unwrap_or_default());
+            }
+        }
+        csv.push('\n');
     }
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())
 }
@@ -444,44 +512,8 @@ pub(crate) fn hard_and_soft_accuracy<B: QuantBackend>(
 }
 
 /// α, β and the weight occupancy of every quantizer.
-pub(crate) fn layer_reports<B: QuantBackend>(model: &mut Model<B>) -> Result<Vec<LayerReport>> {
-    let scalar = |t: burn::tensor::Tensor<B, 1>| -> f32 {
-        t.into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .ok()
-            .and_then(|v| v.first().copied())
-            .unwrap_or(f32::NAN)
-    };
-    let mut out = Vec::new();
-    let slots = model.slots();
-    for (name, mut layer) in slots.weights {
-        let weight = layer.weight();
-        let kind = layer.kind();
-        if let Some(q) = layer.quantizer().as_ref() {
-            out.push(LayerReport {
-                name,
-                kind: kind.into(),
-                levels: q.level_set().name(),
-                alpha: scalar(q.alpha.val()),
-                beta: scalar(q.beta.val()),
-                occupancy: Some(q.occupancy(weight)?),
-            });
-        }
-    }
-    for (name, slot) in slots.acts {
-        if let Some(q) = &slot.quantizer {
-            out.push(LayerReport {
-                name,
-                kind: "activation".into(),
-                levels: q.level_set().name(),
-                alpha: scalar(q.alpha.val()),
-                beta: scalar(q.beta.val()),
-                occupancy: None,
-            });
-        }
-    }
-    Ok(out)
+pub(crate) fn layer_reports<B: QuantBackend>(model: &Model<B>) -> Result<Vec<LayerReport>> {
+    Ok(quantnet_models::train::layer_stats(model)?)
 }
 
 struct TrainJob {
@@ -565,6 +597,7 @@ impl WithBackend for TrainJob {
                             epochs: cfg.pretrain_epochs,
                             resume_from: None,
                             hook: TemperatureHook::new(),
+                            acts_only: false,
                         };
                         let (model, _) = fit::<B>(model, phase, &cfg, &data, &temps)?;
                         let fp = quantnet_models::train::accuracy(
@@ -605,6 +638,7 @@ impl WithBackend for TrainJob {
             epochs: cfg.epochs,
             resume_from,
             hook: hook.clone(),
+            acts_only: cfg.phase == "acts",
         };
         let (mut model, seconds) = fit::<B>(model, phase, &cfg, &data, &temps)?;
         quantize::attach(&mut model, &temps);
@@ -618,6 +652,7 @@ impl WithBackend for TrainJob {
             &seconds,
             (&w_schedule, &a_schedule),
             &policy,
+            &layer_reports(&model)?,
         )?;
 
         let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, &device);
@@ -642,7 +677,7 @@ impl WithBackend for TrainJob {
                 weights: policy.weights.as_ref().map(|_| temps.weights.get()),
                 acts: policy.acts.as_ref().map(|_| temps.acts.get()),
             },
-            layers: layer_reports(&mut model)?,
+            layers: layer_reports(&model)?,
         };
         summary.write(&out)?;
         Ok(summary)
@@ -688,6 +723,7 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         calibration_images,
         seed,
         optimizer,
+        phase,
         act_thresholds,
         quant_lr_mult
     );
