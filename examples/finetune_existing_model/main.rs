@@ -10,6 +10,10 @@
 //!    and the last linear stay full precision (the paper's policy).
 //! 3. Fine-tunes with the temperature hook (weights T = 5·(epoch+1), activations T = 10·(epoch+1))
 //!    and prints the full-precision and the hard-quantized test accuracy on all 10,000 test images.
+//! 4. Exports conv2's ternary weights as Burn's own quantized tensor (`to_native`: Q2S), saves the
+//!    plain `Cnn` with Burn's recorder, loads it back as a plain `Cnn` and checks that its accuracy
+//!    (float activations: Burn has no counterpart of the activation quantizer) equals the
+//!    quantnet model's with its activation quantizer switched off.
 //!
 //! `--smoke` uses 2000 training images and one fine-tuning epoch (seconds). MNIST is read from
 //! `--data-dir`, `$QUANTNET_DATA`, `../shared/data`, `./data` or `~/.cache/quantnet/data`.
@@ -26,6 +30,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::AdamConfig;
+use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use burn::train::metric::{AccuracyMetric, LossMetric};
@@ -34,7 +39,7 @@ use burn::train::{
 };
 use quantnet_burn::train::{TemperatureHook, TemperatureMetric};
 use quantnet_burn::{
-    LevelSet, QuantAct, QuantBackend, QuantConv2d, QuantizerConfig, Temperature,
+    LevelSet, QuantAct, QuantBackend, QuantConv2d, QuantMode, QuantizerConfig, Temperature,
     TemperatureSchedule,
 };
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, MnistKind, Split, mnist};
@@ -278,6 +283,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .model;
     let q_accuracy = accuracy(&quant, &test, |m, x| m.forward(x));
     println!("ternary conv2 + 2-bit activations (hard-quantized): test accuracy {q_accuracy:.2}%");
+
+    // 4. Hand the weights back to plain Burn: conv2's ternary weights as Burn's own quantized
+    //    tensor (Q2S integers and one scale), saved with Burn's recorder and loaded into the
+    //    user's `Cnn` type, no quantnet involved on the loading side. The activation quantizer
+    //    has no Burn counterpart, so the plain model runs with float activations; it must match
+    //    the quantnet model with its activation quantizer switched off, exactly.
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let plain = Cnn::<Flex> {
+        conv1: quant.conv1.clone(),
+        conv2: quant.conv2.to_native()?,
+        pool: quant.pool.clone(),
+        relu: quant.relu.clone(),
+        fc: quant.fc.clone(),
+    };
+    let native_path = artifacts.join("cnn-native");
+    plain.save_file(&native_path, &recorder)?;
+    let float_path = artifacts.join("cnn-float");
+    Cnn::<Flex> {
+        conv2: quant.conv2.freeze(),
+        ..Cnn::new(&device)
+    }
+    .save_file(&float_path, &recorder)?;
+    let loaded = Cnn::<Flex>::new(&device).load_file(&native_path, &recorder, &device)?;
+    let plain_accuracy = accuracy(&loaded, &test, |m, x| m.forward(x));
+    let mut weights_only = quant.clone();
+    weights_only.act2.quantizer.set_mode(QuantMode::Off);
+    let reference = accuracy(&weights_only, &test, |m, x| m.forward(x));
+    let size = |p: &std::path::Path| std::fs::metadata(p.with_extension("bin")).map(|m| m.len());
+    println!(
+        "plain Burn Cnn loaded from a record with conv2 as Burn Q2S ({} bytes; {} with float \
+         conv2), float activations: test accuracy {plain_accuracy:.2}% (quantnet model, \
+         activation quantizer off: {reference:.2}%)",
+        size(&native_path)?,
+        size(&float_path)?,
+    );
+    if plain_accuracy != reference {
+        return Err("the plain Burn model does not reproduce the quantized weights".into());
+    }
     let _ = std::fs::remove_dir_all(&artifacts);
     Ok(())
 }

@@ -204,9 +204,13 @@ pub(crate) struct TrainArgs {
     /// Training images used to calibrate the activation quantizers.
     #[arg(long)]
     pub(crate) calibration_images: Option<usize>,
-    /// Clip the gradient L2 norm.
+    /// Clip the gradient L2 norm (the paper: 5 for weights only, 20 with activations).
     #[arg(long)]
     pub(crate) clip: Option<f32>,
+    /// Where --clip measures the norm: wq (the soft-quantized weights' gradients, as the
+    /// official code; the default) or w (the latent weights' gradients).
+    #[arg(long)]
+    pub(crate) clip_in: Option<String>,
     /// Learning-rate multiplier of the quantizers' alpha and beta.
     #[arg(long)]
     pub(crate) quant_lr_mult: Option<f64>,

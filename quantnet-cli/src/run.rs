@@ -50,6 +50,10 @@ pub(crate) struct RunConfig {
     pub(crate) calibration_images: usize,
     /// Clip the gradient's L2 norm to this value (the paper: 5).
     pub(crate) clip: Option<f32>,
+    /// Where the clipping norm is taken: `wq` (over the soft-quantized weights' gradients,
+    /// before the quantizer's chain rule: the official code) or `w` (over the latent weights'
+    /// gradients: Burn's optimizer clipping).
+    pub(crate) clip_in: String,
     /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds).
     pub(crate) quant_lr_mult: f64,
     /// Optimizer: `adam`, or `sgd` (momentum 0.9, no dampening: the paper's).
@@ -89,6 +93,7 @@ impl Default for RunConfig {
             acts_temperature: "linear:10".into(),
             calibration_images: 1000,
             clip: None,
+            clip_in: "wq".into(),
             optimizer: "adam".into(),
             phase: "joint".into(),
             quant_lr_mult: 1.0,
@@ -210,6 +215,9 @@ impl RunConfig {
         }
         if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
             bail!("--optimizer `{}`: expected adam or sgd", self.optimizer);
+        }
+        if !matches!(self.clip_in.as_str(), "wq" | "w") {
+            bail!("--clip-in `{}`: expected wq or w", self.clip_in);
         }
         match self.phase.as_str() {
             "joint" => {}

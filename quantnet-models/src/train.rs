@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
@@ -16,7 +18,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use quantnet_burn::{QuantBackend, QuantMode};
 
 use crate::data::ImageBatch;
-use crate::models::Model;
+use crate::models::{Model, WeightLayer};
 
 fn classify<B: QuantBackend>(
     model: &Model<B>,
@@ -142,13 +144,15 @@ pub fn layer_stats<B: QuantBackend>(model: &Model<B>) -> crate::Result<Vec<Layer
 }
 
 /// What [`Monitored`] measures on every validation batch besides loss and accuracy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MonitorOptions {
     /// Also run the batch through the soft quantizers (at the current temperatures) to report
     /// the soft-minus-hard accuracy gap. Costs a second forward pass.
     pub soft_gap: bool,
     /// Report each quantizer's α, β and weight-level occupancy.
     pub layer_stats: bool,
+    /// Clip the gradient norm in the `ŵ` domain, as the official code ([`step_clipped_in_wq`]).
+    pub clip_in_wq: Option<f32>,
 }
 
 impl Default for MonitorOptions {
@@ -156,6 +160,7 @@ impl Default for MonitorOptions {
         Self {
             soft_gap: true,
             layer_stats: true,
+            clip_in_wq: None,
         }
     }
 }
@@ -190,6 +195,10 @@ impl<B: AutodiffBackend + QuantBackend> TrainStep for Monitored<B> {
     type Output = ClassificationOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        if let Some(max_norm) = self.options.clip_in_wq {
+            // `Monitored` adds no parameters: the model's gradients are the wrapper's.
+            return step_clipped_in_wq(&self.model, batch, max_norm).0;
+        }
         let item = classify(&self.model, batch.images, batch.targets);
         TrainOutput::new(self, item.loss.backward(), item)
     }
@@ -487,4 +496,139 @@ impl Numeric for LayerMetric {
     fn running_value(&self) -> NumericEntry {
         self.state.running_value()
     }
+}
+
+/// Sum of squares of the gradients of a module's float parameters (skipping `skip`).
+struct SquaredNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let s = g.powi_scalar(2).sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+/// Moves a module's parameter gradients from `from` into `to`, multiplied by `scale`.
+struct MoveScaled<'a> {
+    from: &'a mut GradientsParams,
+    to: &'a mut GradientsParams,
+    scale: f32,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for MoveScaled<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id) {
+            self.to.register(param.id, g.mul_scalar(self.scale));
+        }
+    }
+}
+
+/// A training step whose gradients are clipped the way the official code clips them: the L2
+/// norm is taken over `∂ℓ/∂ŵ` (the soft-quantized weights' gradients, before the quantizer's
+/// chain rule) together with every other parameter's gradient, but not the weight quantizers'
+/// α/β; if it exceeds `max_norm`, every gradient (α and β included, which the official code
+/// derives from the clipped `∂ℓ/∂ŵ`) is scaled by `max_norm / norm` (paper-spec §2.3, §8).
+///
+/// Two backward passes: one through the network with each quantized weight replaced by a leaf
+/// holding `ŵ`, then one through the weight quantizers alone, seeded with the (clipped)
+/// `∂ℓ/∂ŵ`. Without clipping the gradients equal those of a plain step (up to float rounding).
+///
+/// Returns the step output and the norm before clipping.
+pub fn step_clipped_in_wq<B: AutodiffBackend + QuantBackend>(
+    model: &Model<B>,
+    batch: ImageBatch<B>,
+    max_norm: f32,
+) -> (TrainOutput<ClassificationOutput<B>>, f32) {
+    // 1. The network with every quantized weight replaced by a leaf holding its soft value ŵ.
+    let mut shadow = model.clone();
+    let mut leaves = Vec::new();
+    for (_, layer) in shadow.slots().weights {
+        match layer {
+            WeightLayer::Conv(c) => {
+                if let Some(q) = c.quantizer.take() {
+                    let w_hat = q.forward(c.conv.weight.val()).detach().require_grad();
+                    let id = ParamId::new();
+                    c.conv.weight = Param::initialized(id, w_hat);
+                    leaves.push(Some(id));
+                } else {
+                    leaves.push(None);
+                }
+            }
+            WeightLayer::Linear(l) => {
+                if let Some(q) = l.quantizer.take() {
+                    let w_hat = q.forward(l.linear.weight.val()).detach().require_grad();
+                    let id = ParamId::new();
+                    l.linear.weight = Param::initialized(id, w_hat);
+                    leaves.push(Some(id));
+                } else {
+                    leaves.push(None);
+                }
+            }
+        }
+    }
+    let item = classify(&shadow, batch.images, batch.targets);
+    let mut shadow_grads = GradientsParams::from_grads(item.loss.backward(), &shadow);
+
+    // 2. The norm over ∂ℓ/∂ŵ and every other parameter (the weight quantizers are not in the
+    //    shadow, so their α/β are left out).
+    let mut norm = SquaredNorm::<B> {
+        grads: &shadow_grads,
+        sum: None,
+    };
+    shadow.visit(&mut norm);
+    let norm = norm.sum.map_or(0.0, |s| {
+        let s: f32 = s.into_scalar().elem();
+        s.sqrt()
+    });
+    let scale = if norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    };
+
+    // 3. The chain rule through the weight quantizers: the gradient of Σ ŵ(w)·(scale·∂ℓ/∂ŵ)
+    //    with respect to w, α and β.
+    let mut original = model.clone();
+    let mut surrogate: Option<Tensor<B, 1>> = None;
+    for ((_, layer), leaf) in original.slots().weights.into_iter().zip(&leaves) {
+        let Some(leaf) = leaf else { continue };
+        let term = match layer {
+            WeightLayer::Conv(c) => c.quantizer.as_ref().and_then(|q| {
+                let g = shadow_grads.remove::<B::InnerBackend, 4>(*leaf)?;
+                let seed = Tensor::<B, 4>::from_inner(g.mul_scalar(scale));
+                Some((q.forward(c.conv.weight.val()) * seed).sum())
+            }),
+            WeightLayer::Linear(l) => l.quantizer.as_ref().and_then(|q| {
+                let g = shadow_grads.remove::<B::InnerBackend, 2>(*leaf)?;
+                let seed = Tensor::<B, 2>::from_inner(g.mul_scalar(scale));
+                Some((q.forward(l.linear.weight.val()) * seed).sum())
+            }),
+        };
+        if let Some(term) = term {
+            surrogate = Some(match surrogate {
+                Some(acc) => acc + term,
+                None => term,
+            });
+        }
+    }
+    let mut grads = match surrogate {
+        Some(s) => GradientsParams::from_grads(s.backward(), model),
+        None => GradientsParams::new(),
+    };
+
+    // 4. Every other parameter's gradient, scaled the same way.
+    shadow.visit(&mut MoveScaled {
+        from: &mut shadow_grads,
+        to: &mut grads,
+        scale,
+    });
+    (TrainOutput { grads, item }, norm)
 }

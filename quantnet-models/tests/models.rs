@@ -235,3 +235,113 @@ fn activations_only_phase_moves_only_the_activation_quantizers() {
     assert_eq!(w0, w1, "weights and weight quantizers must stay fixed");
     assert_ne!(a0, a1, "activation quantizers must train");
 }
+
+/// Every trained parameter's gradient, by id, as host values.
+fn all_grads(model: &Model<B>, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl burn::module::ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<Flex, D>(param.id) {
+                self.out
+                    .push((param.id.to_string(), g.into_data().to_vec::<f32>().unwrap()));
+            }
+        }
+    }
+    let mut c = Collect {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut c);
+    c.out
+}
+
+#[test]
+fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alike() {
+    use quantnet_models::data::ImageBatch;
+    use quantnet_models::train::step_clipped_in_wq;
+    let device = Default::default();
+    <B as Backend>::seed(&device, 5);
+    let temps = Temperatures::default();
+    temps.weights.set(5.0);
+    temps.acts.set(5.0);
+    let policy = ternary_u2();
+    let images =
+        || Tensor::<Flex, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut inner = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
+    quantize_weights(&mut inner, &policy, &temps).unwrap();
+    calibrate_acts(&mut inner, &policy, &temps, [images()]).unwrap();
+    let model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
+    let x = Tensor::<B, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let targets = Tensor::<B, 1, Int>::from_ints([1, 0, 3, 2, 9, 4, 4, 7], &device);
+    let batch = || ImageBatch {
+        images: x.clone(),
+        targets: targets.clone(),
+    };
+
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(model.forward(x.clone()), targets.clone());
+    let plain = all_grads(
+        &model,
+        &GradientsParams::from_grads(loss.backward(), &model),
+    );
+    let (unclipped, norm) = step_clipped_in_wq(&model, batch(), f32::MAX);
+    let unclipped = all_grads(&model, &unclipped.grads);
+    assert!(norm.is_finite() && norm > 0.0);
+    // Every parameter (weights, biases, weight and activation quantizers) gets its gradient,
+    // equal to autodiff's through the whole graph up to float rounding.
+    assert_eq!(plain.len(), unclipped.len());
+    let close = |a: &[f32], b: &[f32], scale: f32, what: &str| {
+        let peak = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x * scale - y).abs() <= 1e-4 * peak * scale.max(1e-3),
+                "{what}: {x}·{scale} vs {y}"
+            );
+        }
+    };
+    for ((id, a), (id2, b)) in plain.iter().zip(&unclipped) {
+        assert_eq!(id, id2);
+        close(a, b, 1.0, id);
+    }
+
+    // The norm is over ∂ℓ/∂ŵ, not over the latent weights' gradients: computing it in the w
+    // domain (without the weight quantizers' α/β, as there) gives a different number.
+    let quantizer_ids: Vec<String> = {
+        let mut m = model.clone();
+        m.slots()
+            .weights
+            .into_iter()
+            .filter_map(|(_, mut l)| {
+                l.quantizer()
+                    .as_ref()
+                    .map(|q| [q.alpha.id.to_string(), q.beta.id.to_string()])
+            })
+            .flatten()
+            .collect()
+    };
+    let w_norm = plain
+        .iter()
+        .filter(|(id, _)| !quantizer_ids.contains(id))
+        .flat_map(|(_, g)| g.iter().map(|v| v * v))
+        .sum::<f32>()
+        .sqrt();
+    assert!(
+        (w_norm - norm).abs() > 0.01 * norm,
+        "ŵ-domain norm {norm} vs w-domain {w_norm}"
+    );
+
+    // Clipped to a tenth of the norm: the same norm is measured and every gradient is scaled by
+    // max/norm.
+    let max = norm / 10.0;
+    let (clipped, norm2) = step_clipped_in_wq(&model, batch(), max);
+    assert_eq!(norm, norm2);
+    let clipped = all_grads(&model, &clipped.grads);
+    let scale = max / (norm + 1e-6);
+    for ((id, a), (_, b)) in plain.iter().zip(&clipped) {
+        close(a, b, scale, id);
+    }
+}

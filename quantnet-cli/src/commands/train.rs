@@ -334,13 +334,23 @@ where
         .context("the run directory's path is not UTF-8")?
         .to_string();
     let clock = EpochClock::new();
-    let clipping = cfg.clip.map(GradientClippingConfig::Norm);
     let start = phase.resume_from.unwrap_or(0);
     phase.hook.start_at(start);
     let stats = quantnet_models::train::layer_stats(&model)?;
+    // With quantized weights the norm is taken over ∂ℓ/∂ŵ by the training step; otherwise the
+    // two domains coincide and the optimizer clips.
+    let weights_quantized = stats.iter().any(|s| s.occupancy.is_some());
+    let clip_in_wq = cfg
+        .clip
+        .filter(|_| cfg.clip_in == "wq" && weights_quantized);
+    let clipping = cfg
+        .clip
+        .filter(|_| clip_in_wq.is_none())
+        .map(GradientClippingConfig::Norm);
     let monitor = MonitorOptions {
         soft_gap: !stats.is_empty(),
         layer_stats: !stats.is_empty(),
+        clip_in_wq,
     };
     let mut model = Monitored::new(<Model<B> as AutodiffModule<B>>::from_inner(model), monitor);
     if phase.acts_only {
@@ -724,6 +734,7 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         seed,
         optimizer,
         phase,
+        clip_in,
         act_thresholds,
         quant_lr_mult
     );
