@@ -165,7 +165,7 @@ mod tests {
     fn bits(t: Tensor<Flex, 2>) -> Vec<u32> {
         t.into_data()
             .to_vec::<f32>()
-            .unwrap()
+            .expect("f32 tensor")
             .iter()
             .map(|v| v.to_bits())
             .collect()

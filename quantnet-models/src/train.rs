@@ -226,8 +226,7 @@ impl<B: QuantBackend> InferenceStep for Monitored<B> {
         let gap = self.options.soft_gap.then(|| {
             let mut soft = self.model.clone();
             crate::quantize::set_mode(&mut soft, QuantMode::Soft);
-            let soft_hits = hits(soft.forward(batch.images.clone()), batch.targets.clone());
-            soft_hits
+            hits(soft.forward(batch.images.clone()), batch.targets.clone())
         });
         let classification = classify(&self.model, batch.images, batch.targets);
         let monitor = MonitorInput {
