@@ -107,19 +107,50 @@ pub fn native_scheme(levels: &LevelSet) -> Result<NativeScheme> {
     })
 }
 
+/// Whether Burn 0.21's backend `B` holds `value` in native storage: flex holds every type,
+/// ndarray `Q2S` and `Q8S`; the CubeCL backends (wgpu, CUDA) hold none (they panic, and a panic
+/// inside a fused stream poisons the device for the rest of the process). Backends are told
+/// apart by [`Backend::name`](burn::tensor::backend::Backend::name).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] naming the backend and what to do instead.
+pub fn check_backend<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    value: QuantValue,
+) -> Result<()> {
+    let name = B::name(device);
+    let ok = name.contains("flex")
+        || (name.contains("ndarray") && matches!(value, QuantValue::Q2S | QuantValue::Q8S));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "backend",
+            value: name,
+            reason: format!(
+                "Burn 0.21 holds natively stored {value:?} tensors only on its CPU backends (flex; \
+                 ndarray for Q2S and Q8S): export and load Burn-native models there, or use the \
+                 .qnet export"
+            ),
+        })
+    }
+}
+
 /// `weight` hard-quantized by `quantizer`, as a Burn quantized tensor (integers and the scale
 /// `α·u`) on the weight's device. Dequantized, it equals `hard_quantize(weight)` (bit for bit for
 /// the built-in level sets, see the [module docs](self)).
 ///
 /// # Errors
 /// [`Error::InvalidLevels`] if the level set has no Burn counterpart;
-/// [`Error::InvalidParameter`] if values cannot be read back or a hard weight is off the grid.
+/// [`Error::InvalidParameter`] if the backend cannot hold it ([`check_backend`]), values cannot
+/// be read back or a hard weight is off the grid.
 pub fn native_weight<B: QuantBackend, const D: usize>(
     weight: Tensor<B, D>,
     quantizer: &Quantizer<B>,
 ) -> Result<Tensor<B, D>> {
     let native = native_scheme(quantizer.level_set())?;
     let device = weight.device();
+    check_backend::<B>(&device, native.value)?;
     let shape = weight.shape();
     let params = quantizer.params();
     let alpha = read_back::<f32>(quantizer.alpha.val().into_data(), "alpha")?[0];
@@ -292,5 +323,30 @@ mod tests {
         .unwrap();
         let err = linear.to_native().unwrap_err();
         assert!(err.to_string().contains("not an integer multiple"), "{err}");
+    }
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_tests {
+    use burn::backend::Wgpu;
+    use burn::nn::LinearConfig;
+
+    use crate::levels::LevelSet;
+    use crate::nn::QuantLinear;
+    use crate::quantizer::{QuantizerConfig, Temperature};
+
+    /// Burn 0.21's CubeCL backends panic on natively stored quantized tensors; the export says
+    /// so instead of panicking (and poisoning the device).
+    #[test]
+    fn native_export_on_wgpu_is_a_clear_error() {
+        let device = Default::default();
+        let linear = QuantLinear::from_float(
+            LinearConfig::new(8, 4).init::<Wgpu>(&device),
+            &QuantizerConfig::weights(LevelSet::ternary()),
+            &Temperature::new(1.0),
+        )
+        .unwrap();
+        let err = linear.to_native().unwrap_err().to_string();
+        assert!(err.contains("CPU backends"), "{err}");
     }
 }

@@ -286,9 +286,13 @@ pub(crate) struct ExportArgs {
     /// The run directory whose final model is exported.
     #[arg(long = "from", value_name = "RUN_DIR")]
     pub(crate) run: PathBuf,
-    /// The .qnet file to write.
+    /// The file to write: FILE.qnet (bit-packed codes), or FILE.mpk (a Burn record whose
+    /// quantized weights are Burn's own quantized tensors, with FILE.json beside it).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// qnet or burn (default: burn for a .mpk file, qnet otherwise).
+    #[arg(long)]
+    pub(crate) format: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -340,6 +340,45 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         from_file.contains("\"test_accuracy_soft\": null"),
         "{from_file}"
     );
+    // Burn-native export: a Burn record with Q2S weights plus its manifest; same accuracy.
+    let native = root.join("model.mpk");
+    let out = quantnet(&["export", "--from", run_s, "--out", native.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("conv2") && stdout(&out).contains("Q2S"));
+    assert!(root.join("model.json").is_file());
+    let eval_n = root.join("eval-native");
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        native.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--out",
+        eval_n.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let from_native = std::fs::read_to_string(eval_n.join("summary.json")).unwrap();
+    assert_eq!(
+        json_number(&from_native, "test_accuracy_hard"),
+        hard,
+        "{from_native}"
+    );
+    // A garbage record is one clear line, not a panic.
+    std::fs::write(&native, b"not a record").unwrap();
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        native.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a Burn record") && !stderr(&out).contains("panicked"),
+        "{}",
+        stderr(&out)
+    );
+
     // A corrupted file is one clear line.
     let mut bytes = std::fs::read(&qnet).unwrap();
     let mid = bytes.len() / 2;

@@ -112,21 +112,23 @@ pub fn layer_stats<B: QuantBackend>(model: &Model<B>) -> crate::Result<Vec<Layer
     let slots = model.slots();
     let mut out = Vec::new();
     for (name, mut layer) in slots.weights {
+        // Only quantized layers' weights are read: reading a lazily initialised weight would
+        // initialise it here, changing the order the random initialisation is drawn in.
+        let Some(q) = layer.quantizer().clone() else {
+            continue;
+        };
         let weight = layer.weight();
-        let kind = layer.kind();
-        if let Some(q) = layer.quantizer().as_ref() {
-            out.push(LayerStats {
-                kind: kind.into(),
-                levels: q.level_set().name(),
-                alpha: scalar(q.alpha.val(), "α")?,
-                beta: scalar(q.beta.val(), "β")?,
-                occupancy: Some(
-                    q.occupancy(weight)
-                        .map_err(|e| crate::Error::Invalid(format!("{name}: {e}")))?,
-                ),
-                name,
-            });
-        }
+        out.push(LayerStats {
+            kind: layer.kind().into(),
+            levels: q.level_set().name(),
+            alpha: scalar(q.alpha.val(), "α")?,
+            beta: scalar(q.beta.val(), "β")?,
+            occupancy: Some(
+                q.occupancy(weight)
+                    .map_err(|e| crate::Error::Invalid(format!("{name}: {e}")))?,
+            ),
+            name,
+        });
     }
     for (name, slot) in slots.acts {
         if let Some(q) = &slot.quantizer {

@@ -43,9 +43,24 @@ impl WithBackend for EvalJob {
         let args = self.args;
         let backend = args.backend.name().to_string();
         if let Some(file) = &args.model_file {
-            // An exported model: hard weights decoded from codes, activation quantizers hard.
-            let (manifest, model) = export::load::<B::InnerBackend>(file, &device)?;
-            let dataset = match (args.dataset, &manifest.dataset) {
+            // An exported model: a .qnet file (hard weights decoded from codes) or a Burn-native
+            // record (Burn quantized weights); activation quantizers hard either way.
+            let native = file.extension().is_some_and(|e| e == "mpk");
+            let (arch, input, file_dataset, weights, acts, model) = if native {
+                let (m, model) = export::load_native::<B::InnerBackend>(file, &device)?;
+                let weights = m
+                    .layers
+                    .first()
+                    .map_or("fp".to_string(), |l| l.levels.clone());
+                (m.arch, m.input, m.dataset, weights, m.acts, model)
+            } else {
+                let (m, model) = export::load::<B::InnerBackend>(file, &device)?;
+                let weights = m.coded.first().map_or("fp".to_string(), |e| {
+                    LevelSet::new(e.levels.clone()).map_or("custom".into(), |l| l.name())
+                });
+                (m.arch, m.input, m.dataset, weights, m.acts, model)
+            };
+            let dataset = match (args.dataset, &file_dataset) {
                 (Some(d), _) => d,
                 (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,
                 (None, None) => bail!(
@@ -53,30 +68,25 @@ impl WithBackend for EvalJob {
                     file.display()
                 ),
             };
-            if dataset.input() != manifest.input {
+            if dataset.input() != input {
                 bail!(
                     "{} is a model for {}×{}×{} images, not for {dataset}",
                     file.display(),
-                    manifest.input.channels,
-                    manifest.input.height,
-                    manifest.input.width
+                    input.channels,
+                    input.height,
+                    input.width
                 );
             }
             let (items, batcher) = test_items(dataset, args.data_dir.as_deref())?;
             let started = Instant::now();
             let hard = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
             let seconds = started.elapsed().as_secs_f64();
-            let bits = |c: &[quantnet_models::export::CodedEntry]| {
-                c.first().map_or("fp".to_string(), |e| {
-                    LevelSet::new(e.levels.clone()).map_or("custom".into(), |l| l.name())
-                })
-            };
             return Ok(Summary {
-                model: manifest.arch.to_string(),
+                model: arch.to_string(),
                 dataset: dataset.to_string(),
                 backend,
-                weights: bits(&manifest.coded),
-                acts: manifest.acts.as_ref().map_or("32".to_string(), |l| {
+                weights,
+                acts: acts.as_ref().map_or("32".to_string(), |l| {
                     LevelSet::new(l.clone()).map_or("custom".into(), |l| l.name())
                 }),
                 epochs: 0,
@@ -166,7 +176,16 @@ pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
     type B = crate::backend::Host;
     let device = Default::default();
     let temps = Temperatures::default();
+    let burn = match args.format.as_deref() {
+        Some("burn") => true,
+        Some("qnet") => false,
+        None => args.out.extension().is_some_and(|e| e == "mpk"),
+        Some(other) => bail!("--format `{other}`: expected qnet or burn"),
+    };
     let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
+    if burn {
+        return export_native(&args, &cfg, &model);
+    }
     let exported = export::export(
         &mut model,
         cfg.model,
@@ -200,6 +219,38 @@ pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
         exported.bytes.len() as u64 - rows.iter().map(|r| r.bytes).sum::<u64>(),
         float_total as f64 / exported.bytes.len() as f64,
         float_total
+    );
+    Ok(())
+}
+
+/// `quantnet export --format burn`: a Burn record with Burn quantized weights, and its manifest.
+fn export_native(
+    args: &ExportArgs,
+    cfg: &crate::run::RunConfig,
+    model: &quantnet_models::Model<crate::backend::Host>,
+) -> Result<()> {
+    let manifest = export::write_native(
+        model,
+        cfg.model,
+        cfg.dataset.input(),
+        Some(cfg.dataset.to_string()),
+        &args.out,
+    )?;
+    println!(
+        "{:<14} {:>10} {:>8} {:>6}",
+        "layer", "values", "levels", "burn"
+    );
+    for l in &manifest.layers {
+        println!(
+            "{:<14} {:>10} {:>8} {:>6}",
+            l.name, l.values, l.levels, l.burn_type
+        );
+    }
+    let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({bytes} bytes; Burn stores one byte per quantized value) and {}",
+        args.out.display(),
+        args.out.with_extension("json").display()
     );
     Ok(())
 }
