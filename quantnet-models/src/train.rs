@@ -532,6 +532,17 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for MoveScaled<'_> {
     }
 }
 
+/// Replaces `weight` by a new leaf parameter holding its soft-quantized value `ŵ`; returns its id.
+fn leaf<B: AutodiffBackend + QuantBackend, const D: usize>(
+    weight: &mut Param<Tensor<B, D>>,
+    quantizer: &quantnet_burn::Quantizer<B>,
+) -> ParamId {
+    let w_hat = quantizer.forward(weight.val()).detach().require_grad();
+    let id = ParamId::new();
+    *weight = Param::initialized(id, w_hat);
+    id
+}
+
 /// A training step whose gradients are clipped the way the official code clips them: the L2
 /// norm is taken over `∂ℓ/∂ŵ` (the soft-quantized weights' gradients, before the quantizer's
 /// chain rule) together with every other parameter's gradient, but not the weight quantizers'
@@ -552,28 +563,10 @@ pub fn step_clipped_in_wq<B: AutodiffBackend + QuantBackend>(
     let mut shadow = model.clone();
     let mut leaves = Vec::new();
     for (_, layer) in shadow.slots().weights {
-        match layer {
-            WeightLayer::Conv(c) => {
-                if let Some(q) = c.quantizer.take() {
-                    let w_hat = q.forward(c.conv.weight.val()).detach().require_grad();
-                    let id = ParamId::new();
-                    c.conv.weight = Param::initialized(id, w_hat);
-                    leaves.push(Some(id));
-                } else {
-                    leaves.push(None);
-                }
-            }
-            WeightLayer::Linear(l) => {
-                if let Some(q) = l.quantizer.take() {
-                    let w_hat = q.forward(l.linear.weight.val()).detach().require_grad();
-                    let id = ParamId::new();
-                    l.linear.weight = Param::initialized(id, w_hat);
-                    leaves.push(Some(id));
-                } else {
-                    leaves.push(None);
-                }
-            }
-        }
+        leaves.push(match layer {
+            WeightLayer::Conv(c) => (c.quantizer.take()).map(|q| leaf(&mut c.conv.weight, &q)),
+            WeightLayer::Linear(l) => (l.quantizer.take()).map(|q| leaf(&mut l.linear.weight, &q)),
+        });
     }
     let item = classify(&shadow, batch.images, batch.targets);
     let mut shadow_grads = GradientsParams::from_grads(item.loss.backward(), &shadow);
