@@ -283,9 +283,12 @@ pub(crate) struct InfoArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExportArgs {
-    /// The run directory whose final model is exported.
-    #[arg(long = "from", value_name = "RUN_DIR")]
-    pub(crate) run: PathBuf,
+    /// The run directory whose final model is exported (or give it with --from).
+    #[arg(value_name = "RUN_DIR", required_unless_present = "from")]
+    pub(crate) run: Option<PathBuf>,
+    /// The run directory (same as the positional RUN_DIR).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "run")]
+    pub(crate) from: Option<PathBuf>,
     /// The file to write: FILE.qnet (bit-packed codes), or FILE.mpk (a Burn record whose
     /// quantized weights are Burn's own quantized tensors, with FILE.json beside it).
     #[arg(long)]
@@ -293,6 +296,17 @@ pub(crate) struct ExportArgs {
     /// qnet or burn (default: burn for a .mpk file, qnet otherwise).
     #[arg(long)]
     pub(crate) format: Option<String>,
+}
+
+impl ExportArgs {
+    /// The run directory, positional or `--from`.
+    pub(crate) fn run_dir(&self) -> &std::path::Path {
+        // clap requires one of the two.
+        self.run
+            .as_deref()
+            .or(self.from.as_deref())
+            .unwrap_or(std::path::Path::new("."))
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -342,7 +342,8 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     );
     // Burn-native export: a Burn record with Q2S weights plus its manifest; same accuracy.
     let native = root.join("model.mpk");
-    let out = quantnet(&["export", "--from", run_s, "--out", native.to_str().unwrap()]);
+    // (The run directory as the positional argument, the spelling; --from also works.)
+    let out = quantnet(&["export", run_s, "--out", native.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("conv2") && stdout(&out).contains("Q2S"));
     assert!(root.join("model.json").is_file());

@@ -182,7 +182,7 @@ pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
         None => args.out.extension().is_some_and(|e| e == "mpk"),
         Some(other) => bail!("--format `{other}`: expected qnet or burn"),
     };
-    let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
+    let (cfg, mut model) = load_run::<B>(args.run_dir(), &temps, &device)?;
     if burn {
         return export_native(&args, &cfg, &model);
     }
