@@ -33,8 +33,8 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::levels::LevelSet;
-use crate::op::{QuantBackend, hard_quantize};
-use crate::quantizer::{Quantizer, read_back};
+use crate::op::QuantBackend;
+use crate::quantizer::Quantizer;
 
 /// How a level set maps onto Burn's symmetric quantized values.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,30 +152,8 @@ pub fn native_weight<B: QuantBackend, const D: usize>(
     let device = weight.device();
     check_backend::<B>(&device, native.value)?;
     let shape = weight.shape();
-    let params = quantizer.params();
-    let alpha = read_back::<f32>(quantizer.alpha.val().into_data(), "alpha")?[0];
-    let hard = read_back::<f32>(hard_quantize(weight, &params).into_data(), "hard weights")?;
-    // The hard weights are α·y_k bit for bit; find k by the bits.
-    let table: Vec<u32> = quantizer
-        .level_set()
-        .levels()
-        .iter()
-        .map(|y| (alpha * y).to_bits())
-        .collect();
-    let integers = hard
-        .iter()
-        .map(|v| {
-            table
-                .iter()
-                .position(|t| *t == v.to_bits())
-                .map(|k| native.integers[k])
-                .ok_or_else(|| Error::InvalidParameter {
-                    name: "weight",
-                    value: v.to_string(),
-                    reason: "a hard-quantized weight is not α·y for any level".into(),
-                })
-        })
-        .collect::<Result<Vec<i8>>>()?;
+    let (alpha, codes) = quantizer.codes(weight)?;
+    let integers: Vec<i8> = codes.into_iter().map(|k| native.integers[k]).collect();
     let data = TensorData::quantized(integers, shape, native.scheme(), &[alpha * native.unit]);
     Ok(Tensor::from_data(data, &device))
 }

@@ -383,6 +383,37 @@ impl<B: QuantBackend> Quantizer<B> {
 }
 
 impl<B: QuantBackend> Quantizer<B> {
+    /// `α` and, for every element of `x`, the index `k` of its level: `hard_quantize(x)` is
+    /// `α·Y[k]` bit for bit, and `k` is found by those bits. What exports store instead of the
+    /// hard values.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if values cannot be read back, or a hard value is not `α·y`
+    /// for any level.
+    pub fn codes<const D: usize>(&self, x: Tensor<B, D>) -> Result<(f32, Vec<usize>)> {
+        let alpha = read_back::<f32>(self.alpha.val().into_data(), "alpha")?[0];
+        let hard = read_back::<f32>(hard_quantize(x, &self.params()).into_data(), "hard values")?;
+        let table: Vec<u32> = self
+            .level_set
+            .levels()
+            .iter()
+            .map(|y| (alpha * y).to_bits())
+            .collect();
+        let codes = hard
+            .iter()
+            .map(|v| {
+                table.iter().position(|t| *t == v.to_bits()).ok_or_else(|| {
+                    Error::InvalidParameter {
+                        name: "weight",
+                        value: v.to_string(),
+                        reason: "a hard-quantized value is not α·y for any level".into(),
+                    }
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        Ok((alpha, codes))
+    }
+
     /// The fraction of `x`'s elements that the hard quantizer maps to each level (in the order of
     /// [`LevelSet::levels`]): the level occupancy of a layer's weights. Reads one value per level
     /// back from the device.

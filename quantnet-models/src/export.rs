@@ -23,7 +23,7 @@ use std::path::Path;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use quantnet_burn::{LevelSet, QuantBackend, QuantizerConfig, hard_quantize};
+use quantnet_burn::{LevelSet, QuantBackend, QuantizerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -129,10 +129,6 @@ pub fn unpack(bytes: &[u8], bits: u32, n: usize) -> Vec<u32> {
         .collect()
 }
 
-fn bits_for(levels: usize) -> u32 {
-    (usize::BITS - (levels.max(2) - 1).leading_zeros()).max(1)
-}
-
 /// Collects every float parameter with its module path.
 struct Collect<B: Backend> {
     path: Vec<String>,
@@ -206,27 +202,13 @@ pub fn export<B: QuantBackend>(
                 skip.insert(p.id);
             }
             let levels = q.level_set().levels().to_vec();
-            let alpha = read_f32(q.alpha.val().into_data(), "alpha")?[0];
-            let hard = read_f32(hard_quantize(weight, &q.params()).into_data(), &name)?;
-            let table: Vec<u32> = levels.iter().map(|y| (alpha * y).to_bits()).collect();
-            let codes = hard
-                .iter()
-                .map(|v| {
-                    table
-                        .iter()
-                        .position(|t| *t == v.to_bits())
-                        .map(|k| k as u32)
-                        .ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "{name}: hard-quantized weight {v} is not α·y for any level"
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<u32>>>()?;
-            coded_ids.insert(
-                weight_id,
-                (name, bits_for(levels.len()), levels, alpha, codes),
-            );
+            let bits = q.level_set().bits();
+            let (alpha, codes) = q.codes(weight).map_err(|source| Error::Layer {
+                layer: name.clone(),
+                source,
+            })?;
+            let codes = codes.into_iter().map(|k| k as u32).collect();
+            coded_ids.insert(weight_id, (name, bits, levels, alpha, codes));
         }
         for (_, slot) in slots.acts {
             if let Some(q) = &slot.quantizer {
