@@ -66,14 +66,7 @@ pub fn accuracy<B: QuantBackend>(
     let mut correct = 0usize;
     for chunk in items.chunks(batch_size.max(1)) {
         let batch: ImageBatch<B> = batcher.batch(chunk.to_vec(), device);
-        let predicted = model.forward(batch.images).argmax(1).flatten::<1>(0, 1);
-        let hits: i64 = predicted
-            .equal(batch.targets)
-            .int()
-            .sum()
-            .into_scalar()
-            .elem();
-        correct += usize::try_from(hits).unwrap_or(0);
+        correct += hits(model.forward(batch.images), batch.targets);
     }
     100.0 * correct as f64 / items.len() as f64
 }
@@ -172,18 +165,38 @@ impl Default for MonitorOptions {
 /// hits on the same batch and every quantizer's α, β and occupancy ([`MonitorInput`]), which
 /// the metrics [`SoftHardGapMetric`] and [`LayerMetric`] report per epoch. Training steps are
 /// those of the model.
+///
+/// The layer stats are read once per validation copy: burn-train makes one with `valid()` at
+/// the start of every validation epoch and the model does not change during it, so the first
+/// batch's stats serve the whole epoch.
 #[derive(burn::module::Module, Debug)]
 pub struct Monitored<B: Backend> {
-    /// The model.
-    pub model: Model<B>,
+    model: Model<B>,
     #[module(skip)]
     options: MonitorOptions,
+    #[module(skip)]
+    layers: StatsCache,
+}
+
+/// The layer stats of one validation copy. Cloning (which is what `valid()` does to a skipped
+/// field) gives an empty cache, so every copy reads its own model.
+#[derive(Debug, Default)]
+struct StatsCache(std::sync::OnceLock<Option<Arc<Vec<LayerStats>>>>);
+
+impl Clone for StatsCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl<B: Backend> Monitored<B> {
     /// Wraps `model`.
     pub fn new(model: Model<B>, options: MonitorOptions) -> Self {
-        Self { model, options }
+        Self {
+            model,
+            options,
+            layers: StatsCache::default(),
+        }
     }
 
     /// The model.
@@ -240,9 +253,12 @@ impl<B: QuantBackend> InferenceStep for Monitored<B> {
                 )
             }),
             soft_hits: gap,
-            // A read-back failure leaves the layer metrics without a value for this batch.
+            // A read-back failure leaves the layer metrics without a value for this epoch.
             layers: if self.options.layer_stats {
-                layer_stats(&self.model).ok().map(Arc::new)
+                self.layers
+                    .0
+                    .get_or_init(|| layer_stats(&self.model).ok().map(Arc::new))
+                    .clone()
             } else {
                 None
             },
@@ -499,7 +515,7 @@ impl Numeric for LayerMetric {
     }
 }
 
-/// Sum of squares of the gradients of a module's float parameters (skipping `skip`).
+/// Sum of squares of the gradients of a module's float parameters.
 struct SquaredNorm<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
     sum: Option<Tensor<B::InnerBackend, 1>>,
@@ -532,15 +548,23 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for MoveScaled<'_> {
     }
 }
 
-/// Replaces `weight` by a new leaf parameter holding its soft-quantized value `ŵ`; returns its id.
+/// A quantized weight's soft value `ŵ` (with its graph back to `w`, `α`, `β`) and the id of the
+/// leaf parameter that stands in for it in the shadow network.
+enum SoftWeight<B: Backend> {
+    Conv(Tensor<B, 4>, ParamId),
+    Linear(Tensor<B, 2>, ParamId),
+}
+
+/// Replaces `weight` by a new leaf parameter holding its soft-quantized value `ŵ` (detached);
+/// returns `ŵ` (not detached) and the leaf's id.
 fn leaf<B: AutodiffBackend + QuantBackend, const D: usize>(
     weight: &mut Param<Tensor<B, D>>,
     quantizer: &quantnet_burn::Quantizer<B>,
-) -> ParamId {
-    let w_hat = quantizer.forward(weight.val()).detach().require_grad();
+) -> (Tensor<B, D>, ParamId) {
+    let w_hat = quantizer.forward(weight.val());
     let id = ParamId::new();
-    *weight = Param::initialized(id, w_hat);
-    id
+    *weight = Param::initialized(id, w_hat.clone().detach().require_grad());
+    (w_hat, id)
 }
 
 /// A training step whose gradients are clipped the way the official code clips them: the L2
@@ -561,11 +585,17 @@ pub fn step_clipped_in_wq<B: AutodiffBackend + QuantBackend>(
 ) -> (TrainOutput<ClassificationOutput<B>>, f32) {
     // 1. The network with every quantized weight replaced by a leaf holding its soft value ŵ.
     let mut shadow = model.clone();
-    let mut leaves = Vec::new();
+    let mut soft = Vec::new();
     for (_, layer) in shadow.slots().weights {
-        leaves.push(match layer {
-            WeightLayer::Conv(c) => (c.quantizer.take()).map(|q| leaf(&mut c.conv.weight, &q)),
-            WeightLayer::Linear(l) => (l.quantizer.take()).map(|q| leaf(&mut l.linear.weight, &q)),
+        soft.extend(match layer {
+            WeightLayer::Conv(c) => c.quantizer.take().map(|q| {
+                let (w_hat, id) = leaf(&mut c.conv.weight, &q);
+                SoftWeight::Conv(w_hat, id)
+            }),
+            WeightLayer::Linear(l) => l.quantizer.take().map(|q| {
+                let (w_hat, id) = leaf(&mut l.linear.weight, &q);
+                SoftWeight::Linear(w_hat, id)
+            }),
         });
     }
     let item = classify(&shadow, batch.images, batch.targets);
@@ -589,30 +619,20 @@ pub fn step_clipped_in_wq<B: AutodiffBackend + QuantBackend>(
     };
 
     // 3. The chain rule through the weight quantizers: the gradient of Σ ŵ(w)·(scale·∂ℓ/∂ŵ)
-    //    with respect to w, α and β.
-    let mut original = model.clone();
-    let mut surrogate: Option<Tensor<B, 1>> = None;
-    for ((_, layer), leaf) in original.slots().weights.into_iter().zip(&leaves) {
-        let Some(leaf) = leaf else { continue };
-        let term = match layer {
-            WeightLayer::Conv(c) => c.quantizer.as_ref().and_then(|q| {
-                let g = shadow_grads.remove::<B::InnerBackend, 4>(*leaf)?;
-                let seed = Tensor::<B, 4>::from_inner(g.mul_scalar(scale));
-                Some((q.forward(c.conv.weight.val()) * seed).sum())
-            }),
-            WeightLayer::Linear(l) => l.quantizer.as_ref().and_then(|q| {
-                let g = shadow_grads.remove::<B::InnerBackend, 2>(*leaf)?;
-                let seed = Tensor::<B, 2>::from_inner(g.mul_scalar(scale));
-                Some((q.forward(l.linear.weight.val()) * seed).sum())
-            }),
-        };
-        if let Some(term) = term {
-            surrogate = Some(match surrogate {
-                Some(acc) => acc + term,
-                None => term,
-            });
-        }
-    }
+    //    with respect to w, α and β, through the graphs of the ŵ made in step 1.
+    let surrogate = soft
+        .into_iter()
+        .filter_map(|s| match s {
+            SoftWeight::Conv(w_hat, id) => {
+                let g = shadow_grads.remove::<B::InnerBackend, 4>(id)?;
+                Some((w_hat * Tensor::from_inner(g.mul_scalar(scale))).sum())
+            }
+            SoftWeight::Linear(w_hat, id) => {
+                let g = shadow_grads.remove::<B::InnerBackend, 2>(id)?;
+                Some((w_hat * Tensor::from_inner(g.mul_scalar(scale))).sum())
+            }
+        })
+        .reduce(|a, b| a + b);
     let mut grads = match surrogate {
         Some(s) => GradientsParams::from_grads(s.backward(), model),
         None => GradientsParams::new(),

@@ -352,17 +352,17 @@ where
         layer_stats: !stats.is_empty(),
         clip_in_wq,
     };
-    let mut model = Monitored::new(<Model<B> as AutodiffModule<B>>::from_inner(model), monitor);
+    let mut model = <Model<B> as AutodiffModule<B>>::from_inner(model);
     if phase.acts_only {
-        let n = quantize::train_only_act_quantizers(&mut model.model);
+        let n = quantize::train_only_act_quantizers(&mut model);
         println!("training only the {n} activation quantizer(s); everything else is fixed");
     }
     let quantizer_params: Vec<_> = model
-        .model
         .slots()
         .quantizers()
         .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
         .collect();
+    let model = Monitored::new(model, monitor);
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
     macro_rules! launch {
         ($optimizer:expr) => {{
