@@ -309,7 +309,7 @@ pub(crate) struct Summary {
     /// The temperatures of the last epoch.
     pub(crate) temperature: Temperatures,
     /// Per quantized layer: level set, α, β, and (weights) the fraction at each level.
-    pub(crate) layers: Vec<LayerReport>,
+    pub(crate) layers: Vec<quantnet_models::train::LayerStats>,
 }
 
 /// Final temperatures (absent where nothing is quantized).
@@ -318,9 +318,6 @@ pub(crate) struct Temperatures {
     pub(crate) weights: Option<f32>,
     pub(crate) acts: Option<f32>,
 }
-
-/// One quantizer's state.
-pub(crate) type LayerReport = quantnet_models::train::LayerStats;
 
 impl Summary {
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {

@@ -319,18 +319,22 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         report.contains("conv2") && report.contains(" 2400     2          600"),
         "{report}"
     );
-    let eval_q = root.join("eval-qnet");
-    let out = quantnet(&[
-        "eval",
-        "--model-file",
-        qnet.to_str().unwrap(),
-        "--data-dir",
-        data,
-        "--out",
-        eval_q.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let from_file = std::fs::read_to_string(eval_q.join("summary.json")).unwrap();
+    // `eval --model-file FILE --out DIR`: the summary it writes.
+    let eval_file = |file: &std::path::Path, dir: &str| {
+        let out_dir = root.join(dir);
+        let out = quantnet(&[
+            "eval",
+            "--model-file",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read_to_string(out_dir.join("summary.json")).unwrap()
+    };
+    let from_file = eval_file(&qnet, "eval-qnet");
     assert_eq!(
         json_number(&from_file, "test_accuracy_hard"),
         hard,
@@ -347,18 +351,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("conv2") && stdout(&out).contains("Q2S"));
     assert!(root.join("model.json").is_file());
-    let eval_n = root.join("eval-native");
-    let out = quantnet(&[
-        "eval",
-        "--model-file",
-        native.to_str().unwrap(),
-        "--data-dir",
-        data,
-        "--out",
-        eval_n.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let from_native = std::fs::read_to_string(eval_n.join("summary.json")).unwrap();
+    let from_native = eval_file(&native, "eval-native");
     assert_eq!(
         json_number(&from_native, "test_accuracy_hard"),
         hard,

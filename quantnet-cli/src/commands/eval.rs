@@ -10,7 +10,9 @@ use quantnet_models::Temperatures;
 use quantnet_models::data::{Dataset, ImageBatcher, ImageItem, Split};
 use quantnet_models::export;
 
-use super::train::{hard_and_soft_accuracy, layer_reports, load_run};
+use quantnet_models::train::layer_stats;
+
+use super::train::{hard_and_soft_accuracy, load_run};
 use crate::backend::{BackendName, WithBackend, dispatch};
 use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
 use crate::run::{Summary, write_atomic};
@@ -100,7 +102,7 @@ impl WithBackend for EvalJob {
                     weights: None,
                     acts: None,
                 },
-                layers: layer_reports(&model)?,
+                layers: layer_stats(&model)?,
             });
         }
         let run = args
@@ -139,7 +141,7 @@ impl WithBackend for EvalJob {
                 weights: policy.weights.as_ref().map(|_| temps.weights.get()),
                 acts: policy.acts.as_ref().map(|_| temps.acts.get()),
             },
-            layers: layer_reports(&model)?,
+            layers: layer_stats(&model)?,
         })
     }
 }
@@ -290,7 +292,7 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
             cfg.acts_temperature
         );
     }
-    let reports = layer_reports(&model)?;
+    let reports = layer_stats(&model)?;
     println!(
         "{:<22} {:<10} {:<8} {:>12} {:>12}  levels",
         "layer", "kind", "precision", "alpha", "beta"

@@ -34,12 +34,14 @@ use quantnet_burn::train::{GroupLr, TemperatureHook, TemperatureMetric};
 use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
 use quantnet_models::quantize::{self, calibrate_acts, quantize_weights};
-use quantnet_models::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric};
+use quantnet_models::train::{
+    LayerMetric, LayerStats, MonitorOptions, Monitored, SoftHardGapMetric, layer_stats,
+};
 use quantnet_models::{Model, QuantPolicy, Temperatures};
 
 use crate::backend::{BackendName, WithBackend, dispatch};
 use crate::cli::TrainArgs;
-use crate::run::{LayerReport, RunConfig, Summary, write_atomic};
+use crate::run::{RunConfig, Summary, write_atomic};
 
 /// Prints plain progress lines: about ten per epoch, with the epoch's running metrics.
 struct PlainRenderer {
@@ -336,7 +338,7 @@ where
     let clock = EpochClock::new();
     let start = phase.resume_from.unwrap_or(0);
     phase.hook.start_at(start);
-    let stats = quantnet_models::train::layer_stats(&model)?;
+    let stats = layer_stats(&model)?;
     // With quantized weights the norm is taken over ∂ℓ/∂ŵ by the training step; otherwise the
     // two domains coincide and the optimizer clips.
     let weights_quantized = stats.iter().any(|s| s.occupancy.is_some());
@@ -453,7 +455,7 @@ fn write_metrics(
     seconds: &[f64],
     schedules: (&TemperatureSchedule, &TemperatureSchedule),
     policy: &QuantPolicy,
-    layers: &[LayerReport],
+    layers: &[LayerStats],
 ) -> Result<()> {
     let mut csv = String::from(
         "epoch,train_loss,train_accuracy,test_loss,test_accuracy_hard,soft_hard_gap,\
@@ -519,11 +521,6 @@ pub(crate) fn hard_and_soft_accuracy<B: QuantBackend>(
     let soft = quantnet_models::train::accuracy(model, items, batcher, 500, device);
     quantize::set_mode(model, QuantMode::Auto);
     (hard, soft, seconds)
-}
-
-/// α, β and the weight occupancy of every quantizer.
-pub(crate) fn layer_reports<B: QuantBackend>(model: &Model<B>) -> Result<Vec<LayerReport>> {
-    Ok(quantnet_models::train::layer_stats(model)?)
 }
 
 struct TrainJob {
@@ -655,6 +652,7 @@ impl WithBackend for TrainJob {
         // The temperatures of the last epoch (the hook has already moved to the next one).
         cfg.set_final_temperatures(&temps)?;
         save_model(&model, &out)?;
+        let layers = layer_stats(&model)?;
         write_metrics(
             &out,
             &main_dir,
@@ -662,7 +660,7 @@ impl WithBackend for TrainJob {
             &seconds,
             (&w_schedule, &a_schedule),
             &policy,
-            &layer_reports(&model)?,
+            &layers,
         )?;
 
         let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, &device);
@@ -687,7 +685,7 @@ impl WithBackend for TrainJob {
                 weights: policy.weights.as_ref().map(|_| temps.weights.get()),
                 acts: policy.acts.as_ref().map(|_| temps.acts.get()),
             },
-            layers: layer_reports(&model)?,
+            layers,
         };
         summary.write(&out)?;
         Ok(summary)
