@@ -615,13 +615,6 @@ pub struct NativeManifest {
     pub layers: Vec<NativeLayer>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Writes `model` as a Burn record (`NamedMpkFileRecorder`, full precision settings) at `path`
 /// (which must end in `.mpk`) with every quantized weight as Burn's own quantized tensor
 /// ([`to_native`]), and the [`NativeManifest`] beside it as `.json`. Both are written to
@@ -693,7 +686,10 @@ pub fn load_native<B: Backend>(
 ) -> Result<(NativeManifest, Model<B>)> {
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
     let sidecar = path.with_extension("json");
-    let text = std::fs::read(&sidecar).map_err(io(&sidecar))?;
+    let text = std::fs::read(&sidecar).map_err(|source| Error::Io {
+        path: sidecar.clone(),
+        source,
+    })?;
     let manifest: NativeManifest =
         serde_json::from_slice(&text).map_err(|e| corrupt(&sidecar, e.to_string()))?;
     manifest
