@@ -333,6 +333,37 @@ mod tests {
         assert!(q.thresholds.val().is_require_grad());
     }
 
+    /// Regression (α and β had no sign constraint; a β that crossed zero reversed the
+    /// quantizer): the quantizer uses |α| and |β|, so flipping the stored signs changes nothing.
+    /// Ternary, α = 0.5, β = 2, thresholds ±0.05: hard(0.3) = 0.5·(1 + 1 − 1) = 0.5,
+    /// hard(−0.3) = −0.5, hard(0.01) = 0 (β·x = 0.02 sits between the thresholds).
+    #[test]
+    fn negative_stored_scales_act_as_their_magnitudes() {
+        let device = Default::default();
+        let t = Temperature::new(5.0);
+        let config = QuantizerConfig::weights(LevelSet::ternary());
+        let x = || Tensor::<Flex, 1>::from_floats([0.3, -0.3, 0.01], &device);
+        let make = |a, b| {
+            config
+                .init_with::<Flex>(a, b, &[-0.05, 0.05], &t, &device)
+                .unwrap()
+        };
+        for mode in [QuantMode::Hard, QuantMode::Soft] {
+            let positive = make(0.5, 2.0).with_mode(mode).forward(x());
+            for (a, b) in [(-0.5, 2.0), (0.5, -2.0), (-0.5, -2.0)] {
+                let flipped = make(a, b).with_mode(mode).forward(x());
+                assert_eq!(
+                    values(flipped),
+                    values(positive.clone()),
+                    "{mode:?} α={a} β={b}"
+                );
+            }
+            if mode == QuantMode::Hard {
+                assert_eq!(values(positive), vec![0.5, -0.5, 0.0]);
+            }
+        }
+    }
+
     #[test]
     fn quantized_layers_keep_shapes_and_send_gradients_to_weights_and_scales() {
         let device = Default::default();

@@ -372,9 +372,11 @@ impl<B: QuantBackend> Quantizer<B> {
         let levels = self.levels.val();
         let n = levels.dims()[0];
         let steps = levels.clone().slice(1..n) - levels.slice(0..n - 1);
+        // |α|, |β|: positive by construction, whatever the optimizer does to the parameters (a
+        // negative β would reverse the quantizer, a negative α flip the layer's sign).
         QuantParams {
-            alpha: self.alpha.val(),
-            beta: self.beta.val(),
+            alpha: self.alpha.val().abs(),
+            beta: self.beta.val().abs(),
             thresholds: self.thresholds.val(),
             steps,
             offset: self.level_set.offset(),
@@ -391,7 +393,7 @@ impl<B: QuantBackend> Quantizer<B> {
     /// [`Error::InvalidParameter`] if values cannot be read back, or a hard value is not `α·y`
     /// for any level.
     pub fn codes<const D: usize>(&self, x: Tensor<B, D>) -> Result<(f32, Vec<usize>)> {
-        let alpha = read_back::<f32>(self.alpha.val().into_data(), "alpha")?[0];
+        let alpha = read_back::<f32>(self.alpha.val().abs().into_data(), "alpha")?[0];
         let hard = read_back::<f32>(hard_quantize(x, &self.params()).into_data(), "hard values")?;
         let table: Vec<u32> = self
             .level_set
@@ -488,5 +490,11 @@ impl<B: Backend> Quantizer<B> {
     /// The gradient rule.
     pub fn gradient(&self) -> GradientMode {
         self.gradient
+    }
+
+    /// Sets the gradient rule (it is not part of the record: a loaded quantizer takes its
+    /// skeleton's, so whoever continues training sets the rule it trains with).
+    pub fn set_gradient(&mut self, gradient: GradientMode) {
+        self.gradient = gradient;
     }
 }

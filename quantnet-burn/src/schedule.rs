@@ -30,6 +30,16 @@ pub enum ScheduleKind {
         /// The temperature.
         t: f32,
     },
+    /// Geometric from `t0` at the run's first step to `t_end` at its last, whatever the number
+    /// of epochs: `T = t0·(t_end/t0)^f` with `f` the fraction of the run done. Raised every
+    /// iteration when the hook knows the run's length ([`crate::train::TemperatureHook::over`]),
+    /// otherwise at every epoch boundary (`f = epoch/(epochs − 1)`).
+    Anneal {
+        /// The temperature of the first step.
+        t0: f32,
+        /// The temperature of the last step.
+        t_end: f32,
+    },
 }
 
 /// A temperature schedule with an optional cap.
@@ -68,6 +78,19 @@ impl TemperatureSchedule {
         }
     }
 
+    /// Geometric from `t0` (first step of the run) to `t_end` (last step).
+    pub fn anneal(t0: f32, t_end: f32) -> Self {
+        Self {
+            kind: ScheduleKind::Anneal { t0, t_end },
+            cap: None,
+        }
+    }
+
+    /// Whether the temperature depends on the fraction of the run done rather than the epoch.
+    pub fn is_per_run(&self) -> bool {
+        matches!(self.kind, ScheduleKind::Anneal { .. })
+    }
+
     /// The same schedule, never above `cap`.
     pub fn with_cap(self, cap: f32) -> Self {
         Self {
@@ -100,6 +123,10 @@ impl TemperatureSchedule {
                 positive("growth", growth)?;
             }
             ScheduleKind::Constant { t } => positive("t", t)?,
+            ScheduleKind::Anneal { t0, t_end } => {
+                positive("t0", t0)?;
+                positive("t_end", t_end)?;
+            }
         }
         if let Some(cap) = self.cap {
             positive("cap", cap)?;
@@ -108,14 +135,30 @@ impl TemperatureSchedule {
     }
 
     /// The temperature of (0-based) `epoch`; always finite and positive for a valid schedule
-    /// (an exponential that overflows stays at `f32::MAX` or the cap).
+    /// (an exponential that overflows stays at `f32::MAX` or the cap). An [`ScheduleKind::Anneal`]
+    /// schedule does not know the run's length here and gives `t0`: use [`Self::at_run`].
     pub fn at(&self, epoch: usize) -> f32 {
+        self.at_run(epoch, 0.0)
+    }
+
+    /// The temperature at a point of a run: `epoch` (0-based) for the per-epoch kinds, `progress`
+    /// (the fraction of the run's steps done: 0 at the first, 1 at the last) for
+    /// [`ScheduleKind::Anneal`].
+    pub fn at_run(&self, epoch: usize, progress: f32) -> f32 {
         let t = match self.kind {
             ScheduleKind::Linear { t0 } => t0 * (epoch as f32 + 1.0),
             ScheduleKind::Exponential { t0, growth } => {
                 t0 * growth.powi(epoch.min(i32::MAX as usize) as i32)
             }
             ScheduleKind::Constant { t } => t,
+            ScheduleKind::Anneal { t0, t_end } => {
+                let f = if progress.is_finite() {
+                    progress.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                t0 * (t_end / t0).powf(f)
+            }
         };
         let t = if t.is_finite() { t } else { f32::MAX };
         let t = t.max(f32::MIN_POSITIVE);
@@ -126,14 +169,15 @@ impl TemperatureSchedule {
 impl std::str::FromStr for TemperatureSchedule {
     type Err = Error;
 
-    /// `linear:T0`, `exp:T0,GROWTH` or `const:T`, optionally followed by `,cap=C`; for
-    /// example `linear:5,cap=2000`.
+    /// `linear:T0`, `exp:T0,GROWTH`, `const:T` or `anneal:T0,TEND`, optionally followed by
+    /// `,cap=C`; for example `linear:5,cap=2000`.
     fn from_str(s: &str) -> Result<Self> {
         let bad = |reason: &str| Error::InvalidParameter {
             name: "temperature schedule",
             value: s.to_string(),
             reason: format!(
-                "{reason}; expected linear:T0, exp:T0,GROWTH or const:T, optionally with ,cap=C"
+                "{reason}; expected linear:T0, exp:T0,GROWTH, const:T or anneal:T0,TEND, optionally \
+                 with ,cap=C"
             ),
         };
         let (kind, rest) = s.split_once(':').ok_or_else(|| bad("no `kind:`"))?;
@@ -154,6 +198,7 @@ impl std::str::FromStr for TemperatureSchedule {
             ("linear", &[t0]) => ScheduleKind::Linear { t0 },
             ("exp" | "exponential", &[t0, growth]) => ScheduleKind::Exponential { t0, growth },
             ("const" | "constant", &[t]) => ScheduleKind::Constant { t },
+            ("anneal", &[t0, t_end]) => ScheduleKind::Anneal { t0, t_end },
             _ => return Err(bad("unknown kind or wrong number of values")),
         };
         let schedule = Self { kind, cap };
@@ -168,6 +213,7 @@ impl std::fmt::Display for TemperatureSchedule {
             ScheduleKind::Linear { t0 } => write!(f, "linear:{t0}")?,
             ScheduleKind::Exponential { t0, growth } => write!(f, "exp:{t0},{growth}")?,
             ScheduleKind::Constant { t } => write!(f, "const:{t}")?,
+            ScheduleKind::Anneal { t0, t_end } => write!(f, "anneal:{t0},{t_end}")?,
         }
         if let Some(cap) = self.cap {
             write!(f, ",cap={cap}")?;
@@ -195,6 +241,20 @@ mod tests {
         assert_eq!([e.at(0), e.at(1), e.at(3)], [1.0, 2.0, 8.0]);
         assert_eq!(e.at(1000), f32::MAX);
         assert_eq!(TemperatureSchedule::constant(5.0).at(7), 5.0);
+    }
+
+    #[test]
+    fn anneal_runs_geometrically_from_t0_to_t_end() {
+        // 5·(500/5)^f: f = 0 → 5, f = 1/2 → 5·10 = 50, f = 1 → 500; outside [0, 1] it holds.
+        let s = TemperatureSchedule::anneal(5.0, 500.0);
+        let at = |f| s.at_run(7, f);
+        assert_eq!(at(0.0), 5.0);
+        assert!((at(0.5) - 50.0).abs() < 1e-3, "{}", at(0.5));
+        assert!((at(1.0) - 500.0).abs() < 1e-2, "{}", at(1.0));
+        assert_eq!((at(-1.0), at(2.0)), (at(0.0), at(1.0)));
+        assert_eq!(s.at(3), 5.0);
+        // The per-epoch kinds ignore the progress.
+        assert_eq!(TemperatureSchedule::linear(5.0).at_run(2, 0.9), 15.0);
     }
 
     #[test]
@@ -230,6 +290,7 @@ mod tests {
             "linear:5,cap=2000",
             "exp:1,1.5",
             "const:10,cap=3",
+            "anneal:5,500",
         ] {
             let s: TemperatureSchedule = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
@@ -244,6 +305,8 @@ mod tests {
             "exp:1",
             "cubic:2",
             "const:1,cap=0",
+            "anneal:5",
+            "anneal:5,0",
         ] {
             assert!(bad.parse::<TemperatureSchedule>().is_err(), "{bad}");
         }

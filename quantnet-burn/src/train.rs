@@ -13,8 +13,14 @@
 //! `launch`, call [`TemperatureHook::start_at`] with the first epoch to run: 0 for a new run, `k`
 //! when resuming from the checkpoint of epoch `k`, so a resumed run continues with the temperature
 //! the interrupted run would have had.
+//!
+//! Per iteration: a hook that knows the run's length ([`TemperatureHook::over`]) is also
+//! [`tick`](TemperatureHook::tick)ed by the training step before every forward pass, which moves
+//! the [`ScheduleKind::Anneal`](crate::schedule::ScheduleKind::Anneal) schedules step by step
+//! (the per-epoch kinds keep their epoch's value).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::train::EarlyStoppingStrategy;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
@@ -42,6 +48,10 @@ impl EarlyStoppingStrategy for NeverStop {
 pub struct TemperatureHook<S = NeverStop> {
     cells: Vec<(Temperature, TemperatureSchedule)>,
     inner: S,
+    /// `(epochs, steps per epoch)` of the run, when known.
+    run: Option<(usize, usize)>,
+    /// The run's next step (0-based), shared by the clones the training step holds.
+    step: Arc<AtomicUsize>,
 }
 
 impl TemperatureHook<NeverStop> {
@@ -50,6 +60,8 @@ impl TemperatureHook<NeverStop> {
         Self {
             cells: Vec::new(),
             inner: NeverStop,
+            run: None,
+            step: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -75,13 +87,63 @@ impl<S> TemperatureHook<S> {
         TemperatureHook {
             cells: self.cells,
             inner,
+            run: self.run,
+            step: self.step,
         }
     }
 
-    /// Sets every temperature for the 0-based `epoch` about to run.
-    pub fn start_at(&self, epoch: usize) {
+    /// The run is `epochs` epochs of `steps_per_epoch` steps: [`ScheduleKind::Anneal`]
+    /// schedules then know where they are, and [`Self::tick`] moves them every step.
+    ///
+    /// [`ScheduleKind::Anneal`]: crate::schedule::ScheduleKind::Anneal
+    pub fn over(mut self, epochs: usize, steps_per_epoch: usize) -> Self {
+        self.run = Some((epochs.max(1), steps_per_epoch.max(1)));
+        self
+    }
+
+    /// The fraction of the run done at 0-based `step`: 0 at the first step, 1 at the last.
+    /// Without [`Self::over`], steps are epochs and the run's length is unknown (0).
+    fn progress(&self, step: usize) -> f32 {
+        match self.run {
+            Some((epochs, per_epoch)) => {
+                let last = (epochs * per_epoch).saturating_sub(1).max(1);
+                (step as f32 / last as f32).min(1.0)
+            }
+            None => 0.0,
+        }
+    }
+
+    fn set_at_step(&self, step: usize) {
+        let per_epoch = self.run.map_or(1, |(_, s)| s);
+        let (epoch, progress) = (step / per_epoch, self.progress(step));
         for (temperature, schedule) in &self.cells {
-            temperature.set(schedule.at(epoch));
+            temperature.set(schedule.at_run(epoch, progress));
+        }
+    }
+
+    /// Sets every temperature for the 0-based `epoch` about to run (its first step).
+    pub fn start_at(&self, epoch: usize) {
+        let step = epoch * self.run.map_or(1, |(_, s)| s);
+        self.step.store(step, Ordering::SeqCst);
+        self.set_at_step(step);
+    }
+
+    /// Sets the temperatures of the step about to run and counts it: call once per training
+    /// step, before the forward pass. Does nothing unless the run's length is known.
+    pub fn tick(&self) {
+        if self.run.is_some() {
+            let step = self.step.fetch_add(1, Ordering::SeqCst);
+            self.set_at_step(step);
+        }
+    }
+
+    /// Sets the temperatures of the run's last step (what a finished run's quantizers hold)
+    /// when the run's length is known ([`Self::over`]).
+    pub fn finish(&self) {
+        if let Some((epochs, per_epoch)) = self.run {
+            let last = epochs * per_epoch - 1;
+            self.step.store(last, Ordering::SeqCst);
+            self.set_at_step(last);
         }
     }
 }
@@ -216,5 +278,52 @@ where
             inner: self.inner.load_record(record),
             ..self
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_over_a_run_moves_anneal_every_step_and_the_per_epoch_kinds_every_epoch() {
+        // 2 epochs of 3 steps: anneal 5 → 500 over steps 0..=5 (5·100^(k/5)); linear 10 per
+        // epoch.
+        let (w, a) = (Temperature::new(1.0), Temperature::new(1.0));
+        let hook = TemperatureHook::new()
+            .with(&w, TemperatureSchedule::anneal(5.0, 500.0))
+            .with(&a, TemperatureSchedule::linear(10.0))
+            .over(2, 3);
+        let ticker = hook.clone();
+        hook.start_at(0);
+        let mut seen = Vec::new();
+        for epoch in 0..2 {
+            for _ in 0..3 {
+                ticker.tick();
+                seen.push((w.get(), a.get()));
+            }
+            // What `should_stop(epoch + 1)` does at the epoch boundary.
+            hook.start_at(epoch + 1);
+        }
+        for (k, (tw, ta)) in seen.iter().enumerate() {
+            let expected = 5.0 * 100f32.powf(k as f32 / 5.0);
+            assert!(
+                (tw - expected).abs() < 1e-3 * expected,
+                "step {k}: {tw} vs {expected}"
+            );
+            assert_eq!(*ta, if k < 3 { 10.0 } else { 20.0 }, "step {k}");
+        }
+        // Resuming at epoch 1 starts at step 3; finishing sets the last step's temperatures.
+        hook.start_at(1);
+        ticker.tick();
+        assert!((w.get() - 5.0 * 100f32.powf(0.6)).abs() < 1e-2);
+        hook.finish();
+        assert!((w.get() - 500.0).abs() < 1e-2);
+        assert_eq!(a.get(), 20.0);
+        // Without the run's length, ticks change nothing.
+        let plain = TemperatureHook::new().with(&w, TemperatureSchedule::linear(3.0));
+        plain.start_at(0);
+        plain.tick();
+        assert_eq!(w.get(), 3.0);
     }
 }

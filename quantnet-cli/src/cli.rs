@@ -177,9 +177,22 @@ pub(crate) struct TrainArgs {
     /// Quantize the first conv and the last linear too (the paper keeps them full precision).
     #[arg(long)]
     pub(crate) quantize_all: bool,
-    /// Gradient rule of the weight quantizers: exact or official.
+    /// Gradient rule of the weight quantizers: exact, official (sigmoid derivative at T = 1
+    /// times min(T, 2000), the official code's) or official:CAP (gain min(T, CAP)).
     #[arg(long)]
     pub(crate) gradient: Option<String>,
+    /// Gradient rule of the activation quantizers (same forms; official:1 is the sigmoid
+    /// derivative at T = 1 without gain, a smooth straight-through estimator).
+    #[arg(long)]
+    pub(crate) act_gradient: Option<String>,
+    /// The weights during activation calibration: soft (as training will see them at its first
+    /// step) or hard.
+    #[arg(long)]
+    pub(crate) calibrate: Option<String>,
+    /// How each activation range is set from the calibration sample: mse (the range whose hard
+    /// quantization error is least) or percentile (see --act-percentile).
+    #[arg(long)]
+    pub(crate) act_range: Option<String>,
     /// Training epochs (quantized, or full precision with --weights fp --acts 32).
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
@@ -195,7 +208,8 @@ pub(crate) struct TrainArgs {
     /// Learning rate of the full-precision pretraining.
     #[arg(long)]
     pub(crate) pretrain_lr: Option<f64>,
-    /// Weight temperature schedule: linear:T0, exp:T0,GROWTH or const:T, optionally ,cap=C.
+    /// Weight temperature schedule: anneal:T0,TEND (geometric over the run, raised every
+    /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally ,cap=C.
     #[arg(long)]
     pub(crate) temperature: Option<String>,
     /// Activation temperature schedule (same forms).

@@ -29,8 +29,15 @@ pub(crate) struct RunConfig {
     pub(crate) acts: String,
     /// Quantize the first conv and the last linear too.
     pub(crate) quantize_all: bool,
-    /// Gradient rule of the weight quantizers: `exact` or `official`.
+    /// Gradient rule of the weight quantizers: `exact`, `official` or `official:CAP`.
     pub(crate) gradient: String,
+    /// Gradient rule of the activation quantizers (same forms).
+    pub(crate) act_gradient: String,
+    /// The weights during activation calibration: `soft` (at the first step's temperature, as
+    /// training sees them) or `hard`.
+    pub(crate) calibrate: String,
+    /// Activation range from the calibration sample: `mse` or `percentile`.
+    pub(crate) act_range: String,
     /// Quantized (or, for `weights = "fp"`, full-precision) training epochs.
     pub(crate) epochs: usize,
     /// Full-precision epochs before quantizing, when not starting `from` a run.
@@ -84,6 +91,9 @@ impl Default for RunConfig {
             acts: "2".into(),
             quantize_all: false,
             gradient: "exact".into(),
+            act_gradient: "exact".into(),
+            calibrate: "hard".into(),
+            act_range: "percentile".into(),
             epochs: 2,
             pretrain_epochs: 1,
             batch_size: 64,
@@ -103,6 +113,18 @@ impl Default for RunConfig {
             limit: None,
             from: None,
         }
+    }
+}
+
+/// `exact`, `official` or `official:CAP`.
+fn gradient_mode(text: &str, flag: &str) -> Result<GradientMode> {
+    match text.trim() {
+        "exact" => Ok(GradientMode::Exact),
+        "official" => Ok(GradientMode::official()),
+        other => match other.strip_prefix("official:").map(str::parse::<f32>) {
+            Some(Ok(cap)) if cap.is_finite() && cap > 0.0 => Ok(GradientMode::Official { cap }),
+            _ => bail!("{flag} `{other}`: expected exact, official or official:CAP (CAP > 0)"),
+        },
     }
 }
 
@@ -126,10 +148,12 @@ fn levels(text: &str, what: &str, bits_are_unsigned: bool) -> Result<Option<Leve
 impl RunConfig {
     /// Checks every field and derives the quantization policy.
     pub(crate) fn policy(&self) -> Result<QuantPolicy> {
-        let gradient = match self.gradient.as_str() {
-            "exact" => GradientMode::Exact,
-            "official" => GradientMode::official(),
-            other => bail!("gradient `{other}`: expected exact or official"),
+        let gradient = gradient_mode(&self.gradient, "--gradient")?;
+        let act_gradient = gradient_mode(&self.act_gradient, "--act-gradient")?;
+        let act_mse = match self.act_range.as_str() {
+            "mse" => true,
+            "percentile" => false,
+            other => bail!("--act-range `{other}`: expected mse or percentile"),
         };
         let act_thresholds = match self.act_thresholds.as_str() {
             "kmeans" => ThresholdInit::KMeans,
@@ -144,10 +168,14 @@ impl RunConfig {
         Ok(QuantPolicy {
             weights: levels(&self.weights, "weights", false)?
                 .map(|l| QuantizerConfig::weights(l).with_gradient(gradient)),
-            acts: levels(&self.acts, "acts", true)?
-                .map(|l| QuantizerConfig::activations(l).with_threshold_init(act_thresholds)),
+            acts: levels(&self.acts, "acts", true)?.map(|l| {
+                QuantizerConfig::activations(l)
+                    .with_threshold_init(act_thresholds)
+                    .with_gradient(act_gradient)
+            }),
             quantize_all: self.quantize_all,
             act_percentile: self.act_percentile,
+            act_mse,
         })
     }
 
@@ -172,12 +200,12 @@ impl RunConfig {
             .with(&temps.acts, a))
     }
 
-    /// Sets `temps` to the temperatures of the run's last epoch.
+    /// Sets `temps` to the temperatures of the run's last step.
     pub(crate) fn set_final_temperatures(
         &self,
         temps: &quantnet_models::Temperatures,
     ) -> Result<()> {
-        self.hook(temps)?.start_at(self.epochs.saturating_sub(1));
+        self.hook(temps)?.over(self.epochs, 1).finish();
         Ok(())
     }
 
@@ -215,6 +243,9 @@ impl RunConfig {
         }
         if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
             bail!("--optimizer `{}`: expected adam or sgd", self.optimizer);
+        }
+        if !matches!(self.calibrate.as_str(), "soft" | "hard") {
+            bail!("--calibrate `{}`: expected soft or hard", self.calibrate);
         }
         if !matches!(self.clip_in.as_str(), "wq" | "w") {
             bail!("--clip-in `{}`: expected wq or w", self.clip_in);

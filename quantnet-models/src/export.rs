@@ -447,6 +447,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Manifest, Mo
         acts,
         quantize_all: false,
         act_percentile: None,
+        act_mse: false,
     };
     let mut model = Model::new(manifest.arch, manifest.input, device);
     quantize::skeleton(&mut model, &policy, &Temperatures::default(), device)?;
@@ -592,6 +593,7 @@ pub fn native_skeleton<B: Backend>(
         acts: acts.map(QuantizerConfig::activations),
         quantize_all: false,
         act_percentile: None,
+        act_mse: false,
     };
     let mut model = Model::new(arch, input, device);
     quantize::skeleton(&mut model, &policy, &Temperatures::default(), device)?;

@@ -25,6 +25,11 @@ pub struct QuantPolicy {
     /// cannot stretch the levels over values that almost never occur.
     #[serde(default)]
     pub act_percentile: Option<f32>,
+    /// Set each activation range to the one whose hard quantization of the calibration sample
+    /// has the least squared error ([`mse_range`]), searched below the maximum (or the
+    /// percentile): at 2 bits the best range is far below the maximum.
+    #[serde(default)]
+    pub act_mse: bool,
 }
 
 impl QuantPolicy {
@@ -35,6 +40,7 @@ impl QuantPolicy {
             acts: None,
             quantize_all: false,
             act_percentile: None,
+            act_mse: false,
         }
     }
 
@@ -94,9 +100,11 @@ pub fn quantize_weights<B: Backend>(
         if !policy.quantizes_weight(i, n) {
             continue;
         }
-        if let Some(q) = layer.quantizer()
+        if let Some(q) = layer.quantizer().as_mut()
             && q.level_set() == &config.levels
         {
+            // Kept, but trained with the policy's gradient rule (not part of the record).
+            q.set_gradient(config.gradient);
             continue;
         }
         layer.materialise();
@@ -132,11 +140,10 @@ pub fn calibrate_acts<B: QuantBackend>(
     };
     let mut todo = Vec::new();
     for (i, (_, slot)) in model.slots().acts.into_iter().enumerate() {
-        if slot
-            .quantizer
-            .as_ref()
-            .is_some_and(|q| q.level_set() == &config.levels)
+        if let Some(q) = slot.quantizer.as_mut()
+            && q.level_set() == &config.levels
         {
+            q.set_gradient(config.gradient);
             continue;
         }
         slot.quantizer = None;
@@ -178,21 +185,63 @@ pub fn calibrate_acts<B: QuantBackend>(
         // The sample is strided; the maximum is over every value, and sets β (or the percentile
         // of the sample does, with the values above it clipped to it).
         let mut values = stats.samples;
-        match policy.act_percentile {
-            None => values.push(stats.max),
-            Some(p) => {
-                let q = percentile(&values, p).unwrap_or(stats.max);
-                for v in &mut values {
-                    *v = v.min(q);
-                }
-            }
+        let upper = match policy.act_percentile {
+            None => stats.max,
+            Some(p) => percentile(&values, p).unwrap_or(stats.max),
+        };
+        let q = if policy.act_mse {
+            mse_range(&values, &config.levels, upper)
+        } else {
+            upper
+        };
+        // The quantizer's range is the maximum of what it is given: clip to `q`, and make sure
+        // `q` is there.
+        for v in &mut values {
+            *v = v.min(q);
         }
+        values.push(q);
         let q = config
             .init_from_data(&values, &temperatures.acts, &device)
             .map_err(|e| layer_error(name, e))?;
         slot.quantizer = Some(q);
     }
     Ok(todo.len())
+}
+
+/// The range `q` in `(0, upper]` whose hard quantization of `values` has the least squared
+/// error, for the paper's initial scales (`β = 5p/(4q)`, `α = 1/β`, `p = max|Y|`) and midpoint
+/// thresholds: 200 candidates `upper·k/200`. Returns `upper` when `values` is empty or `upper` is
+/// not positive.
+///
+/// For example, values `{0, 1, …, 99}` with levels `{0, 1}` and `upper = 99`: `α = 4q/5` and the
+/// threshold is at `α/2`. The error is least where `α` is the mean of the values at or above
+/// `α/2` (Lloyd's condition): `α = (α/2 + 99)/2`, `α = 66`, so `q ≈ 82.5`, well below the
+/// maximum; the grid's nearest candidate is `q = 99·168/200 = 83.16`.
+pub fn mse_range(values: &[f32], levels: &quantnet_burn::LevelSet, upper: f32) -> f32 {
+    let ys = levels.levels();
+    let p = ys.iter().fold(0f32, |m, y| m.max(y.abs()));
+    if values.is_empty() || !(upper > 0.0 && upper.is_finite()) || p == 0.0 {
+        return upper;
+    }
+    let mids: Vec<f32> = ys.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+    let error = |q: f32| -> f64 {
+        let beta = 1.25 * p / q;
+        let alpha = 1.0 / beta;
+        values
+            .iter()
+            .map(|&x| {
+                let k = mids.iter().take_while(|&&b| beta * x >= b).count();
+                let d = f64::from(x - alpha * ys[k]);
+                d * d
+            })
+            .sum()
+    };
+    const CANDIDATES: usize = 200;
+    (1..=CANDIDATES)
+        .map(|k| upper * k as f32 / CANDIDATES as f32)
+        .map(|q| (q, error(q)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(upper, |(q, _)| q)
 }
 
 /// The `p`-th percentile (0–100, nearest rank) of `values`; `None` when empty.
@@ -240,6 +289,16 @@ pub fn skeleton<B: Backend>(
     Ok(())
 }
 
+/// Sets the weight quantizers of the model to `mode` (e.g. `Soft` to calibrate activations on
+/// the weights training will see).
+pub fn set_weight_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
+    for (_, mut layer) in model.slots().weights {
+        if let Some(q) = layer.quantizer().as_mut() {
+            q.set_mode(mode);
+        }
+    }
+}
+
 /// Sets every quantizer of the model to `mode` (e.g. `Soft` to measure soft accuracy on a
 /// non-autodiff backend, `Auto` to go back).
 pub fn set_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
@@ -280,4 +339,28 @@ pub fn train_only_act_quantizers<B: Backend>(model: &mut Model<B>) -> usize {
         }
     }
     trainable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mse_range_finds_lloyds_optimum_below_the_maximum() {
+        // See the doc example: the optimum α = 66, q = 82.5; the grid gives 83.16.
+        let values: Vec<f32> = (0..100).map(|v| v as f32).collect();
+        let binary = quantnet_burn::LevelSet::unsigned(1).unwrap();
+        let q = mse_range(&values, &binary, 99.0);
+        assert!((q - 83.16).abs() < 1e-3, "{q}");
+        // A distribution concentrated at 1 with one outlier at 100 (2 bits, levels 0..3): the
+        // best range covers the bulk and clips the outlier.
+        let mut values = vec![1.0f32; 999];
+        values.push(100.0);
+        let two_bits = quantnet_burn::LevelSet::unsigned(2).unwrap();
+        let q = mse_range(&values, &two_bits, 100.0);
+        assert!(q < 10.0, "{q}");
+        // Degenerate input: the upper bound comes back.
+        assert_eq!(mse_range(&[], &two_bits, 3.0), 3.0);
+        assert_eq!(mse_range(&values, &two_bits, 0.0), 0.0);
+    }
 }

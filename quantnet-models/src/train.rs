@@ -114,8 +114,8 @@ pub fn layer_stats<B: QuantBackend>(model: &Model<B>) -> crate::Result<Vec<Layer
         out.push(LayerStats {
             kind: layer.kind().into(),
             levels: q.level_set().name(),
-            alpha: scalar(q.alpha.val(), "α")?,
-            beta: scalar(q.beta.val(), "β")?,
+            alpha: scalar(q.alpha.val().abs(), "α")?,
+            beta: scalar(q.beta.val().abs(), "β")?,
             occupancy: Some(
                 q.occupancy(weight)
                     .map_err(|e| crate::Error::Invalid(format!("{name}: {e}")))?,
@@ -128,8 +128,8 @@ pub fn layer_stats<B: QuantBackend>(model: &Model<B>) -> crate::Result<Vec<Layer
             out.push(LayerStats {
                 kind: "activation".into(),
                 levels: q.level_set().name(),
-                alpha: scalar(q.alpha.val(), "α")?,
-                beta: scalar(q.beta.val(), "β")?,
+                alpha: scalar(q.alpha.val().abs(), "α")?,
+                beta: scalar(q.beta.val().abs(), "β")?,
                 occupancy: None,
                 name,
             });
@@ -176,6 +176,9 @@ pub struct Monitored<B: Backend> {
     options: MonitorOptions,
     #[module(skip)]
     layers: StatsCache,
+    /// Ticked before every training step (per-iteration temperatures).
+    #[module(skip)]
+    hook: Option<quantnet_burn::train::TemperatureHook>,
 }
 
 /// The layer stats of one validation copy. Cloning (which is what `valid()` does to a skipped
@@ -196,7 +199,17 @@ impl<B: Backend> Monitored<B> {
             model,
             options,
             layers: StatsCache::default(),
+            hook: None,
         }
+    }
+
+    /// Ticks `hook` before every training step, so that schedules that move every iteration
+    /// ([`quantnet_burn::schedule::ScheduleKind::Anneal`]) do. Give it a hook that knows the
+    /// run's length ([`quantnet_burn::train::TemperatureHook::over`]), a clone of the one
+    /// burn-train calls at epoch boundaries.
+    pub fn with_hook(mut self, hook: quantnet_burn::train::TemperatureHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// The model.
@@ -210,6 +223,9 @@ impl<B: AutodiffBackend + QuantBackend> TrainStep for Monitored<B> {
     type Output = ClassificationOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        if let Some(hook) = &self.hook {
+            hook.tick();
+        }
         if let Some(max_norm) = self.options.clip_in_wq {
             // `Monitored` adds no parameters: the model's gradients are the wrapper's.
             return step_clipped_in_wq(&self.model, batch, max_norm).0;

@@ -37,6 +37,7 @@ fn quantized(arch: Arch, input: InputShape, weights: LevelSet, seed: u64) -> Mod
         acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
         quantize_all: false,
         act_percentile: None,
+        act_mse: false,
     };
     let temps = Temperatures::default();
     let mut model = Model::<B>::new(arch, input, &device);

@@ -68,6 +68,7 @@ fn ternary_u2() -> QuantPolicy {
         acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
         quantize_all: false,
         act_percentile: None,
+        act_mse: false,
     }
 }
 
@@ -343,5 +344,54 @@ fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alik
     let scale = max / (norm + 1e-6);
     for ((id, a), (_, b)) in plain.iter().zip(&clipped) {
         close(a, b, scale, id);
+    }
+}
+
+/// Regression (`--gradient` was ignored with `--from`): a quantizer kept because its level set
+/// matches the policy's takes the policy's gradient rule, for weights and activations alike.
+#[test]
+fn kept_quantizers_take_the_policys_gradient_rule() {
+    use quantnet_burn::GradientMode;
+    let device = Default::default();
+    let temps = Temperatures::default();
+    let images =
+        || Tensor::<Flex, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut model = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
+    let exact = ternary_u2();
+    quantize_weights(&mut model, &exact, &temps).unwrap();
+    calibrate_acts(&mut model, &exact, &temps, [images()]).unwrap();
+    let official = GradientMode::Official { cap: 7.0 };
+    let policy = QuantPolicy {
+        weights: exact.weights.clone().map(|c| c.with_gradient(official)),
+        acts: exact
+            .acts
+            .clone()
+            .map(|c| c.with_gradient(GradientMode::official())),
+        ..exact
+    };
+    assert_eq!(
+        quantize_weights(&mut model, &policy, &temps).unwrap(),
+        0,
+        "kept"
+    );
+    assert_eq!(
+        calibrate_acts(&mut model, &policy, &temps, [images()]).unwrap(),
+        0,
+        "kept"
+    );
+    let slots = model.slots();
+    let mut weights = 0;
+    for (_, mut layer) in slots.weights {
+        if let Some(q) = layer.quantizer().as_ref() {
+            assert_eq!(q.gradient(), official);
+            weights += 1;
+        }
+    }
+    assert_eq!(weights, 3);
+    for (_, slot) in slots.acts {
+        assert_eq!(
+            slot.quantizer.as_ref().unwrap().gradient(),
+            GradientMode::official()
+        );
     }
 }

@@ -31,7 +31,7 @@ use burn::train::renderer::{
 };
 use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
 use quantnet_burn::train::{GroupLr, TemperatureHook, TemperatureMetric};
-use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
+use quantnet_burn::{QuantBackend, QuantMode};
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
 use quantnet_models::quantize::{self, calibrate_acts, quantize_weights};
 use quantnet_models::train::{
@@ -224,8 +224,14 @@ fn load_data(cfg: &RunConfig, dir: &Path) -> Result<Data> {
             expected.width
         );
     }
+    let mut train_items = train.items_normalised(usize::MAX, &means, &stds);
+    if let Some(limit) = cfg.limit.filter(|&l| l < train_items.len()) {
+        // A seeded sample, not the first N: image folders are sorted by class.
+        let keep = quantnet_models::data::sample_indices(train_items.len(), limit, cfg.seed);
+        train_items = keep.into_iter().map(|i| train_items[i].clone()).collect();
+    }
     let data = Data {
-        train: train.items_normalised(cfg.limit.unwrap_or(usize::MAX), &means, &stds),
+        train: train_items,
         test: test.items_normalised(usize::MAX, &means, &stds),
         batcher,
     };
@@ -364,7 +370,7 @@ where
         .quantizers()
         .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
         .collect();
-    let model = Monitored::new(model, monitor);
+    let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
     macro_rules! launch {
         ($optimizer:expr) => {{
@@ -453,7 +459,6 @@ fn write_metrics(
     phase_dir: &Path,
     epochs: usize,
     seconds: &[f64],
-    schedules: (&TemperatureSchedule, &TemperatureSchedule),
     policy: &QuantPolicy,
     layers: &[LayerStats],
 ) -> Result<()> {
@@ -469,15 +474,22 @@ fn write_metrics(
     }
     csv.push('\n');
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-    let first = seconds.len().saturating_sub(epochs);
+    // `seconds` holds the epochs this process ran: the last `seconds.len()` (a resumed run
+    // timed only those after its checkpoint).
+    let untimed = epochs.saturating_sub(seconds.len());
+    let surplus = seconds.len().saturating_sub(epochs);
     for epoch in 1..=epochs {
-        let t = |s: &TemperatureSchedule, on: bool| {
+        // The temperatures burn-train logged every step (their epoch mean), not the schedule's.
+        let t = |name: &str, on: bool| {
             if on {
-                format!("{}", s.at(epoch - 1))
+                cell(epoch_mean(phase_dir, "train", epoch, name))
             } else {
                 String::new()
             }
         };
+        let timed = (epoch > untimed)
+            .then(|| seconds.get(surplus + epoch - 1 - untimed).copied())
+            .flatten();
         csv.push_str(&format!(
             "{epoch},{},{},{},{},{},{},{},{}",
             cell(epoch_mean(phase_dir, "train", epoch, "Loss")),
@@ -485,9 +497,9 @@ fn write_metrics(
             cell(epoch_mean(phase_dir, "valid", epoch, "Loss")),
             cell(epoch_mean(phase_dir, "valid", epoch, "Accuracy")),
             cell(epoch_mean(phase_dir, "valid", epoch, "Soft-hard gap")),
-            t(schedules.0, policy.weights.is_some()),
-            t(schedules.1, policy.acts.is_some()),
-            cell(seconds.get(first + epoch - 1).copied()),
+            t("Weight temperature", policy.weights.is_some()),
+            t("Act temperature", policy.acts.is_some()),
+            cell(timed),
         ));
         for layer in layers {
             for what in ["alpha", "beta"] {
@@ -547,7 +559,6 @@ impl WithBackend for TrainJob {
             backend,
         } = self;
         let policy = cfg.policy()?;
-        let (w_schedule, a_schedule) = cfg.schedules()?;
         let data = load_data(&cfg, &data_dir)?;
         B::seed(&device, cfg.seed);
         let temps = Temperatures::default();
@@ -622,7 +633,16 @@ impl WithBackend for TrainJob {
                 }
             };
             let w = quantize_weights(&mut model, &policy, &temps)?;
-            let calibration: Vec<_> = data.train[..cfg.calibration_images.min(data.train.len())]
+            // A seeded sample of the training images (the paper: 1000 at random).
+            let sample: Vec<ImageItem> = quantnet_models::data::sample_indices(
+                data.train.len(),
+                cfg.calibration_images,
+                cfg.seed,
+            )
+            .into_iter()
+            .map(|i| data.train[i].clone())
+            .collect();
+            let calibration: Vec<_> = sample
                 .chunks(100)
                 .map(|c| {
                     let batch: ImageBatch<B::InnerBackend> =
@@ -630,14 +650,27 @@ impl WithBackend for TrainJob {
                     batch.images
                 })
                 .collect();
+            // Soft calibration: the weights as training's first step will see them.
+            let soft = cfg.calibrate == "soft";
+            if soft {
+                cfg.hook(&temps)?
+                    .over(cfg.epochs, data.train.len().div_ceil(cfg.batch_size))
+                    .start_at(0);
+                quantize::set_weight_mode(&mut model, QuantMode::Soft);
+            }
             let a = calibrate_acts(&mut model, &policy, &temps, calibration)?;
+            if soft {
+                quantize::set_weight_mode(&mut model, QuantMode::Auto);
+            }
             if quantized {
                 println!("quantized {w} weight layer(s), calibrated {a} activation quantizer(s)");
             }
             (model, None)
         };
         let (model, resume_from) = model;
-        let hook = cfg.hook(&temps)?;
+        let hook = cfg
+            .hook(&temps)?
+            .over(cfg.epochs, data.train.len().div_ceil(cfg.batch_size));
         let phase = Phase {
             name: if quantized { "quantized" } else { "train" },
             lr: cfg.main_lr()?,
@@ -653,15 +686,7 @@ impl WithBackend for TrainJob {
         cfg.set_final_temperatures(&temps)?;
         save_model(&model, &out)?;
         let layers = layer_stats(&model)?;
-        write_metrics(
-            &out,
-            &main_dir,
-            cfg.epochs,
-            &seconds,
-            (&w_schedule, &a_schedule),
-            &policy,
-            &layers,
-        )?;
+        write_metrics(&out, &main_dir, cfg.epochs, &seconds, &policy, &layers)?;
 
         let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, &device);
         let summary = Summary {
@@ -724,6 +749,9 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         weights,
         acts,
         gradient,
+        act_gradient,
+        calibrate,
+        act_range,
         epochs,
         pretrain_epochs,
         batch_size,

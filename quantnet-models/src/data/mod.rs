@@ -160,3 +160,58 @@ impl FromStr for Dataset {
             })
     }
 }
+
+/// `k` distinct indices of `0..len`, drawn uniformly with `seed` (a partial Fisher–Yates
+/// shuffle driven by SplitMix64), in increasing order; all of them when `k ≥ len`. Calibration
+/// images and `--limit` subsets are drawn with it: image folders are sorted by class, so the first
+/// `k` images would be a few classes only.
+pub fn sample_indices(len: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = move || {
+        // SplitMix64 (Steele, Lea, Flood 2014).
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut all: Vec<usize> = (0..len).collect();
+    let k = k.min(len);
+    for i in 0..k {
+        let j = i + (next() % (len - i) as u64) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(k);
+    all.sort_unstable();
+    all
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::sample_indices;
+
+    #[test]
+    fn samples_are_distinct_seeded_and_spread_over_class_sorted_data() {
+        let s = sample_indices(10_000, 1000, 42);
+        assert_eq!(s.len(), 1000);
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+        assert_eq!(
+            s,
+            sample_indices(10_000, 1000, 42),
+            "same seed, same sample"
+        );
+        assert_ne!(s, sample_indices(10_000, 1000, 43));
+        // 10 classes of 1000 images each, sorted by class (an image folder): the first 1000
+        // images are one class; a sample holds every class at roughly its share (100 ± 40).
+        let mut per_class = [0usize; 10];
+        for i in &s {
+            per_class[i / 1000] += 1;
+        }
+        assert!(
+            per_class.iter().all(|&n| (60..=140).contains(&n)),
+            "{per_class:?}"
+        );
+        assert_eq!(sample_indices(5, 10, 1), vec![0, 1, 2, 3, 4]);
+        assert!(sample_indices(0, 3, 1).is_empty());
+    }
+}

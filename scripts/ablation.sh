@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The recipe ablation of docs/accuracy.md: LeNet-5 on Fashion-MNIST (full sets), one
+# full-precision run, then ternary weights + 2-bit activations fine-tuned from it for EPOCHS
+# epochs with the default recipe, the old (paper-literal) recipe, and the default recipe with one
+# change switched off at a time.
+#
+#   scripts/ablation.sh [EPOCHS] [OUT] [SEEDS] [-- extra train flags]
+#
+# Every number is read from the runs' summary.json files; rows with several seeds give mean ± sd.
+set -euo pipefail
+EPOCHS=${1:-2}
+OUT=${2:-runs/ablation}
+SEEDS=${3:-42}
+shift $(( $# < 3 ? $# : 3 ))
+[[ "${1:-}" == "--" ]] && shift
+EXTRA=("$@")
+QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
+mkdir -p "$OUT"
+
+field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
+stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1)):0;
+  if (n>1) printf "%.2f ± %.2f", m, sd; else printf "%.2f", m}'; }
+
+# name | flags (on top of the defaults)
+ROWS=(
+  "default recipe|"
+  "paper-literal (old default)|--temperature linear:5,cap=2000 --act-temperature linear:10 --act-gradient exact --calibrate hard --act-range percentile --gradient exact"
+  "- anneal (linear:5 / linear:10 per epoch)|--temperature linear:5,cap=2000 --act-temperature linear:10"
+  "- act gradient at T=1 (exact)|--act-gradient exact"
+  "- soft calibration (hard)|--calibrate hard"
+  "- MSE range (99.9th percentile)|--act-range percentile"
+  "- official weight gradient (exact)|--gradient exact"
+)
+
+echo "| recipe | seeds | FP (%) | hard (%) | soft (%) | hard − FP |"
+echo "|---|---|---|---|---|---|"
+for ROW in "${ROWS[@]}"; do
+  NAME=${ROW%%|*}; FLAGS=${ROW#*|}
+  TAG=$(echo "$NAME" | tr -c 'a-zA-Z0-9\n' '-' | tr -s '-')
+  HARD=(); SOFT=(); FPS=(); DIFF=()
+  for SEED in $SEEDS; do
+    FP="$OUT/fp-seed$SEED"
+    [[ -f "$FP/summary.json" ]] || $QUANTNET train --weights fp --acts 32 --epochs 1 \
+        --seed "$SEED" --out "$FP" "${EXTRA[@]}" > "$FP.log"
+    RUN="$OUT/$TAG-seed$SEED"
+    # shellcheck disable=SC2086
+    [[ -f "$RUN/summary.json" ]] || $QUANTNET train --from "$FP" --epochs "$EPOCHS" \
+        --seed "$SEED" --out "$RUN" $FLAGS "${EXTRA[@]}" > "$RUN.log"
+    F=$(field "$FP" test_accuracy_hard); H=$(field "$RUN" test_accuracy_hard)
+    FPS+=("$F"); HARD+=("$H"); SOFT+=("$(field "$RUN" test_accuracy_soft)")
+    DIFF+=("$(awk -v h="$H" -v f="$F" 'BEGIN {print h - f}')")
+  done
+  echo "| $NAME | $SEEDS | $(printf '%s\n' "${FPS[@]}" | stats) | $(printf '%s\n' "${HARD[@]}" | stats) | $(printf '%s\n' "${SOFT[@]}" | stats) | $(printf '%s\n' "${DIFF[@]}" | stats) |"
+done
