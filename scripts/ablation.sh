@@ -29,7 +29,7 @@ ROWS=(
   "- act gradient at T=1 (exact)|--act-gradient exact"
   "- soft calibration (hard)|--calibrate hard"
   "- MSE range (99.9th percentile)|--act-range percentile"
-  "- official weight gradient (exact)|--gradient exact"
+  "+ official weight gradient (default: exact)|--gradient official"
 )
 
 echo "| recipe | seeds | FP (%) | hard (%) | soft (%) | hard − FP |"

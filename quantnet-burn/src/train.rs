@@ -19,9 +19,11 @@
 //! the [`ScheduleKind::Anneal`](crate::schedule::ScheduleKind::Anneal) schedules step by step
 //! (the per-epoch kinds keep their epoch's value).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use burn::module::ParamId;
 use burn::train::EarlyStoppingStrategy;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::store::EventStoreClient;
@@ -212,47 +214,73 @@ impl Numeric for TemperatureMetric {
     }
 }
 
-/// An optimizer that steps one group of parameters (by id) with its own learning-rate
-/// multiplier and the rest with the base rate: separate learning rates for quantizer scales, as
-/// the official code's separate optimizers for α and β.
+/// The parameters of a [`GroupLr`] group, found in the module at every step.
+///
+/// A fixed list of ids is not enough: loading a record (a checkpoint on resume) gives the
+/// parameters the record's ids, so a group collected from a fresh module beforehand would match
+/// nothing. A selector reads the ids from the module being stepped.
+pub trait ParamGroup<M>: Send + Sync {
+    /// The ids of the group's parameters in `module`.
+    fn ids(&self, module: &M) -> HashSet<ParamId>;
+}
+
+impl<M, F> ParamGroup<M> for F
+where
+    F: Fn(&M) -> Vec<ParamId> + Send + Sync,
+{
+    fn ids(&self, module: &M) -> HashSet<ParamId> {
+        self(module).into_iter().collect()
+    }
+}
+
+/// An optimizer that steps one group of parameters with its own learning-rate multiplier and
+/// the rest with the base rate: separate learning rates for quantizer scales, as the official
+/// code's separate optimizers for α and β.
 ///
 /// burn-train drives one optimizer with one rate; this wraps any of Burn's optimizers. Each
-/// step splits the gradients into the group and the rest and takes two inner steps, each
-/// parameter being updated once. Gradient clipping, if the inner optimizer has it, applies per
-/// group. Multi-device steps (`step_multi`) use the base rate for every parameter.
-#[derive(Clone)]
-pub struct GroupLr<O> {
+/// step asks the [`ParamGroup`] which parameters of the module are in the group, splits the
+/// gradients into the group and the rest and takes two inner steps, each parameter being
+/// updated once. Gradient clipping, if the inner optimizer has it, applies per group.
+/// Multi-device steps (`step_multi`) use the base rate for every parameter.
+pub struct GroupLr<O, G> {
     inner: O,
-    group: Arc<std::collections::HashSet<burn::module::ParamId>>,
+    group: Arc<G>,
     multiplier: f64,
 }
 
-impl<O> GroupLr<O> {
-    /// Steps the parameters in `group` at `multiplier` × the base learning rate.
-    pub fn new(
-        inner: O,
-        group: impl IntoIterator<Item = burn::module::ParamId>,
-        multiplier: f64,
-    ) -> Self {
+impl<O: Clone, G> Clone for GroupLr<O, G> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            group: self.group.clone(),
+            multiplier: self.multiplier,
+        }
+    }
+}
+
+impl<O, G> GroupLr<O, G> {
+    /// Steps the parameters that `group` selects at `multiplier` × the base learning rate.
+    pub fn new(inner: O, group: G, multiplier: f64) -> Self {
         Self {
             inner,
-            group: Arc::new(group.into_iter().collect()),
+            group: Arc::new(group),
             multiplier,
         }
     }
 }
 
-impl<M, B, O> burn::optim::Optimizer<M, B> for GroupLr<O>
+impl<M, B, O, G> burn::optim::Optimizer<M, B> for GroupLr<O, G>
 where
     M: burn::module::AutodiffModule<B>,
     B: burn::tensor::backend::AutodiffBackend,
     O: burn::optim::Optimizer<M, B>,
+    G: ParamGroup<M> + 'static,
 {
     type Record = O::Record;
 
     fn step(&mut self, lr: f64, module: M, mut grads: burn::optim::GradientsParams) -> M {
         let mut group = burn::optim::GradientsParams::new();
-        for &id in self.group.iter() {
+        for id in self.group.ids(&module) {
             if let Some(g) = grads.remove::<B::InnerBackend, 1>(id) {
                 group.register::<B::InnerBackend, 1>(id, g);
             }
@@ -325,5 +353,66 @@ mod tests {
         plain.start_at(0);
         plain.tick();
         assert_eq!(w.get(), 3.0);
+    }
+
+    /// One SGD step (lr 1) of `sum(linear(x))` with `optimizer`; returns the stepped module.
+    fn sgd_step<O>(optimizer: &mut O, module: burn::nn::Linear<AB>) -> burn::nn::Linear<AB>
+    where
+        O: burn::optim::Optimizer<burn::nn::Linear<AB>, AB>,
+    {
+        let x = burn::tensor::Tensor::<AB, 2>::ones([1, 2], &Default::default());
+        let grads = module.forward(x).sum().backward();
+        let grads = burn::optim::GradientsParams::from_grads(grads, &module);
+        optimizer.step(1.0, module, grads)
+    }
+
+    type AB = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn bias(m: &burn::nn::Linear<AB>) -> f32 {
+        m.bias.as_ref().unwrap().val().into_scalar()
+    }
+
+    fn weight(m: &burn::nn::Linear<AB>) -> Vec<f32> {
+        m.weight.val().into_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn group_lr_finds_its_group_in_the_module_after_a_record_is_loaded() {
+        use burn::module::Module;
+        use burn::nn::LinearConfig;
+        use burn::optim::SgdConfig;
+        let device = Default::default();
+        // Resume: a fresh module takes a checkpoint's record, and with it the record's ids.
+        let fresh = LinearConfig::new(2, 1).init::<AB>(&device);
+        let fresh_bias_id = fresh.bias.as_ref().unwrap().id;
+        let saved = LinearConfig::new(2, 1).init::<AB>(&device);
+        let loaded = fresh.load_record(saved.clone().into_record());
+        assert_eq!(
+            loaded.bias.as_ref().unwrap().id,
+            saved.bias.as_ref().unwrap().id
+        );
+        assert_ne!(loaded.bias.as_ref().unwrap().id, fresh_bias_id);
+
+        // The group (the bias) at multiplier 0 is frozen: the selector finds it in the loaded
+        // module. ∂sum/∂b = 1 and ∂sum/∂w = x = 1, so SGD at lr 1 moves the rest by -1.
+        let select = |m: &burn::nn::Linear<AB>| vec![m.bias.as_ref().unwrap().id];
+        let mut optimizer = GroupLr::new(SgdConfig::new().init(), select, 0.0);
+        let stepped = sgd_step(&mut optimizer, loaded.clone());
+        assert_eq!(bias(&stepped), bias(&loaded));
+        for (after, before) in weight(&stepped).iter().zip(weight(&loaded)) {
+            assert!((after - (before - 1.0)).abs() < 1e-6);
+        }
+
+        // The ids collected from the fresh module before loading (the old resume path) select
+        // nothing: the bias moves at the base rate.
+        let stale = move |_: &burn::nn::Linear<AB>| vec![fresh_bias_id];
+        let mut optimizer = GroupLr::new(SgdConfig::new().init(), stale, 0.0);
+        let stepped = sgd_step(&mut optimizer, loaded.clone());
+        assert!((bias(&stepped) - (bias(&loaded) - 1.0)).abs() < 1e-6);
+
+        // A multiplier of 3 steps the group three times as far.
+        let mut optimizer = GroupLr::new(SgdConfig::new().init(), select, 3.0);
+        let stepped = sgd_step(&mut optimizer, loaded.clone());
+        assert!((bias(&stepped) - (bias(&loaded) - 3.0)).abs() < 1e-5);
     }
 }

@@ -179,18 +179,19 @@ pub(crate) struct TrainArgs {
     pub(crate) quantize_all: bool,
     /// Gradient rule of the weight quantizers: exact, official (sigmoid derivative at T = 1
     /// times min(T, 2000), the official code's) or official:CAP (gain min(T, CAP)).
+    /// Default: exact.
     #[arg(long)]
     pub(crate) gradient: Option<String>,
     /// Gradient rule of the activation quantizers (same forms; official:1 is the sigmoid
-    /// derivative at T = 1 without gain, a smooth straight-through estimator).
+    /// derivative at T = 1 without gain, a smooth straight-through estimator). Default: official:1.
     #[arg(long)]
     pub(crate) act_gradient: Option<String>,
     /// The weights during activation calibration: soft (as training will see them at its first
-    /// step) or hard.
+    /// step) or hard. Default: soft.
     #[arg(long)]
     pub(crate) calibrate: Option<String>,
     /// How each activation range is set from the calibration sample: mse (the range whose hard
-    /// quantization error is least) or percentile (see --act-percentile).
+    /// quantization error is least) or percentile (see --act-percentile). Default: mse.
     #[arg(long)]
     pub(crate) act_range: Option<String>,
     /// Training epochs (quantized, or full precision with --weights fp --acts 32).
@@ -209,10 +210,10 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) pretrain_lr: Option<f64>,
     /// Weight temperature schedule: anneal:T0,TEND (geometric over the run, raised every
-    /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally ,cap=C.
+    /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally ,cap=C. Default: anneal:5,500.
     #[arg(long)]
     pub(crate) temperature: Option<String>,
-    /// Activation temperature schedule (same forms).
+    /// Activation temperature schedule (same forms). Default: anneal:10,500.
     #[arg(long)]
     pub(crate) act_temperature: Option<String>,
     /// Training images used to calibrate the activation quantizers.

@@ -49,7 +49,7 @@ pub(crate) struct RunConfig {
     pub(crate) lr: Option<f64>,
     /// Learning rate of the full-precision pretraining.
     pub(crate) pretrain_lr: f64,
-    /// Weight temperature schedule (`linear:5,cap=2000`, `exp:T0,G`, `const:T`).
+    /// Weight temperature schedule (`anneal:T0,TEND`, `linear:T0`, `exp:T0,G`, `const:T`).
     pub(crate) weights_temperature: String,
     /// Activation temperature schedule.
     pub(crate) acts_temperature: String,
@@ -91,16 +91,16 @@ impl Default for RunConfig {
             acts: "2".into(),
             quantize_all: false,
             gradient: "exact".into(),
-            act_gradient: "exact".into(),
-            calibrate: "hard".into(),
-            act_range: "percentile".into(),
+            act_gradient: "official:1".into(),
+            calibrate: "soft".into(),
+            act_range: "mse".into(),
             epochs: 2,
             pretrain_epochs: 1,
             batch_size: 64,
             lr: None,
             pretrain_lr: 1e-3,
-            weights_temperature: "linear:5,cap=2000".into(),
-            acts_temperature: "linear:10".into(),
+            weights_temperature: "anneal:5,500".into(),
+            acts_temperature: "anneal:10,500".into(),
             calibration_images: 1000,
             clip: None,
             clip_in: "wq".into(),

@@ -213,6 +213,11 @@ impl<B: Backend> Monitored<B> {
     }
 
     /// The model.
+    pub fn model(&self) -> &Model<B> {
+        &self.model
+    }
+
+    /// The model.
     pub fn into_model(self) -> Model<B> {
         self.model
     }

@@ -18,7 +18,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ParamId};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, SgdConfig};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
@@ -365,11 +365,17 @@ where
         let n = quantize::train_only_act_quantizers(&mut model);
         println!("training only the {n} activation quantizer(s); everything else is fixed");
     }
-    let quantizer_params: Vec<_> = model
-        .slots()
-        .quantizers()
-        .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
-        .collect();
+    // The quantizer scales' learning-rate group, read from the module at every step (on resume,
+    // burn-train loads the checkpoint's record, and with it other parameter ids).
+    // `slots()` borrows mutably: walk a clone (tensors are shared, ids kept).
+    let quantizer_params = |m: &Monitored<B>| -> Vec<ParamId> {
+        m.model()
+            .clone()
+            .slots()
+            .quantizers()
+            .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
+            .collect()
+    };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
     macro_rules! launch {

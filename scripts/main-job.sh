@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's main job (`quantnet train`, no flags: LeNet-5 on Fashion-MNIST, 1 full-precision
+# epoch, then ternary weights + 2-bit activations for 2 epochs) over several seeds; prints one
+# markdown row per seed and the mean ± sd. The README quotes this script's output.
+#
+#   scripts/main-job.sh [OUT] [SEEDS] [-- extra train flags]
+set -euo pipefail
+OUT=${1:-runs/main-job}
+SEEDS=${2:-42 43 44}
+shift $(( $# < 2 ? $# : 2 ))
+[[ "${1:-}" == "--" ]] && shift
+EXTRA=("$@")
+QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
+mkdir -p "$OUT"
+
+field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
+stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1)):0;
+  if (n>1) printf "%.2f ± %.2f", m, sd; else printf "%.2f", m}'; }
+
+echo "| seed | full precision (%) | hard (%) | soft (%) | hard − FP | soft − hard |"
+echo "|---|---|---|---|---|---|"
+FPS=(); HARD=(); SOFT=(); DIFF=(); GAP=()
+for SEED in $SEEDS; do
+  RUN="$OUT/seed$SEED"
+  [[ -f "$RUN/summary.json" ]] || $QUANTNET train --seed "$SEED" --out "$RUN" "${EXTRA[@]}" > "$RUN.log"
+  # The full-precision accuracy is printed by the pretraining phase.
+  F=$(grep -o 'full precision: test accuracy [0-9.]*' "$RUN.log" | sed 's/.* //')
+  H=$(field "$RUN" test_accuracy_hard); S=$(field "$RUN" test_accuracy_soft)
+  D=$(awk -v h="$H" -v f="$F" 'BEGIN {printf "%.2f", h - f}')
+  G=$(awk -v h="$H" -v s="$S" 'BEGIN {printf "%.2f", s - h}')
+  FPS+=("$F"); HARD+=("$H"); SOFT+=("$S"); DIFF+=("$D"); GAP+=("$G")
+  echo "| $SEED | $F | $H | $S | $D | $G |"
+done
+m() { printf '%s\n' "$@" | stats; }
+echo "| mean ± sd | $(m "${FPS[@]}") | $(m "${HARD[@]}") | $(m "${SOFT[@]}") | $(m "${DIFF[@]}") | $(m "${GAP[@]}") |"
