@@ -487,7 +487,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
 
 #[test]
 fn train_errors_are_one_clear_line() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["train", "--weights", "7"], "--weights 7"),
         (
             &["train", "--phase", "acts", "--acts", "32"],
@@ -514,6 +514,30 @@ fn train_errors_are_one_clear_line() {
         (
             &["eval", "--from", "/nonexistent/run"],
             "not a quantnet run directory",
+        ),
+        // The source run is checked before the data set is looked for (or downloaded).
+        (
+            &[
+                "train",
+                "--from",
+                "/nonexistent/run",
+                "--data-dir",
+                "/nonexistent/quantnet",
+                "--out",
+                "/tmp/quantnet-never",
+            ],
+            "--from /nonexistent/run: not a quantnet run directory",
+        ),
+        // A plot into a missing folder is a sentence, not a debug dump.
+        (
+            &[
+                "quantizer",
+                "--levels",
+                "2",
+                "--plot",
+                "/nonexistent/quantnet/q.png",
+            ],
+            "--plot /nonexistent/quantnet/q.png: the folder /nonexistent/quantnet does not exist",
         ),
     ];
     for (args, expected) in cases {

@@ -325,11 +325,14 @@ pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
 
 /// The paper's second phase, "activations only": freezes every parameter of `model` (weights,
 /// biases, batch norm, the weight quantizers' α/β) except the activation quantizers' α and β,
-/// so training moves only those. Batch-norm running statistics still update in training mode.
+/// so training moves only those, and sets the weight quantizers to [`QuantMode::Hard`]: the
+/// weights are fixed at their quantized values, as in the paper (not soft at a restarted
+/// temperature). Batch-norm running statistics still update in training mode.
 /// Returns how many activation quantizers stay trainable.
 pub fn train_only_act_quantizers<B: Backend>(model: &mut Model<B>) -> usize {
     use burn::module::Module;
     *model = model.clone().no_grad();
+    set_weight_mode(model, QuantMode::Hard);
     let mut trainable = 0;
     for (_, slot) in model.slots().acts {
         if let Some(q) = slot.quantizer.as_mut() {
@@ -352,13 +355,15 @@ mod tests {
         let binary = quantnet_burn::LevelSet::unsigned(1).unwrap();
         let q = mse_range(&values, &binary, 99.0);
         assert!((q - 83.16).abs() < 1e-3, "{q}");
-        // A distribution concentrated at 1 with one outlier at 100 (2 bits, levels 0..3): the
-        // best range covers the bulk and clips the outlier.
-        let mut values = vec![1.0f32; 999];
-        values.push(100.0);
+        // 999 values spread over [0, 1) and one outlier at 10, 2 bits (levels 0..3, α = 4q/15):
+        // covering the outlier (q = 10, α = 2.67) rounds the bulk to 0, error ≈ 999/3 + 2² =
+        // 337; q ≈ 1 (α ≈ 0.27) costs the bulk ≈ 999·α²/12 ≈ 6 and the outlier (10 − 0.8)² ≈
+        // 85. The best range clips the outlier.
+        let mut values: Vec<f32> = (0..999).map(|i| i as f32 / 999.0).collect();
+        values.push(10.0);
         let two_bits = quantnet_burn::LevelSet::unsigned(2).unwrap();
-        let q = mse_range(&values, &two_bits, 100.0);
-        assert!(q < 10.0, "{q}");
+        let q = mse_range(&values, &two_bits, 10.0);
+        assert!(q < 2.0, "{q}");
         // Degenerate input: the upper bound comes back.
         assert_eq!(mse_range(&[], &two_bits, 3.0), 3.0);
         assert_eq!(mse_range(&values, &two_bits, 0.0), 0.0);

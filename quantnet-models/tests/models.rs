@@ -206,6 +206,12 @@ fn activations_only_phase_moves_only_the_activation_quantizers() {
     let mut model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
     let acts = quantnet_models::quantize::train_only_act_quantizers(&mut model);
     assert!(acts > 0);
+    // The paper's phase 2 fixes the weights at their quantized values: hard, not soft at T.
+    for (name, mut layer) in model.slots().weights {
+        if let Some(q) = layer.quantizer().as_ref() {
+            assert_eq!(q.mode(), quantnet_burn::QuantMode::Hard, "{name}");
+        }
+    }
     let snapshot = |m: &mut Model<B>| {
         let slots = m.slots();
         let weights: Vec<_> = slots

@@ -92,6 +92,17 @@ pub(crate) fn run(args: QuantizerArgs) -> Result<()> {
     if !args.csv && args.plot.is_none() {
         bail!("nothing to do: pass --csv to print the curve and/or --plot FILE.png to draw it");
     }
+    if let Some(path) = &args.plot {
+        // Checked first: plotters reports a missing folder as a nested debug dump.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            bail!(
+                "--plot {}: the folder {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let levels: LevelSet = args.levels.parse().context("parsing --levels")?;
     check_temperature(args.temperature).context("checking --temperature")?;
     if !(args.x_min.is_finite() && args.x_max.is_finite() && args.x_min < args.x_max) {

@@ -822,6 +822,16 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         }
     };
     cfg.validate()?;
+    if let (false, Some(from)) = (resume, &cfg.from) {
+        for file in ["config.toml", "model.mpk"] {
+            if !from.join(file).is_file() {
+                bail!(
+                    "--from {}: not a quantnet run directory (no {file})",
+                    from.display()
+                );
+            }
+        }
+    }
     // Find (or download) the data before creating anything, so that a missing data set leaves
     // no run behind.
     let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
