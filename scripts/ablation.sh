@@ -10,7 +10,7 @@
 set -euo pipefail
 EPOCHS=${1:-2}
 OUT=${2:-runs/ablation}
-SEEDS=${3:-42}
+SEEDS=${3:-42 43}
 shift $(( $# < 3 ? $# : 3 ))
 [[ "${1:-}" == "--" ]] && shift
 EXTRA=("$@")
@@ -24,11 +24,12 @@ stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1))
 # name | flags (on top of the defaults)
 ROWS=(
   "default recipe|"
-  "paper-literal (old default)|--temperature linear:5,cap=2000 --act-temperature linear:10 --act-gradient exact --calibrate hard --act-range percentile --gradient exact"
-  "- anneal (linear:5 / linear:10 per epoch)|--temperature linear:5,cap=2000 --act-temperature linear:10"
-  "- act gradient at T=1 (exact)|--act-gradient exact"
-  "- soft calibration (hard)|--calibrate hard"
-  "- MSE range (99.9th percentile)|--act-range percentile"
+  "paper-literal (old default)|--temperature linear:5,cap=2000 --act-temperature linear:10 --act-gradient exact --calibrate hard --act-range percentile --quant-lr-mult 1"
+  "− anneal (linear:5 / linear:10 per epoch)|--temperature linear:5,cap=2000 --act-temperature linear:10"
+  "− act gradient at T = 1 (exact)|--act-gradient exact"
+  "− soft calibration (hard)|--calibrate hard"
+  "− MSE range (99.9th percentile)|--act-range percentile"
+  "− quantizer lr ×100 (×1)|--quant-lr-mult 1"
   "+ official weight gradient (default: exact)|--gradient official"
 )
 

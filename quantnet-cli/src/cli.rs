@@ -226,7 +226,8 @@ pub(crate) struct TrainArgs {
     /// official code; the default) or w (the latent weights' gradients).
     #[arg(long)]
     pub(crate) clip_in: Option<String>,
-    /// Learning-rate multiplier of the quantizers' alpha and beta.
+    /// Learning-rate multiplier of the quantizers' alpha and beta (Adam steps every parameter
+    /// by about the learning rate, and beta is 3-25). Default: 100.
     #[arg(long)]
     pub(crate) quant_lr_mult: Option<f64>,
     /// Optimizer: adam, or sgd (momentum 0.9, as the paper).

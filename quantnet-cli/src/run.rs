@@ -61,7 +61,8 @@ pub(crate) struct RunConfig {
     /// before the quantizer's chain rule: the official code) or `w` (over the latent weights'
     /// gradients: Burn's optimizer clipping).
     pub(crate) clip_in: String,
-    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds).
+    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds): Adam's steps
+    /// are of the size of the learning rate whatever the parameter's scale, and β is 3–25.
     pub(crate) quant_lr_mult: f64,
     /// Optimizer: `adam`, or `sgd` (momentum 0.9, no dampening: the paper's).
     pub(crate) optimizer: String,
@@ -106,7 +107,7 @@ impl Default for RunConfig {
             clip_in: "wq".into(),
             optimizer: "adam".into(),
             phase: "joint".into(),
-            quant_lr_mult: 1.0,
+            quant_lr_mult: 100.0,
             act_percentile: Some(99.9),
             act_thresholds: "uniform".into(),
             seed: 42,
