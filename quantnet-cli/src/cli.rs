@@ -194,6 +194,11 @@ pub(crate) struct TrainArgs {
     /// quantization error is least) or percentile (see --act-percentile). Default: mse.
     #[arg(long)]
     pub(crate) act_range: Option<String>,
+    /// Re-estimate batch-norm statistics (200 batches, no gradient) for the quantized network
+    /// before calibration and before the hard evaluation and saving: true or false. Default:
+    /// true (models without batch norm are unaffected).
+    #[arg(long)]
+    pub(crate) bn_reestimate: Option<bool>,
     /// Training epochs (quantized, or full precision with --weights fp --acts 32).
     #[arg(long)]
     pub(crate) epochs: Option<usize>,

@@ -38,6 +38,9 @@ pub(crate) struct RunConfig {
     pub(crate) calibrate: String,
     /// Activation range from the calibration sample: `mse` or `percentile`.
     pub(crate) act_range: String,
+    /// Re-estimate batch-norm statistics for the quantized network (before calibration and
+    /// before the hard evaluation and saving); models without batch norm are unaffected.
+    pub(crate) bn_reestimate: bool,
     /// Quantized (or, for `weights = "fp"`, full-precision) training epochs.
     pub(crate) epochs: usize,
     /// Full-precision epochs before quantizing, when not starting `from` a run.
@@ -95,6 +98,7 @@ impl Default for RunConfig {
             act_gradient: "official:1".into(),
             calibrate: "soft".into(),
             act_range: "mse".into(),
+            bn_reestimate: true,
             epochs: 2,
             pretrain_epochs: 1,
             batch_size: 64,

@@ -1,7 +1,7 @@
 //! Turning a full-precision model into a quantized one: the precision policy, weight
 //! quantizers from the trained weights, activation quantizers from a calibration pass.
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use quantnet_burn::{QuantBackend, QuantMode, QuantizerConfig, Temperature};
 use serde::{Deserialize, Serialize};
@@ -321,6 +321,56 @@ pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
             slot.quantizer = Some(q.with_temperature(&temperatures.acts));
         }
     }
+}
+
+/// Batches [`reestimate_batch_norm`] runs by default: Burn's batch norm keeps an exponential
+/// average with momentum 0.1, so the statistics from before weigh `0.9^200 ≈ 7e-10` after them.
+pub const BN_REESTIMATION_BATCHES: usize = 200;
+
+/// Re-estimates every batch-norm layer's running statistics for the network as it computes
+/// now, e.g. with its weights hard-quantized (statistics gathered while training saw soft
+/// weights, or full-precision ones, do not fit the hard network). Runs `batches` through the
+/// model in training mode (batch norm normalises with the batch's statistics and updates its
+/// running ones; dropout is active as in training) and takes no gradient step. The quantizers
+/// compute in whatever mode they are in: see [`reestimate_batch_norm_with`] to choose it. Returns the number of batches run.
+///
+/// Give it at least [`BN_REESTIMATION_BATCHES`] batches for the old statistics to vanish (a
+/// shorter run mixes old and new); a model without batch norm is left as it is.
+pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend>(
+    model: &Model<B>,
+    batches: impl IntoIterator<Item = Tensor<B, 4>>,
+) -> usize {
+    let mut n = 0;
+    for x in batches {
+        // The running statistics are updated inside the forward pass; its graph is dropped.
+        let _ = model.forward(x.detach());
+        n += 1;
+    }
+    n
+}
+
+/// [`reestimate_batch_norm`] for the network with every quantizer in `mode`, given on the
+/// inner backend: [`QuantMode::Hard`] before hard evaluation and export (the network as it will
+/// run), [`QuantMode::Soft`] before calibrating activations against soft weights. The model
+/// goes to the autodiff backend for the pass (Burn's batch norm updates its statistics only
+/// there) and comes back with every quantizer in [`QuantMode::Auto`]. A model without batch
+/// norm comes back as it was.
+pub fn reestimate_batch_norm_with<B: AutodiffBackend + QuantBackend>(
+    model: Model<B::InnerBackend>,
+    mode: QuantMode,
+    batches: impl IntoIterator<Item = Tensor<B::InnerBackend, 4>>,
+) -> Model<B::InnerBackend>
+where
+    B::InnerBackend: QuantBackend,
+{
+    if !model.has_batch_norm() {
+        return model;
+    }
+    let mut model = <Model<B> as burn::module::AutodiffModule<B>>::from_inner(model);
+    set_mode(&mut model, mode);
+    reestimate_batch_norm(&model, batches.into_iter().map(Tensor::from_inner));
+    set_mode(&mut model, QuantMode::Auto);
+    burn::module::AutodiffModule::valid(&model)
 }
 
 /// The paper's second phase, "activations only": freezes every parameter of `model` (weights,

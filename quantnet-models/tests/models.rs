@@ -401,3 +401,43 @@ fn kept_quantizers_take_the_policys_gradient_rule() {
         );
     }
 }
+
+#[test]
+fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
+    use quantnet_burn::QuantMode;
+    use quantnet_models::quantize::{
+        BN_REESTIMATION_BATCHES, reestimate_batch_norm_with, set_mode,
+    };
+    let device = Default::default();
+    <B as Backend>::seed(&device, 3);
+    let temps = Temperatures::default();
+    temps.weights.set(5.0);
+    temps.acts.set(5.0);
+    let policy = ternary_u2();
+    let mut inner = Model::<Flex>::new(Arch::Resnet20, input(3, 16, 10), &device);
+    assert!(inner.has_batch_norm());
+    quantize_weights(&mut inner, &policy, &temps).unwrap();
+    let x = Tensor::<Flex, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    calibrate_acts(&mut inner, &policy, &temps, [x.clone()]).unwrap();
+    // Evaluation (inner backend: hard quantizers, running statistics) before re-estimation:
+    // the statistics are the initial ones (mean 0, variance 1), not the hard network's.
+    let before = inner.forward(x.clone());
+    let inner = reestimate_batch_norm_with::<B>(
+        inner,
+        QuantMode::Hard,
+        std::iter::repeat_n(x.clone(), BN_REESTIMATION_BATCHES),
+    );
+    let after = inner.forward(x.clone());
+    // Reference: the hard network in training mode normalises with x's own batch statistics,
+    // which the running ones now equal (to 0.9^200).
+    let mut train = <Model<B> as AutodiffModule<B>>::from_inner(inner.clone());
+    set_mode(&mut train, QuantMode::Hard);
+    let reference = train.forward(Tensor::from_inner(x)).inner();
+    let diff = |a: &Tensor<Flex, 2>| (a.clone() - reference.clone()).abs().max().into_scalar();
+    let scale = reference.clone().abs().max().into_scalar();
+    assert!(diff(&after) <= 1e-3 * scale, "{} vs {scale}", diff(&after));
+    assert!(diff(&before) > 0.1 * scale, "{} vs {scale}", diff(&before));
+    // A model without batch norm comes back as it was.
+    let lenet = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
+    assert!(!lenet.has_batch_norm());
+}

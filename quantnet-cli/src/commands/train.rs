@@ -276,6 +276,31 @@ fn checkpoint_epochs(dir: &Path) -> Vec<usize> {
     epochs
 }
 
+/// [`quantize::BN_REESTIMATION_BATCHES`] batches of `cfg.batch_size` training images, a seeded
+/// sample (cycled through when the training set is smaller), made one at a time.
+fn bn_batches<'a, B: Backend>(
+    data: &'a Data,
+    cfg: &RunConfig,
+    device: &'a B::Device,
+) -> impl Iterator<Item = burn::tensor::Tensor<B, 4>> + 'a {
+    let wanted = quantize::BN_REESTIMATION_BATCHES * cfg.batch_size;
+    let sample = quantnet_models::data::sample_indices(
+        data.train.len(),
+        wanted.min(data.train.len()),
+        cfg.seed,
+    );
+    let order: Vec<usize> = sample.iter().copied().cycle().take(wanted).collect();
+    let batch_size = cfg.batch_size;
+    (0..order.len() / batch_size).map(move |b| {
+        let items = order[b * batch_size..(b + 1) * batch_size]
+            .iter()
+            .map(|&i| data.train[i].clone())
+            .collect();
+        let batch: ImageBatch<B> = data.batcher.batch(items, device);
+        batch.images
+    })
+}
+
 /// Loads a run's final model (with its own policy) onto `device`.
 pub(crate) fn load_run<B: Backend>(
     dir: &Path,
@@ -662,6 +687,21 @@ impl WithBackend for TrainJob {
                 cfg.hook(&temps)?
                     .over(cfg.epochs, data.train.len().div_ceil(cfg.batch_size))
                     .start_at(0);
+            }
+            if quantized && cfg.bn_reestimate && model.has_batch_norm() {
+                // Batch-norm statistics for the quantized weights calibration sees.
+                let mode = if soft {
+                    QuantMode::Soft
+                } else {
+                    QuantMode::Hard
+                };
+                model = quantize::reestimate_batch_norm_with::<B>(
+                    model,
+                    mode,
+                    bn_batches::<B::InnerBackend>(&data, &cfg, &device),
+                );
+            }
+            if soft {
                 quantize::set_weight_mode(&mut model, QuantMode::Soft);
             }
             let a = calibrate_acts(&mut model, &policy, &temps, calibration)?;
@@ -690,6 +730,19 @@ impl WithBackend for TrainJob {
         quantize::attach(&mut model, &temps);
         // The temperatures of the last epoch (the hook has already moved to the next one).
         cfg.set_final_temperatures(&temps)?;
+        if quantized && cfg.bn_reestimate && model.has_batch_norm() {
+            // Training gathered the statistics under soft quantizers: fit them to the hard
+            // network that is evaluated and exported.
+            model = quantize::reestimate_batch_norm_with::<B>(
+                model,
+                QuantMode::Hard,
+                bn_batches::<B::InnerBackend>(&data, &cfg, &device),
+            );
+            println!(
+                "re-estimated the batch-norm statistics of the hard network ({} batches)",
+                quantize::BN_REESTIMATION_BATCHES
+            );
+        }
         save_model(&model, &out)?;
         let layers = layer_stats(&model)?;
         write_metrics(&out, &main_dir, cfg.epochs, &seconds, &policy, &layers)?;
@@ -758,6 +811,7 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         act_gradient,
         calibrate,
         act_range,
+        bn_reestimate,
         epochs,
         pretrain_epochs,
         batch_size,

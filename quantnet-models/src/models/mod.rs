@@ -275,6 +275,11 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Whether the model has batch-norm layers (every architecture but LeNet-5).
+    pub fn has_batch_norm(&self) -> bool {
+        !matches!(self, Model::Lenet5(_))
+    }
+
     /// The model's weight layers and activation slots, in forward order.
     pub fn slots(&mut self) -> Slots<'_, B> {
         let mut slots = Slots::new();
