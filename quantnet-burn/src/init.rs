@@ -27,7 +27,8 @@ pub enum ThresholdInit {
     /// k-means on the data (the paper's choice).
     #[default]
     KMeans,
-    /// Midpoints between adjacent levels, ignoring the data (the paper's "linear" ablation).
+    /// Midpoints between adjacent levels, ignoring the data and the zero band (the paper's
+    /// "linear" ablation).
     Uniform,
 }
 
@@ -51,8 +52,9 @@ pub fn initial_scales(levels: &LevelSet, max_abs: f32) -> Result<(f32, f32)> {
 
 /// Thresholds for `levels` from `values` (already multiplied by `β`).
 ///
-/// With `zero_band = Some(w)` (weights) the thresholds on either side of the level 0 become
-/// `−w` and `+w` (binary: the single threshold becomes 0); activation sets pass `None`.
+/// With `zero_band = Some(w)` (weights) and k-means, the thresholds on either side of the
+/// level 0 become `−w` and `+w` (binary: the single threshold becomes 0); activation sets pass
+/// `None`. [`ThresholdInit::Uniform`] ignores the band: the midpoints as they are.
 /// Thresholds are non-decreasing; a k-means threshold that the band override would put out of
 /// order is moved onto the band edge.
 ///
@@ -71,7 +73,9 @@ pub fn thresholds(
             centres.windows(2).map(|c| 0.5 * (c[0] + c[1])).collect()
         }
     };
-    if let Some(width) = zero_band {
+    // The band belongs to the data-driven (k-means) path: uniform thresholds are the paper's
+    // "linear" ablation, the midpoints as they are.
+    if let (ThresholdInit::KMeans, Some(width)) = (init, zero_band) {
         apply_zero_band(&mut b, levels, width);
     }
     Ok(b)
@@ -295,5 +299,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b, vec![0.5, 1.5, 2.5]);
+    }
+
+    #[test]
+    fn uniform_weight_thresholds_ignore_the_zero_band() {
+        // The paper's "linear" ablation: ternary {-1, 0, 1} gives midpoints ±0.5, not the
+        // k-means path's ±0.05 band; 3(±4) {-4,-2,-1,0,1,2,4}: -3, -1.5, -0.5, 0.5, 1.5, 3.
+        let data = [-1.0, -0.5, 0.0, 0.5, 1.0];
+        let b = thresholds(
+            &data,
+            &LevelSet::ternary(),
+            ThresholdInit::Uniform,
+            Some(ZERO_BAND),
+        )
+        .unwrap();
+        assert_eq!(b, vec![-0.5, 0.5]);
+        let b = thresholds(
+            &data,
+            &"3pm4".parse().unwrap(),
+            ThresholdInit::Uniform,
+            Some(ZERO_BAND),
+        )
+        .unwrap();
+        assert_eq!(b, vec![-3.0, -1.5, -0.5, 0.5, 1.5, 3.0]);
+        // k-means keeps the band.
+        let b = thresholds(
+            &data,
+            &LevelSet::ternary(),
+            ThresholdInit::KMeans,
+            Some(ZERO_BAND),
+        )
+        .unwrap();
+        assert_eq!(b, vec![-ZERO_BAND, ZERO_BAND]);
     }
 }

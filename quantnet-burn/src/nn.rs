@@ -338,6 +338,28 @@ mod tests {
     /// Ternary, α = 0.5, β = 2, thresholds ±0.05: hard(0.3) = 0.5·(1 + 1 − 1) = 0.5,
     /// hard(−0.3) = −0.5, hard(0.01) = 0 (β·x = 0.02 sits between the thresholds).
     #[test]
+    fn a_record_of_another_level_set_is_caught_on_load() {
+        use burn::module::Module;
+        let device = Default::default();
+        let t = Temperature::new(5.0);
+        let make = |levels: LevelSet| {
+            QuantizerConfig::weights(levels)
+                .init_with::<Flex>(0.5, 2.0, &[-0.05, 0.05], &t, &device)
+                .unwrap()
+        };
+        let ternary = make(LevelSet::ternary());
+        assert!(ternary.check_levels().is_ok());
+        // {-2, 0, 2} has as many levels as ternary: the record loads without a shape error.
+        let other = make(LevelSet::new(vec![-2.0, 0.0, 2.0]).unwrap());
+        let loaded = ternary.load_record(other.into_record());
+        let err = loaded.check_levels().unwrap_err().to_string();
+        assert!(
+            err.contains("differ from the quantizer's level set"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn negative_stored_scales_act_as_their_magnitudes() {
         let device = Default::default();
         let t = Temperature::new(5.0);

@@ -460,6 +460,35 @@ impl<B: Backend> Quantizer<B> {
         &self.level_set
     }
 
+    /// Checks that the persisted `levels` parameter equals the level set this quantizer was
+    /// built with. The forward pass takes the steps from `levels` and the offset from the level
+    /// set, so a record loaded into a skeleton of another set would compute silently wrong
+    /// levels: call this after loading a record (reads `levels` back to the host).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming both sets.
+    pub fn check_levels(&self) -> Result<()> {
+        let stored: Vec<f32> = self
+            .levels
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        if stored.as_slice() == self.level_set.levels() {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "levels",
+                value: format!("{stored:?}"),
+                reason: format!(
+                    "the record's levels differ from the quantizer's level set {:?}",
+                    self.level_set.levels()
+                ),
+            })
+        }
+    }
+
     /// The shared temperature cell.
     pub fn temperature(&self) -> &Temperature {
         &self.temperature.cell

@@ -1,6 +1,8 @@
 //! Temperature schedules (paper-spec §4).
 //!
-//! The temperature is constant within an epoch and jumps at epoch boundaries. With 0-based
+//! The paper's kinds keep the temperature constant within an epoch and jump at epoch boundaries;
+//! [`ScheduleKind::Anneal`] rises geometrically from `T0` to `T_end` over the whole run, every
+//! step (a [`crate::train::TemperatureHook`] told the run's length moves it). With 0-based
 //! epochs the paper's linear schedule is `T = T0·(epoch + 1)` (the official code's
 //! `(epoch+1)·args.temperature`), so the first epoch already runs at `T0`. The official code caps
 //! the weight temperature at 2000 and leaves the activation temperature uncapped.
@@ -8,6 +10,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// The largest temperature a schedule may reach in a run ([`TemperatureSchedule::check_run`]):
+/// the soft quantizer's output and gradients are checked finite up to here (`T ∈ [0.1, 1e4]`),
+/// and at `T = 1e4` the soft function equals the hard one to f32 precision wherever
+/// `|βx − b| > 2e-3`. The official code caps its gain at 2000.
+pub const MAX_TEMPERATURE: f32 = 1e4;
 
 /// How the temperature grows with the epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +142,28 @@ impl TemperatureSchedule {
         Ok(())
     }
 
+    /// Checks that the schedule stays at or below [`MAX_TEMPERATURE`] over a run of `epochs`
+    /// epochs (its first and last steps: every kind is monotone).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] with the temperature the run would reach.
+    pub fn check_run(&self, epochs: usize) -> Result<()> {
+        let last = epochs.max(1) - 1;
+        let peak = self.at_run(0, 0.0).max(self.at_run(last, 1.0));
+        if peak <= MAX_TEMPERATURE {
+            Ok(())
+        } else {
+            Err(Error::InvalidParameter {
+                name: "temperature",
+                value: format!("{self} over {epochs} epoch(s) reaches {peak}"),
+                reason: format!(
+                    "above the largest supported temperature, {MAX_TEMPERATURE} (the soft \
+                     quantizer's numerics are checked up to there; a cap bounds the growth)"
+                ),
+            })
+        }
+    }
+
     /// The temperature of (0-based) `epoch`; always finite and positive for a valid schedule
     /// (an exponential that overflows stays at `f32::MAX` or the cap). An [`ScheduleKind::Anneal`]
     /// schedule does not know the run's length here and gives `t0`: use [`Self::at_run`].
@@ -224,6 +254,26 @@ impl std::fmt::Display for TemperatureSchedule {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runs_above_the_largest_supported_temperature_are_refused() {
+        // exp:1,1e30 reaches 1e30 at its second epoch; linear:5 stays at 10 over 2 epochs.
+        let exp = TemperatureSchedule::exponential(1.0, 1e30);
+        assert!(exp.check_run(1).is_ok());
+        let err = exp.check_run(2).unwrap_err().to_string();
+        assert!(err.contains("largest supported temperature"), "{err}");
+        assert!(TemperatureSchedule::linear(5.0).check_run(2).is_ok());
+        // linear:5 reaches 5·2001 > 1e4 at epoch 2001, unless capped.
+        assert!(TemperatureSchedule::linear(5.0).check_run(2001).is_err());
+        let capped = TemperatureSchedule::linear(5.0).with_cap(2000.0);
+        assert!(capped.check_run(2001).is_ok());
+        assert!(TemperatureSchedule::anneal(5.0, 1e4).check_run(3).is_ok());
+        assert!(
+            TemperatureSchedule::anneal(5.0, 1.1e4)
+                .check_run(3)
+                .is_err()
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -227,8 +227,10 @@ pub(crate) struct TrainArgs {
     /// Clip the gradient L2 norm (the paper: 5 for weights only, 20 with activations).
     #[arg(long)]
     pub(crate) clip: Option<f32>,
-    /// Where --clip measures the norm: wq (the soft-quantized weights' gradients, as the
-    /// official code; the default) or w (the latent weights' gradients).
+    /// Where --clip measures the norm: wq (one global norm over the soft-quantized weights'
+    /// gradients and the other parameters', as the official code; the default) or w (Burn's
+    /// optimizer clipping: each parameter tensor's gradient clipped to the norm on its own, not a
+    /// global norm). Without quantized weights, clipping is always Burn's per-tensor clipping.
     #[arg(long)]
     pub(crate) clip_in: Option<String>,
     /// Learning-rate multiplier of the quantizers' alpha and beta (Adam steps every parameter

@@ -60,9 +60,11 @@ pub(crate) struct RunConfig {
     pub(crate) calibration_images: usize,
     /// Clip the gradient's L2 norm to this value (the paper: 5).
     pub(crate) clip: Option<f32>,
-    /// Where the clipping norm is taken: `wq` (over the soft-quantized weights' gradients,
-    /// before the quantizer's chain rule: the official code) or `w` (over the latent weights'
-    /// gradients: Burn's optimizer clipping).
+    /// Where the clipping norm is taken: `wq` (one global norm over the soft-quantized weights'
+    /// gradients, before the quantizer's chain rule, and the other parameters': the official
+    /// code) or `w` (Burn's optimizer clipping, which clips each parameter tensor's gradient on
+    /// its own: a per-tensor norm, not a global one). Runs without quantized weights always
+    /// use Burn's per-tensor clipping.
     pub(crate) clip_in: String,
     /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds): Adam's steps
     /// are of the size of the learning rate whatever the parameter's scale, and β is 3–25.
@@ -235,6 +237,9 @@ impl RunConfig {
         if self.epochs == 0 {
             bail!("--epochs must be at least 1");
         }
+        let (w, a) = self.schedules()?;
+        w.check_run(self.epochs).context("--temperature")?;
+        a.check_run(self.epochs).context("--act-temperature")?;
         if let Some(clip) = self.clip
             && !(clip.is_finite() && clip > 0.0)
         {

@@ -487,7 +487,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
 
 #[test]
 fn train_errors_are_one_clear_line() {
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["train", "--weights", "7"], "--weights 7"),
         (
             &["train", "--phase", "acts", "--acts", "32"],
@@ -500,6 +500,10 @@ fn train_errors_are_one_clear_line() {
             "needs images of at least 63",
         ),
         (&["train", "--temperature", "linear:-1"], "temperature"),
+        (
+            &["train", "--temperature", "exp:1,1e30"],
+            "above the largest supported temperature",
+        ),
         (&["train", "--batch-size", "0"], "--batch-size"),
         (
             &[

@@ -323,6 +323,26 @@ pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
     }
 }
 
+/// Checks every quantizer's persisted levels against its level set
+/// ([`quantnet_burn::Quantizer::check_levels`]): call after loading a record into a skeleton.
+///
+/// # Errors
+/// [`Error::Layer`] naming the first layer whose record holds other levels.
+pub fn check_levels<B: Backend>(model: &mut Model<B>) -> Result<()> {
+    let slots = model.slots();
+    for (name, mut layer) in slots.weights {
+        if let Some(q) = layer.quantizer().as_ref() {
+            q.check_levels().map_err(|e| layer_error(&name, e))?;
+        }
+    }
+    for (name, slot) in slots.acts {
+        if let Some(q) = slot.quantizer.as_ref() {
+            q.check_levels().map_err(|e| layer_error(&name, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Batches [`reestimate_batch_norm`] runs by default: Burn's batch norm keeps an exponential
 /// average with momentum 0.1, so the statistics from before weigh `0.9^200 ≈ 7e-10` after them.
 pub const BN_REESTIMATION_BATCHES: usize = 200;

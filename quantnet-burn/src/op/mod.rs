@@ -31,8 +31,11 @@
 //! soft/hard gap of up to 4.5e-5·s_i forever and a derivative floor. We do not clamp: every sigmoid
 //! is evaluated as `1/(1 + exp(−z))`, which is exactly 0 or 1 when `exp` overflows or underflows and
 //! never NaN, and `σ'` is evaluated in a form that is 0, not NaN, in both tails. So the output and
-//! all gradients stay finite for any finite input, temperature and scale (checked in the tests for
-//! `T ∈ [0.1, 1e4]` and `|x| ≤ 1e6`).
+//! all gradients stay finite for any finite input and scale at temperatures up to
+//! [`crate::schedule::MAX_TEMPERATURE`] (checked in the tests for `T ∈ [0.1, 1e4]` and
+//! `|x| ≤ 1e6`); the gain `T·σ'` of the exact gradient grows with `T`, and far above that bound
+//! it can overflow f32, so schedules refuse runs that would go there
+//! ([`crate::schedule::TemperatureSchedule::check_run`]).
 //!
 //! **Memory.** The autodiff node keeps `x` (as a checkpoint of the parent), and two tensors of the
 //! size of `x` (`S = Σ s_i σ_i` and `D`), whatever the number of levels. The generic body loops

@@ -324,6 +324,7 @@ pub(crate) fn load_run<B: Backend>(
         .load(path.clone(), device)
         .with_context(|| format!("loading {}", path.display()))?;
     let mut model = model.load_record(record);
+    quantize::check_levels(&mut model).with_context(|| format!("loading {}", path.display()))?;
     quantize::attach(&mut model, temps);
     Ok((cfg, model))
 }
