@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Accuracy table of docs/accuracy.md: LeNet-5 on Fashion-MNIST and MNIST (full sets from the data
-# folder), full precision, then W1, W2, W3(±4) and W2A2 fine-tuned from that full-precision run.
+# folder), a full-precision run of FP_EPOCHS epochs, then W1, W2, W3(±4), W2A2 and W1A2
+# fine-tuned from it for EPOCHS epochs with the default recipe; then the fully quantized
+# (--quantize-all) FC nets TFC and SFC on MNIST at W1A1, W1A2 and W2A2, each from its own
+# full-precision run.
 #
-#   scripts/accuracy-table.sh [EPOCHS] [OUT] [-- extra train flags, e.g. --backend wgpu]
+#   scripts/accuracy-table.sh [FP_EPOCHS] [EPOCHS] [OUT] [-- extra train flags, e.g. --backend wgpu]
 #
-# Every number in the table is read from the runs' summary.json files.
+# Every number in the table is read from the runs' summary.json files; the full-precision
+# reference is printed beside every quantized row.
 set -euo pipefail
-EPOCHS=${1:-3}
-OUT=${2:-runs/accuracy-table}
-shift $(( $# < 2 ? $# : 2 ))
+FP_EPOCHS=${1:-10}
+EPOCHS=${2:-3}
+OUT=${3:-runs/accuracy-table}
+shift $(( $# < 3 ? $# : 3 ))
 [[ "${1:-}" == "--" ]] && shift
 EXTRA=("$@")
 QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
@@ -19,19 +24,37 @@ per_epoch() {
   tr -d '\n ' < "$1/summary.json" | grep -o '"seconds_per_epoch":\[[^]]*\]' |
     sed 's/.*\[//; s/\]//' | awk -F, '{s=0; for(i=1;i<=NF;i++) s+=$i; printf "%.1f", s/NF}'
 }
+row() { # model dataset weights acts fp-run run
+  local F H S
+  F=$(field "$5" test_accuracy_hard); H=$(field "$6" test_accuracy_hard)
+  S=$(field "$6" test_accuracy_soft)
+  echo "| $1 | $2 | $3 | $4 | $F | $H | $S | $(awk -v h="$H" -v f="$F" 'BEGIN {printf "%+.2f", h - f}') | $(awk -v h="$H" -v s="$S" 'BEGIN {printf "%.2f", s - h}') | $(per_epoch "$6") |"
+}
 
-echo "| data set | weights | acts | test accuracy, hard (%) | soft (%) | s/epoch |"
-echo "|---|---|---|---|---|---|"
+echo "| model | data set | weights | acts | FP (%) | hard (%) | soft (%) | hard − FP | soft − hard | s/epoch |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for DATASET in fashion-mnist mnist; do
   FP="$OUT/$DATASET-fp"
   [[ -f "$FP/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --weights fp --acts 32 \
-      --epochs "$EPOCHS" --out "$FP" "${EXTRA[@]}" > "$OUT/$DATASET-fp.log"
-  echo "| $DATASET | fp | 32 | $(field "$FP" test_accuracy_hard) | – | $(per_epoch "$FP") |"
-  for SPEC in "1 32" "2 32" "3pm4 32" "2 2"; do
+      --epochs "$FP_EPOCHS" --out "$FP" "${EXTRA[@]}" > "$OUT/$DATASET-fp.log"
+  for SPEC in "1 32" "2 32" "3pm4 32" "2 2" "1 2"; do
     set -- $SPEC
     RUN="$OUT/$DATASET-w$1-a$2"
     [[ -f "$RUN/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --from "$FP" \
         --weights "$1" --acts "$2" --epochs "$EPOCHS" --out "$RUN" "${EXTRA[@]}" > "$RUN.log"
-    echo "| $DATASET | $1 | $2 | $(field "$RUN" test_accuracy_hard) | $(field "$RUN" test_accuracy_soft) | $(per_epoch "$RUN") |"
+    row lenet5 "$DATASET" "$1" "$2" "$FP" "$RUN"
+  done
+done
+for MODEL in tfc sfc; do
+  FP="$OUT/$MODEL-mnist-fp"
+  [[ -f "$FP/summary.json" ]] || $QUANTNET train --model "$MODEL" --dataset mnist --weights fp \
+      --acts 32 --epochs "$FP_EPOCHS" --out "$FP" "${EXTRA[@]}" > "$FP.log"
+  for SPEC in "1 1" "1 2" "2 2"; do
+    set -- $SPEC
+    RUN="$OUT/$MODEL-mnist-w$1-a$2"
+    [[ -f "$RUN/summary.json" ]] || $QUANTNET train --model "$MODEL" --dataset mnist --from "$FP" \
+        --quantize-all --weights "$1" --acts "$2" --epochs "$EPOCHS" --out "$RUN" "${EXTRA[@]}" \
+        > "$RUN.log"
+    row "$MODEL (all layers)" mnist "$1" "$2" "$FP" "$RUN"
   done
 done

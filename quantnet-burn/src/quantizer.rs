@@ -62,6 +62,9 @@ pub struct Temperature(Arc<TemperatureCell>);
 struct TemperatureCell {
     bits: AtomicU32,
     scheduled: AtomicBool,
+    /// The temperatures of the training steps not yet reported to a
+    /// [`TemperatureMetric`](crate::train::TemperatureMetric) (`None`: no metric reads them).
+    steps: std::sync::Mutex<Option<std::collections::VecDeque<f32>>>,
 }
 
 impl Temperature {
@@ -74,6 +77,7 @@ impl Temperature {
         Self(Arc::new(TemperatureCell {
             bits: AtomicU32::new(t.to_bits()),
             scheduled: AtomicBool::new(false),
+            steps: std::sync::Mutex::new(None),
         }))
     }
 
@@ -98,6 +102,26 @@ impl Temperature {
 
     pub(crate) fn mark_scheduled(&self) {
         self.0.scheduled.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on, [`Self::push_step`] keeps each step's temperature for [`Self::pop_step`].
+    pub(crate) fn record_steps(&self) {
+        let mut steps = self.0.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps.get_or_insert_with(Default::default);
+    }
+
+    /// Records the temperature a training step runs at (when a metric reads them).
+    pub(crate) fn push_step(&self, t: f32) {
+        let mut steps = self.0.steps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(steps) = steps.as_mut() {
+            steps.push_back(t);
+        }
+    }
+
+    /// The oldest recorded step temperature not yet taken.
+    pub(crate) fn pop_step(&self) -> Option<f32> {
+        let mut steps = self.0.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps.as_mut().and_then(|s| s.pop_front())
     }
 }
 

@@ -136,6 +136,9 @@ impl<S> TemperatureHook<S> {
         if self.run.is_some() {
             let step = self.step.fetch_add(1, Ordering::SeqCst);
             self.set_at_step(step);
+            for (temperature, _) in &self.cells {
+                temperature.push_step(temperature.get());
+            }
         }
     }
 
@@ -170,6 +173,7 @@ pub struct TemperatureMetric {
 impl TemperatureMetric {
     /// A metric named `name` (for instance "Temperature (weights)") reading `temperature`.
     pub fn new(name: &str, temperature: &Temperature) -> Self {
+        temperature.record_steps();
         Self {
             name: Arc::new(name.to_string()),
             temperature: temperature.clone(),
@@ -182,7 +186,13 @@ impl Metric for TemperatureMetric {
     type Input = ();
 
     fn update(&mut self, _item: &(), _metadata: &MetricMetadata) -> SerializedEntry {
-        let t = f64::from(self.temperature.get());
+        // burn-train updates metrics on its own thread, after the step: the temperature the
+        // step ran at (recorded by `TemperatureHook::tick`), not the cell's value by then.
+        let t = f64::from(
+            self.temperature
+                .pop_step()
+                .unwrap_or_else(|| self.temperature.get()),
+        );
         self.state
             .update(t, 1, FormatOptions::new(self.name()).precision(2))
     }
@@ -374,6 +384,34 @@ mod tests {
 
     fn weight(m: &burn::nn::Linear<AB>) -> Vec<f32> {
         m.weight.val().into_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn the_metric_reports_the_temperature_each_step_ran_at() {
+        // burn-train reads metrics after the steps, on its own thread: by then the cell holds
+        // a later step's T. The metric takes the recorded per-step values in order.
+        let w = Temperature::new(1.0);
+        let hook = TemperatureHook::new()
+            .with(&w, TemperatureSchedule::anneal(5.0, 500.0))
+            .over(1, 3);
+        let _metric = TemperatureMetric::new("Weight temperature", &w);
+        hook.start_at(0);
+        for _ in 0..3 {
+            hook.tick();
+        }
+        assert_eq!(w.get(), 500.0);
+        let seen: Vec<f32> = std::iter::from_fn(|| w.pop_step()).collect();
+        assert_eq!(seen.len(), 3);
+        for (t, want) in seen.iter().zip([5.0, 50.0, 500.0]) {
+            assert!((t - want).abs() < 1e-3 * want, "{seen:?}");
+        }
+        // A cell no metric reads keeps nothing.
+        let a = Temperature::new(1.0);
+        let hook = TemperatureHook::new()
+            .with(&a, TemperatureSchedule::constant(2.0))
+            .over(1, 2);
+        hook.tick();
+        assert_eq!(a.pop_step(), None);
     }
 
     #[test]

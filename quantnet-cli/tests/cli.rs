@@ -427,6 +427,12 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     let resumed = std::fs::read_to_string(run.join("summary.json")).unwrap();
     assert_eq!(temperature(&resumed, "weights"), 500.0);
     assert_eq!(temperature(&resumed, "acts"), 500.0);
+    // The resumed process timed epoch 2 only: its seconds go to row 2, row 1 stays empty.
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = metrics.lines().map(|r| r.split(',').collect()).collect();
+    let seconds = rows[0].iter().position(|h| *h == "seconds").unwrap();
+    assert_eq!(rows[1][seconds], "", "{metrics}");
+    assert!(rows[2][seconds].parse::<f64>().unwrap() > 0.0, "{metrics}");
 
     // --from continues training the source model: its weights move (a record loaded on the
     // inner backend would come back frozen; regression test).
