@@ -218,6 +218,21 @@ fn assert_epoch_temperatures(metrics: &str) {
     }
 }
 
+/// metrics.csv without its `seconds` column (the only one that differs between runs).
+fn without_seconds(metrics: &str) -> Vec<Vec<String>> {
+    let rows: Vec<Vec<&str>> = metrics.lines().map(|r| r.split(',').collect()).collect();
+    let seconds = rows[0].iter().position(|h| *h == "seconds").unwrap();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .filter(|&(i, _)| i != seconds)
+                .map(|(_, c)| c.to_string())
+                .collect()
+        })
+        .collect()
+}
+
 fn json_number(text: &str, key: &str) -> f64 {
     let at = text
         .find(&format!("\"{key}\": "))
@@ -415,8 +430,11 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     assert!(info.contains("conv1") && info.contains("fp32"), "{info}");
     assert!(info.contains("conv2") && info.contains("act4"), "{info}");
 
-    // Resume: drop the last epoch's checkpoint and the results, continue from epoch 1; the
-    // temperatures are those of the uninterrupted run.
+    // Resume: drop the last epoch's checkpoint and the results, continue from epoch 1. The
+    // resumed run ends where the uninterrupted one did: same data order, temperatures, model
+    // and per-epoch metrics (but the seconds).
+    let uninterrupted = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    let uninterrupted_metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     for f in ["model-2.bin", "optim-2.bin", "scheduler-2.bin"] {
         std::fs::remove_file(run.join("train/checkpoint").join(f)).unwrap();
     }
@@ -433,6 +451,68 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     let seconds = rows[0].iter().position(|h| *h == "seconds").unwrap();
     assert_eq!(rows[1][seconds], "", "{metrics}");
     assert!(rows[2][seconds].parse::<f64>().unwrap() > 0.0, "{metrics}");
+    assert_eq!(
+        json_number(&resumed, "test_accuracy_hard"),
+        json_number(&uninterrupted, "test_accuracy_hard")
+    );
+    assert_eq!(
+        without_seconds(&metrics),
+        without_seconds(&uninterrupted_metrics)
+    );
+
+    // kill -9 in the middle of the second quantized epoch, then --resume: the same results.
+    let killed = root.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quantnet"))
+        .args([
+            "train",
+            "--data-dir",
+            data,
+            "--limit",
+            "600",
+            "--pretrain-epochs",
+            "1",
+            "--epochs",
+            "2",
+            "--out",
+            killed.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = killed.join("train/checkpoint/model-1.bin");
+    let since = std::time::Instant::now();
+    while !first.is_file() {
+        assert!(since.elapsed().as_secs() < 300, "no checkpoint of epoch 1");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Into epoch 2 (10 steps of 64 images, then the 10,000 test images: seconds here).
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.join("summary.json").exists(),
+        "killed after the end"
+    );
+    let out = quantnet(&["train", "--resume", killed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("resuming from the checkpoint of epoch 1"));
+    let after_kill = std::fs::read_to_string(killed.join("summary.json")).unwrap();
+    assert_eq!(
+        json_number(&after_kill, "test_accuracy_hard"),
+        json_number(&uninterrupted, "test_accuracy_hard")
+    );
+    assert_eq!(
+        without_seconds(&std::fs::read_to_string(killed.join("metrics.csv")).unwrap()),
+        without_seconds(&uninterrupted_metrics)
+    );
+    // Every quantizer's α, β and occupancy (the records differ in their random parameter ids).
+    let layers = |summary: &str| summary[summary.find("\"layers\"").unwrap()..].to_string();
+    assert_eq!(layers(&after_kill), layers(&uninterrupted));
 
     // --from continues training the source model: its weights move (a record loaded on the
     // inner backend would come back frozen; regression test).

@@ -10,12 +10,13 @@
 //!    diagnostic), write `model.mpk`, `metrics.csv` and `summary.json`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
 use burn::data::dataset::InMemDataset;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, ParamId};
@@ -261,6 +262,43 @@ fn loader<B: Backend>(
     builder.build(InMemDataset::new(items))
 }
 
+/// A training loader that, at its first iteration, first runs the wrapped loader's shuffle for
+/// `skip` epochs: Burn's loader reshuffles at every epoch from one seeded generator (restarted
+/// by `to_device`, which burn-train calls), so a run resumed after `skip` epochs would
+/// otherwise see epoch 1's order again instead of the uninterrupted run's.
+struct SkipEpochs<B: Backend> {
+    inner: Arc<dyn DataLoader<B, ImageBatch<B>>>,
+    skip: Arc<AtomicUsize>,
+}
+
+impl<B: Backend> DataLoader<B, ImageBatch<B>> for SkipEpochs<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ImageBatch<B>> + 'a> {
+        for _ in 0..self.skip.swap(0, Ordering::SeqCst) {
+            // Taking one batch makes sure the worker thread's shuffle has happened.
+            let _ = self.inner.iter().next();
+        }
+        self.inner.iter()
+    }
+
+    fn num_items(&self) -> usize {
+        self.inner.num_items()
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+        Arc::new(Self {
+            inner: self.inner.to_device(device),
+            skip: Arc::new(AtomicUsize::new(self.skip.load(Ordering::SeqCst))),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+        Arc::new(Self {
+            inner: self.inner.slice(start, end),
+            skip: Arc::new(AtomicUsize::new(self.skip.load(Ordering::SeqCst))),
+        })
+    }
+}
+
 /// The epochs of the checkpoints in `dir/checkpoint`, highest last.
 fn checkpoint_epochs(dir: &Path) -> Vec<usize> {
     let mut epochs: Vec<usize> = std::fs::read_dir(dir.join("checkpoint"))
@@ -370,6 +408,18 @@ where
     let clock = EpochClock::new();
     let start = phase.resume_from.unwrap_or(0);
     phase.hook.start_at(start);
+    let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(SkipEpochs {
+        inner: loader::<B>(
+            data.train.clone(),
+            data.batcher,
+            cfg.batch_size,
+            Some(cfg.seed),
+        ),
+        skip: Arc::new(AtomicUsize::new(start)),
+    });
+    if start > 0 {
+        stash_logs(&phase.dir, start)?;
+    }
     let stats = layer_stats(&model)?;
     // With quantized weights the norm is taken over ∂ℓ/∂ŵ by the training step; otherwise the
     // two domains coincide and the optimizer clips.
@@ -408,12 +458,7 @@ where
         ($optimizer:expr) => {{
             let mut training = SupervisedTraining::new(
                 dir.clone(),
-                loader::<B>(
-                    data.train.clone(),
-                    data.batcher,
-                    cfg.batch_size,
-                    Some(cfg.seed),
-                ),
+                train_loader.clone(),
                 loader::<B::InnerBackend>(data.test.clone(), data.batcher, 500, None),
             )
             .metrics((AccuracyMetric::new(), LossMetric::new()))
@@ -456,7 +501,81 @@ where
     } else {
         launch!(AdamConfig::new().with_grad_clipping(clipping).init())
     };
+    if start > 0 {
+        renumber_logs(&phase.dir, start)?;
+    }
     Ok((trained, clock.seconds()))
+}
+
+/// burn-train (0.21) numbers a resumed run's log folders from `epoch-1` again, over the first
+/// epochs' logs. Before resuming after `start` epochs: set `epoch-1..=start` aside and drop the
+/// later ones (an interrupted epoch's partial logs).
+fn stash_logs(dir: &Path, start: usize) -> Result<()> {
+    // An earlier resume that was itself interrupted: put its logs in order first.
+    let marker = dir.join("train-before-resume").join("start");
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        renumber_logs(dir, text.trim().parse().context("a corrupt resume marker")?)?;
+    }
+    for split in ["train", "valid"] {
+        let logs = dir.join(split);
+        if !logs.is_dir() {
+            continue;
+        }
+        let stash = dir.join(format!("{split}-before-resume"));
+        std::fs::create_dir_all(&stash).with_context(|| format!("creating {}", stash.display()))?;
+        std::fs::write(stash.join("start"), start.to_string())?;
+        for entry in std::fs::read_dir(&logs)? {
+            let path = entry?.path();
+            let epoch = path
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_prefix("epoch-")?.parse::<usize>().ok());
+            match epoch {
+                Some(e) if e <= start => std::fs::rename(&path, stash.join(format!("epoch-{e}")))?,
+                Some(_) => std::fs::remove_dir_all(&path)?,
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a resumed run: its `epoch-j` folders are epochs `start + j`; the set-aside first
+/// `start` come back (see [`stash_logs`]).
+fn renumber_logs(dir: &Path, start: usize) -> Result<()> {
+    for split in ["train", "valid"] {
+        let logs = dir.join(split);
+        let stash = dir.join(format!("{split}-before-resume"));
+        if !stash.is_dir() {
+            continue;
+        }
+        std::fs::create_dir_all(&logs)?;
+        let mut ran: Vec<usize> = std::fs::read_dir(&logs)?
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("epoch-")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        // Highest first: `epoch-j` moves up to `epoch-(start + j)`, which is free by then.
+        ran.sort_unstable_by(|a, b| b.cmp(a));
+        for j in ran {
+            std::fs::rename(
+                logs.join(format!("epoch-{j}")),
+                logs.join(format!("epoch-{}", start + j)),
+            )?;
+        }
+        for e in 1..=start {
+            let from = stash.join(format!("epoch-{e}"));
+            if from.is_dir() {
+                std::fs::rename(from, logs.join(format!("epoch-{e}")))?;
+            }
+        }
+        std::fs::remove_dir_all(&stash)?;
+    }
+    Ok(())
 }
 
 /// Per-epoch metrics from burn-train's logs (`DIR/{train,valid}/epoch-N/NAME.log`, lines of
