@@ -319,6 +319,116 @@ where
     }
 }
 
+/// A learning-rate schedule over a run: `const`, `cosine` (from the base rate down to 0 at the
+/// run's last step) or `step:E,G` (× `G` every `E` epochs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrSchedule {
+    /// The base rate throughout.
+    Constant,
+    /// `lr·(1 + cos(π·s/(N−1)))/2` at step `s` of `N`.
+    Cosine,
+    /// `lr·gamma^⌊epoch/every⌋`.
+    Step {
+        /// Epochs between two decays (≥ 1).
+        every: usize,
+        /// The decay factor (> 0).
+        gamma: f64,
+    },
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = crate::Error;
+
+    fn from_str(text: &str) -> crate::error::Result<Self> {
+        let bad = |reason: &str| crate::Error::InvalidParameter {
+            name: "learning-rate schedule",
+            value: text.to_string(),
+            reason: reason.to_string(),
+        };
+        match text.trim() {
+            "const" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            other => {
+                let args = other
+                    .strip_prefix("step:")
+                    .ok_or_else(|| bad("expected const, cosine or step:EPOCHS,GAMMA"))?;
+                let (every, gamma) = args
+                    .split_once(',')
+                    .ok_or_else(|| bad("step needs EPOCHS,GAMMA (e.g. step:10,0.1)"))?;
+                let every: usize = every
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("EPOCHS: an integer"))?;
+                let gamma: f64 = gamma.trim().parse().map_err(|_| bad("GAMMA: a number"))?;
+                if every == 0 || !(gamma.is_finite() && gamma > 0.0) {
+                    return Err(bad("EPOCHS must be at least 1 and GAMMA positive"));
+                }
+                Ok(Self::Step { every, gamma })
+            }
+        }
+    }
+}
+
+/// [`LrSchedule`] for burn-train's [`Learner`](burn::train::Learner): one rate per training
+/// step over a run of `epochs × steps_per_epoch` steps. Its record is the step count, so a
+/// resumed run continues the schedule.
+#[derive(Clone, Debug)]
+pub struct RunLr {
+    base: f64,
+    schedule: LrSchedule,
+    steps_per_epoch: usize,
+    total: usize,
+    step: usize,
+}
+
+impl RunLr {
+    /// `schedule` from the base rate `base` over `epochs` epochs of `steps_per_epoch` steps.
+    pub fn new(base: f64, schedule: LrSchedule, epochs: usize, steps_per_epoch: usize) -> Self {
+        let steps_per_epoch = steps_per_epoch.max(1);
+        Self {
+            base,
+            schedule,
+            steps_per_epoch,
+            total: epochs.max(1) * steps_per_epoch,
+            step: 0,
+        }
+    }
+
+    /// The rate at (0-based) step `s`.
+    pub fn at(&self, s: usize) -> f64 {
+        match self.schedule {
+            LrSchedule::Constant => self.base,
+            LrSchedule::Cosine => {
+                let f = s.min(self.total - 1) as f64 / (self.total - 1).max(1) as f64;
+                self.base * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
+            }
+            LrSchedule::Step { every, gamma } => {
+                let decays = (s / self.steps_per_epoch) / every;
+                self.base * gamma.powi(decays.min(i32::MAX as usize) as i32)
+            }
+        }
+    }
+}
+
+impl burn::optim::lr_scheduler::LrScheduler for RunLr {
+    type Record<B: burn::tensor::backend::Backend> = usize;
+
+    fn step(&mut self) -> f64 {
+        let lr = self.at(self.step);
+        self.step += 1;
+        lr
+    }
+
+    fn to_record<B: burn::tensor::backend::Backend>(&self) -> usize {
+        self.step
+    }
+
+    fn load_record<B: burn::tensor::backend::Backend>(mut self, record: usize) -> Self {
+        self.step = record;
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +522,35 @@ mod tests {
             .over(1, 2);
         hook.tick();
         assert_eq!(a.pop_step(), None);
+    }
+
+    #[test]
+    fn learning_rate_schedules_over_a_run() {
+        use burn::optim::lr_scheduler::LrScheduler;
+        type Nd = burn::backend::Flex;
+        // 2 epochs of 3 steps from 1e-3. Cosine: (1 + cos(π·s/5))/2 at s = 0..5.
+        let mut cosine = RunLr::new(1e-3, "cosine".parse().unwrap(), 2, 3);
+        let rates: Vec<f64> = (0..6).map(|_| cosine.step()).collect();
+        let want = [1.0, 0.904508, 0.654508, 0.345492, 0.095492, 0.0];
+        for (r, w) in rates.iter().zip(want) {
+            assert!((r - 1e-3 * w).abs() < 1e-9, "{rates:?}");
+        }
+        // step:1,0.1 decays at each epoch boundary.
+        let mut step = RunLr::new(1e-3, "step:1,0.1".parse().unwrap(), 2, 3);
+        let rates: Vec<f64> = (0..6).map(|_| step.step()).collect();
+        for (r, w) in rates.iter().zip([1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4]) {
+            assert!((r - w).abs() < 1e-12, "{rates:?}");
+        }
+        // The record is the step count: a resumed schedule continues.
+        let mut fresh = RunLr::new(1e-3, LrSchedule::Cosine, 2, 3);
+        let record = LrScheduler::to_record::<Nd>(&cosine);
+        assert_eq!(record, 6);
+        fresh = LrScheduler::load_record::<Nd>(fresh, 4);
+        assert!((fresh.step() - 1e-3 * 0.095492).abs() < 1e-9);
+        assert_eq!(RunLr::new(2e-3, LrSchedule::Constant, 1, 1).at(99), 2e-3);
+        for bad in ["step:0,0.1", "step:2", "step:2,-1", "linear"] {
+            assert!(bad.parse::<LrSchedule>().is_err(), "{bad}");
+        }
     }
 
     #[test]

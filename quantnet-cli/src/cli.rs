@@ -214,6 +214,13 @@ pub(crate) struct TrainArgs {
     /// Learning rate of the full-precision pretraining.
     #[arg(long)]
     pub(crate) pretrain_lr: Option<f64>,
+    /// Learning-rate schedule of each phase, per step: const, cosine (down to 0 at the last
+    /// step) or step:EPOCHS,GAMMA (times GAMMA every EPOCHS epochs). Default: const.
+    #[arg(long)]
+    pub(crate) lr_schedule: Option<String>,
+    /// L2 weight decay (every trained parameter, quantizer scales included). Default: 0.
+    #[arg(long)]
+    pub(crate) weight_decay: Option<f64>,
     /// Weight temperature schedule: anneal:T0,TEND (geometric over the run, raised every
     /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally ,cap=C. Default: anneal:5,500.
     #[arg(long)]

@@ -52,6 +52,10 @@ pub(crate) struct RunConfig {
     pub(crate) lr: Option<f64>,
     /// Learning rate of the full-precision pretraining.
     pub(crate) pretrain_lr: f64,
+    /// Learning-rate schedule of each phase: `const`, `cosine` or `step:EPOCHS,GAMMA`.
+    pub(crate) lr_schedule: String,
+    /// L2 weight decay of the optimizer (every trained parameter; 0: none).
+    pub(crate) weight_decay: f64,
     /// Weight temperature schedule (`anneal:T0,TEND`, `linear:T0`, `exp:T0,G`, `const:T`).
     pub(crate) weights_temperature: String,
     /// Activation temperature schedule.
@@ -106,6 +110,8 @@ impl Default for RunConfig {
             batch_size: 64,
             lr: None,
             pretrain_lr: 1e-3,
+            lr_schedule: "const".into(),
+            weight_decay: 0.0,
             weights_temperature: "anneal:5,500".into(),
             acts_temperature: "anneal:10,500".into(),
             calibration_images: 1000,
@@ -230,6 +236,15 @@ impl RunConfig {
             if !(lr.is_finite() && lr > 0.0) {
                 bail!("{name} must be a positive number, got {lr}");
             }
+        }
+        self.lr_schedule
+            .parse::<quantnet_burn::train::LrSchedule>()
+            .context("--lr-schedule")?;
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "--weight-decay must be a non-negative number, got {}",
+                self.weight_decay
+            );
         }
         if self.limit == Some(0) {
             bail!("--limit must be at least 1 image");

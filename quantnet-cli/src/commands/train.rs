@@ -20,6 +20,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
 use burn::data::dataset::InMemDataset;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, ParamId};
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, SgdConfig};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
@@ -31,7 +32,7 @@ use burn::train::renderer::{
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
-use quantnet_burn::train::{GroupLr, TemperatureHook, TemperatureMetric};
+use quantnet_burn::train::{GroupLr, LrSchedule, RunLr, TemperatureHook, TemperatureMetric};
 use quantnet_burn::{QuantBackend, QuantMode};
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split};
 use quantnet_models::quantize::{self, calibrate_acts, quantize_weights};
@@ -485,21 +486,33 @@ where
                 .launch(Learner::new(
                     model,
                     GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
-                    phase.lr,
+                    RunLr::new(
+                        phase.lr,
+                        cfg.lr_schedule.parse::<LrSchedule>()?,
+                        phase.epochs,
+                        data.train.len().div_ceil(cfg.batch_size),
+                    ),
                 ))
                 .model
                 .into_model()
         }};
     }
+    let decay = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
     let trained = if cfg.optimizer == "sgd" {
         launch!(
             SgdConfig::new()
                 .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
+                .with_weight_decay(decay)
                 .with_gradient_clipping(clipping)
                 .init()
         )
     } else {
-        launch!(AdamConfig::new().with_grad_clipping(clipping).init())
+        launch!(
+            AdamConfig::new()
+                .with_weight_decay(decay)
+                .with_grad_clipping(clipping)
+                .init()
+        )
     };
     if start > 0 {
         renumber_logs(&phase.dir, start)?;
@@ -936,6 +949,8 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         pretrain_epochs,
         batch_size,
         pretrain_lr,
+        lr_schedule,
+        weight_decay,
         calibration_images,
         seed,
         optimizer,
