@@ -37,12 +37,16 @@ for DATASET in fashion-mnist mnist; do
   FP="$OUT/$DATASET-fp"
   [[ -f "$FP/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --weights fp --acts 32 \
       --epochs "$FP_EPOCHS" --out "$FP" "${EXTRA[@]}" > "$OUT/$DATASET-fp.log"
-  for SPEC in "1 32" "2 32" "3pm4 32" "2 2" "1 2"; do
+  # The last spec: the official weight-gradient rule against the default exact one.
+  for SPEC in "1 32" "2 32" "3pm4 32" "2 2" "1 2" "2 2 --gradient official"; do
     set -- $SPEC
-    RUN="$OUT/$DATASET-w$1-a$2"
+    W=$1; A=$2; shift 2; FLAGS=("$@")
+    TAG=$(echo "${FLAGS[*]:-}" | tr -c 'a-zA-Z0-9\n' '-' | tr -s '-')
+    RUN="$OUT/$DATASET-w$W-a$A$TAG"
     [[ -f "$RUN/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --from "$FP" \
-        --weights "$1" --acts "$2" --epochs "$EPOCHS" --out "$RUN" "${EXTRA[@]}" > "$RUN.log"
-    row lenet5 "$DATASET" "$1" "$2" "$FP" "$RUN"
+        --weights "$W" --acts "$A" --epochs "$EPOCHS" --out "$RUN" "${FLAGS[@]}" "${EXTRA[@]}" \
+        > "$RUN.log"
+    row "lenet5${FLAGS[*]:+ (${FLAGS[*]})}" "$DATASET" "$W" "$A" "$FP" "$RUN"
   done
 done
 for MODEL in tfc sfc; do
