@@ -333,10 +333,6 @@ mod tests {
         assert!(q.thresholds.val().is_require_grad());
     }
 
-    /// Regression (α and β had no sign constraint; a β that crossed zero reversed the
-    /// quantizer): the quantizer uses |α| and |β|, so flipping the stored signs changes nothing.
-    /// Ternary, α = 0.5, β = 2, thresholds ±0.05: hard(0.3) = 0.5·(1 + 1 − 1) = 0.5,
-    /// hard(−0.3) = −0.5, hard(0.01) = 0 (β·x = 0.02 sits between the thresholds).
     #[test]
     fn a_record_of_another_level_set_is_caught_on_load() {
         use burn::module::Module;
@@ -359,6 +355,10 @@ mod tests {
         );
     }
 
+    /// Regression (α and β had no sign constraint; a β that crossed zero reversed the
+    /// quantizer): the quantizer uses |α| and |β|, so flipping the stored signs changes nothing.
+    /// Ternary, α = 0.5, β = 2, thresholds ±0.05: hard(0.3) = 0.5·(1 + 1 − 1) = 0.5,
+    /// hard(−0.3) = −0.5, hard(0.01) = 0 (β·x = 0.02 sits between the thresholds).
     #[test]
     fn negative_stored_scales_act_as_their_magnitudes() {
         let device = Default::default();

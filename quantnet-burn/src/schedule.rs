@@ -40,8 +40,8 @@ pub enum ScheduleKind {
     },
     /// Geometric from `t0` at the run's first step to `t_end` at its last, whatever the number
     /// of epochs: `T = t0·(t_end/t0)^f` with `f` the fraction of the run done. Raised every
-    /// iteration when the hook knows the run's length ([`crate::train::TemperatureHook::over`]),
-    /// otherwise at every epoch boundary (`f = epoch/(epochs − 1)`).
+    /// iteration when the hook knows the run's length ([`crate::train::TemperatureHook::over`]);
+    /// a hook that does not know it holds `T0` throughout.
     Anneal {
         /// The temperature of the first step.
         t0: f32,
@@ -187,7 +187,12 @@ impl TemperatureSchedule {
                 } else {
                     0.0
                 };
-                t0 * (t_end / t0).powf(f)
+                if f >= 1.0 {
+                    // Exactly T_end (the power can round one step above it).
+                    t_end
+                } else {
+                    t0 * (t_end / t0).powf(f)
+                }
             }
         };
         let t = if t.is_finite() { t } else { f32::MAX };

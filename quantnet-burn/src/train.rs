@@ -146,9 +146,11 @@ impl<S> TemperatureHook<S> {
     /// when the run's length is known ([`Self::over`]).
     pub fn finish(&self) {
         if let Some((epochs, per_epoch)) = self.run {
-            let last = epochs * per_epoch - 1;
-            self.step.store(last, Ordering::SeqCst);
-            self.set_at_step(last);
+            self.step.store(epochs * per_epoch - 1, Ordering::SeqCst);
+            // The end of the run whatever the step count (a one-step run ends at T_end too).
+            for (temperature, schedule) in &self.cells {
+                temperature.set(schedule.at_run(epochs - 1, 1.0));
+            }
         }
     }
 }
@@ -522,6 +524,13 @@ mod tests {
             .over(1, 2);
         hook.tick();
         assert_eq!(a.pop_step(), None);
+        // finish() is the run's end even when the hook was told one step per epoch (the CLI's
+        // final temperatures after a one-epoch run).
+        let hook = TemperatureHook::new()
+            .with(&w, TemperatureSchedule::anneal(5.0, 500.0))
+            .over(1, 1);
+        hook.finish();
+        assert_eq!(w.get(), 500.0);
     }
 
     #[test]

@@ -191,7 +191,9 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) calibrate: Option<String>,
     /// How each activation range is set from the calibration sample: mse (the range whose hard
-    /// quantization error is least) or percentile (see --act-percentile). Default: mse.
+    /// quantization error is least, for midpoint thresholds: with --act-thresholds kmeans it is
+    /// optimal for a slightly different quantizer) or percentile (see --act-percentile).
+    /// Default: mse.
     #[arg(long)]
     pub(crate) act_range: Option<String>,
     /// Re-estimate batch-norm statistics (200 batches, no gradient) for the quantized network
@@ -218,7 +220,8 @@ pub(crate) struct TrainArgs {
     /// step) or step:EPOCHS,GAMMA (times GAMMA every EPOCHS epochs). Default: const.
     #[arg(long)]
     pub(crate) lr_schedule: Option<String>,
-    /// L2 weight decay (every trained parameter, quantizer scales included). Default: 0.
+    /// L2 weight decay (every trained parameter, quantizer scales included: those in the
+    /// --quant-lr-mult group decay at that multiple of the rate too). Default: 0.
     #[arg(long)]
     pub(crate) weight_decay: Option<f64>,
     /// Weight temperature schedule: anneal:T0,TEND (geometric over the run, raised every
@@ -241,9 +244,14 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) clip_in: Option<String>,
     /// Learning-rate multiplier of the quantizers' alpha and beta (Adam steps every parameter
-    /// by about the learning rate, and beta is 3-25). Default: 100.
+    /// by about the learning rate, and beta is 3-25); see --quant-lr-group. Default: 100.
     #[arg(long)]
     pub(crate) quant_lr_mult: Option<f64>,
+    /// Whose scales take --quant-lr-mult: acts (the activation quantizers') or all (the weight
+    /// quantizers' too: their β then drifts low, and for binary weights, whose hard function
+    /// ignores β, the soft network stops being the hard one). Default: acts.
+    #[arg(long)]
+    pub(crate) quant_lr_group: Option<String>,
     /// Optimizer: adam, or sgd (momentum 0.9, as the paper).
     #[arg(long)]
     pub(crate) optimizer: Option<String>,

@@ -73,6 +73,9 @@ pub(crate) struct RunConfig {
     /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds): Adam's steps
     /// are of the size of the learning rate whatever the parameter's scale, and β is 3–25.
     pub(crate) quant_lr_mult: f64,
+    /// Whose α/β/thresholds take `quant_lr_mult`: `acts` (the activation quantizers') or `all`
+    /// (the weight quantizers' too).
+    pub(crate) quant_lr_group: String,
     /// Optimizer: `adam`, or `sgd` (momentum 0.9, no dampening: the paper's).
     pub(crate) optimizer: String,
     /// What trains: `joint` (everything), or `acts` (only the activation quantizers' α and β;
@@ -120,6 +123,7 @@ impl Default for RunConfig {
             optimizer: "adam".into(),
             phase: "joint".into(),
             quant_lr_mult: 100.0,
+            quant_lr_group: "acts".into(),
             act_percentile: Some(99.9),
             act_thresholds: "uniform".into(),
             seed: 42,
@@ -264,6 +268,12 @@ impl RunConfig {
             bail!(
                 "--quant-lr-mult must be a non-negative number, got {}",
                 self.quant_lr_mult
+            );
+        }
+        if !matches!(self.quant_lr_group.as_str(), "acts" | "all") {
+            bail!(
+                "--quant-lr-group `{}`: expected acts or all",
+                self.quant_lr_group
             );
         }
         if !matches!(self.optimizer.as_str(), "adam" | "sgd") {

@@ -490,13 +490,18 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // Into epoch 2 (10 steps of 64 images, then the 10,000 test images: seconds here).
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Into epoch 2: its first step has been logged (10 steps of 64 images, then the 10,000
+    // test images, before its checkpoint).
+    let second = killed.join("train/train/epoch-2/Loss.log");
+    while !second.is_file() {
+        assert!(since.elapsed().as_secs() < 300, "epoch 2 never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(
-        !killed.join("summary.json").exists(),
-        "killed after the end"
+        !killed.join("train/checkpoint/model-2.bin").exists(),
+        "killed after epoch 2's checkpoint"
     );
     let out = quantnet(&["train", "--resume", killed.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -440,4 +440,8 @@ fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
     // A model without batch norm comes back as it was.
     let lenet = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
     assert!(!lenet.has_batch_norm());
+    let digits = Tensor::<Flex, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let before = lenet.forward(digits.clone()).into_data();
+    let lenet = reestimate_batch_norm_with::<B>(lenet, QuantMode::Hard, [digits.clone()]);
+    assert_eq!(lenet.forward(digits).into_data(), before);
 }

@@ -323,7 +323,8 @@ fn bn_batches<'a, B: Backend>(
     device: &'a B::Device,
 ) -> impl Iterator<Item = burn::tensor::Tensor<B, 4>> + 'a {
     let wanted = quantize::BN_REESTIMATION_BATCHES * cfg.batch_size;
-    let sample = quantnet_models::data::sample_indices(
+    // In a random order: batches of class-sorted folders must mix classes.
+    let sample = quantnet_models::data::shuffled_indices(
         data.train.len(),
         wanted.min(data.train.len()),
         cfg.seed,
@@ -445,13 +446,24 @@ where
     // The quantizer scales' learning-rate group, read from the module at every step (on resume,
     // burn-train loads the checkpoint's record, and with it other parameter ids).
     // `slots()` borrows mutably: walk a clone (tensors are shared, ids kept).
-    let quantizer_params = |m: &Monitored<B>| -> Vec<ParamId> {
-        m.model()
-            .clone()
-            .slots()
-            .quantizers()
-            .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
-            .collect()
+    let with_weights = cfg.quant_lr_group == "all";
+    let quantizer_params = move |m: &Monitored<B>| -> Vec<ParamId> {
+        let mut model = m.model().clone();
+        let slots = model.slots();
+        let acts = slots.acts.into_iter().filter_map(|(_, a)| {
+            a.quantizer
+                .as_ref()
+                .map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
+        });
+        let mut ids: Vec<ParamId> = acts.flatten().collect();
+        if with_weights {
+            for (_, mut layer) in slots.weights {
+                if let Some(q) = layer.quantizer().as_ref() {
+                    ids.extend([q.alpha.id, q.beta.id, q.thresholds.id]);
+                }
+            }
+        }
+        ids
     };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
@@ -520,9 +532,10 @@ where
     Ok((trained, clock.seconds()))
 }
 
-/// burn-train (0.21) numbers a resumed run's log folders from `epoch-1` again, over the first
-/// epochs' logs. Before resuming after `start` epochs: set `epoch-1..=start` aside and drop the
-/// later ones (an interrupted epoch's partial logs).
+/// burn-train (0.21) writes a resumed run's first epoch into `epoch-1` again, over the first
+/// epoch's logs (its log store starts at 1 and then follows the real epoch numbers: the resumed
+/// run's later epochs land in the right folders). Before resuming after `start` epochs: set
+/// `epoch-1..=start` aside and drop the later ones (an interrupted epoch's partial logs).
 fn stash_logs(dir: &Path, start: usize) -> Result<()> {
     // An earlier resume that was itself interrupted: put its logs in order first.
     let marker = dir.join("train-before-resume").join("start");
@@ -552,8 +565,8 @@ fn stash_logs(dir: &Path, start: usize) -> Result<()> {
     Ok(())
 }
 
-/// After a resumed run: its `epoch-j` folders are epochs `start + j`; the set-aside first
-/// `start` come back (see [`stash_logs`]).
+/// After a resumed run: its first epoch's `epoch-1` folder is epoch `start + 1`; the set-aside
+/// first `start` come back (see [`stash_logs`]).
 fn renumber_logs(dir: &Path, start: usize) -> Result<()> {
     for split in ["train", "valid"] {
         let logs = dir.join(split);
@@ -562,23 +575,9 @@ fn renumber_logs(dir: &Path, start: usize) -> Result<()> {
             continue;
         }
         std::fs::create_dir_all(&logs)?;
-        let mut ran: Vec<usize> = std::fs::read_dir(&logs)?
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("epoch-")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        // Highest first: `epoch-j` moves up to `epoch-(start + j)`, which is free by then.
-        ran.sort_unstable_by(|a, b| b.cmp(a));
-        for j in ran {
-            std::fs::rename(
-                logs.join(format!("epoch-{j}")),
-                logs.join(format!("epoch-{}", start + j)),
-            )?;
+        let first = logs.join("epoch-1");
+        if first.is_dir() {
+            std::fs::rename(&first, logs.join(format!("epoch-{}", start + 1)))?;
         }
         for e in 1..=start {
             let from = stash.join(format!("epoch-{e}"));
@@ -957,7 +956,8 @@ fn config_from(args: &TrainArgs) -> Result<RunConfig> {
         phase,
         clip_in,
         act_thresholds,
-        quant_lr_mult
+        quant_lr_mult,
+        quant_lr_group
     );
     if args.lr.is_some() {
         cfg.lr = args.lr;

@@ -166,6 +166,13 @@ impl FromStr for Dataset {
 /// images and `--limit` subsets are drawn with it: image folders are sorted by class, so the first
 /// `k` images would be a few classes only.
 pub fn sample_indices(len: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut all = shuffled_indices(len, k, seed);
+    all.sort_unstable();
+    all
+}
+
+/// [`sample_indices`] in the order drawn (a random order): for batches that must mix classes.
+pub fn shuffled_indices(len: usize, k: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
     let mut next = move || {
         // SplitMix64 (Steele, Lea, Flood 2014).
@@ -182,13 +189,23 @@ pub fn sample_indices(len: usize, k: usize, seed: u64) -> Vec<usize> {
         all.swap(i, j);
     }
     all.truncate(k);
-    all.sort_unstable();
     all
 }
 
 #[cfg(test)]
 mod sample_tests {
     use super::sample_indices;
+
+    #[test]
+    fn shuffled_samples_are_the_same_set_in_a_mixed_order() {
+        let s = super::shuffled_indices(10_000, 1000, 42);
+        let mut sorted = s.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, sample_indices(10_000, 1000, 42));
+        // Not increasing: about half the neighbours are out of order.
+        let descents = s.windows(2).filter(|w| w[0] > w[1]).count();
+        assert!((400..600).contains(&descents), "{descents}");
+    }
 
     #[test]
     fn samples_are_distinct_seeded_and_spread_over_class_sorted_data() {
