@@ -31,6 +31,7 @@ ROWS=(
   "− MSE range (99.9th percentile)|--act-range percentile"
   "− quantizer lr ×100 (×1)|--quant-lr-mult 1"
   "+ official weight gradient (default: exact)|--gradient official"
+  "+ weight quantizers' scales at ×100 too (--quant-lr-group all)|--quant-lr-group all"
 )
 
 echo "| recipe | seeds | FP (%) | hard (%) | soft (%) | hard − FP |"
