@@ -31,7 +31,7 @@ ROWS=(
   "− MSE range (99.9th percentile)|--act-range percentile"
   "− quantizer lr ×100 (×1)|--quant-lr-mult 1"
   "+ official weight gradient (default: exact)|--gradient official"
-  "+ weight quantizers' scales at ×100 too (--quant-lr-group all)|--quant-lr-group all"
+  "− weight quantizers' scales at ×100 (--quant-lr-group acts)|--quant-lr-group acts"
 )
 
 echo "| recipe | seeds | FP (%) | hard (%) | soft (%) | hard − FP |"

@@ -355,6 +355,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn beta_is_not_trained_where_it_cannot_change_the_hard_function() {
+        // Binary weights: one threshold at 0, hard = α·sign(x) whatever β (> 0); measured: β
+        // trained fast drifted to 0.016 and the soft network never approached the hard one.
+        let device = Default::default();
+        let t = Temperature::new(5.0);
+        let make = |levels: LevelSet, b: &[f32], learn: bool| {
+            let config = QuantizerConfig {
+                learn_thresholds: learn,
+                ..QuantizerConfig::weights(levels)
+            };
+            let q = config.init_with::<Flex>(0.5, 2.0, b, &t, &device).unwrap();
+            <Quantizer<B> as AutodiffModule<B>>::from_inner(q)
+        };
+        let binary = make(LevelSet::binary(), &[0.0], false);
+        assert!(!binary.beta.val().is_require_grad());
+        assert!(binary.alpha.val().is_require_grad());
+        // Ternary (thresholds ±0.05: β sets the zero band) and binary with learned thresholds
+        // (they leave 0) train β.
+        assert!(
+            make(LevelSet::ternary(), &[-0.05, 0.05], false)
+                .beta
+                .val()
+                .is_require_grad()
+        );
+        assert!(
+            make(LevelSet::binary(), &[0.0], true)
+                .beta
+                .val()
+                .is_require_grad()
+        );
+    }
+
     /// Regression (α and β had no sign constraint; a β that crossed zero reversed the
     /// quantizer): the quantizer uses |α| and |β|, so flipping the stored signs changes nothing.
     /// Ternary, α = 0.5, β = 2, thresholds ±0.05: hard(0.3) = 0.5·(1 + 1 − 1) = 0.5,

@@ -314,9 +314,13 @@ impl QuantizerConfig {
     ) -> Result<Quantizer<B>> {
         let p = QuantParams::<B>::new(&self.levels, alpha, beta, thresholds, device)?;
         let levels = Tensor::<B, 1>::from_floats(self.levels.levels(), device);
+        // With every (fixed) threshold at 0 (binary weights), β does not change the hard
+        // function, step(β·x) = step(x): training it would only soften the soft one (β drifts
+        // down, the soft network stops approaching the hard one), so it is not trained.
+        let beta_matters = self.learn_thresholds || thresholds.iter().any(|&b| b != 0.0);
         Ok(Quantizer {
             alpha: param(p.alpha, true),
-            beta: param(p.beta, true),
+            beta: param(p.beta, beta_matters),
             thresholds: param(p.thresholds, self.learn_thresholds),
             levels: param(levels, false),
             level_set: self.levels.clone(),

@@ -247,9 +247,9 @@ pub(crate) struct TrainArgs {
     /// by about the learning rate, and beta is 3-25); see --quant-lr-group. Default: 100.
     #[arg(long)]
     pub(crate) quant_lr_mult: Option<f64>,
-    /// Whose scales take --quant-lr-mult: acts (the activation quantizers') or all (the weight
-    /// quantizers' too: their β then drifts low, and for binary weights, whose hard function
-    /// ignores β, the soft network stops being the hard one). Default: acts.
+    /// Whose scales take --quant-lr-mult: all (every quantizer's) or acts (the activation
+    /// quantizers' only). Default: all. (Binary weights' β is never trained: their hard function
+    /// ignores it.)
     #[arg(long)]
     pub(crate) quant_lr_group: Option<String>,
     /// Optimizer: adam, or sgd (momentum 0.9, as the paper).

@@ -123,7 +123,7 @@ impl Default for RunConfig {
             optimizer: "adam".into(),
             phase: "joint".into(),
             quant_lr_mult: 100.0,
-            quant_lr_group: "acts".into(),
+            quant_lr_group: "all".into(),
             act_percentile: Some(99.9),
             act_thresholds: "uniform".into(),
             seed: 42,
