@@ -367,7 +367,7 @@ mod tests {
                 ..QuantizerConfig::weights(levels)
             };
             let q = config.init_with::<Flex>(0.5, 2.0, b, &t, &device).unwrap();
-            <Quantizer<B> as AutodiffModule<B>>::from_inner(q)
+            <Quantizer<B> as burn::module::AutodiffModule<B>>::from_inner(q)
         };
         let binary = make(LevelSet::binary(), &[0.0], false);
         assert!(!binary.beta.val().is_require_grad());
