@@ -199,11 +199,9 @@ mod tests {
     }
 
     #[test]
-    fn loads_the_real_fashion_mnist_test_split_when_present() {
-        let Some(dir) = shared("fashion-mnist") else {
-            eprintln!("../shared/data/fashion-mnist not present: nothing to check");
-            return;
-        };
+    fn loads_the_real_fashion_mnist_test_split() {
+        let dir = shared("fashion-mnist")
+            .expect("this test needs ../shared/data/fashion-mnist next to the repository");
         let set = load(&dir, Split::Test).unwrap();
         assert_eq!((set.len(), set.rows, set.cols), (10_000, 28, 28));
         // Balanced: 1000 test images per class (README of the data set).
