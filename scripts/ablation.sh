@@ -17,9 +17,8 @@ EXTRA=("$@")
 QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
 mkdir -p "$OUT"
 
-field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
-stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1)):0;
-  if (n>1) printf "%.2f ± %.2f", m, sd; else printf "%.2f", m}'; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # name | flags (on top of the defaults)
 ROWS=(

@@ -19,7 +19,8 @@ EXTRA=("$@")
 QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
 mkdir -p "$OUT"
 
-field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 per_epoch() {
   tr -d '\n ' < "$1/summary.json" | grep -o '"seconds_per_epoch":\[[^]]*\]' |
     sed 's/.*\[//; s/\]//' | awk -F, '{s=0; for(i=1;i<=NF;i++) s+=$i; printf "%.1f", s/NF}'

@@ -15,7 +15,8 @@ FP_EPOCHS=${1:-3}
 OUT=${2:-runs/phases}
 QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
 mkdir -p "$OUT"
-field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 train() { # NAME FLAGS...
   local name=$1; shift
   [[ -f "$OUT/$name/summary.json" ]] || $QUANTNET train --dataset fashion-mnist "$@" \

@@ -187,9 +187,39 @@ fn bench_runs_a_tiny_case_and_prints_the_table() {
     }
 }
 
-fn shared_data() -> Option<std::path::PathBuf> {
+/// The shared data folder (`../shared/data` next to the repository); the tests that train on
+/// real data fail, not pass, without it.
+fn shared_data() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    dir.join("fashion-mnist").is_dir().then_some(dir)
+    assert!(
+        dir.join("fashion-mnist").is_dir(),
+        "this test needs Fashion-MNIST in {} (../shared/data next to the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// The e2e run: one full-precision epoch, then two ternary-weight, 2-bit-activation epochs on
+/// 600 images of `data`, into `out`.
+fn small_run<'a>(data: &'a str, out: &'a str) -> [&'a str; 11] {
+    [
+        "train",
+        "--data-dir",
+        data,
+        "--limit",
+        "600",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+    ]
+}
+
+/// A CSV file's rows, split into cells (text).
+fn cells(text: &str) -> Vec<Vec<&str>> {
+    text.lines().map(|r| r.split(',').collect()).collect()
 }
 
 /// The temperature object's `key`.
@@ -205,7 +235,7 @@ fn temperature(text: &str, key: &str) -> f64 {
 /// mean is above T0 only if the temperature moved within the epoch; epoch 2's lies between
 /// its first step's T (step 10) and T_end.
 fn assert_epoch_temperatures(metrics: &str) {
-    let rows: Vec<Vec<&str>> = metrics.lines().map(|r| r.split(',').collect()).collect();
+    let rows = cells(metrics);
     let column = |name: &str| rows[0].iter().position(|h| *h == name).unwrap();
     for (name, t0) in [("weights_temperature", 5.0_f64), ("acts_temperature", 10.0)] {
         let at = |step: f64| t0 * (500.0 / t0).powf(step / 19.0);
@@ -220,7 +250,7 @@ fn assert_epoch_temperatures(metrics: &str) {
 
 /// metrics.csv without its `seconds` column (the only one that differs between runs).
 fn without_seconds(metrics: &str) -> Vec<Vec<String>> {
-    let rows: Vec<Vec<&str>> = metrics.lines().map(|r| r.split(',').collect()).collect();
+    let rows = cells(metrics);
     let seconds = rows[0].iter().position(|h| *h == "seconds").unwrap();
     rows.iter()
         .map(|r| {
@@ -246,29 +276,13 @@ fn json_number(text: &str, key: &str) -> f64 {
 
 #[test]
 fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
-    let Some(data) = shared_data() else {
-        eprintln!("../shared/data not present: nothing to check");
-        return;
-    };
+    let data = shared_data();
     let data = data.to_str().unwrap();
     let root = std::env::temp_dir().join(format!("quantnet-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let run = root.join("run");
     let run_s = run.to_str().unwrap();
-    // One full-precision epoch, then two ternary-weight, 2-bit-activation epochs on 600 images.
-    let out = quantnet(&[
-        "train",
-        "--data-dir",
-        data,
-        "--limit",
-        "600",
-        "--pretrain-epochs",
-        "1",
-        "--epochs",
-        "2",
-        "--out",
-        run_s,
-    ]);
+    let out = quantnet(&small_run(data, run_s));
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -447,7 +461,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     assert_eq!(temperature(&resumed, "acts"), 500.0);
     // The resumed process timed epoch 2 only: its seconds go to row 2, row 1 stays empty.
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let rows: Vec<Vec<&str>> = metrics.lines().map(|r| r.split(',').collect()).collect();
+    let rows = cells(&metrics);
     let seconds = rows[0].iter().position(|h| *h == "seconds").unwrap();
     assert_eq!(rows[1][seconds], "", "{metrics}");
     assert!(rows[2][seconds].parse::<f64>().unwrap() > 0.0, "{metrics}");
@@ -466,19 +480,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     // them, epoch 2 complete (no partial leftovers), and the summary equal to the last row.
     let killed = root.join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_quantnet"))
-        .args([
-            "train",
-            "--data-dir",
-            data,
-            "--limit",
-            "600",
-            "--pretrain-epochs",
-            "1",
-            "--epochs",
-            "2",
-            "--out",
-            killed.to_str().unwrap(),
-        ])
+        .args(small_run(data, killed.to_str().unwrap()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -516,7 +518,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     assert_eq!(epoch1(&killed), before, "epoch 1's logs were overwritten");
     let after_kill = std::fs::read_to_string(killed.join("summary.json")).unwrap();
     let metrics = std::fs::read_to_string(killed.join("metrics.csv")).unwrap();
-    let rows: Vec<Vec<&str>> = metrics.lines().map(|r| r.split(',').collect()).collect();
+    let rows = cells(&metrics);
     assert_eq!(rows.len(), 3, "{metrics}");
     let hard = rows[0]
         .iter()
@@ -674,10 +676,7 @@ fn train_errors_are_one_clear_line() {
 
 #[test]
 fn data_fetch_verifies_and_installs_files_from_a_mirror() {
-    let Some(data) = shared_data() else {
-        eprintln!("../shared/data not present: nothing to check");
-        return;
-    };
+    let data = shared_data();
     let root = std::env::temp_dir().join(format!("quantnet-fetch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let mirror = data.join("fashion-mnist");

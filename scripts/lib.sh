@@ -1,0 +1,8 @@
+# Helpers the result scripts share (sourced, not run).
+
+# field RUN KEY: the first number under "KEY" in RUN/summary.json.
+field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
+
+# stats: mean (± sample sd when there are several) of the numbers on stdin, one per line.
+stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1)):0;
+  if (n>1) printf "%.2f ± %.2f", m, sd; else printf "%.2f", m}'; }
