@@ -219,14 +219,15 @@ pub fn calibrate_acts<B: QuantBackend>(
 /// maximum; the grid's nearest candidate is `q = 99·168/200 = 83.16`.
 pub fn mse_range(values: &[f32], levels: &quantnet_burn::LevelSet, upper: f32) -> f32 {
     let ys = levels.levels();
-    let p = ys.iter().fold(0f32, |m, y| m.max(y.abs()));
-    if values.is_empty() || !(upper > 0.0 && upper.is_finite()) || p == 0.0 {
+    if values.is_empty() || !(upper > 0.0 && upper.is_finite()) || levels.max_abs() == 0.0 {
         return upper;
     }
-    let mids: Vec<f32> = ys.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+    let mids = levels.midpoint_thresholds();
     let error = |q: f32| -> f64 {
-        let beta = 1.25 * p / q;
-        let alpha = 1.0 / beta;
+        // Every candidate is finite and positive: the scales exist.
+        let Ok((alpha, beta)) = quantnet_burn::initial_scales(levels, q) else {
+            return f64::INFINITY;
+        };
         values
             .iter()
             .map(|&x| {
