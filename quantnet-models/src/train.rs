@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
@@ -255,9 +254,9 @@ fn hits<B: Backend>(output: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
 
 impl<B: QuantBackend> InferenceStep for Monitored<B> {
     type Input = ImageBatch<B>;
-    type Output = MonitoredOutput<B>;
+    type Output = MonitoredOutput<ClassificationOutput<B>>;
 
-    fn step(&self, batch: ImageBatch<B>) -> MonitoredOutput<B> {
+    fn step(&self, batch: ImageBatch<B>) -> MonitoredOutput<ClassificationOutput<B>> {
         let n = batch.targets.dims()[0];
         let gap = self.options.soft_gap.then(|| {
             let mut soft = self.model.clone();
@@ -291,10 +290,12 @@ impl<B: QuantBackend> InferenceStep for Monitored<B> {
     }
 }
 
-/// A validation step's output: the classification and the quantization diagnostics.
-pub struct MonitoredOutput<B: Backend> {
+/// A validation step's output: the classification (`C`, burn-train's
+/// `ClassificationOutput<B>`) and the quantization diagnostics. Generic over the classification
+/// so that its synchronised form is whatever burn-train makes of `C`.
+pub struct MonitoredOutput<C> {
     /// Loss, logits and targets (hard-quantized model).
-    pub classification: ClassificationOutput<B>,
+    pub classification: C,
     /// Host-side diagnostics.
     pub monitor: MonitorInput,
 }
@@ -312,10 +313,10 @@ pub struct MonitorInput {
     pub layers: Option<Arc<Vec<LayerStats>>>,
 }
 
-impl<B: Backend> ItemLazy for MonitoredOutput<B> {
-    type ItemSync = MonitoredOutput<Flex>;
+impl<C: ItemLazy> ItemLazy for MonitoredOutput<C> {
+    type ItemSync = MonitoredOutput<C::ItemSync>;
 
-    fn sync(self) -> MonitoredOutput<Flex> {
+    fn sync(self) -> Self::ItemSync {
         MonitoredOutput {
             classification: self.classification.sync(),
             monitor: self.monitor,
@@ -323,19 +324,19 @@ impl<B: Backend> ItemLazy for MonitoredOutput<B> {
     }
 }
 
-impl<B: Backend> Adaptor<AccuracyInput<B>> for MonitoredOutput<B> {
+impl<B: Backend, C: Adaptor<AccuracyInput<B>>> Adaptor<AccuracyInput<B>> for MonitoredOutput<C> {
     fn adapt(&self) -> AccuracyInput<B> {
         self.classification.adapt()
     }
 }
 
-impl<B: Backend> Adaptor<LossInput<B>> for MonitoredOutput<B> {
+impl<B: Backend, C: Adaptor<LossInput<B>>> Adaptor<LossInput<B>> for MonitoredOutput<C> {
     fn adapt(&self) -> LossInput<B> {
         self.classification.adapt()
     }
 }
 
-impl<B: Backend> Adaptor<MonitorInput> for MonitoredOutput<B> {
+impl<C> Adaptor<MonitorInput> for MonitoredOutput<C> {
     fn adapt(&self) -> MonitorInput {
         self.monitor.clone()
     }

@@ -77,9 +77,9 @@ impl<B: QuantBackend> InferenceStep for Mlp<B> {
     }
 }
 
-fn mnist_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist");
-    dir.is_dir().then_some(dir)
+/// The MNIST fixture (600 training and 200 test images, `fixtures/README.md`).
+fn mnist_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mnist")
 }
 
 fn items(dir: &Path, split: Split, n: usize) -> Vec<ImageItem> {
@@ -96,7 +96,7 @@ struct Run {
 /// Trains `epochs` epochs (resuming from the checkpoint of epoch `resume_from` if given) in `dir`.
 fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
     let device = Default::default();
-    let data = mnist_dir().unwrap();
+    let data = mnist_dir();
     B::seed(&device, 7);
     let weights_t = Temperature::new(1.0);
     let acts_t = Temperature::new(1.0);
@@ -133,11 +133,11 @@ fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
     let train = DataLoaderBuilder::new(batcher)
         .batch_size(100)
         .num_workers(1)
-        .build(InMemDataset::new(items(&data, Split::Train, 1000)));
+        .build(InMemDataset::new(items(&data, Split::Train, 600)));
     let valid = DataLoaderBuilder::new(batcher)
         .batch_size(250)
         .num_workers(1)
-        .build(InMemDataset::new(items(&data, Split::Test, 500)));
+        .build(InMemDataset::new(items(&data, Split::Test, 200)));
     let mut training = SupervisedTraining::new(dir.to_str().unwrap(), train, valid)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(TemperatureMetric::new("Weight temperature", &weights_t))
@@ -178,10 +178,6 @@ fn logged_valid_accuracy(run: &Run, epoch: usize) -> f64 {
 
 #[test]
 fn hook_raises_temperature_and_resume_matches_an_uninterrupted_run() {
-    assert!(
-        mnist_dir().is_some(),
-        "this test needs ../shared/data/mnist next to the repository"
-    );
     let full = train(&scratch("full"), 2, None);
     // After 2 epochs the hook has set T for the third: 5·3 = 15.
     assert_eq!(full.temperature, 15.0);

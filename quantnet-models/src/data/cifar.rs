@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn reads_the_real_sample_batch() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/cifar10-samples/test_batch_first20.bin");
+            .join("../fixtures/cifar10/test_batch_first20.bin");
         assert!(
             path.is_file(),
             "this test needs the CIFAR-10 sample batch at {}",

@@ -195,6 +195,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[ignore = "needs the ImageNet samples in ../shared/data (not redistributable, so not a fixture); .ci/run runs it"]
     fn loads_the_real_imagenet_samples_with_their_labels() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/imagenet-samples");
         assert!(
