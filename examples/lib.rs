@@ -3,5 +3,7 @@
 //!
 //! - `soft_to_hard`: initialise a weight quantizer from data and watch the soft quantizer turn
 //!   into the hard one as the temperature rises.
+//! - `qat_your_model`: a model written in the example, quantized by the library recipe
+//!   (`quantnet_models::qat`): full precision, then ternary weights and 2-bit activations.
 //! - `finetune_existing_model`: a plain Burn CNN trained on MNIST, its layers swapped for quantized
 //!   ones, fine-tuned with the temperature hook.

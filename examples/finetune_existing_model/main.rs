@@ -43,6 +43,7 @@ use quantnet_burn::{
     TemperatureSchedule,
 };
 use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, MnistKind, Split, mnist};
+use quantnet_models::qat::PlainRenderer;
 
 type B = Autodiff<Flex>;
 
@@ -217,6 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         loader::<Flex>(valid_items.clone(), false),
     )
     .metrics((AccuracyMetric::new(), LossMetric::new()))
+    .renderer(PlainRenderer::new("full precision"))
     .num_epochs(1)
     .launch(Learner::new(
         Cnn::<B>::new(&device),
@@ -278,6 +280,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .metrics((AccuracyMetric::new(), LossMetric::new()))
     .metric_train_numeric(TemperatureMetric::new("Weight temperature", &weights_t))
     .early_stopping(hook)
+    .renderer(PlainRenderer::new("quantized"))
     .num_epochs(quant_epochs)
     .launch(Learner::new(quant, AdamConfig::new().init(), 1e-3))
     .model;

@@ -323,7 +323,8 @@ where
 
 /// A learning-rate schedule over a run: `const`, `cosine` (from the base rate down to 0 at the
 /// run's last step) or `step:E,G` (× `G` every `E` epochs).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
     /// The base rate throughout.
     Constant,

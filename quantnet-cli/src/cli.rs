@@ -372,3 +372,74 @@ pub(crate) struct FetchArgs {
     #[arg(long)]
     pub(crate) mirror: Option<String>,
 }
+
+impl TrainArgs {
+    /// The run config: the `--config` file (or the defaults), then the flags given.
+    pub(crate) fn config(&self) -> anyhow::Result<crate::run::RunConfig> {
+        let args = self;
+        let mut cfg = match &args.config {
+            Some(path) => crate::run::RunConfig::read(path)?,
+            None => crate::run::RunConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &args.$field {
+                    cfg.$field = v.clone().into();
+                }
+            )*};
+        }
+        set!(
+            model,
+            dataset,
+            weights,
+            acts,
+            gradient,
+            act_gradient,
+            calibrate,
+            act_range,
+            bn_reestimate,
+            epochs,
+            pretrain_epochs,
+            batch_size,
+            pretrain_lr,
+            lr_schedule,
+            weight_decay,
+            calibration_images,
+            seed,
+            optimizer,
+            phase,
+            clip_in,
+            act_thresholds,
+            quant_lr_mult,
+            quant_lr_group
+        );
+        if args.lr.is_some() {
+            cfg.lr = args.lr;
+        }
+        if args.act_percentile.is_some() {
+            cfg.act_percentile = args.act_percentile;
+        }
+        if let Some(v) = &args.temperature {
+            cfg.weights_temperature = v.clone();
+        }
+        if let Some(v) = &args.act_temperature {
+            cfg.acts_temperature = v.clone();
+        }
+        if args.data_dir.is_some() {
+            cfg.data_dir = args.data_dir.clone();
+        }
+        if args.limit.is_some() {
+            cfg.limit = args.limit;
+        }
+        if args.clip.is_some() {
+            cfg.clip = args.clip;
+        }
+        if args.from.is_some() {
+            cfg.from = args.from.clone();
+        }
+        if args.quantize_all {
+            cfg.quantize_all = true;
+        }
+        Ok(cfg)
+    }
+}

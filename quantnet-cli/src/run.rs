@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use quantnet_burn::{GradientMode, LevelSet, QuantizerConfig, TemperatureSchedule, ThresholdInit};
 use quantnet_models::data::Dataset;
+use quantnet_models::qat::{
+    CalibrationWeights, ClipDomain, OptimizerKind, QatConfig, QuantLrGroup, TrainPhase,
+};
 use quantnet_models::{Arch, QuantPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +220,60 @@ impl RunConfig {
             .with(&temps.acts, a))
     }
 
+    /// The library recipe this config describes (checked: every string field parsed).
+    pub(crate) fn recipe(&self) -> Result<QatConfig> {
+        let (weights_temperature, acts_temperature) = self.schedules()?;
+        let choose = |value: &str, flag: &str, options: &[&str]| -> Result<usize> {
+            options
+                .iter()
+                .position(|o| *o == value)
+                .with_context(|| format!("--{flag} `{value}`: expected {}", options.join(" or ")))
+        };
+        let recipe = QatConfig::new(self.policy()?)
+            .with_epochs(self.epochs)
+            .with_pretrain_epochs(if self.from.is_some() {
+                0
+            } else {
+                self.pretrain_epochs
+            })
+            .with_batch_size(self.batch_size)
+            .with_lr(self.lr)
+            .with_pretrain_lr(self.pretrain_lr)
+            .with_lr_schedule(
+                self.lr_schedule
+                    .parse::<quantnet_burn::train::LrSchedule>()
+                    .context("--lr-schedule")?,
+            )
+            .with_weight_decay(self.weight_decay)
+            .with_optimizer(
+                [OptimizerKind::Adam, OptimizerKind::Sgd]
+                    [choose(&self.optimizer, "optimizer", &["adam", "sgd"])?],
+            )
+            .with_weights_temperature(weights_temperature)
+            .with_acts_temperature(acts_temperature)
+            .with_calibration_images(self.calibration_images)
+            .with_calibrate(
+                [CalibrationWeights::Soft, CalibrationWeights::Hard]
+                    [choose(&self.calibrate, "calibrate", &["soft", "hard"])?],
+            )
+            .with_bn_reestimate(self.bn_reestimate)
+            .with_clip(self.clip)
+            .with_clip_in(
+                [ClipDomain::Wq, ClipDomain::W][choose(&self.clip_in, "clip-in", &["wq", "w"])?],
+            )
+            .with_quant_lr_mult(self.quant_lr_mult)
+            .with_quant_lr_group(
+                [QuantLrGroup::Acts, QuantLrGroup::All]
+                    [choose(&self.quant_lr_group, "quant-lr-group", &["acts", "all"])?],
+            )
+            .with_phase(
+                [TrainPhase::Joint, TrainPhase::Acts]
+                    [choose(&self.phase, "phase", &["joint", "acts"])?],
+            )
+            .with_seed(self.seed);
+        Ok(recipe)
+    }
+
     /// Sets `temps` to the temperatures of the run's last step.
     pub(crate) fn set_final_temperatures(
         &self,
@@ -228,76 +285,29 @@ impl RunConfig {
 
     /// Everything that can be checked before loading data.
     pub(crate) fn validate(&self) -> Result<()> {
-        self.policy()?;
-        self.schedules()?;
-        if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        for (name, lr) in [
-            ("--lr", self.lr.unwrap_or(1e-3)),
-            ("--pretrain-lr", self.pretrain_lr),
-        ] {
-            if !(lr.is_finite() && lr > 0.0) {
-                bail!("{name} must be a positive number, got {lr}");
-            }
-        }
-        self.lr_schedule
-            .parse::<quantnet_burn::train::LrSchedule>()
-            .context("--lr-schedule")?;
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!(
-                "--weight-decay must be a non-negative number, got {}",
-                self.weight_decay
-            );
+        if let Some(p) = self.act_percentile
+            && !(p > 0.0 && p <= 100.0)
+        {
+            bail!("--act-percentile must be in (0, 100], got {p}");
         }
         if self.limit == Some(0) {
             bail!("--limit must be at least 1 image");
         }
-        if self.epochs == 0 {
-            bail!("--epochs must be at least 1");
+        let recipe = self.recipe()?;
+        if recipe.phase == TrainPhase::Acts && recipe.policy.acts.is_none() {
+            bail!(
+                "--phase acts trains only the activation quantizers, but --acts `{}` quantizes no \
+                 activations",
+                self.acts
+            );
         }
         let (w, a) = self.schedules()?;
         w.check_run(self.epochs).context("--temperature")?;
         a.check_run(self.epochs).context("--act-temperature")?;
-        if let Some(clip) = self.clip
-            && !(clip.is_finite() && clip > 0.0)
-        {
-            bail!("--clip must be a positive number, got {clip}");
-        }
-        if !(self.quant_lr_mult.is_finite() && self.quant_lr_mult >= 0.0) {
-            bail!(
-                "--quant-lr-mult must be a non-negative number, got {}",
-                self.quant_lr_mult
-            );
-        }
-        if !matches!(self.quant_lr_group.as_str(), "acts" | "all") {
-            bail!(
-                "--quant-lr-group `{}`: expected acts or all",
-                self.quant_lr_group
-            );
-        }
-        if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
-            bail!("--optimizer `{}`: expected adam or sgd", self.optimizer);
-        }
-        if !matches!(self.calibrate.as_str(), "soft" | "hard") {
-            bail!("--calibrate `{}`: expected soft or hard", self.calibrate);
-        }
-        if !matches!(self.clip_in.as_str(), "wq" | "w") {
-            bail!("--clip-in `{}`: expected wq or w", self.clip_in);
-        }
-        match self.phase.as_str() {
-            "joint" => {}
-            "acts" if self.policy()?.acts.is_some() => {}
-            "acts" => bail!(
-                "--phase acts trains only the activation quantizers, but --acts `{}` quantizes no \
-                 activations",
-                self.acts
-            ),
-            other => bail!("--phase `{other}`: expected joint or acts"),
-        }
-        if self.calibration_images == 0 {
-            bail!("--calibration-images must be at least 1");
-        }
+        recipe.validate().map_err(|e| {
+            // The recipe names its fields; the CLI's flags are the same words with dashes.
+            anyhow::anyhow!("--{}", e.to_string().replacen('_', "-", 2))
+        })?;
         self.model
             .check_input(self.dataset.input())
             .map_err(anyhow::Error::msg)?;
@@ -318,15 +328,6 @@ impl RunConfig {
         write_atomic(&dir.join("config.toml"), text.as_bytes())
     }
 
-    /// The main phase's learning rate.
-    pub(crate) fn main_lr(&self) -> Result<f64> {
-        Ok(self.lr.unwrap_or(if self.policy()?.is_float() {
-            1e-3
-        } else {
-            1e-4
-        }))
-    }
-
     /// A short tag such as `w2-a2` or `fp`.
     pub(crate) fn precision_tag(&self) -> String {
         let w = levels(&self.weights, "weights", false).ok().flatten();
@@ -340,6 +341,37 @@ impl RunConfig {
             ),
         }
     }
+}
+
+/// Loads a run's final model (with its own policy) onto `device`.
+pub(crate) fn load_run<B: burn::tensor::backend::Backend>(
+    dir: &Path,
+    temps: &quantnet_models::Temperatures,
+    device: &B::Device,
+) -> Result<(RunConfig, quantnet_models::Model<B>)> {
+    use burn::module::Module;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+    use quantnet_models::quantize;
+    let cfg = RunConfig::read(&dir.join("config.toml"))
+        .with_context(|| format!("{} is not a quantnet run directory", dir.display()))?;
+    let policy = cfg.policy()?;
+    let mut model = quantnet_models::Model::new(cfg.model, cfg.dataset.input(), device);
+    quantize::skeleton(&mut model, &policy, temps, device)?;
+    let path = dir.join("model.mpk");
+    if !path.is_file() {
+        bail!(
+            "{} has no model.mpk (the run did not finish; `quantnet train --resume {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.clone(), device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let mut model = model.load_record(record);
+    quantize::check_levels(&mut model).with_context(|| format!("loading {}", path.display()))?;
+    quantize::attach(&mut model, temps);
+    Ok((cfg, model))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so that a failure never

@@ -15,6 +15,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be written.
+    #[error("writing {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Burn record could not be written or read.
+    #[error("{path}: {source}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: burn::record::RecorderError,
+    },
     /// A file was read but its contents are not what its format requires.
     #[error("{path}: {reason}")]
     Corrupt {

@@ -13,6 +13,8 @@ pub mod error;
 pub mod export;
 pub mod layers;
 pub mod models;
+#[cfg(feature = "train")]
+pub mod qat;
 pub mod quantize;
 #[cfg(feature = "train")]
 pub mod train;

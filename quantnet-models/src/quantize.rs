@@ -3,12 +3,14 @@
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use quantnet_burn::{QuantBackend, QuantMode, QuantizerConfig, Temperature};
+use quantnet_burn::{
+    GradientMode, LevelSet, QuantBackend, QuantMode, QuantizerConfig, Temperature, ThresholdInit,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::layers::ActStats;
-use crate::models::Model;
+use crate::models::{QatModel, has_batch_norm};
 
 /// What is quantized.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,25 @@ impl QuantPolicy {
             quantize_all: false,
             act_percentile: None,
             act_mse: false,
+        }
+    }
+
+    /// The recipe's defaults for `weights` and `acts` level sets (`None`: full precision):
+    /// weights with the exact gradient and k-means thresholds; activations with midpoint
+    /// thresholds and the smooth straight-through gradient (`σ'` at T = 1, `official:1`),
+    /// their range the least-squared-error one below the 99.9th percentile. What
+    /// `quantnet train --weights W --acts A` quantizes with.
+    pub fn recipe(weights: Option<LevelSet>, acts: Option<LevelSet>) -> Self {
+        Self {
+            weights: weights.map(QuantizerConfig::weights),
+            acts: acts.map(|levels| {
+                QuantizerConfig::activations(levels)
+                    .with_threshold_init(ThresholdInit::Uniform)
+                    .with_gradient(GradientMode::Official { cap: 1.0 })
+            }),
+            quantize_all: false,
+            act_percentile: Some(99.9),
+            act_mse: true,
         }
     }
 
@@ -85,8 +106,8 @@ pub(crate) fn read_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
 ///
 /// # Errors
 /// [`Error::Layer`] names the layer whose weights cannot set a quantizer (all zero, non-finite).
-pub fn quantize_weights<B: Backend>(
-    model: &mut Model<B>,
+pub fn quantize_weights<B: Backend, M: QatModel<B>>(
+    model: &mut M,
     policy: &QuantPolicy,
     temperatures: &Temperatures,
 ) -> Result<usize> {
@@ -129,8 +150,8 @@ pub fn quantize_weights<B: Backend>(
 /// # Errors
 /// [`Error::Layer`] names a slot whose activations are all zero or non-finite;
 /// [`Error::Invalid`] when `batches` is empty.
-pub fn calibrate_acts<B: QuantBackend>(
-    model: &mut Model<B>,
+pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
+    model: &mut M,
     policy: &QuantPolicy,
     temperatures: &Temperatures,
     batches: impl IntoIterator<Item = Tensor<B, 4>>,
@@ -261,8 +282,8 @@ pub fn percentile(values: &[f32], p: f32) -> Option<f32> {
 ///
 /// # Errors
 /// As [`QuantizerConfig::init_with`].
-pub fn skeleton<B: Backend>(
-    model: &mut Model<B>,
+pub fn skeleton<B: Backend, M: QatModel<B>>(
+    model: &mut M,
     policy: &QuantPolicy,
     temperatures: &Temperatures,
     device: &B::Device,
@@ -292,7 +313,7 @@ pub fn skeleton<B: Backend>(
 
 /// Sets the weight quantizers of the model to `mode` (e.g. `Soft` to calibrate activations on
 /// the weights training will see).
-pub fn set_weight_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
+pub fn set_weight_mode<B: Backend, M: QatModel<B>>(model: &mut M, mode: QuantMode) {
     for (_, mut layer) in model.slots().weights {
         if let Some(q) = layer.quantizer().as_mut() {
             q.set_mode(mode);
@@ -302,7 +323,7 @@ pub fn set_weight_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
 
 /// Sets every quantizer of the model to `mode` (e.g. `Soft` to measure soft accuracy on a
 /// non-autodiff backend, `Auto` to go back).
-pub fn set_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
+pub fn set_mode<B: Backend, M: QatModel<B>>(model: &mut M, mode: QuantMode) {
     for q in model.slots().quantizers() {
         q.set_mode(mode);
     }
@@ -310,7 +331,7 @@ pub fn set_mode<B: Backend>(model: &mut Model<B>, mode: QuantMode) {
 
 /// Re-attaches the model's quantizers to `temperatures` (after loading a record, or after a
 /// `valid()` copy, so that the hook's cells drive them).
-pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
+pub fn attach<B: Backend, M: QatModel<B>>(model: &mut M, temperatures: &Temperatures) {
     let slots = model.slots();
     for (_, mut layer) in slots.weights {
         if let Some(q) = layer.quantizer().take() {
@@ -329,7 +350,7 @@ pub fn attach<B: Backend>(model: &mut Model<B>, temperatures: &Temperatures) {
 ///
 /// # Errors
 /// [`Error::Layer`] naming the first layer whose record holds other levels.
-pub fn check_levels<B: Backend>(model: &mut Model<B>) -> Result<()> {
+pub fn check_levels<B: Backend, M: QatModel<B>>(model: &mut M) -> Result<()> {
     let slots = model.slots();
     for (name, mut layer) in slots.weights {
         if let Some(q) = layer.quantizer().as_ref() {
@@ -357,8 +378,8 @@ pub const BN_REESTIMATION_BATCHES: usize = 200;
 ///
 /// Give it at least [`BN_REESTIMATION_BATCHES`] batches for the old statistics to vanish (a
 /// shorter run mixes old and new); a model without batch norm is left as it is.
-pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend>(
-    model: &Model<B>,
+pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend, M: QatModel<B>>(
+    model: &M,
     batches: impl IntoIterator<Item = Tensor<B, 4>>,
 ) -> usize {
     let mut n = 0;
@@ -376,18 +397,21 @@ pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend>(
 /// goes to the autodiff backend for the pass (Burn's batch norm updates its statistics only
 /// there) and comes back with every quantizer in [`QuantMode::Auto`]. A model without batch
 /// norm comes back as it was.
-pub fn reestimate_batch_norm_with<B: AutodiffBackend + QuantBackend>(
-    model: Model<B::InnerBackend>,
+pub fn reestimate_batch_norm_with<B, M>(
+    model: M,
     mode: QuantMode,
     batches: impl IntoIterator<Item = Tensor<B::InnerBackend, 4>>,
-) -> Model<B::InnerBackend>
+) -> M
 where
+    B: AutodiffBackend + QuantBackend,
     B::InnerBackend: QuantBackend,
+    M: QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B>,
+    M::TrainModule: QatModel<B>,
 {
-    if !model.has_batch_norm() {
+    if !has_batch_norm(&model) {
         return model;
     }
-    let mut model = <Model<B> as burn::module::AutodiffModule<B>>::from_inner(model);
+    let mut model = <M::TrainModule as burn::module::AutodiffModule<B>>::from_inner(model);
     set_mode(&mut model, mode);
     reestimate_batch_norm(&model, batches.into_iter().map(Tensor::from_inner));
     set_mode(&mut model, QuantMode::Auto);
@@ -400,8 +424,7 @@ where
 /// weights are fixed at their quantized values, as in the paper (not soft at a restarted
 /// temperature). Batch-norm running statistics still update in training mode.
 /// Returns how many activation quantizers stay trainable.
-pub fn train_only_act_quantizers<B: Backend>(model: &mut Model<B>) -> usize {
-    use burn::module::Module;
+pub fn train_only_act_quantizers<B: Backend, M: QatModel<B>>(model: &mut M) -> usize {
     *model = model.clone().no_grad();
     set_weight_mode(model, QuantMode::Hard);
     let mut trainable = 0;

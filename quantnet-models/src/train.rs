@@ -17,10 +17,10 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use quantnet_burn::{QuantBackend, QuantMode};
 
 use crate::data::ImageBatch;
-use crate::models::{Model, WeightLayer};
+use crate::models::{Model, QatModel, WeightLayer};
 
-fn classify<B: QuantBackend>(
-    model: &Model<B>,
+fn classify<B: QuantBackend, M: QatModel<B>>(
+    model: &M,
     images: Tensor<B, 4>,
     targets: Tensor<B, 1, Int>,
 ) -> ClassificationOutput<B> {
@@ -51,8 +51,8 @@ impl<B: QuantBackend> InferenceStep for Model<B> {
 }
 
 /// Accuracy (%) of `model` on `items`, in batches of `batch_size`, on `model`'s backend.
-pub fn accuracy<B: QuantBackend>(
-    model: &Model<B>,
+pub fn accuracy<B: QuantBackend, M: QatModel<B>>(
+    model: &M,
     items: &[crate::data::ImageItem],
     batcher: crate::data::ImageBatcher,
     batch_size: usize,
@@ -93,7 +93,7 @@ pub struct LayerStats {
 ///
 /// # Errors
 /// [`crate::Error::Invalid`] if values cannot be read back from the device.
-pub fn layer_stats<B: QuantBackend>(model: &Model<B>) -> crate::Result<Vec<LayerStats>> {
+pub fn layer_stats<B: QuantBackend, M: QatModel<B>>(model: &M) -> crate::Result<Vec<LayerStats>> {
     let scalar = |t: Tensor<B, 1>, what: &str| -> crate::Result<f32> {
         Ok(crate::quantize::read_f32(t.into_data(), what)?
             .first()
@@ -169,8 +169,10 @@ impl Default for MonitorOptions {
 /// the start of every validation epoch and the model does not change during it, so the first
 /// batch's stats serve the whole epoch.
 #[derive(burn::module::Module, Debug)]
-pub struct Monitored<B: Backend> {
-    model: Model<B>,
+pub struct Monitored<B: Backend, M: Module<B>> {
+    model: M,
+    /// Always `None`: Burn's module derive needs a field that names the backend.
+    marker: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     options: MonitorOptions,
     #[module(skip)]
@@ -191,11 +193,12 @@ impl Clone for StatsCache {
     }
 }
 
-impl<B: Backend> Monitored<B> {
+impl<B: Backend, M: Module<B>> Monitored<B, M> {
     /// Wraps `model`.
-    pub fn new(model: Model<B>, options: MonitorOptions) -> Self {
+    pub fn new(model: M, options: MonitorOptions) -> Self {
         Self {
             model,
+            marker: None,
             options,
             layers: StatsCache::default(),
             hook: None,
@@ -212,17 +215,22 @@ impl<B: Backend> Monitored<B> {
     }
 
     /// The model.
-    pub fn model(&self) -> &Model<B> {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
     /// The model.
-    pub fn into_model(self) -> Model<B> {
+    pub fn into_model(self) -> M {
         self.model
     }
 }
 
-impl<B: AutodiffBackend + QuantBackend> TrainStep for Monitored<B> {
+impl<B, M> TrainStep for Monitored<B, M>
+where
+    B: AutodiffBackend + QuantBackend,
+    M: QatModel<B> + burn::module::AutodiffModule<B>,
+    M::InnerModule: QatModel<B::InnerBackend>,
+{
     type Input = ImageBatch<B>;
     type Output = ClassificationOutput<B>;
 
@@ -252,7 +260,7 @@ fn hits<B: Backend>(output: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
     usize::try_from(hits).unwrap_or(0)
 }
 
-impl<B: QuantBackend> InferenceStep for Monitored<B> {
+impl<B: QuantBackend, M: QatModel<B>> InferenceStep for Monitored<B, M> {
     type Input = ImageBatch<B>;
     type Output = MonitoredOutput<ClassificationOutput<B>>;
 
@@ -600,11 +608,15 @@ fn leaf<B: AutodiffBackend + QuantBackend, const D: usize>(
 /// `∂ℓ/∂ŵ`. Without clipping the gradients equal those of a plain step (up to float rounding).
 ///
 /// Returns the step output and the norm before clipping.
-pub fn step_clipped_in_wq<B: AutodiffBackend + QuantBackend>(
-    model: &Model<B>,
+pub fn step_clipped_in_wq<B, M>(
+    model: &M,
     batch: ImageBatch<B>,
     max_norm: f32,
-) -> (TrainOutput<ClassificationOutput<B>>, f32) {
+) -> (TrainOutput<ClassificationOutput<B>>, f32)
+where
+    B: AutodiffBackend + QuantBackend,
+    M: QatModel<B> + burn::module::AutodiffModule<B>,
+{
     // 1. The network with every quantized weight replaced by a leaf holding its soft value ŵ.
     let mut shadow = model.clone();
     let mut soft = Vec::new();

@@ -427,7 +427,7 @@ fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
     // Evaluation (inner backend: hard quantizers, running statistics) before re-estimation:
     // the statistics are the initial ones (mean 0, variance 1), not the hard network's.
     let before = inner.forward(x.clone());
-    let inner = reestimate_batch_norm_with::<B>(
+    let inner = reestimate_batch_norm_with::<B, _>(
         inner,
         QuantMode::Hard,
         std::iter::repeat_n(x.clone(), BN_REESTIMATION_BATCHES),
@@ -447,6 +447,6 @@ fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
     assert!(!lenet.has_batch_norm());
     let digits = Tensor::<Flex, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let before = lenet.forward(digits.clone()).into_data();
-    let lenet = reestimate_batch_norm_with::<B>(lenet, QuantMode::Hard, [digits.clone()]);
+    let lenet = reestimate_batch_norm_with::<B, _>(lenet, QuantMode::Hard, [digits.clone()]);
     assert_eq!(lenet.forward(digits).into_data(), before);
 }

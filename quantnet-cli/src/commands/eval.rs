@@ -12,9 +12,9 @@ use quantnet_models::export;
 
 use quantnet_models::train::layer_stats;
 
-use super::train::{hard_and_soft_accuracy, load_run};
 use crate::backend::{BackendName, WithBackend, dispatch};
 use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
+use crate::run::load_run;
 use crate::run::{Summary, write_atomic};
 
 struct EvalJob {
@@ -123,7 +123,8 @@ impl WithBackend for EvalJob {
         }
         let data_dir = args.data_dir.clone().or(cfg.data_dir.clone());
         let (items, batcher) = test_items(dataset, data_dir.as_deref())?;
-        let (hard, soft, seconds) = hard_and_soft_accuracy(&mut model, &items, batcher, &device);
+        let (hard, soft, seconds) =
+            quantnet_models::qat::hard_and_soft_accuracy(&mut model, &items, batcher, &device);
         Ok(Summary {
             model: cfg.model.to_string(),
             dataset: dataset.to_string(),

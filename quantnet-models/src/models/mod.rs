@@ -200,6 +200,70 @@ impl<B: Backend> WeightLayer<'_, B> {
     }
 }
 
+/// A classifier the QAT recipe can quantize and train: any Burn module built from
+/// [`QConv2d`], [`QLinear`] and [`QAct`] that lists them in forward order. The models of this
+/// crate implement it ([`Model`]); a user's model does in one short `impl`:
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::tensor::{Tensor, backend::Backend};
+/// use quantnet_burn::QuantBackend;
+/// use quantnet_models::layers::{QAct, QLinear};
+/// use quantnet_models::models::{QatModel, Slots};
+///
+/// #[derive(Module, Debug)]
+/// struct Mlp<B: Backend> {
+///     fc1: QLinear<B>,
+///     act1: QAct<B>,
+///     fc2: QLinear<B>,
+/// }
+///
+/// impl<B: Backend> QatModel<B> for Mlp<B> {
+///     fn slots(&mut self) -> Slots<'_, B> {
+///         Slots::new()
+///             .with_linear("fc1", &mut self.fc1)
+///             .with_act("act1", &mut self.act1)
+///             .with_linear("fc2", &mut self.fc2)
+///     }
+///
+///     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
+///     where
+///         B: QuantBackend,
+///     {
+///         let x = images.flatten(1, 3);
+///         let x = self.act1.forward(burn::tensor::activation::relu(self.fc1.forward(x)));
+///         self.fc2.forward(x)
+///     }
+/// }
+/// ```
+pub trait QatModel<B: Backend>: Module<B> + burn::module::ModuleDisplay + 'static {
+    /// The model's weight layers and activation slots, in forward order (the precision policy
+    /// keeps the first and the last weight layer full precision).
+    fn slots(&mut self) -> Slots<'_, B>;
+
+    /// Class scores.
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width] -> [batch, classes]`.
+    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
+    where
+        B: QuantBackend;
+}
+
+/// Whether `module` holds a Burn batch-norm layer (the recipe re-estimates their statistics for
+/// the quantized network).
+pub fn has_batch_norm<B: Backend, M: Module<B>>(module: &M) -> bool {
+    struct Finder(bool);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Finder {
+        fn enter_module(&mut self, _name: &str, container_type: &str) {
+            self.0 |= container_type.starts_with("Struct:BatchNorm");
+        }
+    }
+    let mut finder = Finder(false);
+    module.visit(&mut finder);
+    finder.0
+}
+
 /// The quantizable places of a model: weight layers and activation slots, in forward order.
 #[derive(Debug)]
 pub struct Slots<'a, B: Backend> {
@@ -209,23 +273,51 @@ pub struct Slots<'a, B: Backend> {
     pub acts: Vec<(String, &'a mut QAct<B>)>,
 }
 
+impl<B: Backend> Default for Slots<'_, B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'a, B: Backend> Slots<'a, B> {
-    pub(crate) fn new() -> Self {
+    /// No slots.
+    pub fn new() -> Self {
         Self {
             weights: Vec::new(),
             acts: Vec::new(),
         }
     }
 
-    pub(crate) fn conv(&mut self, name: impl Into<String>, layer: &'a mut QConv2d<B>) {
+    /// Adds a convolution (builder form of [`Slots::conv`]).
+    pub fn with_conv(mut self, name: impl Into<String>, layer: &'a mut QConv2d<B>) -> Self {
+        self.conv(name, layer);
+        self
+    }
+
+    /// Adds a linear layer.
+    pub fn with_linear(mut self, name: impl Into<String>, layer: &'a mut QLinear<B>) -> Self {
+        self.linear(name, layer);
+        self
+    }
+
+    /// Adds an activation slot.
+    pub fn with_act(mut self, name: impl Into<String>, slot: &'a mut QAct<B>) -> Self {
+        self.act(name, slot);
+        self
+    }
+
+    /// Adds a convolution.
+    pub fn conv(&mut self, name: impl Into<String>, layer: &'a mut QConv2d<B>) {
         self.weights.push((name.into(), WeightLayer::Conv(layer)));
     }
 
-    pub(crate) fn linear(&mut self, name: impl Into<String>, layer: &'a mut QLinear<B>) {
+    /// Adds a linear layer.
+    pub fn linear(&mut self, name: impl Into<String>, layer: &'a mut QLinear<B>) {
         self.weights.push((name.into(), WeightLayer::Linear(layer)));
     }
 
-    pub(crate) fn act(&mut self, name: impl Into<String>, slot: &'a mut QAct<B>) {
+    /// Adds an activation slot.
+    pub fn act(&mut self, name: impl Into<String>, slot: &'a mut QAct<B>) {
         self.acts.push((name.into(), slot));
     }
 
@@ -275,9 +367,9 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Whether the model has batch-norm layers (every architecture but LeNet-5).
+    /// Whether the model has batch-norm layers (see [`has_batch_norm`]).
     pub fn has_batch_norm(&self) -> bool {
-        !matches!(self, Model::Lenet5(_))
+        has_batch_norm(self)
     }
 
     /// The model's weight layers and activation slots, in forward order.
@@ -307,5 +399,18 @@ impl<B: QuantBackend> Model<B> {
             Model::ResNet(m) => m.forward(x),
             Model::AlexNetBn(m) => m.forward(x),
         }
+    }
+}
+
+impl<B: Backend> QatModel<B> for Model<B> {
+    fn slots(&mut self) -> Slots<'_, B> {
+        Model::slots(self)
+    }
+
+    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
+    where
+        B: QuantBackend,
+    {
+        Model::forward(self, images)
     }
 }

@@ -1,0 +1,353 @@
+//! One burn-train run of a phase: loaders, metrics, checkpoints, the quantizer learning-rate
+//! group, clipping, the temperature hook, exact resume.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
+use burn::data::dataset::InMemDataset;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, HasAutodiffModule, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, SgdConfig};
+use burn::record::{BinFileRecorder, FullPrecisionSettings};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
+use quantnet_burn::QuantBackend;
+use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
+
+use super::{ClipDomain, OptimizerKind, QatConfig, QatData, QuantLrGroup, write_error};
+use crate::data::{ImageBatch, ImageBatcher, ImageItem};
+use crate::error::{Error, Result};
+use crate::models::QatModel;
+use crate::quantize::{self, Temperatures};
+use crate::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric, layer_stats};
+
+/// Wall time per epoch, taken at burn-train's per-epoch call (after validation).
+#[derive(Clone)]
+struct EpochClock {
+    start: Arc<Mutex<Instant>>,
+    seconds: Arc<Mutex<Vec<f64>>>,
+}
+
+impl EpochClock {
+    fn new() -> Self {
+        Self {
+            start: Arc::new(Mutex::new(Instant::now())),
+            seconds: Arc::default(),
+        }
+    }
+
+    fn seconds(&self) -> Vec<f64> {
+        self.seconds.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl EarlyStoppingStrategy for EpochClock {
+    fn should_stop(&mut self, _epoch: usize, _store: &EventStoreClient) -> bool {
+        if let (Ok(mut start), Ok(mut seconds)) = (self.start.lock(), self.seconds.lock()) {
+            seconds.push(start.elapsed().as_secs_f64());
+            *start = Instant::now();
+        }
+        false
+    }
+}
+
+fn loader<B: Backend>(
+    items: Vec<ImageItem>,
+    batcher: ImageBatcher,
+    batch_size: usize,
+    shuffle: Option<u64>,
+) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+    let builder = DataLoaderBuilder::new(batcher)
+        .batch_size(batch_size)
+        .num_workers(1);
+    let builder = match shuffle {
+        Some(seed) => builder.shuffle(seed),
+        None => builder,
+    };
+    builder.build(InMemDataset::new(items))
+}
+
+/// A training loader that, at its first iteration, first runs the wrapped loader's shuffle for
+/// `skip` epochs: Burn's loader reshuffles at every epoch from one seeded generator (restarted
+/// by `to_device`, which burn-train calls), so a run resumed after `skip` epochs would
+/// otherwise see epoch 1's order again instead of the uninterrupted run's.
+struct SkipEpochs<B: Backend> {
+    inner: Arc<dyn DataLoader<B, ImageBatch<B>>>,
+    skip: Arc<AtomicUsize>,
+}
+
+impl<B: Backend> DataLoader<B, ImageBatch<B>> for SkipEpochs<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ImageBatch<B>> + 'a> {
+        for _ in 0..self.skip.swap(0, Ordering::SeqCst) {
+            // Taking one batch makes sure the worker thread's shuffle has happened.
+            let _ = self.inner.iter().next();
+        }
+        self.inner.iter()
+    }
+
+    fn num_items(&self) -> usize {
+        self.inner.num_items()
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+        Arc::new(Self {
+            inner: self.inner.to_device(device),
+            skip: Arc::new(AtomicUsize::new(self.skip.load(Ordering::SeqCst))),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+        Arc::new(Self {
+            inner: self.inner.slice(start, end),
+            skip: Arc::new(AtomicUsize::new(self.skip.load(Ordering::SeqCst))),
+        })
+    }
+}
+
+/// The epochs of the checkpoints in `dir/checkpoint`, highest last.
+pub(crate) fn checkpoint_epochs(dir: &Path) -> Vec<usize> {
+    let mut epochs: Vec<usize> = std::fs::read_dir(dir.join("checkpoint"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("model-")?.split('.').next()?.parse().ok()
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+pub(crate) struct Phase<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) lr: f64,
+    pub(crate) dir: PathBuf,
+    pub(crate) epochs: usize,
+    pub(crate) resume_from: Option<usize>,
+    pub(crate) hook: TemperatureHook,
+    /// Train only the activation quantizers.
+    pub(crate) acts_only: bool,
+}
+
+/// One burn-train run of `phase.epochs` epochs; returns the trained model and seconds per epoch.
+pub(crate) fn fit<B, M>(
+    model: M,
+    phase: Phase<'_>,
+    cfg: &QatConfig,
+    data: &QatData,
+    temps: &Temperatures,
+    quiet: bool,
+) -> Result<(M, Vec<f64>)>
+where
+    B: AutodiffBackend + QuantBackend,
+    B::InnerBackend: QuantBackend,
+    M: QatModel<B::InnerBackend> + HasAutodiffModule<B>,
+    M::TrainModule: QatModel<B> + AutodiffModule<B, InnerModule = M>,
+{
+    let dir = phase
+        .dir
+        .to_str()
+        .ok_or_else(|| Error::Invalid("the run directory's path is not UTF-8".into()))?
+        .to_string();
+    let clock = EpochClock::new();
+    let start = phase.resume_from.unwrap_or(0);
+    phase.hook.start_at(start);
+    let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(SkipEpochs {
+        inner: loader::<B>(
+            data.train.clone(),
+            data.batcher,
+            cfg.batch_size,
+            Some(cfg.seed),
+        ),
+        skip: Arc::new(AtomicUsize::new(start)),
+    });
+    if start > 0 {
+        stash_logs(&phase.dir, start)?;
+    }
+    let stats = layer_stats(&model)?;
+    // With quantized weights the norm is taken over ∂ℓ/∂ŵ by the training step; otherwise the
+    // two domains coincide and the optimizer clips.
+    let weights_quantized = stats.iter().any(|s| s.occupancy.is_some());
+    let clip_in_wq = cfg
+        .clip
+        .filter(|_| cfg.clip_in == ClipDomain::Wq && weights_quantized);
+    let clipping = cfg
+        .clip
+        .filter(|_| clip_in_wq.is_none())
+        .map(GradientClippingConfig::Norm);
+    let monitor = MonitorOptions {
+        soft_gap: !stats.is_empty(),
+        layer_stats: !stats.is_empty(),
+        clip_in_wq,
+    };
+    let mut model = M::TrainModule::from_inner(model);
+    if phase.acts_only {
+        let n = quantize::train_only_act_quantizers(&mut model);
+        if !quiet {
+            super::PlainRenderer::say(format_args!(
+                "training only the {n} activation quantizer(s); everything else is fixed"
+            ));
+        }
+    }
+    // The quantizer scales' learning-rate group, read from the module at every step (on resume,
+    // burn-train loads the checkpoint's record, and with it other parameter ids).
+    // `slots()` borrows mutably: walk a clone (tensors are shared, ids kept).
+    let with_weights = cfg.quant_lr_group == QuantLrGroup::All;
+    let quantizer_params = move |m: &Monitored<B, M::TrainModule>| -> Vec<ParamId> {
+        let mut model = m.model().clone();
+        let slots = model.slots();
+        let acts = slots.acts.into_iter().filter_map(|(_, a)| {
+            a.quantizer
+                .as_ref()
+                .map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
+        });
+        let mut ids: Vec<ParamId> = acts.flatten().collect();
+        if with_weights {
+            for (_, mut layer) in slots.weights {
+                if let Some(q) = layer.quantizer().as_ref() {
+                    ids.extend([q.alpha.id, q.beta.id, q.thresholds.id]);
+                }
+            }
+        }
+        ids
+    };
+    let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
+    let steps_per_epoch = data.steps_per_epoch(cfg.batch_size);
+    // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
+    macro_rules! launch {
+        ($optimizer:expr) => {{
+            let mut training = SupervisedTraining::new(
+                dir.clone(),
+                train_loader.clone(),
+                loader::<B::InnerBackend>(data.test.clone(), data.batcher, 500, None),
+            )
+            .metrics((AccuracyMetric::new(), LossMetric::new()))
+            .metric_train_numeric(TemperatureMetric::new("Weight temperature", &temps.weights))
+            .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
+            .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
+            .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
+            .renderer(super::PlainRenderer::new(phase.name).quiet(quiet))
+            .num_epochs(phase.epochs);
+            if monitor.soft_gap {
+                training = training.metric_valid_numeric(SoftHardGapMetric::new());
+            }
+            for metric in LayerMetric::for_layers(&stats) {
+                training = if metric.is_numeric() {
+                    training.metric_valid_numeric(metric)
+                } else {
+                    training.metric_valid(metric)
+                };
+            }
+            if start > 0 {
+                training = training.checkpoint(start);
+            }
+            training
+                .launch(Learner::new(
+                    model,
+                    GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
+                    RunLr::new(phase.lr, cfg.lr_schedule, phase.epochs, steps_per_epoch),
+                ))
+                .model
+                .into_model()
+        }};
+    }
+    let decay = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
+    let trained = match cfg.optimizer {
+        OptimizerKind::Sgd => launch!(
+            SgdConfig::new()
+                .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
+                .with_weight_decay(decay)
+                .with_gradient_clipping(clipping)
+                .init()
+        ),
+        OptimizerKind::Adam => launch!(
+            AdamConfig::new()
+                .with_weight_decay(decay)
+                .with_grad_clipping(clipping)
+                .init()
+        ),
+    };
+    if start > 0 {
+        renumber_logs(&phase.dir, start)?;
+    }
+    Ok((trained, clock.seconds()))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| write_error(to, e))
+}
+
+/// burn-train (0.21) writes a resumed run's first epoch into `epoch-1` again, over the first
+/// epoch's logs (its log store starts at 1 and then follows the real epoch numbers: the resumed
+/// run's later epochs land in the right folders). Before resuming after `start` epochs: set
+/// `epoch-1..=start` aside and drop the later ones (an interrupted epoch's partial logs).
+fn stash_logs(dir: &Path, start: usize) -> Result<()> {
+    // An earlier resume that was itself interrupted: put its logs in order first.
+    let marker = dir.join("train-before-resume").join("start");
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        let earlier = text.trim().parse().map_err(|_| Error::Corrupt {
+            path: marker.clone(),
+            reason: "not an epoch number".into(),
+        })?;
+        renumber_logs(dir, earlier)?;
+    }
+    for split in ["train", "valid"] {
+        let logs = dir.join(split);
+        if !logs.is_dir() {
+            continue;
+        }
+        let stash = dir.join(format!("{split}-before-resume"));
+        std::fs::create_dir_all(&stash).map_err(|e| write_error(&stash, e))?;
+        std::fs::write(stash.join("start"), start.to_string())
+            .map_err(|e| write_error(&stash, e))?;
+        let entries = std::fs::read_dir(&logs).map_err(|source| Error::Io {
+            path: logs.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let epoch = path
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_prefix("epoch-")?.parse::<usize>().ok());
+            match epoch {
+                Some(e) if e <= start => rename(&path, &stash.join(format!("epoch-{e}")))?,
+                Some(_) => std::fs::remove_dir_all(&path).map_err(|e| write_error(&path, e))?,
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a resumed run: its first epoch's `epoch-1` folder is epoch `start + 1`; the set-aside
+/// first `start` come back (see [`stash_logs`]).
+fn renumber_logs(dir: &Path, start: usize) -> Result<()> {
+    for split in ["train", "valid"] {
+        let logs = dir.join(split);
+        let stash = dir.join(format!("{split}-before-resume"));
+        if !stash.is_dir() {
+            continue;
+        }
+        std::fs::create_dir_all(&logs).map_err(|e| write_error(&logs, e))?;
+        let first = logs.join("epoch-1");
+        if first.is_dir() {
+            rename(&first, &logs.join(format!("epoch-{}", start + 1)))?;
+        }
+        for e in 1..=start {
+            let from = stash.join(format!("epoch-{e}"));
+            if from.is_dir() {
+                rename(&from, &logs.join(format!("epoch-{e}")))?;
+            }
+        }
+        std::fs::remove_dir_all(&stash).map_err(|e| write_error(&stash, e))?;
+    }
+    Ok(())
+}

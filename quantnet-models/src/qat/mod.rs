@@ -1,0 +1,594 @@
+//! The quantization-aware-training recipe as a library (feature `train`), for any model that
+//! implements [`QatModel`].
+//!
+//! [`Qat::run`] takes a model (full precision, or already quantized), the data and an artifact
+//! directory, and does what `quantnet train` does:
+//!
+//! 1. **Pretrain** in full precision for [`QatConfig::pretrain_epochs`] when the run quantizes
+//!    anything (0: the model comes trained).
+//! 2. **Quantize**: weight quantizers from the trained weights (`β = 5p/4q`, thresholds from
+//!    the policy), batch-norm statistics re-estimated for them, then activation quantizers
+//!    calibrated on a seeded sample of training images run through the weights as training's
+//!    first step will see them.
+//! 3. **Train** with burn-train's `Learner`: the temperature hook anneals every step, validation
+//!    on the whole test set runs hard-quantized, a checkpoint per epoch ([`Qat::resume`]
+//!    continues from the last one), α/β/thresholds at [`QatConfig::quant_lr_mult`] times the
+//!    learning rate.
+//! 4. **Finish**: batch norm re-estimated for the hard network, `model.mpk` and `metrics.csv`
+//!    written, and a [`QatReport`] (hard accuracy: the model's accuracy; soft: a diagnostic).
+//!
+//! ```no_run
+//! # use burn::backend::{Autodiff, Flex};
+//! # use quantnet_burn::LevelSet;
+//! # use quantnet_models::{Arch, Model, QuantPolicy};
+//! # use quantnet_models::data::{Dataset, Split};
+//! # use quantnet_models::qat::{Qat, QatConfig, QatData};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! type B = Autodiff<Flex>;
+//! let dir = std::path::Path::new("../shared/data/fashion-mnist");
+//! let data = QatData::new(
+//!     Dataset::FashionMnist.load(dir, Split::Train)?,
+//!     Dataset::FashionMnist.load(dir, Split::Test)?,
+//!     Dataset::FashionMnist.normalisation(),
+//! );
+//! // Ternary weights, 2-bit activations, the recipe's defaults for everything else.
+//! let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), Some(LevelSet::unsigned(2)?));
+//! let config = QatConfig::new(policy);
+//! let device = Default::default();
+//! let model = Model::new(Arch::Lenet5, Dataset::FashionMnist.input(), &device);
+//! let (model, report) = Qat::new(config, "runs/lenet5").run::<B, _>(model, &data, &device)?;
+//! println!("test accuracy (hard-quantized): {:.2}%", report.test_accuracy_hard);
+//! # Ok(()) }
+//! ```
+
+mod fit;
+pub mod progress;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+
+use burn::config::Config;
+use burn::data::dataloader::batcher::Batcher;
+use burn::module::{AutodiffModule, HasAutodiffModule};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use quantnet_burn::train::{LrSchedule, TemperatureHook};
+use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{ImageBatch, ImageBatcher, ImageItem, ImageSet};
+use crate::error::{Error, Result};
+use crate::models::{QatModel, has_batch_norm};
+use crate::quantize::{self, QuantPolicy, Temperatures};
+use crate::train::layer_stats;
+
+pub use progress::PlainRenderer;
+pub use report::{EpochReport, QatReport};
+
+/// The optimizer of every phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam (β = 0.9, 0.999).
+    Adam,
+    /// SGD with momentum 0.9, no dampening (the paper's).
+    Sgd,
+}
+
+/// Where the gradient-norm clipping is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipDomain {
+    /// One global norm over the soft-quantized weights' gradients (before the quantizer's
+    /// chain rule) and every other parameter's: the official code.
+    Wq,
+    /// Burn's optimizer clipping: each parameter tensor's gradient on its own.
+    W,
+}
+
+/// Whose α/β/thresholds take [`QatConfig::quant_lr_mult`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantLrGroup {
+    /// The activation quantizers'.
+    Acts,
+    /// The weight quantizers' too.
+    All,
+}
+
+/// What the main phase trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainPhase {
+    /// Everything.
+    Joint,
+    /// Only the activation quantizers' α and β, weights hard and fixed (the paper's second
+    /// phase, for a model whose weights are already quantized).
+    Acts,
+}
+
+/// The weights the activation calibration sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationWeights {
+    /// Soft, at the first step's temperature: what training starts from.
+    Soft,
+    /// Hard-quantized.
+    Hard,
+}
+
+/// The recipe. The defaults are the README's main job (the quantized phase of LeNet-5 on
+/// Fashion-MNIST); only the policy (what is quantized, to which levels) has none.
+#[derive(Config, Debug)]
+pub struct QatConfig {
+    /// What is quantized.
+    pub policy: QuantPolicy,
+    /// Epochs of the main phase (quantized, or full precision for a float policy).
+    #[config(default = 2)]
+    pub epochs: usize,
+    /// Full-precision epochs before quantizing (only when the policy quantizes something).
+    #[config(default = 1)]
+    pub pretrain_epochs: usize,
+    /// Images per step.
+    #[config(default = 64)]
+    pub batch_size: usize,
+    /// Learning rate of the main phase (`None`: 1e-3 for full precision, 1e-4 for quantized
+    /// fine-tuning).
+    pub lr: Option<f64>,
+    /// Learning rate of the full-precision pretraining.
+    #[config(default = 1e-3)]
+    pub pretrain_lr: f64,
+    /// Learning-rate schedule of each phase.
+    #[config(default = "LrSchedule::Constant")]
+    pub lr_schedule: LrSchedule,
+    /// L2 weight decay of the optimizer (0: none).
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// The optimizer.
+    #[config(default = "OptimizerKind::Adam")]
+    pub optimizer: OptimizerKind,
+    /// Weight temperature schedule.
+    #[config(default = "TemperatureSchedule::anneal(5.0, 500.0)")]
+    pub weights_temperature: TemperatureSchedule,
+    /// Activation temperature schedule.
+    #[config(default = "TemperatureSchedule::anneal(10.0, 500.0)")]
+    pub acts_temperature: TemperatureSchedule,
+    /// Training images sampled to calibrate the activation quantizers (the paper: 1000).
+    #[config(default = 1000)]
+    pub calibration_images: usize,
+    /// The weights the calibration sees.
+    #[config(default = "CalibrationWeights::Soft")]
+    pub calibrate: CalibrationWeights,
+    /// Re-estimate batch-norm statistics for the quantized network (before calibration and
+    /// before the hard evaluation); models without batch norm are unaffected.
+    #[config(default = true)]
+    pub bn_reestimate: bool,
+    /// Clip the gradient's L2 norm to this value (the paper: 5).
+    pub clip: Option<f32>,
+    /// Where the clipping norm is taken (runs without quantized weights always clip per tensor).
+    #[config(default = "ClipDomain::Wq")]
+    pub clip_in: ClipDomain,
+    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds).
+    #[config(default = 100.0)]
+    pub quant_lr_mult: f64,
+    /// Whose scales take the multiplier.
+    #[config(default = "QuantLrGroup::All")]
+    pub quant_lr_group: QuantLrGroup,
+    /// What the main phase trains.
+    #[config(default = "TrainPhase::Joint")]
+    pub phase: TrainPhase,
+    /// Seed of the calibration sample, the batch-norm batches and the shuffling (seed the
+    /// backend, `B::seed`, before building the model for its initialisation).
+    #[config(default = 42)]
+    pub seed: u64,
+}
+
+impl QatConfig {
+    /// The main phase's learning rate.
+    pub fn main_lr(&self) -> f64 {
+        self.lr
+            .unwrap_or(if self.policy.is_float() { 1e-3 } else { 1e-4 })
+    }
+
+    /// The temperature hook of the main phase: the two schedules driving `temperatures`.
+    pub fn hook(&self, temperatures: &Temperatures) -> TemperatureHook {
+        TemperatureHook::new()
+            .with(&temperatures.weights, self.weights_temperature)
+            .with(&temperatures.acts, self.acts_temperature)
+    }
+
+    /// Everything that can be checked before training.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Invalid(what));
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        for (name, lr) in [("lr", self.main_lr()), ("pretrain_lr", self.pretrain_lr)] {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(format!("{name} must be a positive number, got {lr}"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay must be a non-negative number, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.quant_lr_mult.is_finite() && self.quant_lr_mult >= 0.0) {
+            return bad(format!(
+                "quant_lr_mult must be a non-negative number, got {}",
+                self.quant_lr_mult
+            ));
+        }
+        if let Some(clip) = self.clip
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return bad(format!("clip must be a positive number, got {clip}"));
+        }
+        if self.calibration_images == 0 {
+            return bad("calibration_images must be at least 1".into());
+        }
+        if self.phase == TrainPhase::Acts && self.policy.acts.is_none() {
+            return bad(
+                "phase acts trains only the activation quantizers, but the policy quantizes no \
+                 activations"
+                    .into(),
+            );
+        }
+        for (name, schedule) in [
+            ("weights_temperature", self.weights_temperature),
+            ("acts_temperature", self.acts_temperature),
+        ] {
+            schedule
+                .check_run(self.epochs)
+                .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Training and test images, normalised, with the batcher that stacks them.
+#[derive(Clone, Debug)]
+pub struct QatData {
+    /// Training images.
+    pub train: Vec<ImageItem>,
+    /// Test images (validation runs on all of them, hard-quantized).
+    pub test: Vec<ImageItem>,
+    /// Stacks items into batches.
+    pub batcher: ImageBatcher,
+}
+
+impl QatData {
+    /// Every image of `train` and `test`, normalised with per-channel `(means, stds)`.
+    pub fn new(train: ImageSet, test: ImageSet, (means, stds): (Vec<f32>, Vec<f32>)) -> Self {
+        Self {
+            batcher: train.batcher(),
+            train: train.items_normalised(usize::MAX, &means, &stds),
+            test: test.items_normalised(usize::MAX, &means, &stds),
+        }
+    }
+
+    /// Keeps a seeded sample of `limit` training images (not the first ones: image folders are
+    /// sorted by class); the test set stays whole.
+    pub fn limit_train(mut self, limit: usize, seed: u64) -> Self {
+        if limit < self.train.len() {
+            let keep = crate::data::sample_indices(self.train.len(), limit, seed);
+            self.train = keep.into_iter().map(|i| self.train[i].clone()).collect();
+        }
+        self
+    }
+
+    /// Steps per epoch at `batch_size`.
+    pub fn steps_per_epoch(&self, batch_size: usize) -> usize {
+        self.train.len().div_ceil(batch_size.max(1))
+    }
+}
+
+/// One run of the recipe: a config and an artifact directory.
+#[derive(Clone, Debug)]
+pub struct Qat {
+    config: QatConfig,
+    dir: PathBuf,
+    resume: bool,
+    quiet: bool,
+}
+
+impl Qat {
+    /// A run writing into `dir` (`pretrain/` and `train/`: burn-train's logs and checkpoints;
+    /// `model.mpk`, `metrics.csv`).
+    pub fn new(config: QatConfig, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config,
+            dir: dir.into(),
+            resume: false,
+            quiet: false,
+        }
+    }
+
+    /// No progress lines (by default the recipe prints what it does and about ten lines per
+    /// epoch to stdout, as `quantnet train` shows them).
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    fn say(&self, line: std::fmt::Arguments<'_>) {
+        if !self.quiet {
+            PlainRenderer::say(line);
+        }
+    }
+
+    /// Continue from the last checkpoint of the main phase in the directory, if there is one
+    /// (the model given to [`Qat::run`] then only provides the structure).
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// The config.
+    pub fn config(&self) -> &QatConfig {
+        &self.config
+    }
+
+    /// Runs the recipe on `model` (on the inner backend of `B`: what `Model::new` or a user's
+    /// `init` gives for the device) and returns the trained model, hard-quantized where the
+    /// policy says, with the report. A model that already has quantizers with the policy's
+    /// level sets keeps them (a run continued from a quantized model).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a config that cannot run; [`Error::Layer`] for a layer whose
+    /// weights or activations cannot set a quantizer; I/O errors from the artifact directory.
+    pub fn run<B, M>(&self, model: M, data: &QatData, device: &B::Device) -> Result<(M, QatReport)>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+        M: QatModel<B::InnerBackend> + HasAutodiffModule<B>,
+        M::TrainModule: QatModel<B> + AutodiffModule<B, InnerModule = M>,
+    {
+        let cfg = &self.config;
+        cfg.validate()?;
+        if data.train.is_empty() || data.test.is_empty() {
+            return Err(Error::Invalid(
+                "the recipe needs training and test images".into(),
+            ));
+        }
+        let policy = &cfg.policy;
+        let temps = Temperatures::default();
+        let quantized = !policy.is_float();
+        let main_dir = self.dir.join("train");
+        let steps = data.steps_per_epoch(cfg.batch_size);
+        let done = fit::checkpoint_epochs(&main_dir)
+            .into_iter()
+            .rfind(|&e| e <= cfg.epochs);
+        let mut report = QatReport {
+            train_images: data.train.len(),
+            test_images: data.test.len(),
+            ..QatReport::default()
+        };
+
+        let (model, resume_from) = if let (true, Some(epoch)) = (self.resume, done) {
+            self.say(format_args!(
+                "resuming from the checkpoint of epoch {epoch}"
+            ));
+            let mut model = model;
+            quantize::skeleton(&mut model, policy, &temps, device)?;
+            (model, Some(epoch))
+        } else {
+            let mut model = model;
+            quantize::attach(&mut model, &temps);
+            if quantized && cfg.pretrain_epochs > 0 {
+                self.say(format_args!(
+                    "full-precision pretraining: {} epoch(s)",
+                    cfg.pretrain_epochs
+                ));
+                let phase = fit::Phase {
+                    name: "pretrain",
+                    lr: cfg.pretrain_lr,
+                    dir: self.dir.join("pretrain"),
+                    epochs: cfg.pretrain_epochs,
+                    resume_from: None,
+                    hook: TemperatureHook::new(),
+                    acts_only: false,
+                };
+                let (trained, _) = fit::fit::<B, M>(model, phase, cfg, data, &temps, self.quiet)?;
+                model = trained;
+                let fp = crate::train::accuracy(&model, &data.test, data.batcher, 500, device);
+                self.say(format_args!("full precision: test accuracy {fp:.2}%"));
+                report.full_precision_accuracy = Some(fp);
+                report.pretrain_epochs = cfg.pretrain_epochs;
+            }
+            let model = self.quantize::<B, M>(model, data, &temps, device, &mut report)?;
+            (model, None)
+        };
+        let hook = cfg.hook(&temps).over(cfg.epochs, steps);
+        let phase = fit::Phase {
+            name: if quantized { "quantized" } else { "train" },
+            lr: cfg.main_lr(),
+            dir: main_dir.clone(),
+            epochs: cfg.epochs,
+            resume_from,
+            hook: hook.clone(),
+            acts_only: cfg.phase == TrainPhase::Acts,
+        };
+        let (mut model, seconds) = fit::fit::<B, M>(model, phase, cfg, data, &temps, self.quiet)?;
+        quantize::attach(&mut model, &temps);
+        // The temperatures of the last step (the hook has already moved to the next epoch).
+        cfg.hook(&temps).over(cfg.epochs, 1).finish();
+        if quantized && cfg.bn_reestimate && has_batch_norm(&model) {
+            // Training gathered the statistics under soft quantizers: fit them to the hard
+            // network that is evaluated and exported.
+            model = quantize::reestimate_batch_norm_with::<B, M>(
+                model,
+                QuantMode::Hard,
+                bn_batches::<B::InnerBackend>(data, cfg, device),
+            );
+            self.say(format_args!(
+                "re-estimated the batch-norm statistics of the hard network ({} batches)",
+                quantize::BN_REESTIMATION_BATCHES
+            ));
+        }
+        save_model(&model, &self.dir)?;
+        report.layers = layer_stats(&model)?;
+        report.epochs = report::read_epochs(
+            &main_dir,
+            cfg.epochs,
+            &seconds,
+            (policy.weights.is_some(), policy.acts.is_some()),
+            &report.layers,
+        );
+        report.seconds_per_epoch = seconds;
+        write_atomic(
+            &self.dir.join("metrics.csv"),
+            report.metrics_csv().as_bytes(),
+        )?;
+        let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, device);
+        report.test_accuracy_hard = hard;
+        report.test_accuracy_soft = soft;
+        report.temperatures = (
+            policy.weights.as_ref().map(|_| temps.weights.get()),
+            policy.acts.as_ref().map(|_| temps.acts.get()),
+        );
+        Ok((model, report))
+    }
+
+    /// Step 2: weight quantizers, batch-norm statistics for them, activation calibration.
+    fn quantize<B, M>(
+        &self,
+        mut model: M,
+        data: &QatData,
+        temps: &Temperatures,
+        device: &B::Device,
+        report: &mut QatReport,
+    ) -> Result<M>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+        M: QatModel<B::InnerBackend> + HasAutodiffModule<B>,
+        M::TrainModule: QatModel<B> + AutodiffModule<B, InnerModule = M>,
+    {
+        let cfg = &self.config;
+        let policy = &cfg.policy;
+        let quantized = !policy.is_float();
+        let w = quantize::quantize_weights(&mut model, policy, temps)?;
+        // A seeded sample of the training images (the paper: 1000 at random).
+        let sample: Vec<ImageItem> =
+            crate::data::sample_indices(data.train.len(), cfg.calibration_images, cfg.seed)
+                .into_iter()
+                .map(|i| data.train[i].clone())
+                .collect();
+        let calibration: Vec<Tensor<B::InnerBackend, 4>> = sample
+            .chunks(100)
+            .map(|c| {
+                let batch: ImageBatch<B::InnerBackend> = data.batcher.batch(c.to_vec(), device);
+                batch.images
+            })
+            .collect();
+        // Soft calibration: the weights as training's first step will see them.
+        let soft = cfg.calibrate == CalibrationWeights::Soft;
+        if soft {
+            cfg.hook(temps)
+                .over(cfg.epochs, data.steps_per_epoch(cfg.batch_size))
+                .start_at(0);
+        }
+        if quantized && cfg.bn_reestimate && has_batch_norm(&model) {
+            // Batch-norm statistics for the quantized weights calibration sees.
+            let mode = if soft {
+                QuantMode::Soft
+            } else {
+                QuantMode::Hard
+            };
+            model = quantize::reestimate_batch_norm_with::<B, M>(
+                model,
+                mode,
+                bn_batches::<B::InnerBackend>(data, cfg, device),
+            );
+        }
+        if soft {
+            quantize::set_weight_mode(&mut model, QuantMode::Soft);
+        }
+        let a = quantize::calibrate_acts(&mut model, policy, temps, calibration)?;
+        if soft {
+            quantize::set_weight_mode(&mut model, QuantMode::Auto);
+        }
+        if quantized {
+            self.say(format_args!(
+                "quantized {w} weight layer(s), calibrated {a} activation quantizer(s)"
+            ));
+        }
+        report.quantized = (w, a);
+        Ok(model)
+    }
+}
+
+/// [`quantize::BN_REESTIMATION_BATCHES`] batches of the config's batch size, a seeded sample of
+/// the training images (cycled through when the training set is smaller), made one at a time.
+fn bn_batches<'a, B: Backend>(
+    data: &'a QatData,
+    cfg: &QatConfig,
+    device: &'a B::Device,
+) -> impl Iterator<Item = Tensor<B, 4>> + 'a {
+    let batch_size = cfg.batch_size;
+    let wanted = quantize::BN_REESTIMATION_BATCHES * batch_size;
+    // In a random order: batches of class-sorted folders must mix classes.
+    let sample =
+        crate::data::shuffled_indices(data.train.len(), wanted.min(data.train.len()), cfg.seed);
+    let order: Vec<usize> = sample.iter().copied().cycle().take(wanted).collect();
+    (0..order.len() / batch_size).map(move |b| {
+        let items = order[b * batch_size..(b + 1) * batch_size]
+            .iter()
+            .map(|&i| data.train[i].clone())
+            .collect();
+        let batch: ImageBatch<B> = data.batcher.batch(items, device);
+        batch.images
+    })
+}
+
+/// Test accuracy (%) hard-quantized (the model's accuracy) and with the soft quantizers at the
+/// current temperatures (a diagnostic), and the seconds the hard pass took.
+pub fn hard_and_soft_accuracy<B: QuantBackend, M: QatModel<B>>(
+    model: &mut M,
+    items: &[ImageItem],
+    batcher: ImageBatcher,
+    device: &B::Device,
+) -> (f64, f64, f64) {
+    let started = std::time::Instant::now();
+    let hard = crate::train::accuracy(model, items, batcher, 500, device);
+    let seconds = started.elapsed().as_secs_f64();
+    quantize::set_mode(model, QuantMode::Soft);
+    let soft = crate::train::accuracy(model, items, batcher, 500, device);
+    quantize::set_mode(model, QuantMode::Auto);
+    (hard, soft, seconds)
+}
+
+/// Writes `model.mpk` into `dir` (through `model-partial.mpk` and a rename).
+fn save_model<B: Backend, M: burn::module::Module<B>>(model: &M, dir: &Path) -> Result<()> {
+    let path = dir.join("model.mpk");
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(model.clone().into_record(), dir.join("model-partial"))
+        .map_err(|source| Error::Record {
+            path: path.clone(),
+            source,
+        })?;
+    std::fs::rename(dir.join("model-partial.mpk"), &path).map_err(|e| write_error(&path, e))
+}
+
+pub(crate) fn write_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| write_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| write_error(path, e))
+}
