@@ -266,3 +266,125 @@ fn native_exports_match_the_hard_model_exactly_and_round_trip_through_burn_recor
     let err = export::to_native(&model).unwrap_err().to_string();
     assert!(err.contains("conv2"), "{err}");
 }
+
+/// Files written before the two layer families became one (`QConv2d`/`QLinear`/`QAct` in this
+/// crate and `QuantConv2d`/`QuantLinear`/`QuantAct` in quantnet-burn): a quantized TFC on 4×4
+/// inputs (record and `.qnet`), a `quantnet_burn::QuantLinear` record (then a non-optional
+/// quantizer), and their outputs on [`fixture_input`]. Written once by
+/// `cargo test -p quantnet-models --test export write_record_fixtures -- --ignored` at commit
+/// 5338cde; `fixtures/records/`.
+fn records_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/records")
+}
+
+const TINY: InputShape = InputShape {
+    channels: 1,
+    height: 4,
+    width: 4,
+    classes: 3,
+};
+
+fn fixture_input<Bk: Backend>(device: &Bk::Device) -> Tensor<Bk, 4> {
+    let values: Vec<f32> = (0..2 * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+    Tensor::<Bk, 1>::from_floats(values.as_slice(), device).reshape([2, 1, 4, 4])
+}
+
+fn floats<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecordOutputs {
+    tfc: Vec<f32>,
+    quant_linear: Vec<f32>,
+}
+
+fn old_policy() -> QuantPolicy {
+    QuantPolicy {
+        weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
+        acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
+        quantize_all: false,
+        act_percentile: None,
+        act_mse: false,
+    }
+}
+
+#[test]
+#[ignore = "writes fixtures/records (done once, with the code that wrote the old format)"]
+fn write_record_fixtures() {
+    use burn::module::Module;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+    let device = Default::default();
+    let dir = records_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut model = quantized(Arch::Tfc, TINY, LevelSet::ternary(), 11);
+    let tfc = floats(model.forward(fixture_input::<B>(&device)));
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(model.clone().into_record(), dir.join("tfc-4x4-w2a2"))
+        .unwrap();
+    let file = export::export(&mut model, Arch::Tfc, TINY, None).unwrap();
+    std::fs::write(dir.join("tfc-4x4-w2a2.qnet"), &file.bytes).unwrap();
+    let linear = quantnet_burn::QuantLinear::<B>::from_float(
+        burn::nn::LinearConfig::new(16, 3).init(&device),
+        &QuantizerConfig::weights(LevelSet::ternary()),
+        &quantnet_burn::Temperature::default(),
+    )
+    .unwrap();
+    let quant_linear = floats(linear.forward(fixture_input::<B>(&device).flatten::<2>(1, 3)));
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .record(linear.into_record(), dir.join("quant-linear-16x3"))
+        .unwrap();
+    let outputs = RecordOutputs { tfc, quant_linear };
+    std::fs::write(
+        dir.join("outputs.json"),
+        serde_json::to_string_pretty(&outputs).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The files of [`write_record_fixtures`] load into today's layers and compute what they
+/// computed when they were written, bit for bit: the record keys (`conv`, `linear`, `quantizer`,
+/// optional quantizers) did not change.
+#[test]
+fn records_written_before_the_layer_merge_still_load() {
+    use burn::module::Module;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+    let device = Default::default();
+    let dir = records_dir();
+    let expected: RecordOutputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    // The quantized model's record, into the skeleton of its policy.
+    let temps = Temperatures::default();
+    let mut model = Model::<B>::new(Arch::Tfc, TINY, &device);
+    quantnet_models::quantize::skeleton(&mut model, &old_policy(), &temps, &device).unwrap();
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(dir.join("tfc-4x4-w2a2.mpk"), &device)
+        .unwrap();
+    let mut model = model.load_record(record);
+    quantnet_models::quantize::check_levels(&mut model).unwrap();
+    assert_eq!(
+        floats(model.forward(fixture_input::<B>(&device))),
+        expected.tfc
+    );
+    // The `.qnet` file.
+    let (_, from_qnet) = export::load::<B>(&dir.join("tfc-4x4-w2a2.qnet"), &device).unwrap();
+    assert_eq!(
+        floats(from_qnet.forward(fixture_input::<B>(&device))),
+        expected.tfc
+    );
+    // The quantized linear layer's record (its quantizer was not optional then).
+    let linear = quantnet_burn::QuantLinear::<B>::from_float(
+        burn::nn::LinearConfig::new(16, 3).init(&device),
+        &QuantizerConfig::weights(LevelSet::ternary()),
+        &quantnet_burn::Temperature::default(),
+    )
+    .unwrap();
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(dir.join("quant-linear-16x3.mpk"), &device)
+        .unwrap();
+    let linear = linear.load_record(record);
+    assert_eq!(
+        floats(linear.forward(fixture_input::<B>(&device).flatten::<2>(1, 3))),
+        expected.quant_linear
+    );
+}
