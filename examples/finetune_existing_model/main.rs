@@ -311,7 +311,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loaded = Cnn::<Flex>::new(&device).load_file(&native_path, &recorder, &device)?;
     let plain_accuracy = accuracy(&loaded, &test, |m, x| m.forward(x));
     let mut weights_only = quant.clone();
-    weights_only.act2.quantizer.set_mode(QuantMode::Off);
+    if let Some(q) = weights_only.act2.quantizer.as_mut() {
+        q.set_mode(QuantMode::Off);
+    }
     let reference = accuracy(&weights_only, &test, |m, x| m.forward(x));
     let size = |p: &std::path::Path| std::fs::metadata(p.with_extension("bin")).map(|m| m.len());
     println!(

@@ -3,7 +3,7 @@
 //! `cargo run --release --example qat_your_model [-- --data-dir DIR] [--limit N] [--epochs N]`
 //!
 //! `Net` below is a Burn CNN written here, not one of quantnet's models. It uses quantnet's
-//! layer slots (`QConv2d`, `QLinear`: a Burn layer plus an optional weight quantizer; `QAct`: an
+//! layer slots (`QuantConv2d`, `QuantLinear`: a Burn layer plus an optional weight quantizer; `QuantAct`: an
 //! optional activation quantizer) and lists them in one `impl QatModel`. The recipe
 //! ([`quantnet_models::qat::Qat`]) then trains it in full precision on MNIST, quantizes it
 //! (ternary weights, 2-bit activations; the first conv and the last linear stay full precision),
@@ -23,10 +23,10 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, backend::AutodiffBackend};
+use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
 use quantnet_burn::{LevelSet, QuantBackend};
 use quantnet_models::QuantPolicy;
 use quantnet_models::data::{Dataset, Split};
-use quantnet_models::layers::{QAct, QConv2d, QLinear};
 use quantnet_models::models::{QatModel, Slots};
 use quantnet_models::qat::{Qat, QatConfig, QatData};
 
@@ -37,26 +37,26 @@ type B = Autodiff<Flex>;
 /// conv 5×5 (8) → ReLU → pool → conv 5×5 (16) → ReLU → pool → linear 64 → ReLU → linear 10.
 #[derive(Module, Debug)]
 struct Net<B: Backend> {
-    conv1: QConv2d<B>,
-    act1: QAct<B>,
-    conv2: QConv2d<B>,
-    act2: QAct<B>,
-    fc1: QLinear<B>,
-    act3: QAct<B>,
-    fc2: QLinear<B>,
+    conv1: QuantConv2d<B>,
+    act1: QuantAct<B>,
+    conv2: QuantConv2d<B>,
+    act2: QuantAct<B>,
+    fc1: QuantLinear<B>,
+    act3: QuantAct<B>,
+    fc2: QuantLinear<B>,
     pool: MaxPool2d,
 }
 
 impl<B: Backend> Net<B> {
     fn new(device: &B::Device) -> Self {
         Self {
-            conv1: QConv2d::float(Conv2dConfig::new([1, 8], [5, 5]).init(device)),
-            act1: QAct::float(),
-            conv2: QConv2d::float(Conv2dConfig::new([8, 16], [5, 5]).init(device)),
-            act2: QAct::float(),
-            fc1: QLinear::float(LinearConfig::new(16 * 4 * 4, 64).init(device)),
-            act3: QAct::float(),
-            fc2: QLinear::float(LinearConfig::new(64, 10).init(device)),
+            conv1: QuantConv2d::float(Conv2dConfig::new([1, 8], [5, 5]).init(device)),
+            act1: QuantAct::float(),
+            conv2: QuantConv2d::float(Conv2dConfig::new([8, 16], [5, 5]).init(device)),
+            act2: QuantAct::float(),
+            fc1: QuantLinear::float(LinearConfig::new(16 * 4 * 4, 64).init(device)),
+            act3: QuantAct::float(),
+            fc2: QuantLinear::float(LinearConfig::new(64, 10).init(device)),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
         }
     }

@@ -62,9 +62,7 @@ pub mod train;
 pub use error::{Error, Result};
 pub use init::{ThresholdInit, initial_scales};
 pub use levels::LevelSet;
-pub use nn::{
-    QuantAct, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig, weight_quantizer,
-};
+pub use nn::{QuantAct, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig};
 pub use op::{
     GradientMode, QuantBackend, QuantParams, check_temperature, hard_quantize, soft_quantize,
     soft_quantize_reference,

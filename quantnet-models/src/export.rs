@@ -552,17 +552,19 @@ pub fn to_native<B: QuantBackend>(model: &Model<B>) -> Result<(Model<B>, Vec<Nat
         };
         let (quantizer, values) = match layer {
             crate::models::WeightLayer::Conv(c) => {
+                let native = c.to_native().map_err(fail)?;
                 let Some(q) = c.quantizer.take() else {
                     continue;
                 };
-                c.conv = quantnet_burn::nn::native_conv2d(&c.conv, &q).map_err(fail)?;
+                c.conv = native;
                 (q, c.conv.weight.shape().num_elements())
             }
             crate::models::WeightLayer::Linear(l) => {
+                let native = l.to_native().map_err(fail)?;
                 let Some(q) = l.quantizer.take() else {
                     continue;
                 };
-                l.linear = quantnet_burn::nn::native_linear(&l.linear, &q).map_err(fail)?;
+                l.linear = native;
                 (q, l.linear.weight.shape().num_elements())
             }
         };

@@ -1,7 +1,6 @@
 //! # quantnet-models: models and real-data loaders for quantnet
 //!
 //! - [`data`]: loaders for the real data sets, in their original formats.
-//! - [`layers`]: conv / linear / activation slots that are quantized or not, per layer.
 //! - [`models`]: LeNet-5, the Brevitas FC nets (TFC, SFC, LFC), VGG-small, ResNet-20/18/50 and
 //!   AlexNet-BN, one [`models::Model`] each, full precision or quantized from one config.
 //! - [`quantize`]: the precision policy, weight initialisation and activation calibration that
@@ -11,7 +10,6 @@
 pub mod data;
 pub mod error;
 pub mod export;
-pub mod layers;
 pub mod models;
 #[cfg(feature = "train")]
 pub mod qat;

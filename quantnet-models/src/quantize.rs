@@ -9,8 +9,8 @@ use quantnet_burn::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layers::ActStats;
 use crate::models::{QatModel, has_batch_norm};
+use quantnet_burn::nn::ActStats;
 
 /// What is quantized.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,14 +128,9 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
             q.set_gradient(config.gradient);
             continue;
         }
-        layer.materialise();
-        let weight = layer.weight();
-        let device = weight.device();
-        let values = read_f32(weight.into_data(), name)?;
-        let q = config
-            .init_from_data(&values, &temperatures.weights, &device)
+        layer
+            .quantize_from_weights(config, &temperatures.weights)
             .map_err(|e| layer_error(name, e))?;
-        *layer.quantizer() = Some(q);
         count += 1;
     }
     Ok(count)
@@ -168,7 +163,7 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
             continue;
         }
         slot.quantizer = None;
-        slot.probe.start();
+        slot.observer.start();
         todo.push(i);
     }
     if todo.is_empty() {
@@ -185,7 +180,7 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
         .slots()
         .acts
         .into_iter()
-        .map(|(name, slot)| (name, slot.probe.take()))
+        .map(|(name, slot)| (name, slot.observer.take()))
         .collect();
     let Some(device) = device.filter(|_| seen > 0) else {
         return Err(Error::Invalid(

@@ -267,7 +267,7 @@ fn native_exports_match_the_hard_model_exactly_and_round_trip_through_burn_recor
     assert!(err.contains("conv2"), "{err}");
 }
 
-/// Files written before the two layer families became one (`QConv2d`/`QLinear`/`QAct` in this
+/// Files written before the two layer families became one (`QuantConv2d`/`QuantLinear`/`QuantAct` in this
 /// crate and `QuantConv2d`/`QuantLinear`/`QuantAct` in quantnet-burn): a quantized TFC on 4×4
 /// inputs (record and `.qnet`), a `quantnet_burn::QuantLinear` record (then a non-optional
 /// quantizer), and their outputs on [`fixture_input`]. Written once by

@@ -163,7 +163,7 @@ fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
     Run {
         temperature: weights_t.get(),
         fc1_weight: values(model.fc1.linear.weight.val().flatten(0, 1)),
-        fc1_alpha: values(model.fc1.quantizer.alpha.val()),
+        fc1_alpha: values(model.fc1.quantizer.as_ref().expect("quantized").alpha.val()),
         dir: dir.to_path_buf(),
     }
 }
@@ -223,22 +223,22 @@ fn hook_raises_temperature_and_resume_matches_an_uninterrupted_run() {
 /// the layer slots and listed in one `impl QatModel`.
 #[derive(Module, Debug)]
 struct UserMlp<B: Backend> {
-    fc1: quantnet_models::layers::QLinear<B>,
-    act1: quantnet_models::layers::QAct<B>,
-    fc2: quantnet_models::layers::QLinear<B>,
-    act2: quantnet_models::layers::QAct<B>,
-    fc3: quantnet_models::layers::QLinear<B>,
+    fc1: quantnet_burn::nn::QuantLinear<B>,
+    act1: quantnet_burn::nn::QuantAct<B>,
+    fc2: quantnet_burn::nn::QuantLinear<B>,
+    act2: quantnet_burn::nn::QuantAct<B>,
+    fc3: quantnet_burn::nn::QuantLinear<B>,
 }
 
 impl<B: Backend> UserMlp<B> {
     fn new(device: &B::Device) -> Self {
-        use quantnet_models::layers::{QAct, QLinear};
+        use quantnet_burn::nn::{QuantAct, QuantLinear};
         Self {
-            fc1: QLinear::float(LinearConfig::new(784, 128).init(device)),
-            act1: QAct::float(),
-            fc2: QLinear::float(LinearConfig::new(128, 64).init(device)),
-            act2: QAct::float(),
-            fc3: QLinear::float(LinearConfig::new(64, 10).init(device)),
+            fc1: QuantLinear::float(LinearConfig::new(784, 128).init(device)),
+            act1: QuantAct::float(),
+            fc2: QuantLinear::float(LinearConfig::new(128, 64).init(device)),
+            act2: QuantAct::float(),
+            fc3: QuantLinear::float(LinearConfig::new(64, 10).init(device)),
         }
     }
 }

@@ -9,7 +9,9 @@ use burn::tensor::backend::Backend;
 use quantnet_burn::QuantBackend;
 
 use super::{InputShape, Slots};
-use crate::layers::{QAct, QConv2d, QLinear, conv, linear};
+use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
+
+use super::{conv, linear};
 
 /// torchvision's AlexNet layout (convs 64-192-384-256-256 with bias, 6×6 adaptive pool, fc
 /// 4096-4096-classes) with batch norm (ε = 1e-3) after every conv and hidden linear, dropout 0.1.
@@ -17,15 +19,15 @@ use crate::layers::{QAct, QConv2d, QLinear, conv, linear};
 /// linear (fc7's output) is not quantized, as in the official code.
 #[derive(Module, Debug)]
 pub struct AlexNetBn<B: Backend> {
-    convs: Vec<QConv2d<B>>,
+    convs: Vec<QuantConv2d<B>>,
     conv_norms: Vec<BatchNorm<B>>,
-    conv_acts: Vec<QAct<B>>,
-    fc6: QLinear<B>,
+    conv_acts: Vec<QuantAct<B>>,
+    fc6: QuantLinear<B>,
     bn6: BatchNorm<B>,
-    act6: QAct<B>,
-    fc7: QLinear<B>,
+    act6: QuantAct<B>,
+    fc7: QuantLinear<B>,
     bn7: BatchNorm<B>,
-    fc8: QLinear<B>,
+    fc8: QuantLinear<B>,
     pool: MaxPool2d,
     avgpool: AdaptiveAvgPool2d,
     dropout: Dropout,
@@ -56,10 +58,10 @@ impl<B: Backend> AlexNetBn<B> {
         Self {
             convs,
             conv_norms: CONVS.iter().map(|c| bn(c.0, device)).collect(),
-            conv_acts: CONVS.iter().map(|_| QAct::float()).collect(),
+            conv_acts: CONVS.iter().map(|_| QuantAct::float()).collect(),
             fc6: linear(256 * 6 * 6, 4096, true, device),
             bn6: bn(4096, device),
-            act6: QAct::float(),
+            act6: QuantAct::float(),
             fc7: linear(4096, 4096, true, device),
             bn7: bn(4096, device),
             fc8: linear(4096, input.classes, true, device),

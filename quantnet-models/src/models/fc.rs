@@ -8,17 +8,19 @@ use burn::tensor::backend::Backend;
 use quantnet_burn::QuantBackend;
 
 use super::{InputShape, Slots};
-use crate::layers::{QAct, QLinear, linear};
+use quantnet_burn::nn::{QuantAct, QuantLinear};
+
+use super::linear;
 
 /// Dropout – three times [linear (no bias) – batch norm – ReLU – activation slot – dropout] – a
 /// linear classifier. Hidden width 64 (TFC), 256 (SFC) or 1024 (LFC); dropout 0.2 on the input
 /// and after each hidden layer, as Brevitas' `FC` model.
 #[derive(Module, Debug)]
 pub struct FcNet<B: Backend> {
-    hidden: Vec<QLinear<B>>,
+    hidden: Vec<QuantLinear<B>>,
     norms: Vec<BatchNorm<B>>,
-    acts: Vec<QAct<B>>,
-    out: QLinear<B>,
+    acts: Vec<QuantAct<B>>,
+    out: QuantLinear<B>,
     dropout: Dropout,
 }
 
@@ -34,7 +36,7 @@ impl<B: Backend> FcNet<B> {
             norms: (0..3)
                 .map(|_| BatchNormConfig::new(width).init(device))
                 .collect(),
-            acts: (0..3).map(|_| QAct::float()).collect(),
+            acts: (0..3).map(|_| QuantAct::float()).collect(),
             out: linear(width, input.classes, true, device),
             dropout: DropoutConfig::new(0.2).init(),
         }

@@ -8,22 +8,24 @@ use burn::tensor::backend::Backend;
 use quantnet_burn::QuantBackend;
 
 use super::{InputShape, Slots};
-use crate::layers::{QAct, QConv2d, QLinear, conv, linear};
+use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
+
+use super::{conv, linear};
 
 /// LeNet-5: conv 5×5 (6) – pool – conv 5×5 (16) – pool – fc 120 – fc 84 – fc classes, ReLU, max
 /// pooling. On 28×28 inputs the first conv pads by 2 (the classic 32×32 geometry); on 32×32 it
 /// does not. An activation slot follows every ReLU+pool and every hidden linear.
 #[derive(Module, Debug)]
 pub struct Lenet5<B: Backend> {
-    conv1: QConv2d<B>,
-    act1: QAct<B>,
-    conv2: QConv2d<B>,
-    act2: QAct<B>,
-    fc1: QLinear<B>,
-    act3: QAct<B>,
-    fc2: QLinear<B>,
-    act4: QAct<B>,
-    fc3: QLinear<B>,
+    conv1: QuantConv2d<B>,
+    act1: QuantAct<B>,
+    conv2: QuantConv2d<B>,
+    act2: QuantAct<B>,
+    fc1: QuantLinear<B>,
+    act3: QuantAct<B>,
+    fc2: QuantLinear<B>,
+    act4: QuantAct<B>,
+    fc3: QuantLinear<B>,
     pool: MaxPool2d,
 }
 
@@ -36,13 +38,13 @@ impl<B: Backend> Lenet5<B> {
         let flat = 16 * after(input.height) * after(input.width);
         Self {
             conv1: conv(input.channels, 6, 5, 1, pad, true, device),
-            act1: QAct::float(),
+            act1: QuantAct::float(),
             conv2: conv(6, 16, 5, 1, 0, true, device),
-            act2: QAct::float(),
+            act2: QuantAct::float(),
             fc1: linear(flat, 120, true, device),
-            act3: QAct::float(),
+            act3: QuantAct::float(),
             fc2: linear(120, 84, true, device),
-            act4: QAct::float(),
+            act4: QuantAct::float(),
             fc3: linear(84, input.classes, true, device),
             pool: MaxPool2dConfig::new([2, 2]).init(),
         }

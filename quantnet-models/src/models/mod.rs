@@ -22,7 +22,7 @@ use burn::tensor::backend::Backend;
 use quantnet_burn::{QuantBackend, Quantizer};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{QAct, QConv2d, QLinear};
+use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
 
 pub use alexnet::AlexNetBn;
 pub use fc::FcNet;
@@ -144,9 +144,9 @@ pub struct InputShape {
 #[derive(Debug)]
 pub enum WeightLayer<'a, B: Backend> {
     /// A convolution.
-    Conv(&'a mut QConv2d<B>),
+    Conv(&'a mut QuantConv2d<B>),
     /// A linear layer.
-    Linear(&'a mut QLinear<B>),
+    Linear(&'a mut QuantLinear<B>),
 }
 
 impl<B: Backend> WeightLayer<'_, B> {
@@ -190,32 +190,47 @@ impl<B: Backend> WeightLayer<'_, B> {
         }
     }
 
-    /// Materialises lazily-initialised parameters (see `quantnet_burn::weight_quantizer`).
+    /// Sets the layer's quantizer from its current weights (see
+    /// `QuantLinear::quantize_from_weights`).
+    ///
+    /// # Errors
+    /// As `QuantizerConfig::init_from_data`.
+    pub fn quantize_from_weights(
+        &mut self,
+        config: &quantnet_burn::QuantizerConfig,
+        temperature: &quantnet_burn::Temperature,
+    ) -> quantnet_burn::Result<()> {
+        match self {
+            WeightLayer::Conv(c) => c.quantize_from_weights(config, temperature),
+            WeightLayer::Linear(l) => l.quantize_from_weights(config, temperature),
+        }
+    }
+
+    /// Initialises lazily initialised parameters now (see `QuantLinear::materialise`).
     pub(crate) fn materialise(&self) {
-        let bias = match self {
-            WeightLayer::Conv(c) => c.conv.bias.as_ref().map(|b| b.val()),
-            WeightLayer::Linear(l) => l.linear.bias.as_ref().map(|b| b.val()),
-        };
-        drop((self.weight(), bias));
+        match self {
+            WeightLayer::Conv(c) => c.materialise(),
+            WeightLayer::Linear(l) => l.materialise(),
+        }
     }
 }
 
 /// A classifier the QAT recipe can quantize and train: any Burn module built from
-/// [`QConv2d`], [`QLinear`] and [`QAct`] that lists them in forward order. The models of this
+/// [`QuantConv2d`], [`QuantLinear`] and [`QuantAct`] that lists them in forward order. The models of this
 /// crate implement it ([`Model`]); a user's model does in one short `impl`:
 ///
 /// ```
 /// use burn::module::Module;
 /// use burn::tensor::{Tensor, backend::Backend};
 /// use quantnet_burn::QuantBackend;
-/// use quantnet_models::layers::{QAct, QLinear};
+/// use quantnet_burn::nn::{QuantAct, QuantLinear};
 /// use quantnet_models::models::{QatModel, Slots};
 ///
 /// #[derive(Module, Debug)]
 /// struct Mlp<B: Backend> {
-///     fc1: QLinear<B>,
-///     act1: QAct<B>,
-///     fc2: QLinear<B>,
+///     fc1: QuantLinear<B>,
+///     act1: QuantAct<B>,
+///     fc2: QuantLinear<B>,
 /// }
 ///
 /// impl<B: Backend> QatModel<B> for Mlp<B> {
@@ -270,7 +285,7 @@ pub struct Slots<'a, B: Backend> {
     /// Weight layers (name, layer).
     pub weights: Vec<(String, WeightLayer<'a, B>)>,
     /// Activation-quantizer slots (name, slot).
-    pub acts: Vec<(String, &'a mut QAct<B>)>,
+    pub acts: Vec<(String, &'a mut QuantAct<B>)>,
 }
 
 impl<B: Backend> Default for Slots<'_, B> {
@@ -289,35 +304,35 @@ impl<'a, B: Backend> Slots<'a, B> {
     }
 
     /// Adds a convolution (builder form of [`Slots::conv`]).
-    pub fn with_conv(mut self, name: impl Into<String>, layer: &'a mut QConv2d<B>) -> Self {
+    pub fn with_conv(mut self, name: impl Into<String>, layer: &'a mut QuantConv2d<B>) -> Self {
         self.conv(name, layer);
         self
     }
 
     /// Adds a linear layer.
-    pub fn with_linear(mut self, name: impl Into<String>, layer: &'a mut QLinear<B>) -> Self {
+    pub fn with_linear(mut self, name: impl Into<String>, layer: &'a mut QuantLinear<B>) -> Self {
         self.linear(name, layer);
         self
     }
 
     /// Adds an activation slot.
-    pub fn with_act(mut self, name: impl Into<String>, slot: &'a mut QAct<B>) -> Self {
+    pub fn with_act(mut self, name: impl Into<String>, slot: &'a mut QuantAct<B>) -> Self {
         self.act(name, slot);
         self
     }
 
     /// Adds a convolution.
-    pub fn conv(&mut self, name: impl Into<String>, layer: &'a mut QConv2d<B>) {
+    pub fn conv(&mut self, name: impl Into<String>, layer: &'a mut QuantConv2d<B>) {
         self.weights.push((name.into(), WeightLayer::Conv(layer)));
     }
 
     /// Adds a linear layer.
-    pub fn linear(&mut self, name: impl Into<String>, layer: &'a mut QLinear<B>) {
+    pub fn linear(&mut self, name: impl Into<String>, layer: &'a mut QuantLinear<B>) {
         self.weights.push((name.into(), WeightLayer::Linear(layer)));
     }
 
     /// Adds an activation slot.
-    pub fn act(&mut self, name: impl Into<String>, slot: &'a mut QAct<B>) {
+    pub fn act(&mut self, name: impl Into<String>, slot: &'a mut QuantAct<B>) {
         self.acts.push((name.into(), slot));
     }
 
@@ -413,4 +428,37 @@ impl<B: Backend> QatModel<B> for Model<B> {
     {
         Model::forward(self, images)
     }
+}
+
+/// A full-precision `k×k` convolution slot (Burn's default initialisation).
+pub(crate) fn conv<B: Backend>(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+    device: &B::Device,
+) -> QuantConv2d<B> {
+    QuantConv2d::float(
+        burn::nn::conv::Conv2dConfig::new([c_in, c_out], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(burn::nn::PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_bias(bias)
+            .init(device),
+    )
+}
+
+/// A full-precision linear slot (Burn's default initialisation).
+pub(crate) fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &B::Device,
+) -> QuantLinear<B> {
+    QuantLinear::float(
+        burn::nn::LinearConfig::new(d_in, d_out)
+            .with_bias(bias)
+            .init(device),
+    )
 }

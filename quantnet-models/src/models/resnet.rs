@@ -16,40 +16,42 @@ use burn::tensor::backend::Backend;
 use quantnet_burn::QuantBackend;
 
 use super::{InputShape, Slots};
-use crate::layers::{QAct, QConv2d, QLinear, conv, linear};
+use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
+
+use super::{conv, linear};
 
 /// A 1×1 conv + batch norm shortcut.
 #[derive(Module, Debug)]
 pub struct Downsample<B: Backend> {
-    conv: QConv2d<B>,
+    conv: QuantConv2d<B>,
     bn: BatchNorm<B>,
 }
 
 /// The two-conv block of ResNet-18 and ResNet-20.
 #[derive(Module, Debug)]
 pub struct BasicBlock<B: Backend> {
-    conv1: QConv2d<B>,
+    conv1: QuantConv2d<B>,
     bn1: BatchNorm<B>,
-    act1: QAct<B>,
-    conv2: QConv2d<B>,
+    act1: QuantAct<B>,
+    conv2: QuantConv2d<B>,
     bn2: BatchNorm<B>,
     downsample: Option<Downsample<B>>,
-    act_out: QAct<B>,
+    act_out: QuantAct<B>,
 }
 
 /// The 1×1–3×3–1×1 block of ResNet-50 (stride on the 3×3, as torchvision).
 #[derive(Module, Debug)]
 pub struct Bottleneck<B: Backend> {
-    conv1: QConv2d<B>,
+    conv1: QuantConv2d<B>,
     bn1: BatchNorm<B>,
-    act1: QAct<B>,
-    conv2: QConv2d<B>,
+    act1: QuantAct<B>,
+    conv2: QuantConv2d<B>,
     bn2: BatchNorm<B>,
-    act2: QAct<B>,
-    conv3: QConv2d<B>,
+    act2: QuantAct<B>,
+    conv3: QuantConv2d<B>,
     bn3: BatchNorm<B>,
     downsample: Option<Downsample<B>>,
-    act_out: QAct<B>,
+    act_out: QuantAct<B>,
 }
 
 /// A residual block.
@@ -65,13 +67,13 @@ pub enum Block<B: Backend> {
 /// A residual network.
 #[derive(Module, Debug)]
 pub struct ResNet<B: Backend> {
-    conv1: QConv2d<B>,
+    conv1: QuantConv2d<B>,
     bn1: BatchNorm<B>,
     maxpool: Option<MaxPool2d>,
-    act_stem: QAct<B>,
+    act_stem: QuantAct<B>,
     blocks: Vec<Block<B>>,
     avgpool: AdaptiveAvgPool2d,
-    fc: QLinear<B>,
+    fc: QuantLinear<B>,
 }
 
 fn bn<B: Backend>(n: usize, device: &B::Device) -> BatchNorm<B> {
@@ -121,14 +123,14 @@ impl<B: Backend> ResNet<B> {
                     let b = Block::Bottleneck(Bottleneck {
                         conv1: conv(c_in, width, 1, 1, 0, false, device),
                         bn1: bn(width, device),
-                        act1: QAct::float(),
+                        act1: QuantAct::float(),
                         conv2: conv(width, width, 3, stride, 1, false, device),
                         bn2: bn(width, device),
-                        act2: QAct::float(),
+                        act2: QuantAct::float(),
                         conv3: conv(width, c_out, 1, 1, 0, false, device),
                         bn3: bn(c_out, device),
                         downsample: downsample(c_in, c_out, stride, device),
-                        act_out: QAct::float(),
+                        act_out: QuantAct::float(),
                     });
                     c_in = c_out;
                     b
@@ -136,11 +138,11 @@ impl<B: Backend> ResNet<B> {
                     let b = Block::Basic(BasicBlock {
                         conv1: conv(c_in, width, 3, stride, 1, false, device),
                         bn1: bn(width, device),
-                        act1: QAct::float(),
+                        act1: QuantAct::float(),
                         conv2: conv(width, width, 3, 1, 1, false, device),
                         bn2: bn(width, device),
                         downsample: downsample(c_in, width, stride, device),
-                        act_out: QAct::float(),
+                        act_out: QuantAct::float(),
                     });
                     c_in = width;
                     b
@@ -152,7 +154,7 @@ impl<B: Backend> ResNet<B> {
             conv1,
             bn1: bn(if imagenet_stem { 64 } else { stem_width }, device),
             maxpool,
-            act_stem: QAct::float(),
+            act_stem: QuantAct::float(),
             blocks,
             avgpool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             fc: linear(c_in, input.classes, true, device),

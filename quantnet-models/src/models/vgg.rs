@@ -9,7 +9,9 @@ use burn::tensor::backend::Backend;
 use quantnet_burn::QuantBackend;
 
 use super::{InputShape, Slots};
-use crate::layers::{QAct, QConv2d, QLinear, conv, linear};
+use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
+
+use super::{conv, linear};
 
 const WIDTHS: [usize; 6] = [128, 128, 256, 256, 512, 512];
 
@@ -18,10 +20,10 @@ const WIDTHS: [usize; 6] = [128, 128, 256, 256, 512, 512];
 /// classifier on the flattened `512 × H/8 × W/8` features.
 #[derive(Module, Debug)]
 pub struct VggSmall<B: Backend> {
-    convs: Vec<QConv2d<B>>,
+    convs: Vec<QuantConv2d<B>>,
     norms: Vec<BatchNorm<B>>,
-    acts: Vec<QAct<B>>,
-    fc: QLinear<B>,
+    acts: Vec<QuantAct<B>>,
+    fc: QuantLinear<B>,
     pool: MaxPool2d,
 }
 
@@ -40,7 +42,7 @@ impl<B: Backend> VggSmall<B> {
                 .iter()
                 .map(|&w| BatchNormConfig::new(w).init(device))
                 .collect(),
-            acts: WIDTHS.iter().map(|_| QAct::float()).collect(),
+            acts: WIDTHS.iter().map(|_| QuantAct::float()).collect(),
             fc: linear(
                 512 * (input.height / 8) * (input.width / 8),
                 input.classes,
