@@ -32,6 +32,33 @@ pub enum ThresholdInit {
     Uniform,
 }
 
+/// `kmeans` or `uniform`.
+impl std::str::FromStr for ThresholdInit {
+    type Err = crate::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim() {
+            "kmeans" => Ok(Self::KMeans),
+            "uniform" => Ok(Self::Uniform),
+            other => Err(crate::Error::InvalidParameter {
+                name: "threshold initialisation",
+                value: other.to_string(),
+                reason: "expected kmeans or uniform".into(),
+            }),
+        }
+    }
+}
+
+/// The form [`ThresholdInit::from_str`](std::str::FromStr) reads.
+impl std::fmt::Display for ThresholdInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::KMeans => "kmeans",
+            Self::Uniform => "uniform",
+        })
+    }
+}
+
 /// `(α, β)` for data whose largest magnitude is `max_abs`: `β = 5p/(4q)`, `α = 1/β`.
 ///
 /// # Errors

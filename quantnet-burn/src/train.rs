@@ -323,8 +323,10 @@ where
 
 /// A learning-rate schedule over a run: `const`, `cosine` (from the base rate down to 0 at the
 /// run's last step) or `step:E,G` (× `G` every `E` epochs).
+///
+/// Serialised as that text.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum LrSchedule {
     /// The base rate throughout.
     Constant,
@@ -337,6 +339,31 @@ pub enum LrSchedule {
         /// The decay factor (> 0).
         gamma: f64,
     },
+}
+
+/// The form [`LrSchedule::from_str`](std::str::FromStr) reads.
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Constant => f.write_str("const"),
+            Self::Cosine => f.write_str("cosine"),
+            Self::Step { every, gamma } => write!(f, "step:{every},{gamma}"),
+        }
+    }
+}
+
+impl TryFrom<String> for LrSchedule {
+    type Error = crate::Error;
+
+    fn try_from(text: String) -> crate::error::Result<Self> {
+        text.parse()
+    }
+}
+
+impl From<LrSchedule> for String {
+    fn from(schedule: LrSchedule) -> Self {
+        schedule.to_string()
+    }
 }
 
 impl std::str::FromStr for LrSchedule {

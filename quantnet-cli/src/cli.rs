@@ -153,128 +153,182 @@ pub(crate) struct FitArgs {
     pub(crate) backend: BackendName,
 }
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct TrainArgs {
-    /// A TOML run config (a run's config.toml works); the flags below override it.
-    #[arg(long)]
-    pub(crate) config: Option<PathBuf>,
+/// Every run-config field as an optional flag: serialised (given flags only) in `config.toml`'s
+/// form and merged over the config file, so a flag and a config entry are parsed the same way.
+#[derive(Debug, Default, clap::Args, serde::Serialize)]
+pub(crate) struct RunOptions {
     /// Architecture: lenet5, tfc, sfc, lfc, vgg-small, resnet20, resnet18, resnet50, alexnet-bn.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) model: Option<quantnet_models::Arch>,
     /// Data set: mnist, fashion-mnist, cifar10, imagenet (an image folder).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) dataset: Option<quantnet_models::data::Dataset>,
     /// Folder holding the data set (or a parent of it). Default: $QUANTNET_DATA, ../shared/data,
     /// ./data, ~/.cache/quantnet/data.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Weight levels: fp, 1 (binary), 2 (ternary), 3pm2, 3pm4, 5, sN, or a list like -4,-2,0,2,4.
     #[arg(long, allow_hyphen_values = true)]
-    pub(crate) weights: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) weights: Option<crate::run::WeightPrecision>,
     /// Activation levels: 32 (full precision), N (unsigned N-bit), or a level set.
     #[arg(long, allow_hyphen_values = true)]
-    pub(crate) acts: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) acts: Option<crate::run::ActPrecision>,
     /// Quantize the first conv and the last linear too (the paper keeps them full precision).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) quantize_all: bool,
     /// Gradient rule of the weight quantizers: exact, official (sigmoid derivative at T = 1
     /// times min(T, 2000), the official code's) or official:CAP (gain min(T, CAP)).
     /// Default: exact.
     #[arg(long)]
-    pub(crate) gradient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) gradient: Option<quantnet_burn::GradientMode>,
     /// Gradient rule of the activation quantizers (same forms; official:1 is the sigmoid
     /// derivative at T = 1 without gain, a smooth straight-through estimator). Default: official:1.
     #[arg(long)]
-    pub(crate) act_gradient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) act_gradient: Option<quantnet_burn::GradientMode>,
     /// The weights during activation calibration: soft (as training will see them at its first
     /// step) or hard. Default: soft.
     #[arg(long)]
-    pub(crate) calibrate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) calibrate: Option<quantnet_models::qat::CalibrationWeights>,
     /// How each activation range is set from the calibration sample: mse (the range whose hard
     /// quantization error is least, for midpoint thresholds: with --act-thresholds kmeans it is
     /// optimal for a slightly different quantizer) or percentile (see --act-percentile).
     /// Default: mse.
     #[arg(long)]
-    pub(crate) act_range: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) act_range: Option<crate::run::ActRange>,
     /// Re-estimate batch-norm statistics (200 batches, no gradient) for the quantized network
     /// before calibration and before the hard evaluation and saving: true or false. Default:
     /// true (models without batch norm are unaffected).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) bn_reestimate: Option<bool>,
     /// Training epochs (quantized, or full precision with --weights fp --acts 32).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) epochs: Option<usize>,
     /// Full-precision epochs before quantizing (without --from).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) pretrain_epochs: Option<usize>,
     /// Images per step.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) batch_size: Option<usize>,
     /// Learning rate (default 1e-3 for full precision, 1e-4 for quantized fine-tuning).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) lr: Option<f64>,
     /// Learning rate of the full-precision pretraining.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) pretrain_lr: Option<f64>,
     /// Learning-rate schedule of each phase, per step: const, cosine (down to 0 at the last
     /// step) or step:EPOCHS,GAMMA (times GAMMA every EPOCHS epochs). Default: const.
     #[arg(long)]
-    pub(crate) lr_schedule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) lr_schedule: Option<quantnet_burn::train::LrSchedule>,
     /// L2 weight decay (every trained parameter, quantizer scales included: those in the
     /// --quant-lr-mult group decay at that multiple of the rate too). Default: 0.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) weight_decay: Option<f64>,
     /// Weight temperature schedule: anneal:T0,TEND (geometric over the run, raised every
     /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally ,cap=C. Default: anneal:5,500.
-    #[arg(long)]
-    pub(crate) temperature: Option<String>,
+    #[arg(long = "temperature", value_name = "SCHEDULE")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) weights_temperature: Option<quantnet_burn::TemperatureSchedule>,
     /// Activation temperature schedule (same forms). Default: anneal:10,500.
-    #[arg(long)]
-    pub(crate) act_temperature: Option<String>,
+    #[arg(long = "act-temperature", value_name = "SCHEDULE")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) acts_temperature: Option<quantnet_burn::TemperatureSchedule>,
     /// Training images used to calibrate the activation quantizers.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) calibration_images: Option<usize>,
     /// Clip the gradient L2 norm (the paper: 5 for weights only, 20 with activations).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) clip: Option<f32>,
     /// Where --clip measures the norm: wq (one global norm over the soft-quantized weights'
     /// gradients and the other parameters', as the official code; the default) or w (Burn's
     /// optimizer clipping: each parameter tensor's gradient clipped to the norm on its own, not a
     /// global norm). Without quantized weights, clipping is always Burn's per-tensor clipping.
     #[arg(long)]
-    pub(crate) clip_in: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) clip_in: Option<quantnet_models::qat::ClipDomain>,
     /// Learning-rate multiplier of the quantizers' alpha and beta (Adam steps every parameter
     /// by about the learning rate, and beta is 3-25); see --quant-lr-group. Default: 100.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quant_lr_mult: Option<f64>,
     /// Whose scales take --quant-lr-mult: all (every quantizer's) or acts (the activation
     /// quantizers' only). Default: all. (Binary weights' β is never trained: their hard function
     /// ignores it.)
     #[arg(long)]
-    pub(crate) quant_lr_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) quant_lr_group: Option<quantnet_models::qat::QuantLrGroup>,
     /// Optimizer: adam, or sgd (momentum 0.9, as the paper).
     #[arg(long)]
-    pub(crate) optimizer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) optimizer: Option<quantnet_models::qat::OptimizerKind>,
     /// What trains: joint (everything, the default) or acts (only the activation quantizers'
     /// alpha and beta: the paper's second phase, after a weights-only run given with --from).
     #[arg(long)]
-    pub(crate) phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) phase: Option<quantnet_models::qat::TrainPhase>,
     /// Calibrate activation ranges at this percentile (default 99.9; 100 is the maximum, the
     /// paper's rule).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) act_percentile: Option<f32>,
     /// Activation thresholds: uniform (default) or kmeans (the paper).
     #[arg(long)]
-    pub(crate) act_thresholds: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) act_thresholds: Option<quantnet_burn::ThresholdInit>,
     /// Seed (initialisation, shuffling).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) seed: Option<u64>,
     /// Train on the first N training images only (the test set is always whole).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) limit: Option<usize>,
     /// Start from this run directory's final model (e.g. a full-precision run).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) from: Option<PathBuf>,
+}
+
+/// [`crate::run::text`] for optional fields (only `Some` is serialised).
+mod text_option {
+    pub(crate) fn serialize<T: std::fmt::Display, S: serde::Serializer>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// A TOML run config (a run's config.toml works); the flags below override it.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// The run's settings given as flags; they override the config file's.
+    #[command(flatten)]
+    pub(crate) options: RunOptions,
     /// Continue the run in this directory from its last checkpoint (its config.toml is used).
     #[arg(long, conflicts_with_all = ["config", "out", "from"])]
     pub(crate) resume: Option<PathBuf>,
@@ -376,70 +430,15 @@ pub(crate) struct FetchArgs {
 impl TrainArgs {
     /// The run config: the `--config` file (or the defaults), then the flags given.
     pub(crate) fn config(&self) -> anyhow::Result<crate::run::RunConfig> {
-        let args = self;
-        let mut cfg = match &args.config {
+        use anyhow::Context;
+        let base = match &self.config {
             Some(path) => crate::run::RunConfig::read(path)?,
             None => crate::run::RunConfig::default(),
         };
-        macro_rules! set {
-            ($($field:ident),*) => {$(
-                if let Some(v) = &args.$field {
-                    cfg.$field = v.clone().into();
-                }
-            )*};
-        }
-        set!(
-            model,
-            dataset,
-            weights,
-            acts,
-            gradient,
-            act_gradient,
-            calibrate,
-            act_range,
-            bn_reestimate,
-            epochs,
-            pretrain_epochs,
-            batch_size,
-            pretrain_lr,
-            lr_schedule,
-            weight_decay,
-            calibration_images,
-            seed,
-            optimizer,
-            phase,
-            clip_in,
-            act_thresholds,
-            quant_lr_mult,
-            quant_lr_group
-        );
-        if args.lr.is_some() {
-            cfg.lr = args.lr;
-        }
-        if args.act_percentile.is_some() {
-            cfg.act_percentile = args.act_percentile;
-        }
-        if let Some(v) = &args.temperature {
-            cfg.weights_temperature = v.clone();
-        }
-        if let Some(v) = &args.act_temperature {
-            cfg.acts_temperature = v.clone();
-        }
-        if args.data_dir.is_some() {
-            cfg.data_dir = args.data_dir.clone();
-        }
-        if args.limit.is_some() {
-            cfg.limit = args.limit;
-        }
-        if args.clip.is_some() {
-            cfg.clip = args.clip;
-        }
-        if args.from.is_some() {
-            cfg.from = args.from.clone();
-        }
-        if args.quantize_all {
-            cfg.quantize_all = true;
-        }
-        Ok(cfg)
+        let mut table = toml::Table::try_from(&base).context("serialising the run config")?;
+        table.extend(toml::Table::try_from(&self.options).context("serialising the flags")?);
+        table
+            .try_into()
+            .context("the flags do not make a valid run config")
     }
 }

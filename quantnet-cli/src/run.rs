@@ -4,19 +4,137 @@
 //! --config RUN/config.toml` repeats the run), `checkpoint/` (burn-train's, per epoch),
 //! `metrics.csv`, `model.mpk` (the final model) and `summary.json`.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
+use quantnet_burn::train::LrSchedule;
 use quantnet_burn::{GradientMode, LevelSet, QuantizerConfig, TemperatureSchedule, ThresholdInit};
 use quantnet_models::data::Dataset;
 use quantnet_models::qat::{
     CalibrationWeights, ClipDomain, OptimizerKind, QatConfig, QuantLrGroup, TrainPhase,
 };
 use quantnet_models::{Arch, QuantPolicy};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Everything a training run is made from. The defaults are the README's main job: LeNet-5 on
-/// Fashion-MNIST, one full-precision epoch, then two with ternary weights and 2-bit activations.
+/// Serde through `Display`/`FromStr`: `config.toml` holds the words the flags take.
+pub(crate) mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(crate) fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub(crate) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Levels as given (`fp`/`32`, a level-set name or list, and for activations a bit count `N`:
+/// unsigned `N`-bit), parsed once; shown and saved as given.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Precision<const ACTS: bool> {
+    text: String,
+    levels: Option<LevelSet>,
+}
+
+/// `--weights`: `fp` or a level set (`2` is ternary).
+pub(crate) type WeightPrecision = Precision<false>;
+/// `--acts`: `32`/`fp`, a bit count (`2` is unsigned 2-bit) or a level set.
+pub(crate) type ActPrecision = Precision<true>;
+
+impl<const ACTS: bool> Precision<ACTS> {
+    /// The levels; `None` for full precision.
+    pub(crate) fn levels(&self) -> Option<&LevelSet> {
+        self.levels.as_ref()
+    }
+}
+
+impl<const ACTS: bool> FromStr for Precision<ACTS> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text).map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl<const ACTS: bool> Precision<ACTS> {
+    fn parse(text: &str) -> Result<Self> {
+        let flag = if ACTS { "--acts" } else { "--weights" };
+        let trimmed = text.trim();
+        let levels = if matches!(trimmed, "fp" | "32" | "float") {
+            None
+        } else if let (true, Ok(bits)) = (ACTS, trimmed.parse::<u32>()) {
+            Some(
+                LevelSet::unsigned(bits)
+                    .with_context(|| format!("{flag} {trimmed}: not a valid bit count"))?,
+            )
+        } else {
+            Some(
+                trimmed
+                    .parse::<LevelSet>()
+                    .with_context(|| format!("{flag} {trimmed}"))?,
+            )
+        };
+        Ok(Self {
+            text: trimmed.to_string(),
+            levels,
+        })
+    }
+}
+
+impl<const ACTS: bool> fmt::Display for Precision<ACTS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<const ACTS: bool> Serialize for Precision<ACTS> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de, const ACTS: bool> Deserialize<'de> for Precision<ACTS> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        text::deserialize(d)
+    }
+}
+
+/// How each activation range is set from the calibration sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ActRange {
+    /// The range whose hard quantization of the sample has the least squared error.
+    Mse,
+    /// The `act_percentile` of the sample (the paper: the maximum).
+    Percentile,
+}
+
+impl FromStr for ActRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "mse" => Ok(Self::Mse),
+            "percentile" => Ok(Self::Percentile),
+            other => Err(format!("`{other}`: expected mse or percentile")),
+        }
+    }
+}
+
+/// Everything a training run is made from, typed: `config.toml` and the flags are parsed into it
+/// once. The defaults are the README's main job: LeNet-5 on Fashion-MNIST, one full-precision
+/// epoch, then two with ternary weights and 2-bit activations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RunConfig {
@@ -26,23 +144,23 @@ pub(crate) struct RunConfig {
     pub(crate) dataset: Dataset,
     /// Folder holding the data set (default: the standard places).
     pub(crate) data_dir: Option<PathBuf>,
-    /// Weight levels: `fp`, or a level set (`1`, `2`, `3pm2`, `3pm4`, `5`, `sN`, a list).
-    pub(crate) weights: String,
-    /// Activation levels: `32`/`fp`, a bit count `N` (unsigned N-bit), or a level set.
-    pub(crate) acts: String,
+    /// Weight levels.
+    pub(crate) weights: WeightPrecision,
+    /// Activation levels.
+    pub(crate) acts: ActPrecision,
     /// Quantize the first conv and the last linear too.
     pub(crate) quantize_all: bool,
-    /// Gradient rule of the weight quantizers: `exact`, `official` or `official:CAP`.
-    pub(crate) gradient: String,
-    /// Gradient rule of the activation quantizers (same forms).
-    pub(crate) act_gradient: String,
-    /// The weights during activation calibration: `soft` (at the first step's temperature, as
-    /// training sees them) or `hard`.
-    pub(crate) calibrate: String,
-    /// Activation range from the calibration sample: `mse` or `percentile`.
-    pub(crate) act_range: String,
-    /// Re-estimate batch-norm statistics for the quantized network (before calibration and
-    /// before the hard evaluation and saving); models without batch norm are unaffected.
+    /// Gradient rule of the weight quantizers.
+    #[serde(with = "text")]
+    pub(crate) gradient: GradientMode,
+    /// Gradient rule of the activation quantizers.
+    #[serde(with = "text")]
+    pub(crate) act_gradient: GradientMode,
+    /// The weights during activation calibration.
+    pub(crate) calibrate: CalibrationWeights,
+    /// Activation range from the calibration sample.
+    pub(crate) act_range: ActRange,
+    /// Re-estimate batch-norm statistics for the quantized network.
     pub(crate) bn_reestimate: bool,
     /// Quantized (or, for `weights = "fp"`, full-precision) training epochs.
     pub(crate) epochs: usize,
@@ -55,43 +173,38 @@ pub(crate) struct RunConfig {
     pub(crate) lr: Option<f64>,
     /// Learning rate of the full-precision pretraining.
     pub(crate) pretrain_lr: f64,
-    /// Learning-rate schedule of each phase: `const`, `cosine` or `step:EPOCHS,GAMMA`.
-    pub(crate) lr_schedule: String,
-    /// L2 weight decay of the optimizer (every trained parameter; 0: none).
+    /// Learning-rate schedule of each phase.
+    pub(crate) lr_schedule: LrSchedule,
+    /// L2 weight decay of the optimizer (0: none).
     pub(crate) weight_decay: f64,
-    /// Weight temperature schedule (`anneal:T0,TEND`, `linear:T0`, `exp:T0,G`, `const:T`).
-    pub(crate) weights_temperature: String,
+    /// Weight temperature schedule.
+    #[serde(with = "text")]
+    pub(crate) weights_temperature: TemperatureSchedule,
     /// Activation temperature schedule.
-    pub(crate) acts_temperature: String,
+    #[serde(with = "text")]
+    pub(crate) acts_temperature: TemperatureSchedule,
     /// Training images sampled to calibrate the activation quantizers (the paper: 1000).
     pub(crate) calibration_images: usize,
     /// Clip the gradient's L2 norm to this value (the paper: 5).
     pub(crate) clip: Option<f32>,
-    /// Where the clipping norm is taken: `wq` (one global norm over the soft-quantized weights'
-    /// gradients, before the quantizer's chain rule, and the other parameters': the official
-    /// code) or `w` (Burn's optimizer clipping, which clips each parameter tensor's gradient on
-    /// its own: a per-tensor norm, not a global one). Runs without quantized weights always
-    /// use Burn's per-tensor clipping.
-    pub(crate) clip_in: String,
-    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds): Adam's steps
-    /// are of the size of the learning rate whatever the parameter's scale, and β is 3–25.
+    /// Where the clipping norm is taken.
+    pub(crate) clip_in: ClipDomain,
+    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds).
     pub(crate) quant_lr_mult: f64,
-    /// Whose α/β/thresholds take `quant_lr_mult`: `acts` (the activation quantizers') or `all`
-    /// (the weight quantizers' too).
-    pub(crate) quant_lr_group: String,
-    /// Optimizer: `adam`, or `sgd` (momentum 0.9, no dampening: the paper's).
-    pub(crate) optimizer: String,
-    /// What trains: `joint` (everything), or `acts` (only the activation quantizers' α and β;
-    /// the paper's second phase, run `--from` a weight-quantized run).
-    pub(crate) phase: String,
-    /// Activation range `q` at this percentile of the calibration activations instead of the
-    /// maximum (the paper's rule; `None`).
+    /// Whose scales take `quant_lr_mult`.
+    pub(crate) quant_lr_group: QuantLrGroup,
+    /// Optimizer.
+    pub(crate) optimizer: OptimizerKind,
+    /// What trains.
+    pub(crate) phase: TrainPhase,
+    /// Activation range at this percentile of the calibration activations (`None`: the maximum).
     pub(crate) act_percentile: Option<f32>,
-    /// Activation thresholds: `uniform` (midpoints, the default) or `kmeans` (the paper).
-    pub(crate) act_thresholds: String,
+    /// Activation thresholds.
+    #[serde(with = "text")]
+    pub(crate) act_thresholds: ThresholdInit,
     /// Seed of the initialisation and the shuffling.
     pub(crate) seed: u64,
-    /// Train on the first N training images only (the test set is always whole).
+    /// Train on a seeded sample of N training images only (the test set is always whole).
     pub(crate) limit: Option<usize>,
     /// A run directory to start from (its final model).
     pub(crate) from: Option<PathBuf>,
@@ -99,137 +212,70 @@ pub(crate) struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
+        let recipe = QatConfig::new(QuantPolicy::float());
+        let parse = |text: &str| text.parse().expect("a valid default");
         Self {
             model: Arch::Lenet5,
             dataset: Dataset::FashionMnist,
             data_dir: None,
-            weights: "2".into(),
-            acts: "2".into(),
+            weights: parse("2"),
+            acts: Precision {
+                text: "2".into(),
+                levels: LevelSet::unsigned(2).ok(),
+            },
             quantize_all: false,
-            gradient: "exact".into(),
-            act_gradient: "official:1".into(),
-            calibrate: "soft".into(),
-            act_range: "mse".into(),
-            bn_reestimate: true,
-            epochs: 2,
-            pretrain_epochs: 1,
-            batch_size: 64,
+            gradient: GradientMode::Exact,
+            act_gradient: GradientMode::Official { cap: 1.0 },
+            calibrate: recipe.calibrate,
+            act_range: ActRange::Mse,
+            bn_reestimate: recipe.bn_reestimate,
+            epochs: recipe.epochs,
+            pretrain_epochs: recipe.pretrain_epochs,
+            batch_size: recipe.batch_size,
             lr: None,
-            pretrain_lr: 1e-3,
-            lr_schedule: "const".into(),
-            weight_decay: 0.0,
-            weights_temperature: "anneal:5,500".into(),
-            acts_temperature: "anneal:10,500".into(),
-            calibration_images: 1000,
+            pretrain_lr: recipe.pretrain_lr,
+            lr_schedule: recipe.lr_schedule,
+            weight_decay: recipe.weight_decay,
+            weights_temperature: recipe.weights_temperature,
+            acts_temperature: recipe.acts_temperature,
+            calibration_images: recipe.calibration_images,
             clip: None,
-            clip_in: "wq".into(),
-            optimizer: "adam".into(),
-            phase: "joint".into(),
-            quant_lr_mult: 100.0,
-            quant_lr_group: "all".into(),
+            clip_in: recipe.clip_in,
+            optimizer: recipe.optimizer,
+            phase: recipe.phase,
+            quant_lr_mult: recipe.quant_lr_mult,
+            quant_lr_group: recipe.quant_lr_group,
             act_percentile: Some(99.9),
-            act_thresholds: "uniform".into(),
-            seed: 42,
+            act_thresholds: ThresholdInit::Uniform,
+            seed: recipe.seed,
             limit: None,
             from: None,
         }
     }
 }
 
-/// `exact`, `official` or `official:CAP`.
-fn gradient_mode(text: &str, flag: &str) -> Result<GradientMode> {
-    match text.trim() {
-        "exact" => Ok(GradientMode::Exact),
-        "official" => Ok(GradientMode::official()),
-        other => match other.strip_prefix("official:").map(str::parse::<f32>) {
-            Some(Ok(cap)) if cap.is_finite() && cap > 0.0 => Ok(GradientMode::Official { cap }),
-            _ => bail!("{flag} `{other}`: expected exact, official or official:CAP (CAP > 0)"),
-        },
-    }
-}
-
-/// `fp`/`32` or a level set.
-fn levels(text: &str, what: &str, bits_are_unsigned: bool) -> Result<Option<LevelSet>> {
-    let text = text.trim();
-    if matches!(text, "fp" | "32" | "float") {
-        return Ok(None);
-    }
-    if bits_are_unsigned && let Ok(bits) = text.parse::<u32>() {
-        return Ok(Some(LevelSet::unsigned(bits).with_context(|| {
-            format!("--{what} {text}: not a valid bit count")
-        })?));
-    }
-    Ok(Some(
-        text.parse::<LevelSet>()
-            .with_context(|| format!("--{what} {text}"))?,
-    ))
-}
-
 impl RunConfig {
-    /// Checks every field and derives the quantization policy.
-    pub(crate) fn policy(&self) -> Result<QuantPolicy> {
-        let gradient = gradient_mode(&self.gradient, "--gradient")?;
-        let act_gradient = gradient_mode(&self.act_gradient, "--act-gradient")?;
-        let act_mse = match self.act_range.as_str() {
-            "mse" => true,
-            "percentile" => false,
-            other => bail!("--act-range `{other}`: expected mse or percentile"),
-        };
-        let act_thresholds = match self.act_thresholds.as_str() {
-            "kmeans" => ThresholdInit::KMeans,
-            "uniform" => ThresholdInit::Uniform,
-            other => bail!("act-thresholds `{other}`: expected kmeans or uniform"),
-        };
-        if let Some(p) = self.act_percentile
-            && !(p > 0.0 && p <= 100.0)
-        {
-            bail!("--act-percentile must be in (0, 100], got {p}");
-        }
-        Ok(QuantPolicy {
-            weights: levels(&self.weights, "weights", false)?
-                .map(|l| QuantizerConfig::weights(l).with_gradient(gradient)),
-            acts: levels(&self.acts, "acts", true)?.map(|l| {
-                QuantizerConfig::activations(l)
-                    .with_threshold_init(act_thresholds)
-                    .with_gradient(act_gradient)
+    /// The quantization policy.
+    pub(crate) fn policy(&self) -> QuantPolicy {
+        QuantPolicy {
+            weights: self
+                .weights
+                .levels()
+                .map(|l| QuantizerConfig::weights(l.clone()).with_gradient(self.gradient)),
+            acts: self.acts.levels().map(|l| {
+                QuantizerConfig::activations(l.clone())
+                    .with_threshold_init(self.act_thresholds)
+                    .with_gradient(self.act_gradient)
             }),
             quantize_all: self.quantize_all,
             act_percentile: self.act_percentile,
-            act_mse,
-        })
+            act_mse: self.act_range == ActRange::Mse,
+        }
     }
 
-    /// The two temperature schedules.
-    pub(crate) fn schedules(&self) -> Result<(TemperatureSchedule, TemperatureSchedule)> {
-        let w = self
-            .weights_temperature
-            .parse()
-            .context("--temperature (weights)")?;
-        let a = self.acts_temperature.parse().context("--act-temperature")?;
-        Ok((w, a))
-    }
-
-    /// The temperature hook of the main phase: the two schedules driving `temps`.
-    pub(crate) fn hook(
-        &self,
-        temps: &quantnet_models::Temperatures,
-    ) -> Result<quantnet_burn::train::TemperatureHook> {
-        let (w, a) = self.schedules()?;
-        Ok(quantnet_burn::train::TemperatureHook::new()
-            .with(&temps.weights, w)
-            .with(&temps.acts, a))
-    }
-
-    /// The library recipe this config describes (checked: every string field parsed).
-    pub(crate) fn recipe(&self) -> Result<QatConfig> {
-        let (weights_temperature, acts_temperature) = self.schedules()?;
-        let choose = |value: &str, flag: &str, options: &[&str]| -> Result<usize> {
-            options
-                .iter()
-                .position(|o| *o == value)
-                .with_context(|| format!("--{flag} `{value}`: expected {}", options.join(" or ")))
-        };
-        let recipe = QatConfig::new(self.policy()?)
+    /// The library recipe this config describes.
+    pub(crate) fn recipe(&self) -> QatConfig {
+        QatConfig::new(self.policy())
             .with_epochs(self.epochs)
             .with_pretrain_epochs(if self.from.is_some() {
                 0
@@ -239,48 +285,25 @@ impl RunConfig {
             .with_batch_size(self.batch_size)
             .with_lr(self.lr)
             .with_pretrain_lr(self.pretrain_lr)
-            .with_lr_schedule(
-                self.lr_schedule
-                    .parse::<quantnet_burn::train::LrSchedule>()
-                    .context("--lr-schedule")?,
-            )
+            .with_lr_schedule(self.lr_schedule)
             .with_weight_decay(self.weight_decay)
-            .with_optimizer(
-                [OptimizerKind::Adam, OptimizerKind::Sgd]
-                    [choose(&self.optimizer, "optimizer", &["adam", "sgd"])?],
-            )
-            .with_weights_temperature(weights_temperature)
-            .with_acts_temperature(acts_temperature)
+            .with_optimizer(self.optimizer)
+            .with_weights_temperature(self.weights_temperature)
+            .with_acts_temperature(self.acts_temperature)
             .with_calibration_images(self.calibration_images)
-            .with_calibrate(
-                [CalibrationWeights::Soft, CalibrationWeights::Hard]
-                    [choose(&self.calibrate, "calibrate", &["soft", "hard"])?],
-            )
+            .with_calibrate(self.calibrate)
             .with_bn_reestimate(self.bn_reestimate)
             .with_clip(self.clip)
-            .with_clip_in(
-                [ClipDomain::Wq, ClipDomain::W][choose(&self.clip_in, "clip-in", &["wq", "w"])?],
-            )
+            .with_clip_in(self.clip_in)
             .with_quant_lr_mult(self.quant_lr_mult)
-            .with_quant_lr_group(
-                [QuantLrGroup::Acts, QuantLrGroup::All]
-                    [choose(&self.quant_lr_group, "quant-lr-group", &["acts", "all"])?],
-            )
-            .with_phase(
-                [TrainPhase::Joint, TrainPhase::Acts]
-                    [choose(&self.phase, "phase", &["joint", "acts"])?],
-            )
-            .with_seed(self.seed);
-        Ok(recipe)
+            .with_quant_lr_group(self.quant_lr_group)
+            .with_phase(self.phase)
+            .with_seed(self.seed)
     }
 
     /// Sets `temps` to the temperatures of the run's last step.
-    pub(crate) fn set_final_temperatures(
-        &self,
-        temps: &quantnet_models::Temperatures,
-    ) -> Result<()> {
-        self.hook(temps)?.over(self.epochs, 1).finish();
-        Ok(())
+    pub(crate) fn set_final_temperatures(&self, temps: &quantnet_models::Temperatures) {
+        self.recipe().hook(temps).over(self.epochs, 1).finish();
     }
 
     /// Everything that can be checked before loading data.
@@ -293,19 +316,21 @@ impl RunConfig {
         if self.limit == Some(0) {
             bail!("--limit must be at least 1 image");
         }
-        let recipe = self.recipe()?;
-        if recipe.phase == TrainPhase::Acts && recipe.policy.acts.is_none() {
+        if self.phase == TrainPhase::Acts && self.acts.levels().is_none() {
             bail!(
                 "--phase acts trains only the activation quantizers, but --acts `{}` quantizes no \
                  activations",
                 self.acts
             );
         }
-        let (w, a) = self.schedules()?;
-        w.check_run(self.epochs).context("--temperature")?;
-        a.check_run(self.epochs).context("--act-temperature")?;
-        recipe.validate().map_err(|e| {
-            // The recipe names its fields; the CLI's flags are the same words with dashes.
+        self.weights_temperature
+            .check_run(self.epochs)
+            .context("--temperature")?;
+        self.acts_temperature
+            .check_run(self.epochs)
+            .context("--act-temperature")?;
+        self.recipe().validate().map_err(|e| {
+            // The recipe names its fields; the flags are the same words with dashes.
             anyhow::anyhow!("--{}", e.to_string().replacen('_', "-", 2))
         })?;
         self.model
@@ -330,15 +355,10 @@ impl RunConfig {
 
     /// A short tag such as `w2-a2` or `fp`.
     pub(crate) fn precision_tag(&self) -> String {
-        let w = levels(&self.weights, "weights", false).ok().flatten();
-        let a = levels(&self.acts, "acts", true).ok().flatten();
-        match (w, a) {
+        let name = |l: Option<&LevelSet>| l.map_or("fp".into(), LevelSet::name);
+        match (self.weights.levels(), self.acts.levels()) {
             (None, None) => "fp".into(),
-            (w, a) => format!(
-                "w{}-a{}",
-                w.map_or("fp".into(), |l| l.name()),
-                a.map_or("fp".into(), |l| l.name())
-            ),
+            (w, a) => format!("w{}-a{}", name(w), name(a)),
         }
     }
 }
@@ -354,7 +374,7 @@ pub(crate) fn load_run<B: burn::tensor::backend::Backend>(
     use quantnet_models::quantize;
     let cfg = RunConfig::read(&dir.join("config.toml"))
         .with_context(|| format!("{} is not a quantnet run directory", dir.display()))?;
-    let policy = cfg.policy()?;
+    let policy = cfg.policy();
     let mut model = quantnet_models::Model::new(cfg.model, cfg.dataset.input(), device);
     quantize::skeleton(&mut model, &policy, temps, device)?;
     let path = dir.join("model.mpk");

@@ -75,6 +75,37 @@ pub enum GradientMode {
     },
 }
 
+/// `exact`, `official` (the official cap) or `official:CAP` (`CAP > 0`).
+impl std::str::FromStr for GradientMode {
+    type Err = crate::Error;
+
+    fn from_str(text: &str) -> crate::Result<Self> {
+        match text.trim() {
+            "exact" => Ok(Self::Exact),
+            "official" => Ok(Self::official()),
+            other => match other.strip_prefix("official:").map(str::parse::<f32>) {
+                Some(Ok(cap)) if cap.is_finite() && cap > 0.0 => Ok(Self::Official { cap }),
+                _ => Err(crate::Error::InvalidParameter {
+                    name: "gradient",
+                    value: other.to_string(),
+                    reason: "expected exact, official or official:CAP (CAP > 0)".into(),
+                }),
+            },
+        }
+    }
+}
+
+/// The form [`GradientMode::from_str`](std::str::FromStr) reads.
+impl std::fmt::Display for GradientMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact => f.write_str("exact"),
+            Self::Official { cap } if *cap == OFFICIAL_TEMPERATURE_CAP => f.write_str("official"),
+            Self::Official { cap } => write!(f, "official:{cap}"),
+        }
+    }
+}
+
 impl GradientMode {
     /// The official rule with the official cap, [`OFFICIAL_TEMPERATURE_CAP`].
     pub fn official() -> Self {

@@ -111,8 +111,8 @@ impl WithBackend for EvalJob {
             .context("--from RUN_DIR or --model-file FILE")?;
         let temps = Temperatures::default();
         let (cfg, mut model) = load_run::<B::InnerBackend>(run, &temps, &device)?;
-        cfg.set_final_temperatures(&temps)?;
-        let policy = cfg.policy()?;
+        cfg.set_final_temperatures(&temps);
+        let policy = cfg.policy();
         let dataset = args.dataset.unwrap_or(cfg.dataset);
         if dataset.input() != cfg.dataset.input() {
             bail!(
@@ -129,8 +129,8 @@ impl WithBackend for EvalJob {
             model: cfg.model.to_string(),
             dataset: dataset.to_string(),
             backend,
-            weights: cfg.weights.clone(),
-            acts: cfg.acts.clone(),
+            weights: cfg.weights.to_string(),
+            acts: cfg.acts.to_string(),
             epochs: cfg.epochs,
             pretrain_epochs: cfg.pretrain_epochs,
             train_images: 0,
@@ -263,8 +263,8 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
     let device = Default::default();
     let temps = Temperatures::default();
     let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
-    cfg.set_final_temperatures(&temps)?;
-    let policy = cfg.policy()?;
+    cfg.set_final_temperatures(&temps);
+    let policy = cfg.policy();
     println!(
         "{} for {} ({} parameters), weights {}, activations {}{}",
         cfg.model,

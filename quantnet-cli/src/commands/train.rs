@@ -74,7 +74,7 @@ impl WithBackend for TrainJob {
             resume,
             backend,
         } = self;
-        let recipe = cfg.recipe()?;
+        let recipe = cfg.recipe();
         let data = load_data(&cfg, &data_dir)?;
         B::seed(&device, cfg.seed);
         let model = match (&cfg.from, resume) {
@@ -114,8 +114,8 @@ impl WithBackend for TrainJob {
             model: cfg.model.to_string(),
             dataset: cfg.dataset.to_string(),
             backend: backend.name().into(),
-            weights: cfg.weights.clone(),
-            acts: cfg.acts.clone(),
+            weights: cfg.weights.to_string(),
+            acts: cfg.acts.to_string(),
             epochs: cfg.epochs,
             pretrain_epochs: if cfg.from.is_none() && quantized {
                 cfg.pretrain_epochs

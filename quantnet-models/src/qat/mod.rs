@@ -66,6 +66,39 @@ use crate::train::layer_stats;
 pub use progress::PlainRenderer;
 pub use report::{EpochReport, QatReport};
 
+/// `FromStr` and `Display` for a unit enum, in the snake-case words its serde form uses.
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+
+            fn from_str(text: &str) -> Result<Self> {
+                match text.trim() {
+                    $($name => Ok(Self::$variant),)+
+                    other => Err(Error::Invalid(format!(
+                        "`{other}`: expected {}",
+                        [$($name),+].join(" or ")
+                    ))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $(Self::$variant => $name,)+
+                })
+            }
+        }
+    };
+}
+
+text_enum!(OptimizerKind { Adam => "adam", Sgd => "sgd" });
+text_enum!(ClipDomain { Wq => "wq", W => "w" });
+text_enum!(QuantLrGroup { Acts => "acts", All => "all" });
+text_enum!(TrainPhase { Joint => "joint", Acts => "acts" });
+text_enum!(CalibrationWeights { Soft => "soft", Hard => "hard" });
+
 /// The optimizer of every phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
