@@ -329,9 +329,12 @@ impl RunConfig {
         self.acts_temperature
             .check_run(self.epochs)
             .context("--act-temperature")?;
-        self.recipe().validate().map_err(|e| {
+        self.recipe().validate().map_err(|e| match e {
             // The recipe names its fields; the flags are the same words with dashes.
-            anyhow::anyhow!("--{}", e.to_string().replacen('_', "-", 2))
+            quantnet_models::Error::Config { field, reason } => {
+                anyhow::anyhow!("--{} {reason}", field.replace('_', "-"))
+            }
+            other => other.into(),
         })?;
         self.model
             .check_input(self.dataset.input())

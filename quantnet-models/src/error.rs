@@ -33,6 +33,33 @@ pub enum Error {
         #[source]
         source: burn::record::RecorderError,
     },
+    /// A manifest could not be serialised.
+    #[error("serialising the manifest")]
+    Manifest(#[source] serde_json::Error),
+    /// Values could not be read back from the device.
+    #[error("reading {what} back from the device: {reason}")]
+    ReadBack {
+        /// What was read.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Activation calibration failed.
+    #[error("activation calibration{}: {reason}", slot.as_ref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    Calibration {
+        /// The activation slot, when one is to blame.
+        slot: Option<String>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A recipe setting that cannot run.
+    #[error("{field} {reason}")]
+    Config {
+        /// The setting (the recipe's field name).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file was read but its contents are not what its format requires.
     #[error("{path}: {reason}")]
     Corrupt {

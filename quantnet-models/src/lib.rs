@@ -14,6 +14,7 @@ pub mod models;
 #[cfg(feature = "train")]
 pub mod qat;
 pub mod quantize;
+pub mod stats;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -96,7 +96,10 @@ fn layer_error(layer: &str, source: quantnet_burn::Error) -> Error {
 pub(crate) fn read_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
     data.convert::<f32>()
         .to_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("reading {what}: {e:?}")))
+        .map_err(|e| Error::ReadBack {
+            what: what.to_string(),
+            reason: format!("{e:?}"),
+        })
 }
 
 /// Gives the policy's weight layers quantizers initialised from their current weights
@@ -143,8 +146,8 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
 /// set keep it and quantize during the pass. Returns how many slots were calibrated.
 ///
 /// # Errors
-/// [`Error::Layer`] names a slot whose activations are all zero or non-finite;
-/// [`Error::Invalid`] when `batches` is empty.
+/// [`Error::Layer`] names a slot whose activations are all zero; [`Error::Calibration`] one
+/// whose activations are not finite, or says that `batches` is empty.
 pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
     model: &mut M,
     policy: &QuantPolicy,
@@ -183,9 +186,10 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
         .map(|(name, slot)| (name, slot.observer.take()))
         .collect();
     let Some(device) = device.filter(|_| seen > 0) else {
-        return Err(Error::Invalid(
-            "activation calibration needs at least one image".into(),
-        ));
+        return Err(Error::Calibration {
+            slot: None,
+            reason: "needs at least one image".into(),
+        });
     };
     let mut slots = model.slots();
     for ((i, (name, slot)), (_, stats)) in slots.acts.iter_mut().enumerate().zip(stats) {
@@ -194,9 +198,10 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
         }
         let stats = stats.unwrap_or_default();
         if stats.non_finite {
-            return Err(Error::Invalid(format!(
-                "{name}: non-finite activations during calibration (diverged model?)"
-            )));
+            return Err(Error::Calibration {
+                slot: Some(name.clone()),
+                reason: "non-finite activations (diverged model?)".into(),
+            });
         }
         // The sample is strided; the maximum is over every value, and sets β (or the percentile
         // of the sample does, with the values above it clipped to it).

@@ -54,13 +54,27 @@ impl WithBackend for EvalJob {
                     .layers
                     .first()
                     .map_or("fp".to_string(), |l| l.levels.clone());
-                (m.arch, m.input, m.dataset, weights, m.acts, model)
+                (
+                    m.header.arch,
+                    m.header.input,
+                    m.header.dataset,
+                    weights,
+                    m.header.acts,
+                    model,
+                )
             } else {
                 let (m, model) = export::load::<B::InnerBackend>(file, &device)?;
                 let weights = m.coded.first().map_or("fp".to_string(), |e| {
                     LevelSet::new(e.levels.clone()).map_or("custom".into(), |l| l.name())
                 });
-                (m.arch, m.input, m.dataset, weights, m.acts, model)
+                (
+                    m.header.arch,
+                    m.header.input,
+                    m.header.dataset,
+                    weights,
+                    m.header.acts,
+                    model,
+                )
             };
             let dataset = match (args.dataset, &file_dataset) {
                 (Some(d), _) => d,

@@ -234,54 +234,51 @@ impl QatConfig {
     /// Everything that can be checked before training.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the field.
+    /// [`Error::Config`] naming the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: String| Err(Error::Invalid(what));
+        let bad = |field: &'static str, reason: String| Err(Error::Config { field, reason });
         if self.batch_size == 0 {
-            return bad("batch_size must be at least 1".into());
+            return bad("batch_size", "must be at least 1".into());
         }
         if self.epochs == 0 {
-            return bad("epochs must be at least 1".into());
+            return bad("epochs", "must be at least 1".into());
         }
-        for (name, lr) in [("lr", self.main_lr()), ("pretrain_lr", self.pretrain_lr)] {
+        for (field, lr) in [("lr", self.main_lr()), ("pretrain_lr", self.pretrain_lr)] {
             if !(lr.is_finite() && lr > 0.0) {
-                return bad(format!("{name} must be a positive number, got {lr}"));
+                return bad(field, format!("must be a positive number, got {lr}"));
             }
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!(
-                "weight_decay must be a non-negative number, got {}",
-                self.weight_decay
-            ));
-        }
-        if !(self.quant_lr_mult.is_finite() && self.quant_lr_mult >= 0.0) {
-            return bad(format!(
-                "quant_lr_mult must be a non-negative number, got {}",
-                self.quant_lr_mult
-            ));
+        for (field, v) in [
+            ("weight_decay", self.weight_decay),
+            ("quant_lr_mult", self.quant_lr_mult),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(field, format!("must be a non-negative number, got {v}"));
+            }
         }
         if let Some(clip) = self.clip
             && !(clip.is_finite() && clip > 0.0)
         {
-            return bad(format!("clip must be a positive number, got {clip}"));
+            return bad("clip", format!("must be a positive number, got {clip}"));
         }
         if self.calibration_images == 0 {
-            return bad("calibration_images must be at least 1".into());
+            return bad("calibration_images", "must be at least 1".into());
         }
         if self.phase == TrainPhase::Acts && self.policy.acts.is_none() {
             return bad(
-                "phase acts trains only the activation quantizers, but the policy quantizes no \
+                "phase",
+                "acts trains only the activation quantizers, but the policy quantizes no \
                  activations"
                     .into(),
             );
         }
-        for (name, schedule) in [
+        for (field, schedule) in [
             ("weights_temperature", self.weights_temperature),
             ("acts_temperature", self.acts_temperature),
         ] {
-            schedule
-                .check_run(self.epochs)
-                .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+            if let Err(e) = schedule.check_run(self.epochs) {
+                return bad(field, e.to_string());
+            }
         }
         Ok(())
     }
@@ -376,7 +373,7 @@ impl Qat {
     /// level sets keeps them (a run continued from a quantized model).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a config that cannot run; [`Error::Layer`] for a layer whose
+    /// [`Error::Config`] for a config that cannot run; [`Error::Layer`] for a layer whose
     /// weights or activations cannot set a quantizer; I/O errors from the artifact directory.
     pub fn run<B, M>(&self, model: M, data: &QatData, device: &B::Device) -> Result<(M, QatReport)>
     where
@@ -388,9 +385,10 @@ impl Qat {
         let cfg = &self.config;
         cfg.validate()?;
         if data.train.is_empty() || data.test.is_empty() {
-            return Err(Error::Invalid(
-                "the recipe needs training and test images".into(),
-            ));
+            return Err(Error::Config {
+                field: "data",
+                reason: "needs training and test images".into(),
+            });
         }
         let policy = &cfg.policy;
         let temps = Temperatures::default();

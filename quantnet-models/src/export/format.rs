@@ -1,0 +1,216 @@
+//! The `.qnet` file format: framing, manifest, code packing, checksum; bytes only (documented
+//! in `docs/qnet-format.md`).
+//!
+//! ```text
+//! offset  size  content
+//! 0       4     magic "QNET"
+//! 4       4     format version, u32 little-endian (1)
+//! 8       8     manifest length M, u64 little-endian
+//! 16      M     manifest, UTF-8 JSON (Manifest)
+//! 16+M    P     payload: the tensors' bytes, at the offsets the manifest gives
+//! end-4   4     CRC-32 (IEEE) of every byte before it, u32 little-endian
+//! ```
+//!
+//! A quantized weight is stored as one code `k` per weight, `bits = ceil(log2 |Y|)` bits each,
+//! packed least-significant bit first; it decodes to `α · Y[k]`, which is bit for bit what
+//! `hard_quantize` computes in training (`fl(α·y_k)`). Float tensors (the first and last layer,
+//! biases, batch norm, activation quantizers) are little-endian f32. Tensors are keyed by their
+//! module path (`Lenet5.conv2.conv.weight`), so a file only loads into the model it was made from.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ModelHeader, corrupt};
+use crate::error::{Error, Result};
+
+/// The magic bytes.
+pub const MAGIC: &[u8; 4] = b"QNET";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+
+/// What the file holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The model.
+    #[serde(flatten)]
+    pub header: ModelHeader,
+    /// Tensors stored as float32.
+    pub floats: Vec<FloatEntry>,
+    /// Quantized weights stored as codes.
+    pub coded: Vec<CodedEntry>,
+    /// Payload length in bytes.
+    pub payload_len: u64,
+}
+
+/// A float32 tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FloatEntry {
+    /// Module path.
+    pub path: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Byte offset in the payload.
+    pub offset: u64,
+}
+
+/// A quantized weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CodedEntry {
+    /// Module path of the (float) weight it replaces.
+    pub path: String,
+    /// The layer's name in the model (`conv2`).
+    pub layer: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Bits per code.
+    pub bits: u32,
+    /// The level table `Y` (code `k` means `α·Y[k]`).
+    pub levels: Vec<f32>,
+    /// The output scale `α`.
+    pub alpha: f32,
+    /// Byte offset in the payload.
+    pub offset: u64,
+    /// Bytes of packed codes.
+    pub len: u64,
+}
+
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as zlib and PNG.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Packs `codes` at `bits` bits each, least-significant bit first.
+pub fn pack(codes: &[u32], bits: u32) -> Vec<u8> {
+    let mut out = vec![0u8; (codes.len() * bits as usize).div_ceil(8)];
+    for (i, &c) in codes.iter().enumerate() {
+        for b in 0..bits as usize {
+            if (c >> b) & 1 == 1 {
+                let at = i * bits as usize + b;
+                out[at / 8] |= 1 << (at % 8);
+            }
+        }
+    }
+    out
+}
+
+/// Unpacks `n` codes of `bits` bits.
+pub fn unpack(bytes: &[u8], bits: u32, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| {
+            (0..bits as usize).fold(0u32, |c, b| {
+                let at = i * bits as usize + b;
+                c | (u32::from((bytes[at / 8] >> (at % 8)) & 1) << b)
+            })
+        })
+        .collect()
+}
+
+/// Checks a `.qnet` file's framing and checksum and returns its manifest and payload.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `path` for a truncated file, bad magic, another format version, a
+/// checksum mismatch, or a manifest that does not describe the payload.
+pub fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(Manifest, &'a [u8])> {
+    if bytes.len() < 20 {
+        return Err(corrupt(
+            path,
+            format!(
+                "{} bytes is too short for a .qnet file (truncated?)",
+                bytes.len()
+            ),
+        ));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(corrupt(path, "not a .qnet file (bad magic)"));
+    }
+    let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if version != VERSION {
+        return Err(corrupt(
+            path,
+            format!("format version {version}; this quantnet reads version {VERSION}"),
+        ));
+    }
+    let body = &bytes[..bytes.len() - 4];
+    let stored = u32::from_le_bytes([
+        bytes[bytes.len() - 4],
+        bytes[bytes.len() - 3],
+        bytes[bytes.len() - 2],
+        bytes[bytes.len() - 1],
+    ]);
+    if crc32(body) != stored {
+        return Err(corrupt(
+            path,
+            "checksum mismatch (the file is truncated or corrupted)",
+        ));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[8..16]);
+    let m = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
+    if m > body.len() - 16 {
+        return Err(corrupt(path, "manifest length past the end of the file"));
+    }
+    let manifest: Manifest = serde_json::from_slice(&body[16..16 + m])
+        .map_err(|e| corrupt(path, format!("bad manifest: {e}")))?;
+    let payload = &body[16 + m..];
+    if manifest.payload_len != payload.len() as u64 {
+        return Err(corrupt(path, "payload length disagrees with the manifest"));
+    }
+    for f in &manifest.floats {
+        let n: usize = f.shape.iter().product();
+        if f.offset.saturating_add(4 * n as u64) > payload.len() as u64 {
+            return Err(corrupt(
+                path,
+                format!("{} lies past the end of the payload", f.path),
+            ));
+        }
+    }
+    for c in &manifest.coded {
+        let n: usize = c.shape.iter().product();
+        if c.levels.is_empty()
+            || c.levels.len() > 1 << c.bits.min(16)
+            || c.len != (n as u64 * u64::from(c.bits)).div_ceil(8)
+            || c.offset.saturating_add(c.len) > payload.len() as u64
+        {
+            return Err(corrupt(
+                path,
+                format!("{}: inconsistent code table or length", c.path),
+            ));
+        }
+    }
+    Ok((manifest, payload))
+}
+
+/// Decodes the codes of `entry` to `α·Y[k]`.
+///
+/// # Errors
+/// [`Error::Corrupt`] for a code outside the level table.
+pub fn decode(entry: &CodedEntry, payload: &[u8]) -> Result<Vec<f32>> {
+    let n: usize = entry.shape.iter().product();
+    let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
+    let bytes = &payload[start..start + usize::try_from(entry.len).unwrap_or(0)];
+    unpack(bytes, entry.bits, n)
+        .into_iter()
+        .map(|k| {
+            entry
+                .levels
+                .get(k as usize)
+                .map(|y| entry.alpha * y)
+                .ok_or_else(|| Error::Corrupt {
+                    path: entry.path.clone().into(),
+                    reason: format!("code {k} has no level"),
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,90 @@
+//! burn-train glue (feature `train`): classification `TrainStep` and `InferenceStep` on
+//! [`ImageBatch`]es with cross-entropy loss, for [`Model`] and, through [`Monitored`], for any
+//! [`QatModel`]; the quantization metrics; clipping in the `ŵ` domain.
+//!
+//! - [`monitor`]: [`Monitored`], the wrapper burn-train trains (validation diagnostics, the
+//!   per-step temperature tick, clipping).
+//! - [`metric`]: [`SoftHardGapMetric`], [`LayerMetric`].
+//! - [`clip`]: [`step_clipped_in_wq`], the official code's gradient clipping.
+
+pub mod clip;
+pub mod metric;
+pub mod monitor;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use quantnet_burn::QuantBackend;
+
+pub use crate::stats::{LayerStats, layer_stats};
+pub use clip::step_clipped_in_wq;
+pub use metric::{LayerMetric, LayerValue, SoftHardGapMetric};
+pub use monitor::{MonitorInput, MonitorOptions, Monitored, MonitoredOutput};
+
+use crate::data::ImageBatch;
+use crate::models::{Model, QatModel};
+
+pub(crate) fn classify<B: QuantBackend, M: QatModel<B>>(
+    model: &M,
+    images: Tensor<B, 4>,
+    targets: Tensor<B, 1, Int>,
+) -> ClassificationOutput<B> {
+    let output = model.forward(images);
+    let loss = CrossEntropyLossConfig::new()
+        .init(&output.device())
+        .forward(output.clone(), targets.clone());
+    ClassificationOutput::new(loss, output, targets)
+}
+
+impl<B: AutodiffBackend + QuantBackend> TrainStep for Model<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        let item = classify(self, batch.images, batch.targets);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+impl<B: QuantBackend> InferenceStep for Model<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
+        classify(self, batch.images, batch.targets)
+    }
+}
+
+/// Accuracy (%) of `model` on `items`, in batches of `batch_size`, on `model`'s backend.
+pub fn accuracy<B: QuantBackend, M: QatModel<B>>(
+    model: &M,
+    items: &[crate::data::ImageItem],
+    batcher: crate::data::ImageBatcher,
+    batch_size: usize,
+    device: &B::Device,
+) -> f64 {
+    use burn::data::dataloader::batcher::Batcher;
+    if items.is_empty() {
+        return 0.0;
+    }
+    let mut correct = 0usize;
+    for chunk in items.chunks(batch_size.max(1)) {
+        let batch: ImageBatch<B> = batcher.batch(chunk.to_vec(), device);
+        correct += hits(model.forward(batch.images), batch.targets);
+    }
+    100.0 * correct as f64 / items.len() as f64
+}
+
+/// Correct predictions among `output`'s rows.
+pub(crate) fn hits<B: Backend>(output: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
+    let hits: i64 = output
+        .argmax(1)
+        .flatten::<1>(0, 1)
+        .equal(targets)
+        .int()
+        .sum()
+        .into_scalar()
+        .elem();
+    usize::try_from(hits).unwrap_or(0)
+}
