@@ -69,3 +69,13 @@ pub use op::{
 };
 pub use quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField};
 pub use schedule::TemperatureSchedule;
+
+/// The backends the unit tests run on (the integration tests have their own list,
+/// `tests/integration/common.rs`, which runs every test on every compiled backend).
+#[cfg(all(test, feature = "flex"))]
+pub(crate) mod testing {
+    /// The CPU backend.
+    pub(crate) type TestBackend = burn::backend::Flex;
+    /// The CPU backend with autodiff.
+    pub(crate) type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
+}

@@ -160,7 +160,7 @@ pub fn native_weight<B: QuantBackend, const D: usize>(
 
 #[cfg(all(test, feature = "flex"))]
 mod tests {
-    use burn::backend::Flex;
+    use crate::testing::TestBackend as Flex;
     use burn::module::Module;
     use burn::nn::LinearConfig;
     use burn::nn::conv::Conv2dConfig;

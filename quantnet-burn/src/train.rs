@@ -516,7 +516,7 @@ mod tests {
         optimizer.step(1.0, module, grads)
     }
 
-    type AB = burn::backend::Autodiff<burn::backend::Flex>;
+    type AB = crate::testing::TestAutodiffBackend;
 
     fn bias(m: &burn::nn::Linear<AB>) -> f32 {
         m.bias.as_ref().unwrap().val().into_scalar()
@@ -564,7 +564,7 @@ mod tests {
     #[test]
     fn learning_rate_schedules_over_a_run() {
         use burn::optim::lr_scheduler::LrScheduler;
-        type Nd = burn::backend::Flex;
+        type Nd = crate::testing::TestBackend;
         // 2 epochs of 3 steps from 1e-3. Cosine: (1 + cos(π·s/5))/2 at s = 0..5.
         let mut cosine = RunLr::new(1e-3, "cosine".parse().unwrap(), 2, 3);
         let rates: Vec<f64> = (0..6).map(|_| cosine.step()).collect();

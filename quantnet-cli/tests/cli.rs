@@ -280,17 +280,47 @@ fn json_number(text: &str, key: &str) -> f64 {
     rest[..end].parse().unwrap()
 }
 
+/// The end-to-end tests' shared run: `small_run` on the Fashion-MNIST fixture, trained once by
+/// whichever test needs it first, and read (never changed) by the others.
+struct SharedRun {
+    root: std::path::PathBuf,
+    run: std::path::PathBuf,
+    stdout: String,
+}
+
+fn shared_run() -> &'static SharedRun {
+    static RUN: std::sync::OnceLock<SharedRun> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("quantnet-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let run = root.join("run");
+        let data = fixtures();
+        let out = quantnet(&small_run(data.to_str().unwrap(), run.to_str().unwrap()));
+        assert!(out.status.success(), "{}", stderr(&out));
+        SharedRun {
+            root,
+            run,
+            stdout: stdout(&out),
+        }
+    })
+}
+
+/// Training and evaluation run one at a time: rayon's adaptive splits make float sums depend on
+/// the machine's load, and the resume test compares two runs bit for bit.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CPU.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `train` prints what it did and writes the summary, per-epoch metrics (temperatures as the
+/// steps ran, the soft-hard gap, every quantizer's α, β and occupancy) and the model.
 #[test]
-fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
-    let data = fixtures();
-    let data = data.to_str().unwrap();
-    let root = std::env::temp_dir().join(format!("quantnet-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let run = root.join("run");
-    let run_s = run.to_str().unwrap();
-    let out = quantnet(&small_run(data, run_s));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+fn train_writes_the_summary_metrics_and_model() {
+    let _cpu = exclusive();
+    let SharedRun {
+        run, stdout: text, ..
+    } = shared_run();
     assert!(
         text.contains("quantized 3 weight layer(s), calibrated 4 activation"),
         "{text}"
@@ -348,7 +378,19 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         );
     }
     assert!(run.join("config.toml").is_file() && run.join("model.mpk").is_file());
+}
 
+/// `eval` of the run, of its `.qnet` export and of its Burn-native export all give the run's
+/// hard accuracy exactly; broken files are one clear line.
+#[test]
+fn eval_and_both_exports_reproduce_the_hard_accuracy() {
+    let _cpu = exclusive();
+    let SharedRun { root, run, .. } = shared_run();
+    let run_s = run.to_str().unwrap();
+    let data = fixtures();
+    let data = data.to_str().unwrap();
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    let hard = json_number(&summary, "test_accuracy_hard");
     // eval reproduces the run's hard accuracy exactly and writes the same summary fields.
     let eval_dir = root.join("eval");
     let out = quantnet(&["eval", "--from", run_s, "--out", eval_dir.to_str().unwrap()]);
@@ -442,17 +484,30 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         "{}",
         stderr(&out)
     );
+}
 
-    // info lists every layer with its precision.
+#[test]
+fn info_lists_every_layer_with_its_precision() {
+    let _cpu = exclusive();
+    let run_s = shared_run().run.to_str().unwrap();
     let out = quantnet(&["info", "--from", run_s]);
     assert!(out.status.success(), "{}", stderr(&out));
     let info = stdout(&out);
     assert!(info.contains("conv1") && info.contains("fp32"), "{info}");
     assert!(info.contains("conv2") && info.contains("act4"), "{info}");
+}
 
-    // Resume: drop the last epoch's checkpoint and the results, continue from epoch 1. The
-    // resumed run ends where the uninterrupted one did: same data order, temperatures, model
-    // and per-epoch metrics (but the seconds).
+/// Resume: a copy of the run without its last epoch's checkpoint and results, continued from
+/// epoch 1, ends where the uninterrupted run did: same data order, temperatures, model and
+/// per-epoch metrics (but the seconds).
+#[test]
+fn resume_from_the_last_checkpoint_matches_the_uninterrupted_run() {
+    let _cpu = exclusive();
+    let shared = shared_run();
+    let run = shared.root.join("resumed");
+    let _ = std::fs::remove_dir_all(&run);
+    copy_dir(&shared.run, &run);
+    let run_s = run.to_str().unwrap();
     let uninterrupted = std::fs::read_to_string(run.join("summary.json")).unwrap();
     let uninterrupted_metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     for f in ["model-2.bin", "optim-2.bin", "scheduler-2.bin"] {
@@ -480,11 +535,20 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         without_seconds(&uninterrupted_metrics)
     );
 
-    // kill -9 in the middle of the second quantized epoch, then --resume. A separate process
-    // is not bit-identical to `run` under load (rayon's adaptive splits change float sums), so
-    // this checks the resumed run's own records: epoch 1's logs kept as the killed run wrote
-    // them, epoch 2 complete (no partial leftovers), and the summary equal to the last row.
-    let killed = root.join("killed");
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+/// `kill -9` in the middle of the second quantized epoch, then `--resume`. A separate process
+/// is not bit-identical to the shared run under load, so this checks the resumed run's own
+/// records: epoch 1's logs kept as the killed run wrote them, epoch 2 complete (no partial
+/// leftovers), and the summary equal to the last row.
+#[test]
+fn a_run_killed_mid_epoch_resumes_with_complete_records() {
+    let _cpu = exclusive();
+    let data = fixtures();
+    let data = data.to_str().unwrap();
+    let killed = shared_run().root.join("killed");
+    let _ = std::fs::remove_dir_all(&killed);
     let mut child = Command::new(env!("CARGO_BIN_EXE_quantnet"))
         .args(small_run(data, killed.to_str().unwrap()))
         .stdout(std::process::Stdio::null())
@@ -526,6 +590,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     let metrics = std::fs::read_to_string(killed.join("metrics.csv")).unwrap();
     let rows = cells(&metrics);
     assert_eq!(rows.len(), 3, "{metrics}");
+    let seconds = rows[0].iter().position(|h| *h == "seconds").unwrap();
     let hard = rows[0]
         .iter()
         .position(|h| *h == "test_accuracy_hard")
@@ -545,8 +610,18 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     let steps = std::fs::read_to_string(killed.join("train/train/epoch-2/Loss.log")).unwrap();
     assert_eq!(steps.lines().count(), 10, "{steps}");
 
-    // --from continues training the source model: its weights move (a record loaded on the
-    // inner backend would come back frozen; regression test).
+    std::fs::remove_dir_all(&killed).unwrap();
+}
+
+/// `--from` continues training the source model: its weights move (a record loaded on the
+/// inner backend would come back frozen; regression test).
+#[test]
+fn from_continues_training_the_source_model() {
+    let _cpu = exclusive();
+    let SharedRun { root, run, .. } = shared_run();
+    let run_s = run.to_str().unwrap();
+    let data = fixtures();
+    let data = data.to_str().unwrap();
     let cont = root.join("continued");
     let out = quantnet(&[
         "train",
@@ -565,7 +640,7 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
     assert!(stdout(&out).contains("starting from"), "{}", stdout(&out));
     // The full-precision first conv (loaded from the source run's record) was trained too.
     let conv1 = |dir: &std::path::Path| {
-        let file = dir.join("m.qnet");
+        let file = dir.with_extension("conv1.qnet");
         let out = quantnet(&[
             "export",
             "--from",
@@ -585,13 +660,18 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         let start = entry.offset as usize;
         payload[start..start + 4 * 150].to_vec()
     };
-    assert_ne!(
-        conv1(&run),
-        conv1(&cont),
-        "conv1 did not train after --from"
-    );
+    assert_ne!(conv1(run), conv1(&cont), "conv1 did not train after --from");
 
-    // A second run into the same directory is refused (no silent overwrite).
+    std::fs::remove_dir_all(&cont).unwrap();
+}
+
+/// A second run into the same directory is refused (no silent overwrite).
+#[test]
+fn a_second_run_into_the_same_directory_is_refused() {
+    let _cpu = exclusive();
+    let run_s = shared_run().run.to_str().unwrap();
+    let data = fixtures();
+    let data = data.to_str().unwrap();
     let out = quantnet(&["train", "--data-dir", data, "--limit", "10", "--out", run_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -599,7 +679,20 @@ fn train_eval_info_and_resume_end_to_end_on_a_small_real_subset() {
         "{}",
         stderr(&out)
     );
-    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Copies a run directory (files and folders).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]

@@ -3,14 +3,15 @@
 use super::*;
 use crate::levels::LevelSet;
 use crate::quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature};
-use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, Param};
 use burn::nn::LinearConfig;
 use burn::nn::conv::Conv2dConfig;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::Distribution;
 
-type B = Autodiff<Flex>;
+use crate::testing::TestBackend as Flex;
+
+type B = crate::testing::TestAutodiffBackend;
 
 fn values<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
     t.into_data().to_vec().expect("f32 tensor")

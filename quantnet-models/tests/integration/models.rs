@@ -1,7 +1,6 @@
 //! Every model: parameter count, output shape, quantization (weights from the trained values,
 //! activations from a calibration pass), one training step, and the precision policy.
 
-use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
@@ -11,7 +10,9 @@ use quantnet_burn::{LevelSet, QuantizerConfig};
 use quantnet_models::quantize::{calibrate_acts, quantize_weights};
 use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
 
-type B = Autodiff<Flex>;
+use crate::backend::Inner;
+
+type B = crate::backend::Train;
 
 fn input(channels: usize, size: usize, classes: usize) -> InputShape {
     InputShape {
@@ -57,7 +58,7 @@ fn parameter_counts_match_the_reference_layouts() {
     let device = Default::default();
     for (arch, channels, size, expected) in COUNTS {
         let classes = if size == 224 { 1000 } else { 10 };
-        let model = Model::<Flex>::new(arch, input(channels, size, classes), &device);
+        let model = Model::<Inner>::new(arch, input(channels, size, classes), &device);
         assert_eq!(model.num_params(), expected, "{arch}");
     }
 }
@@ -84,14 +85,14 @@ fn quantize_and_step(arch: Arch, shape: InputShape, batch: usize) {
     temps.acts.set(5.0);
     let policy = ternary_u2();
     let images = || {
-        Tensor::<Flex, 4>::random(
+        Tensor::<Inner, 4>::random(
             [batch, shape.channels, shape.height, shape.width],
             Distribution::Normal(0.0, 1.0),
             &device,
         )
     };
     // Quantize on the inner backend (hard weight quantizers during calibration).
-    let mut inner = Model::<Flex>::new(arch, shape, &device);
+    let mut inner = Model::<Inner>::new(arch, shape, &device);
     let n_weights = inner.slots().weights.len();
     let quantized = quantize_weights(&mut inner, &policy, &temps).unwrap();
     assert_eq!(
@@ -152,6 +153,7 @@ fn quantize_and_step(arch: Arch, shape: InputShape, batch: usize) {
 
 #[test]
 fn small_models_quantize_and_train_one_step() {
+    let _serial = crate::backend::serial();
     quantize_and_step(Arch::Lenet5, input(1, 28, 10), 4);
     quantize_and_step(Arch::Lenet5, input(3, 32, 10), 2);
     quantize_and_step(Arch::Tfc, input(1, 28, 10), 4);
@@ -163,6 +165,7 @@ fn small_models_quantize_and_train_one_step() {
 
 #[test]
 fn imagenet_models_quantize_and_train_one_step_on_small_inputs() {
+    let _serial = crate::backend::serial();
     quantize_and_step(Arch::Resnet18, input(3, 64, 10), 2);
     quantize_and_step(Arch::Resnet50, input(3, 64, 10), 2);
     // Batch 4 and 96×96: with 2 images, the batch norm after fc6 maps every feature to ±1
@@ -172,8 +175,9 @@ fn imagenet_models_quantize_and_train_one_step_on_small_inputs() {
 
 #[test]
 fn quantize_all_quantizes_the_first_and_last_layer_and_slots_are_in_forward_order() {
+    let _serial = crate::backend::serial();
     let device = Default::default();
-    let mut model = Model::<Flex>::new(Arch::Resnet18, input(3, 64, 10), &device);
+    let mut model = Model::<Inner>::new(Arch::Resnet18, input(3, 64, 10), &device);
     let policy = QuantPolicy {
         quantize_all: true,
         ..ternary_u2()
@@ -191,6 +195,7 @@ fn quantize_all_quantizes_the_first_and_last_layer_and_slots_are_in_forward_orde
 
 #[test]
 fn activations_only_phase_moves_only_the_activation_quantizers() {
+    let _serial = crate::backend::serial();
     let device = Default::default();
     <B as Backend>::seed(&device, 11);
     let temps = Temperatures::default();
@@ -199,8 +204,8 @@ fn activations_only_phase_moves_only_the_activation_quantizers() {
     let policy = ternary_u2();
     let shape = input(1, 28, 10);
     let images =
-        || Tensor::<Flex, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-    let mut inner = Model::<Flex>::new(Arch::Lenet5, shape, &device);
+        || Tensor::<Inner, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut inner = Model::<Inner>::new(Arch::Lenet5, shape, &device);
     quantize_weights(&mut inner, &policy, &temps).unwrap();
     calibrate_acts(&mut inner, &policy, &temps, [images()]).unwrap();
     let mut model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
@@ -251,7 +256,7 @@ fn all_grads(model: &Model<B>, grads: &GradientsParams) -> Vec<(String, Vec<f32>
     }
     impl burn::module::ModuleVisitor<B> for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.get::<Flex, D>(param.id) {
+            if let Some(g) = self.grads.get::<Inner, D>(param.id) {
                 self.out
                     .push((param.id.to_string(), g.into_data().to_vec::<f32>().unwrap()));
             }
@@ -267,6 +272,7 @@ fn all_grads(model: &Model<B>, grads: &GradientsParams) -> Vec<(String, Vec<f32>
 
 #[test]
 fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alike() {
+    let _serial = crate::backend::serial();
     use quantnet_models::data::ImageBatch;
     use quantnet_models::train::step_clipped_in_wq;
     let device = Default::default();
@@ -276,8 +282,8 @@ fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alik
     temps.acts.set(5.0);
     let policy = ternary_u2();
     let images =
-        || Tensor::<Flex, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-    let mut inner = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
+        || Tensor::<Inner, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut inner = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
     quantize_weights(&mut inner, &policy, &temps).unwrap();
     calibrate_acts(&mut inner, &policy, &temps, [images()]).unwrap();
     let model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
@@ -357,12 +363,13 @@ fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alik
 /// matches the policy's takes the policy's gradient rule, for weights and activations alike.
 #[test]
 fn kept_quantizers_take_the_policys_gradient_rule() {
+    let _serial = crate::backend::serial();
     use quantnet_burn::GradientMode;
     let device = Default::default();
     let temps = Temperatures::default();
     let images =
-        || Tensor::<Flex, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-    let mut model = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
+        || Tensor::<Inner, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut model = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
     let exact = ternary_u2();
     quantize_weights(&mut model, &exact, &temps).unwrap();
     calibrate_acts(&mut model, &exact, &temps, [images()]).unwrap();
@@ -404,6 +411,7 @@ fn kept_quantizers_take_the_policys_gradient_rule() {
 
 #[test]
 fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
+    let _serial = crate::backend::serial();
     use quantnet_burn::QuantMode;
     use quantnet_models::quantize::{
         BN_REESTIMATION_BATCHES, reestimate_batch_norm_with, set_mode,
@@ -420,10 +428,10 @@ fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
         acts: None,
         ..ternary_u2()
     };
-    let mut inner = Model::<Flex>::new(Arch::Resnet20, input(3, 16, 10), &device);
+    let mut inner = Model::<Inner>::new(Arch::Resnet20, input(3, 16, 10), &device);
     assert!(inner.has_batch_norm());
     quantize_weights(&mut inner, &policy, &temps).unwrap();
-    let x = Tensor::<Flex, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<Inner, 4>::random([4, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     // Evaluation (inner backend: hard quantizers, running statistics) before re-estimation:
     // the statistics are the initial ones (mean 0, variance 1), not the hard network's.
     let before = inner.forward(x.clone());
@@ -438,14 +446,15 @@ fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
     let mut train = <Model<B> as AutodiffModule<B>>::from_inner(inner.clone());
     set_mode(&mut train, QuantMode::Hard);
     let reference = train.forward(Tensor::from_inner(x)).inner();
-    let diff = |a: &Tensor<Flex, 2>| (a.clone() - reference.clone()).abs().max().into_scalar();
+    let diff = |a: &Tensor<Inner, 2>| (a.clone() - reference.clone()).abs().max().into_scalar();
     let scale = reference.clone().abs().max().into_scalar();
     assert!(diff(&after) <= 1e-3 * scale, "{} vs {scale}", diff(&after));
     assert!(diff(&before) > 0.1 * scale, "{} vs {scale}", diff(&before));
     // A model without batch norm comes back as it was.
-    let lenet = Model::<Flex>::new(Arch::Lenet5, input(1, 28, 10), &device);
+    let lenet = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
     assert!(!lenet.has_batch_norm());
-    let digits = Tensor::<Flex, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let digits =
+        Tensor::<Inner, 4>::random([2, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let before = lenet.forward(digits.clone()).into_data();
     let lenet = reestimate_batch_norm_with::<B, _>(lenet, QuantMode::Hard, [digits.clone()]);
     assert_eq!(lenet.forward(digits).into_data(), before);

@@ -1,7 +1,6 @@
 //! The `.qnet` export: packing, checksums, parity of the exported model with the training-time
 //! hard-quantized model, size, and bad files.
 
-use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use quantnet_burn::{LevelSet, QuantizerConfig, hard_quantize};
@@ -9,7 +8,7 @@ use quantnet_models::export::{self, crc32, pack, unpack};
 use quantnet_models::quantize::{calibrate_acts, quantize_weights};
 use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
 
-type B = Flex;
+type B = crate::backend::Inner;
 
 #[test]
 fn crc32_has_the_standard_check_value() {
@@ -70,6 +69,7 @@ const CIFAR: InputShape = InputShape {
 /// tensor), so the tolerance is zero.
 #[test]
 fn exported_models_reload_and_match_the_training_time_model_exactly() {
+    let _serial = crate::backend::serial();
     let device = Default::default();
     let dir = std::env::temp_dir().join(format!("quantnet-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -131,6 +131,7 @@ fn exported_models_reload_and_match_the_training_time_model_exactly() {
 
 #[test]
 fn quantized_layers_take_bits_over_32_of_float32_within_one_percent() {
+    let _serial = crate::backend::serial();
     let mut model = quantized(Arch::Lenet5, MNIST, LevelSet::three_pm4(), 1);
     let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
     let rows = export::size_report(&exported);
@@ -148,6 +149,7 @@ fn quantized_layers_take_bits_over_32_of_float32_within_one_percent() {
 
 #[test]
 fn truncated_corrupted_wrong_version_and_wrong_model_files_are_clear_errors() {
+    let _serial = crate::backend::serial();
     let device = Default::default();
     let mut model = quantized(Arch::Lenet5, MNIST, LevelSet::ternary(), 3);
     let good = export::export(&mut model, Arch::Lenet5, MNIST, None)
@@ -203,6 +205,7 @@ fn truncated_corrupted_wrong_version_and_wrong_model_files_are_clear_errors() {
 /// and a record saved with Burn's recorder loads into the native skeleton with the same outputs.
 #[test]
 fn native_exports_match_the_hard_model_exactly_and_round_trip_through_burn_records() {
+    let _serial = crate::backend::serial();
     use burn::module::Module;
     use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
     let device = Default::default();
@@ -271,7 +274,7 @@ fn native_exports_match_the_hard_model_exactly_and_round_trip_through_burn_recor
 /// crate and `QuantConv2d`/`QuantLinear`/`QuantAct` in quantnet-burn): a quantized TFC on 4×4
 /// inputs (record and `.qnet`), a `quantnet_burn::QuantLinear` record (then a non-optional
 /// quantizer), and their outputs on [`fixture_input`]. Written once by
-/// `cargo test -p quantnet-models --test export write_record_fixtures -- --ignored` at commit
+/// `cargo test -p quantnet-models --test integration write_record_fixtures -- --ignored` at commit
 /// 5338cde; `fixtures/records/`.
 fn records_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/records")
@@ -312,6 +315,7 @@ fn old_policy() -> QuantPolicy {
 #[test]
 #[ignore = "writes fixtures/records (done once, with the code that wrote the old format)"]
 fn write_record_fixtures() {
+    let _serial = crate::backend::serial();
     use burn::module::Module;
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
     let device = Default::default();
@@ -347,6 +351,7 @@ fn write_record_fixtures() {
 /// optional quantizers) did not change.
 #[test]
 fn records_written_before_the_layer_merge_still_load() {
+    let _serial = crate::backend::serial();
     use burn::module::Module;
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
     let device = Default::default();

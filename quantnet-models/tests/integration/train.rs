@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
@@ -34,16 +33,9 @@ use quantnet_burn::{
 };
 use quantnet_models::data::{ImageBatch, ImageItem, Split, mnist};
 
-type B = Autodiff<Flex>;
+use crate::backend::Inner;
 
-/// The backend's random state is global: tests that seed it and train take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+type B = crate::backend::Train;
 
 #[derive(Module, Debug)]
 struct Mlp<B: Backend> {
@@ -159,7 +151,7 @@ fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
     }
     let result = training.launch(Learner::new(model, AdamConfig::new().init(), 5e-3));
     let model = result.model;
-    let values = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap();
+    let values = |t: Tensor<Inner, 1>| t.into_data().to_vec::<f32>().unwrap();
     Run {
         temperature: weights_t.get(),
         fc1_weight: values(model.fc1.linear.weight.val().flatten(0, 1)),
@@ -188,7 +180,7 @@ fn logged_valid_accuracy(run: &Run, epoch: usize) -> f64 {
 
 #[test]
 fn hook_raises_temperature_and_resume_matches_an_uninterrupted_run() {
-    let _serial = serial();
+    let _serial = crate::backend::serial();
     let full = train(&scratch("full"), 2, None);
     // After 2 epochs the hook has set T for the third: 5·3 = 15.
     assert_eq!(full.temperature, 15.0);
@@ -272,7 +264,7 @@ impl<B: Backend> quantnet_models::models::QatModel<B> for UserMlp<B> {
 #[test]
 fn the_library_recipe_quantizes_a_user_model() {
     use quantnet_models::qat::{Qat, QatConfig, QatData};
-    let _serial = serial();
+    let _serial = crate::backend::serial();
     let dir = scratch("recipe");
     let data = QatData::new(
         mnist::load(&mnist_dir(), Split::Train).unwrap(),
@@ -286,7 +278,7 @@ fn the_library_recipe_quantizes_a_user_model() {
     let config = QatConfig::new(policy).with_batch_size(32).with_seed(3);
     let device = Default::default();
     B::seed(&device, 3);
-    let model = UserMlp::<Flex>::new(&device);
+    let model = UserMlp::<Inner>::new(&device);
     let (mut model, report) = Qat::new(config, &dir)
         .run::<B, _>(model, &data, &device)
         .unwrap();

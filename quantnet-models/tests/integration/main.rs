@@ -1,0 +1,32 @@
+//! The integration tests of quantnet-models, one binary (`cargo test -p quantnet-models`):
+//!
+//! - [`models`]: parameter counts against the reference layouts, one quantized training step per
+//!   model, the precision policy, the activations-only phase, clipping in the `ŵ` domain,
+//!   batch-norm re-estimation.
+//! - [`export`]: `.qnet` packing and checksums, parity of exported models with the training-time
+//!   hard-quantized model, Burn-native export, bad files, and files written by earlier versions.
+//! - [`train`]: burn-train with the temperature hook and exact resume, and the library recipe
+//!   ([`quantnet_models::qat`]) on a user-defined model, on the MNIST fixture.
+
+mod export;
+mod models;
+mod train;
+
+/// The backends every test here runs on, and the lock on their random state.
+pub(crate) mod backend {
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    /// The inner (non-autodiff) backend.
+    pub(crate) type Inner = burn::backend::Flex;
+    /// The training backend.
+    pub(crate) type Train = burn::backend::Autodiff<Inner>;
+
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// The backend's random state is one per process: a test that seeds it or draws from it
+    /// holds this lock for its whole run, so that a test comparing two seeded runs is not
+    /// disturbed by another test's draws (the tests run on parallel threads).
+    pub(crate) fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
