@@ -110,19 +110,11 @@ pub(crate) struct BenchArgs {
     pub(crate) warmup: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Dataset {
-    /// MNIST handwritten digits.
-    Mnist,
-    /// Zalando's Fashion-MNIST.
-    FashionMnist,
-}
-
 #[derive(Debug, clap::Args)]
 pub(crate) struct FitArgs {
     /// Data set whose training images are quantized.
-    #[arg(long, value_enum, default_value_t = Dataset::FashionMnist)]
-    pub(crate) dataset: Dataset,
+    #[arg(long, default_value = "fashion-mnist")]
+    pub(crate) dataset: quantnet_models::data::Dataset,
     /// Folder holding the data set (or a folder with a `mnist`/`fashion-mnist` subfolder).
     /// Default: $QUANTNET_DATA, ../shared/data, ./data, ~/.cache/quantnet/data.
     #[arg(long)]
