@@ -48,6 +48,7 @@
 //! - `train` (default): the burn-train Learner hook ([`train::TemperatureHook`]) and metrics.
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
+pub mod bench;
 pub mod error;
 pub mod init;
 pub mod levels;

@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use quantnet_benches::{Case, Path, gb_per_s, level_sets};
+use quantnet_burn::bench::{Case, Path, gb_per_s, level_sets};
 use quantnet_burn::QuantBackend;
 
 use crate::backend::{WithBackend, dispatch};
