@@ -15,8 +15,8 @@
 //!    (float activations: Burn has no counterpart of the activation quantizer) equals the
 //!    quantnet model's with its activation quantizer switched off.
 //!
-//! `--smoke` uses 2000 training images and one fine-tuning epoch (seconds). MNIST is read from
-//! `--data-dir`, `$QUANTNET_DATA`, `../shared/data`, `./data` or `~/.cache/quantnet/data`.
+//! `--smoke` uses 2000 training images and one fine-tuning epoch (seconds). MNIST (the four IDX
+//! files) is read from `--data-dir` (default `../shared/data/mnist`).
 
 use std::path::PathBuf;
 
@@ -42,7 +42,7 @@ use quantnet_burn::{
     LevelSet, QuantAct, QuantBackend, QuantConv2d, QuantMode, QuantizerConfig, Temperature,
     TemperatureSchedule,
 };
-use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, MnistKind, Split, mnist};
+use quantnet_models::data::{ImageBatch, ImageBatcher, ImageItem, Split, mnist};
 use quantnet_models::qat::PlainRenderer;
 
 type B = Autodiff<Flex>;
@@ -190,7 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let dir = mnist::locate(MnistKind::Mnist, data_dir.as_deref())?;
+    let dir = data_dir.unwrap_or_else(|| PathBuf::from("../shared/data/mnist"));
     let train_set = mnist::load(&dir, Split::Train)?;
     // Normalised as in Burn's MNIST example.
     let test = mnist::load(&dir, Split::Test)?.items(usize::MAX, 0.1307, 0.3081);

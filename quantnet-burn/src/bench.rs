@@ -16,11 +16,11 @@
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, Tensor};
 use crate::{
     GradientMode, LevelSet, QuantBackend, QuantParams, soft_quantize, soft_quantize_reference,
 };
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
 
 /// What is timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use quantnet_burn::bench::{Case, Path, gb_per_s, level_sets};
 use quantnet_burn::QuantBackend;
+use quantnet_burn::bench::{Case, Path, gb_per_s, level_sets};
 
 use crate::backend::{WithBackend, dispatch};
 use crate::cli::BenchArgs;

@@ -75,10 +75,74 @@ fn mirrors(dataset: Dataset) -> Vec<&'static str> {
     }
 }
 
-/// The download cache (`quantnet_models::data::cache_root`).
+/// Where downloaded data sets live: `$XDG_CACHE_HOME/quantnet/data`, else
+/// `~/.cache/quantnet/data`; `None` when neither variable is set.
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("quantnet/data"))
+}
+
+/// The download cache.
 fn cache_root() -> Result<PathBuf> {
-    quantnet_models::data::cache_root()
-        .context("neither $XDG_CACHE_HOME nor $HOME is set; pass --dir")
+    cache_dir().context("neither $XDG_CACHE_HOME nor $HOME is set; pass --dir")
+}
+
+/// Where the CLI looks for a data set: `--data-dir` (the folder itself or its subfolder of the
+/// data set's name), else `$QUANTNET_DATA`, `../shared/data`, `./data` and the download cache.
+fn roots(explicit: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = explicit {
+        return vec![dir.to_path_buf()];
+    }
+    let mut roots = Vec::new();
+    if let Some(root) = std::env::var_os("QUANTNET_DATA") {
+        roots.push(PathBuf::from(root));
+    }
+    roots.push(PathBuf::from("../shared/data"));
+    roots.push(PathBuf::from("data"));
+    roots.extend(cache_dir());
+    roots
+}
+
+/// What to do when a data set is not found, naming the flags and commands that help.
+fn hint(dataset: Dataset) -> String {
+    match dataset {
+        Dataset::Mnist | Dataset::FashionMnist => format!(
+            "Download the four IDX .gz files from {} into one of them (or run `quantnet data \
+             fetch {dataset}`), or pass --data-dir DIR.",
+            mirrors(dataset)[0]
+        ),
+        Dataset::Cifar10 => format!(
+            "Extract {CIFAR_URL}{CIFAR_ARCHIVE} into one of them (or run `quantnet data fetch \
+             cifar10`), or pass --data-dir DIR."
+        ),
+        Dataset::Imagenet => {
+            "Point --data-dir at a folder with train/ and val/ class folders (or labels.csv)."
+                .into()
+        }
+    }
+}
+
+/// The data set's folder under the first root that holds it (see [`roots`]).
+///
+/// # Errors
+/// One line naming every folder looked in and how to get the data.
+pub(crate) fn locate(dataset: Dataset, explicit: Option<&Path>) -> Result<PathBuf> {
+    let roots = roots(explicit);
+    if let Some(dir) = roots.iter().find_map(|r| dataset.find_in(r)) {
+        return Ok(dir);
+    }
+    let looked: Vec<String> = roots
+        .iter()
+        .flat_map(|r| [r.clone(), r.join(dataset.name())])
+        .map(|d| d.display().to_string())
+        .collect();
+    bail!(
+        "{dataset} not found; looked in {}. {}",
+        looked.join(", "),
+        hint(dataset)
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -223,14 +287,14 @@ pub(crate) fn fetch(dataset: Dataset, dir: Option<&Path>, mirror: Option<&str>) 
 /// The data set's folder: found locally, or (when no folder was given) downloaded once into the
 /// cache. When neither works, the error says where it looked and why the download failed.
 pub(crate) fn locate_or_fetch(dataset: Dataset, explicit: Option<&Path>) -> Result<PathBuf> {
-    match dataset.locate(explicit) {
+    match locate(dataset, explicit) {
         Ok(dir) => Ok(dir),
         Err(not_found) if explicit.is_none() => {
             println!("{dataset} not found locally; downloading it once into the cache");
             fetch(dataset, None, None)
                 .map_err(|e| anyhow::anyhow!("{not_found} (the download failed too: {e:#})"))
         }
-        Err(not_found) => Err(not_found.into()),
+        Err(not_found) => Err(not_found),
     }
 }
 

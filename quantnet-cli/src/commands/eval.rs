@@ -25,7 +25,7 @@ fn test_items(
     dataset: Dataset,
     data_dir: Option<&std::path::Path>,
 ) -> Result<(Vec<ImageItem>, ImageBatcher)> {
-    let dir = dataset.locate(data_dir)?;
+    let dir = super::data::locate(dataset, data_dir)?;
     let test = dataset.load(&dir, Split::Test)?;
     let (means, stds) = dataset.normalisation();
     Ok((

@@ -63,13 +63,9 @@ impl WithBackend for FitJob {
         let temperature = Temperature::new(self.schedule.at(0));
         let config =
             QuantizerConfig::activations(levels.clone()).with_threshold_init(ThresholdInit::KMeans);
-        let inner = QuantAct::<B::InnerBackend>::calibrate(
-            &config,
-            &self.values,
-            &temperature,
-            &device,
-        )
-        .context("calibrating")?;
+        let inner =
+            QuantAct::<B::InnerBackend>::calibrate(&config, &self.values, &temperature, &device)
+                .context("calibrating")?;
         let mut act = <QuantAct<B> as AutodiffModule<B>>::from_inner(inner);
         let q = self.values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let (alpha, beta) = scales(&act)?;

@@ -4,7 +4,7 @@
 //! then blue, each row-major. The training split is `data_batch_1.bin` … `data_batch_5.bin`, the
 //! test split `test_batch.bin`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{ImageSet, Split};
 use crate::error::{Error, Result};
@@ -87,26 +87,6 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
         }
     }
     set.ok_or_else(|| Error::Invalid("no CIFAR-10 batch files listed".into()))
-}
-
-/// Finds the CIFAR-10 folder: `explicit` (or `explicit/cifar-10-batches-bin`), else
-/// `cifar10/` or `cifar-10-batches-bin/` under the standard data roots.
-///
-/// # Errors
-/// [`Error::NotFound`] naming the folders looked in.
-pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
-    let found =
-        |d: &Path| d.join("data_batch_1.bin").is_file() || d.join("test_batch.bin").is_file();
-    let hint = format!(
-        "Extract {SOURCE_URL} into one of them (or run `quantnet data fetch cifar10`), or pass \
-         --data-dir DIR."
-    );
-    super::mnist::search("cifar10", explicit, found, &hint).or_else(|e| {
-        explicit
-            .map(|d| d.join("cifar-10-batches-bin"))
-            .filter(|d| found(d))
-            .ok_or(e)
-    })
 }
 
 #[cfg(test)]

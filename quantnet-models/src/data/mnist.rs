@@ -130,63 +130,6 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
     })
 }
 
-/// Finds the folder of `kind`: `explicit` itself or `explicit/<name>` when given, otherwise the
-/// first of `$QUANTNET_DATA/<name>`, `../shared/data/<name>`, `data/<name>` and
-/// `~/.cache/quantnet/data/<name>` that holds the training images.
-///
-/// # Errors
-/// [`Error::NotFound`] naming every folder looked in and where to get the files.
-pub fn locate(kind: MnistKind, explicit: Option<&Path>) -> Result<PathBuf> {
-    search(
-        kind.dir_name(),
-        explicit,
-        |d| file_in(d, "train-images-idx3-ubyte").is_some(),
-        &format!(
-            "Download the four IDX .gz files from {} into one of them (or run \
-             `quantnet data fetch {}`), or pass --data-dir DIR.",
-            kind.source_url(),
-            kind.dir_name()
-        ),
-    )
-}
-
-/// The shared search: `explicit` or `explicit/<name>`, else the standard roots.
-pub(crate) fn search(
-    name: &str,
-    explicit: Option<&Path>,
-    found: impl Fn(&Path) -> bool,
-    hint: &str,
-) -> Result<PathBuf> {
-    let roots: Vec<PathBuf> = match explicit {
-        Some(dir) => vec![dir.to_path_buf(), dir.join(name)],
-        None => {
-            let mut roots = Vec::new();
-            if let Some(root) = std::env::var_os("QUANTNET_DATA") {
-                roots.push(PathBuf::from(root).join(name));
-            }
-            roots.push(Path::new("../shared/data").join(name));
-            roots.push(Path::new("data").join(name));
-            if let Some(cache) = super::cache_root() {
-                roots.push(cache.join(name));
-            }
-            roots
-        }
-    };
-    roots
-        .iter()
-        .find(|d| found(d))
-        .cloned()
-        .ok_or_else(|| Error::NotFound {
-            dataset: name.to_string(),
-            looked: roots
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            hint: hint.to_string(),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,13 +183,7 @@ mod tests {
         std::fs::write(dir.join("t10k-labels-idx1-ubyte"), &labels).unwrap();
         let err = load(&dir, Split::Test).unwrap_err().to_string();
         assert!(err.contains("2 labels for 3 images"), "{err}");
-        let not_found = locate(MnistKind::Mnist, Some(&dir))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            not_found.contains("mnist not found; looked in") && not_found.contains("--data-dir"),
-            "{not_found}"
-        );
+        assert!(!crate::data::Dataset::Mnist.is_in(&dir));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

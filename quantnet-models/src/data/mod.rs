@@ -19,15 +19,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::models::InputShape;
 
-/// Where downloaded data sets live: `$XDG_CACHE_HOME/quantnet/data`, else
-/// `~/.cache/quantnet/data`; `None` when neither variable is set.
-pub fn cache_root() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|c| c.join("quantnet/data"))
-}
-
 /// The image-classification data sets the CLI trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -99,26 +90,35 @@ impl Dataset {
         }
     }
 
-    /// Finds the data set's folder (see [`mnist::locate`] for the search order).
-    ///
-    /// # Errors
-    /// [`crate::Error::NotFound`] naming every folder looked in and how to get the files.
-    pub fn locate(self, explicit: Option<&Path>) -> Result<PathBuf> {
+    /// Whether `dir` holds this data set's files (the training images, or for CIFAR-10 the
+    /// training or test batches; for an image folder `train/`, `val/` or `labels.csv`).
+    pub fn is_in(self, dir: &Path) -> bool {
         match self {
-            Dataset::Mnist => mnist::locate(MnistKind::Mnist, explicit),
-            Dataset::FashionMnist => mnist::locate(MnistKind::FashionMnist, explicit),
-            Dataset::Cifar10 => cifar::locate(explicit),
-            Dataset::Imagenet => mnist::search(
-                "imagenet",
-                explicit,
-                |d| {
-                    d.join("train").is_dir()
-                        || d.join("val").is_dir()
-                        || d.join("labels.csv").is_file()
-                },
-                "Point --data-dir at a folder with train/ and val/ class folders (or labels.csv).",
-            ),
+            Dataset::Mnist | Dataset::FashionMnist => {
+                ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"]
+                    .iter()
+                    .any(|f| dir.join(f).is_file())
+            }
+            Dataset::Cifar10 => {
+                dir.join("data_batch_1.bin").is_file() || dir.join("test_batch.bin").is_file()
+            }
+            Dataset::Imagenet => {
+                dir.join("train").is_dir()
+                    || dir.join("val").is_dir()
+                    || dir.join("labels.csv").is_file()
+            }
         }
+    }
+
+    /// The folder that holds the data set: `dir` itself, or its subfolder of the data set's
+    /// name (`dir/fashion-mnist`), or the archive's own folder (`dir/cifar-10-batches-bin`).
+    pub fn find_in(self, dir: &Path) -> Option<PathBuf> {
+        let mut candidates = vec![dir.to_path_buf(), dir.join(self.name())];
+        if self == Dataset::Cifar10 {
+            candidates.push(dir.join("cifar-10-batches-bin"));
+            candidates.push(dir.join(self.name()).join("cifar-10-batches-bin"));
+        }
+        candidates.into_iter().find(|d| self.is_in(d))
     }
 
     /// Loads one split from `dir`.
