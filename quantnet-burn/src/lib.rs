@@ -65,8 +65,8 @@ pub use init::{ThresholdInit, initial_scales};
 pub use levels::LevelSet;
 pub use nn::{QuantAct, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig};
 pub use op::{
-    GradientMode, QuantBackend, QuantParams, check_temperature, hard_quantize, soft_quantize,
-    soft_quantize_reference,
+    GradientMode, QatBackend, QuantBackend, QuantParams, check_temperature, hard_quantize,
+    soft_quantize, soft_quantize_reference,
 };
 pub use quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField};
 pub use schedule::TemperatureSchedule;

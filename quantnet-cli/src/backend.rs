@@ -43,10 +43,7 @@ impl BackendName {
 /// Code that runs on any autodiff backend with the quantizer op.
 pub(crate) trait WithBackend {
     type Output;
-    fn run<B>(self, device: B::Device) -> Result<Self::Output>
-    where
-        B: burn::tensor::backend::AutodiffBackend + quantnet_burn::QuantBackend,
-        B::InnerBackend: quantnet_burn::QuantBackend;
+    fn run<B: quantnet_burn::QatBackend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
 fn not_compiled(name: BackendName) -> anyhow::Error {

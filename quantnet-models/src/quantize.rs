@@ -4,7 +4,8 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use quantnet_burn::{
-    GradientMode, LevelSet, QuantBackend, QuantMode, QuantizerConfig, Temperature, ThresholdInit,
+    GradientMode, LevelSet, QatBackend, QuantBackend, QuantMode, QuantizerConfig, Temperature,
+    ThresholdInit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -403,10 +404,8 @@ pub fn reestimate_batch_norm_with<B, M>(
     batches: impl IntoIterator<Item = Tensor<B::InnerBackend, 4>>,
 ) -> M
 where
-    B: AutodiffBackend + QuantBackend,
-    B::InnerBackend: QuantBackend,
-    M: QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B>,
-    M::TrainModule: QatModel<B>,
+    B: QatBackend,
+    M: crate::models::QatTrainModel<B>,
 {
     if !has_batch_norm(&model) {
         return model;

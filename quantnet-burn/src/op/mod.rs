@@ -199,6 +199,21 @@ pub struct SoftForward<B: Backend> {
     pub derivative: FloatTensor<B>,
 }
 
+/// An autodiff backend whose inner backend has the quantizer op too: what training needs
+/// (the soft quantizer on the autodiff backend, the hard one on the inner backend for
+/// validation). Implemented for every such backend.
+pub trait QatBackend:
+    burn::tensor::backend::AutodiffBackend<InnerBackend: QuantBackend> + QuantBackend
+{
+}
+
+impl<B> QatBackend for B
+where
+    B: burn::tensor::backend::AutodiffBackend + QuantBackend,
+    B::InnerBackend: QuantBackend,
+{
+}
+
 /// A Burn backend that can run the quantizer op.
 ///
 /// Implemented for NdArray and Burn's lazy `Fusion` backend with the generic tensor-op bodies

@@ -1,9 +1,9 @@
 //! `quantnet bench`: the quantizer's forward+backward against a copy and the naive composition.
 
 use anyhow::{Result, bail};
-use burn::tensor::backend::AutodiffBackend;
-use quantnet_burn::QuantBackend;
 use quantnet_burn::bench::{Case, Path, gb_per_s, level_sets};
+
+use quantnet_burn::QatBackend;
 
 use crate::backend::{WithBackend, dispatch};
 use crate::cli::BenchArgs;
@@ -18,11 +18,7 @@ struct BenchJob {
 impl WithBackend for BenchJob {
     type Output = ();
 
-    fn run<B>(self, device: B::Device) -> Result<()>
-    where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-    {
+    fn run<B: QatBackend>(self, device: B::Device) -> Result<()> {
         for &len in &self.sizes {
             for levels in level_sets() {
                 let case = Case::<B>::new(len, &levels, &device);

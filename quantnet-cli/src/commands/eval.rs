@@ -3,14 +3,14 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::AutodiffBackend;
 use quantnet_burn::LevelSet;
-use quantnet_burn::QuantBackend;
 use quantnet_models::Temperatures;
 use quantnet_models::data::{Dataset, ImageBatcher, ImageItem, Split};
 use quantnet_models::export;
 
 use quantnet_models::train::layer_stats;
+
+use quantnet_burn::QatBackend;
 
 use crate::backend::{BackendName, WithBackend, dispatch};
 use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
@@ -37,11 +37,7 @@ fn test_items(
 impl WithBackend for EvalJob {
     type Output = Summary;
 
-    fn run<B>(self, device: B::Device) -> Result<Summary>
-    where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-    {
+    fn run<B: QatBackend>(self, device: B::Device) -> Result<Summary> {
         let args = self.args;
         let backend = args.backend.name().to_string();
         if let Some(file) = &args.model_file {

@@ -11,14 +11,16 @@
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use quantnet_burn::nn::QuantAct;
 use quantnet_burn::{
-    LevelSet, QuantBackend, QuantParams, QuantizerConfig, Temperature, TemperatureSchedule,
-    ThresholdInit, hard_quantize,
+    LevelSet, QuantParams, QuantizerConfig, Temperature, TemperatureSchedule, ThresholdInit,
+    hard_quantize,
 };
 use quantnet_models::data::Split;
+
+use quantnet_burn::QatBackend;
 
 use crate::backend::{WithBackend, dispatch};
 use crate::cli::FitArgs;
@@ -54,11 +56,7 @@ fn scales<B: Backend>(act: &QuantAct<B>) -> Result<(f32, f32)> {
 impl WithBackend for FitJob {
     type Output = ();
 
-    fn run<B>(self, device: B::Device) -> Result<()>
-    where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-    {
+    fn run<B: QatBackend>(self, device: B::Device) -> Result<()> {
         let levels = &self.levels;
         let temperature = Temperature::new(self.schedule.at(0));
         let config =

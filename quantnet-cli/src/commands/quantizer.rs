@@ -5,11 +5,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
 use quantnet_burn::{
-    GradientMode, LevelSet, QuantBackend, QuantParams, check_temperature, hard_quantize,
-    soft_quantize,
+    GradientMode, LevelSet, QuantParams, check_temperature, hard_quantize, soft_quantize,
 };
+
+use quantnet_burn::QatBackend;
 
 use crate::backend::{WithBackend, dispatch};
 use crate::cli::{Gradient, QuantizerArgs};
@@ -47,11 +47,7 @@ struct CurveJob {
 impl WithBackend for CurveJob {
     type Output = Curves;
 
-    fn run<B>(self, device: B::Device) -> Result<Curves>
-    where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-    {
+    fn run<B: QatBackend>(self, device: B::Device) -> Result<Curves> {
         let params = QuantParams::<B>::new(
             &self.levels,
             self.alpha,

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
-use quantnet_burn::QuantBackend;
 use quantnet_models::Model;
 use quantnet_models::qat::{Qat, QatData};
 use quantnet_models::quantize::{self, Temperatures};
+
+use quantnet_burn::QatBackend;
 
 use crate::backend::{BackendName, WithBackend, dispatch};
 use crate::cli::TrainArgs;
@@ -62,11 +62,7 @@ struct TrainJob {
 impl WithBackend for TrainJob {
     type Output = Summary;
 
-    fn run<B>(self, device: B::Device) -> Result<Summary>
-    where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-    {
+    fn run<B: QatBackend>(self, device: B::Device) -> Result<Summary> {
         let Self {
             data_dir,
             cfg,

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use quantnet_burn::{QuantBackend, Quantizer};
+use quantnet_burn::{QatBackend, QuantBackend, Quantizer};
 use serde::{Deserialize, Serialize};
 
 use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
@@ -263,6 +263,20 @@ pub trait QatModel<B: Backend>: Module<B> + burn::module::ModuleDisplay + 'stati
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
         B: QuantBackend;
+}
+
+/// A [`QatModel`] on the inner backend of `B` whose autodiff twin (Burn's module derive makes
+/// it) is one too: what the recipe trains. Implemented for every such model.
+pub trait QatTrainModel<B: QatBackend>:
+    QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B, TrainModule: QatModel<B>>
+{
+}
+
+impl<B: QatBackend, M> QatTrainModel<B> for M
+where
+    M: QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B>,
+    M::TrainModule: QatModel<B>,
+{
 }
 
 /// Whether `module` holds a Burn batch-norm layer (the recipe re-estimates their statistics for

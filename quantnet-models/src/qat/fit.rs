@@ -9,22 +9,22 @@ use std::time::Instant;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
 use burn::data::dataset::InMemDataset;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, HasAutodiffModule, ParamId};
+use burn::module::{AutodiffModule, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, SgdConfig};
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::train::metric::store::EventStoreClient;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
-use quantnet_burn::QuantBackend;
+use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
 use super::{ClipDomain, OptimizerKind, QatConfig, QatData, QuantLrGroup, write_error};
 use crate::data::{ImageBatch, ImageBatcher, ImageItem};
 use crate::error::{Error, Result};
-use crate::models::QatModel;
+use crate::models::{QatModel, QatTrainModel};
 use crate::quantize::{self, Temperatures};
 use crate::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric, layer_stats};
 
@@ -147,10 +147,8 @@ pub(crate) fn fit<B, M>(
     quiet: bool,
 ) -> Result<(M, Vec<f64>)>
 where
-    B: AutodiffBackend + QuantBackend,
-    B::InnerBackend: QuantBackend,
-    M: QatModel<B::InnerBackend> + HasAutodiffModule<B>,
-    M::TrainModule: QatModel<B> + AutodiffModule<B, InnerModule = M>,
+    B: QatBackend,
+    M: QatTrainModel<B>,
 {
     let dir = phase
         .dir

@@ -49,17 +49,16 @@ use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::{AutodiffModule, HasAutodiffModule};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use quantnet_burn::train::{LrSchedule, TemperatureHook};
-use quantnet_burn::{QuantBackend, QuantMode, TemperatureSchedule};
+use quantnet_burn::{QatBackend, QuantBackend, QuantMode, TemperatureSchedule};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{ImageBatch, ImageBatcher, ImageItem, ImageSet};
 use crate::error::{Error, Result};
-use crate::models::{QatModel, has_batch_norm};
+use crate::models::{QatModel, QatTrainModel, has_batch_norm};
 use crate::quantize::{self, QuantPolicy, Temperatures};
 use crate::train::layer_stats;
 
@@ -377,10 +376,8 @@ impl Qat {
     /// weights or activations cannot set a quantizer; I/O errors from the artifact directory.
     pub fn run<B, M>(&self, model: M, data: &QatData, device: &B::Device) -> Result<(M, QatReport)>
     where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-        M: QatModel<B::InnerBackend> + HasAutodiffModule<B>,
-        M::TrainModule: QatModel<B> + AutodiffModule<B, InnerModule = M>,
+        B: QatBackend,
+        M: QatTrainModel<B>,
     {
         let cfg = &self.config;
         cfg.validate()?;
@@ -499,10 +496,8 @@ impl Qat {
         report: &mut QatReport,
     ) -> Result<M>
     where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
-        M: QatModel<B::InnerBackend> + HasAutodiffModule<B>,
-        M::TrainModule: QatModel<B> + AutodiffModule<B, InnerModule = M>,
+        B: QatBackend,
+        M: QatTrainModel<B>,
     {
         let cfg = &self.config;
         let policy = &cfg.policy;
