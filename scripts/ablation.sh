@@ -11,14 +11,10 @@ set -euo pipefail
 EPOCHS=${1:-2}
 OUT=${2:-runs/ablation}
 SEEDS=${3:-42 43}
-shift $(( $# < 3 ? $# : 3 ))
-[[ "${1:-}" == "--" ]] && shift
-EXTRA=("$@")
-QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
-mkdir -p "$OUT"
-
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
+extra_flags 3 "$@"
+mkdir -p "$OUT"
 
 # name | flags (on top of the defaults)
 ROWS=(

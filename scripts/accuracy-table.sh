@@ -13,14 +13,10 @@ set -euo pipefail
 FP_EPOCHS=${1:-10}
 EPOCHS=${2:-3}
 OUT=${3:-runs/accuracy-table}
-shift $(( $# < 3 ? $# : 3 ))
-[[ "${1:-}" == "--" ]] && shift
-EXTRA=("$@")
-QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
-mkdir -p "$OUT"
-
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
+extra_flags 3 "$@"
+mkdir -p "$OUT"
 per_epoch() {
   tr -d '\n ' < "$1/summary.json" | grep -o '"seconds_per_epoch":\[[^]]*\]' |
     sed 's/.*\[//; s/\]//' | awk -F, '{s=0; for(i=1;i<=NF;i++) s+=$i; printf "%.1f", s/NF}'

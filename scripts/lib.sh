@@ -1,5 +1,17 @@
 # Helpers the result scripts share (sourced, not run).
 
+# The quantnet command the scripts run (override with QUANTNET=...).
+QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
+
+# extra_flags N ARGS...: the train flags after the first N positional arguments and an
+# optional `--`, into the array EXTRA.
+extra_flags() {
+  local n=$1; shift
+  shift $(( $# < n ? $# : n ))
+  [[ "${1:-}" == "--" ]] && shift
+  EXTRA=("$@")
+}
+
 # field RUN KEY: the first number under "KEY" in RUN/summary.json.
 field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
 

@@ -7,14 +7,10 @@
 set -euo pipefail
 OUT=${1:-runs/main-job}
 SEEDS=${2:-42 43 44}
-shift $(( $# < 2 ? $# : 2 ))
-[[ "${1:-}" == "--" ]] && shift
-EXTRA=("$@")
-QUANTNET=${QUANTNET:-cargo run -q -p quantnet-cli --}
-mkdir -p "$OUT"
-
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
+extra_flags 2 "$@"
+mkdir -p "$OUT"
 
 echo "| seed | full precision (%) | hard (%) | soft (%) | hard − FP | soft − hard |"
 echo "|---|---|---|---|---|---|"

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
-use burn::nn::LinearConfig;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, backend::AutodiffBackend};
@@ -34,30 +34,40 @@ type B = Autodiff<Flex>;
 
 // ---- The user's model ----------------------------------------------------------------------
 
-/// conv 5×5 (8) → ReLU → pool → conv 5×5 (16) → ReLU → pool → linear 64 → ReLU → linear 10.
+/// conv 3×3 (8) → batch norm → ReLU → pool → conv 3×3 (16) → batch norm → ReLU → pool →
+/// linear 64 → ReLU → linear 10. Batch norm is found by the recipe (it re-estimates the
+/// statistics for the quantized network).
 #[derive(Module, Debug)]
 struct Net<B: Backend> {
     conv1: QuantConv2d<B>,
-    act1: QuantAct<B>,
+    norm1: BatchNorm<B>,
     conv2: QuantConv2d<B>,
-    act2: QuantAct<B>,
-    fc1: QuantLinear<B>,
-    act3: QuantAct<B>,
-    fc2: QuantLinear<B>,
+    norm2: BatchNorm<B>,
     pool: MaxPool2d,
+    hidden: QuantLinear<B>,
+    output: QuantLinear<B>,
+    /// Activation slots after each ReLU (and pooling).
+    acts: [QuantAct<B>; 3],
 }
 
 impl<B: Backend> Net<B> {
     fn new(device: &B::Device) -> Self {
+        let conv = |c_in, c_out| {
+            QuantConv2d::float(
+                Conv2dConfig::new([c_in, c_out], [3, 3])
+                    .with_padding(PaddingConfig2d::Same)
+                    .init(device),
+            )
+        };
         Self {
-            conv1: QuantConv2d::float(Conv2dConfig::new([1, 8], [5, 5]).init(device)),
-            act1: QuantAct::float(),
-            conv2: QuantConv2d::float(Conv2dConfig::new([8, 16], [5, 5]).init(device)),
-            act2: QuantAct::float(),
-            fc1: QuantLinear::float(LinearConfig::new(16 * 4 * 4, 64).init(device)),
-            act3: QuantAct::float(),
-            fc2: QuantLinear::float(LinearConfig::new(64, 10).init(device)),
+            conv1: conv(1, 8),
+            norm1: BatchNormConfig::new(8).init(device),
+            conv2: conv(8, 16),
+            norm2: BatchNormConfig::new(16).init(device),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            hidden: QuantLinear::float(LinearConfig::new(16 * 7 * 7, 64).init(device)),
+            output: QuantLinear::float(LinearConfig::new(64, 10).init(device)),
+            acts: [QuantAct::float(), QuantAct::float(), QuantAct::float()],
         }
     }
 }
@@ -66,28 +76,28 @@ impl<B: Backend> Net<B> {
 
 impl<B: Backend> QatModel<B> for Net<B> {
     fn slots(&mut self) -> Slots<'_, B> {
+        let [a1, a2, a3] = &mut self.acts;
         Slots::new()
             .with_conv("conv1", &mut self.conv1)
-            .with_act("act1", &mut self.act1)
+            .with_act("act1", a1)
             .with_conv("conv2", &mut self.conv2)
-            .with_act("act2", &mut self.act2)
-            .with_linear("fc1", &mut self.fc1)
-            .with_act("act3", &mut self.act3)
-            .with_linear("fc2", &mut self.fc2)
+            .with_act("act2", a2)
+            .with_linear("hidden", &mut self.hidden)
+            .with_act("act3", a3)
+            .with_linear("output", &mut self.output)
     }
 
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
         B: QuantBackend,
     {
-        let x = self
-            .act1
-            .forward(self.pool.forward(relu(self.conv1.forward(images))));
-        let x = self
-            .act2
-            .forward(self.pool.forward(relu(self.conv2.forward(x))));
-        let x = self.act3.forward(relu(self.fc1.forward(x.flatten(1, 3))));
-        self.fc2.forward(x)
+        let block = |x, conv: &QuantConv2d<B>, norm: &BatchNorm<B>, act: &QuantAct<B>| {
+            act.forward(self.pool.forward(relu(norm.forward(conv.forward(x)))))
+        };
+        let x = block(images, &self.conv1, &self.norm1, &self.acts[0]);
+        let x = block(x, &self.conv2, &self.norm2, &self.acts[1]);
+        let x = self.acts[2].forward(relu(self.hidden.forward(x.flatten(1, 3))));
+        self.output.forward(x)
     }
 }
 

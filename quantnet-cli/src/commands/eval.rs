@@ -44,34 +44,23 @@ impl WithBackend for EvalJob {
             // An exported model: a .qnet file (hard weights decoded from codes) or a Burn-native
             // record (Burn quantized weights); activation quantizers hard either way.
             let native = file.extension().is_some_and(|e| e == "mpk");
-            let (arch, input, file_dataset, weights, acts, model) = if native {
+            let (header, weights, model) = if native {
                 let (m, model) = export::load_native::<B::InnerBackend>(file, &device)?;
-                let weights = m
-                    .layers
-                    .first()
-                    .map_or("fp".to_string(), |l| l.levels.clone());
-                (
-                    m.header.arch,
-                    m.header.input,
-                    m.header.dataset,
-                    weights,
-                    m.header.acts,
-                    model,
-                )
+                let weights = m.layers.first().map_or("fp".into(), |l| l.levels.clone());
+                (m.header, weights, model)
             } else {
                 let (m, model) = export::load::<B::InnerBackend>(file, &device)?;
                 let weights = m.coded.first().map_or("fp".to_string(), |e| {
                     LevelSet::new(e.levels.clone()).map_or("custom".into(), |l| l.name())
                 });
-                (
-                    m.header.arch,
-                    m.header.input,
-                    m.header.dataset,
-                    weights,
-                    m.header.acts,
-                    model,
-                )
+                (m.header, weights, model)
             };
+            let export::ModelHeader {
+                arch,
+                input,
+                dataset: file_dataset,
+                acts,
+            } = header;
             let dataset = match (args.dataset, &file_dataset) {
                 (Some(d), _) => d,
                 (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,

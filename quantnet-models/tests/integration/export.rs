@@ -33,10 +33,7 @@ fn quantized(arch: Arch, input: InputShape, weights: LevelSet, seed: u64) -> Mod
     B::seed(&device, seed);
     let policy = QuantPolicy {
         weights: Some(QuantizerConfig::weights(weights)),
-        acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
-        quantize_all: false,
-        act_percentile: None,
-        act_mse: false,
+        ..crate::backend::ternary_u2()
     };
     let temps = Temperatures::default();
     let mut model = Model::<B>::new(arch, input, &device);
@@ -302,16 +299,6 @@ struct RecordOutputs {
     quant_linear: Vec<f32>,
 }
 
-fn old_policy() -> QuantPolicy {
-    QuantPolicy {
-        weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
-        acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
-        quantize_all: false,
-        act_percentile: None,
-        act_mse: false,
-    }
-}
-
 #[test]
 #[ignore = "writes fixtures/records (done once, with the code that wrote the old format)"]
 fn write_record_fixtures() {
@@ -361,7 +348,8 @@ fn records_written_before_the_layer_merge_still_load() {
     // The quantized model's record, into the skeleton of its policy.
     let temps = Temperatures::default();
     let mut model = Model::<B>::new(Arch::Tfc, TINY, &device);
-    quantnet_models::quantize::skeleton(&mut model, &old_policy(), &temps, &device).unwrap();
+    quantnet_models::quantize::skeleton(&mut model, &crate::backend::ternary_u2(), &temps, &device)
+        .unwrap();
     let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
         .load(dir.join("tfc-4x4-w2a2.mpk"), &device)
         .unwrap();

@@ -23,6 +23,22 @@ pub(crate) mod backend {
 
     static SERIAL: Mutex<()> = Mutex::new(());
 
+    /// Ternary weights and 2-bit activations, the paper's rules (maximum range, k-means
+    /// thresholds): the policy most tests quantize with.
+    pub(crate) fn ternary_u2() -> quantnet_models::QuantPolicy {
+        quantnet_models::QuantPolicy {
+            weights: Some(quantnet_burn::QuantizerConfig::weights(
+                quantnet_burn::LevelSet::ternary(),
+            )),
+            acts: Some(quantnet_burn::QuantizerConfig::activations(
+                quantnet_burn::LevelSet::unsigned(2).expect("2 bits is a valid width"),
+            )),
+            quantize_all: false,
+            act_percentile: None,
+            act_mse: false,
+        }
+    }
+
     /// The backend's random state is one per process: a test that seeds it or draws from it
     /// holds this lock for its whole run, so that a test comparing two seeded runs is not
     /// disturbed by another test's draws (the tests run on parallel threads).

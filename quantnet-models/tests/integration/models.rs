@@ -6,7 +6,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
-use quantnet_burn::{LevelSet, QuantizerConfig};
+
 use quantnet_models::quantize::{calibrate_acts, quantize_weights};
 use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
 
@@ -63,15 +63,7 @@ fn parameter_counts_match_the_reference_layouts() {
     }
 }
 
-fn ternary_u2() -> QuantPolicy {
-    QuantPolicy {
-        weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
-        acts: Some(QuantizerConfig::activations(LevelSet::unsigned(2).unwrap())),
-        quantize_all: false,
-        act_percentile: None,
-        act_mse: false,
-    }
-}
+use crate::backend::ternary_u2;
 
 /// Quantizes `arch`, checks the policy and the output shape, takes one SGD step and checks that
 /// the loss is finite and that the latent weights and the quantizer's β moved. (Not α: a layer

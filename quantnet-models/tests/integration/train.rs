@@ -237,12 +237,14 @@ impl<B: Backend> UserMlp<B> {
 
 impl<B: Backend> quantnet_models::models::QatModel<B> for UserMlp<B> {
     fn slots(&mut self) -> quantnet_models::models::Slots<'_, B> {
-        quantnet_models::models::Slots::new()
-            .with_linear("fc1", &mut self.fc1)
-            .with_act("act1", &mut self.act1)
-            .with_linear("fc2", &mut self.fc2)
-            .with_act("act2", &mut self.act2)
-            .with_linear("fc3", &mut self.fc3)
+        // The push form of the builder the example uses.
+        let mut slots = quantnet_models::models::Slots::new();
+        slots.linear("fc1", &mut self.fc1);
+        slots.act("act1", &mut self.act1);
+        slots.linear("fc2", &mut self.fc2);
+        slots.act("act2", &mut self.act2);
+        slots.linear("fc3", &mut self.fc3);
+        slots
     }
 
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
