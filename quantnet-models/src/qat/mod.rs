@@ -17,28 +17,41 @@
 //! 4. **Finish**: batch norm re-estimated for the hard network, `model.mpk` and `metrics.csv`
 //!    written, and a [`QatReport`] (hard accuracy: the model's accuracy; soft: a diagnostic).
 //!
-//! ```no_run
-//! # use burn::backend::{Autodiff, Flex};
-//! # use quantnet_burn::LevelSet;
-//! # use quantnet_models::{Arch, Model, QuantPolicy};
-//! # use quantnet_models::data::{Dataset, Split};
-//! # use quantnet_models::qat::{Qat, QatConfig, QatData};
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[cfg(feature = "flex")] {
+//! use burn::backend::{Autodiff, Flex};
+//! use quantnet_burn::LevelSet;
+//! use quantnet_models::data::{Dataset, Split};
+//! use quantnet_models::qat::{Qat, QatConfig, QatData};
+//! use quantnet_models::{Arch, Model, QuantPolicy};
+//!
 //! type B = Autodiff<Flex>;
-//! let dir = std::path::Path::new("../shared/data/fashion-mnist");
+//! // The repository's fixture: the first 600 + 200 Fashion-MNIST images.
+//! let dir = std::path::Path::new("../fixtures/fashion-mnist");
+//! let fashion = Dataset::FashionMnist;
 //! let data = QatData::new(
-//!     Dataset::FashionMnist.load(dir, Split::Train)?,
-//!     Dataset::FashionMnist.load(dir, Split::Test)?,
-//!     Dataset::FashionMnist.normalisation(),
-//! );
-//! // Ternary weights, 2-bit activations, the recipe's defaults for everything else.
-//! let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), Some(LevelSet::unsigned(2)?));
-//! let config = QatConfig::new(policy);
+//!     fashion.load(dir, Split::Train).unwrap(),
+//!     fashion.load(dir, Split::Test).unwrap(),
+//!     fashion.normalisation(),
+//! )
+//! .limit_train(256, 42);
+//! // Ternary weights, 2-bit activations, the recipe's defaults for everything else but the
+//! // length of this run.
+//! let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), Some(LevelSet::unsigned(2).unwrap()));
+//! let config = QatConfig::new(policy).with_epochs(1);
 //! let device = Default::default();
-//! let model = Model::new(Arch::Lenet5, Dataset::FashionMnist.input(), &device);
-//! let (model, report) = Qat::new(config, "runs/lenet5").run::<B, _>(model, &data, &device)?;
+//! let model = Model::new(Arch::Lenet5, fashion.input(), &device);
+//! let dir = std::env::temp_dir().join(format!("quantnet-qat-doc-{}", std::process::id()));
+//! let (_model, report) = Qat::new(config, &dir)
+//!     .quiet(true)
+//!     .run::<B, _>(model, &data, &device)
+//!     .unwrap();
+//! assert_eq!(report.epochs.len(), 1);
+//! assert!(report.full_precision_accuracy.is_some());
+//! assert_eq!(report.temperatures, (Some(500.0), Some(500.0)));
 //! println!("test accuracy (hard-quantized): {:.2}%", report.test_accuracy_hard);
-//! # Ok(()) }
+//! # std::fs::remove_dir_all(dir).unwrap();
+//! # }
 //! ```
 
 mod fit;
