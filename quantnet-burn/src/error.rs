@@ -26,5 +26,16 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// [`Error::InvalidParameter`]: `value` of `name` is outside `reason`'s domain.
+    pub(crate) fn invalid(name: &'static str, value: &str, reason: &str) -> Self {
+        Self::InvalidParameter {
+            name,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -40,11 +40,11 @@ impl std::str::FromStr for ThresholdInit {
         match text.trim() {
             "kmeans" => Ok(Self::KMeans),
             "uniform" => Ok(Self::Uniform),
-            other => Err(crate::Error::InvalidParameter {
-                name: "threshold initialisation",
-                value: other.to_string(),
-                reason: "expected kmeans or uniform".into(),
-            }),
+            other => Err(crate::Error::invalid(
+                "threshold initialisation",
+                other,
+                "expected kmeans or uniform",
+            )),
         }
     }
 }

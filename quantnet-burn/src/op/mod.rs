@@ -85,11 +85,11 @@ impl std::str::FromStr for GradientMode {
             "official" => Ok(Self::official()),
             other => match other.strip_prefix("official:").map(str::parse::<f32>) {
                 Some(Ok(cap)) if cap.is_finite() && cap > 0.0 => Ok(Self::Official { cap }),
-                _ => Err(crate::Error::InvalidParameter {
-                    name: "gradient",
-                    value: other.to_string(),
-                    reason: "expected exact, official or official:CAP (CAP > 0)".into(),
-                }),
+                _ => Err(crate::Error::invalid(
+                    "gradient",
+                    other,
+                    "expected exact, official or official:CAP (CAP > 0)",
+                )),
             },
         }
     }

@@ -41,23 +41,9 @@ pub fn to_native<B: QuantBackend>(model: &Model<B>) -> Result<(Model<B>, Vec<Nat
             layer: name.clone(),
             source: e,
         };
-        let (quantizer, values) = match layer {
-            crate::models::WeightLayer::Conv(c) => {
-                let native = c.to_native().map_err(fail)?;
-                let Some(q) = c.quantizer.take() else {
-                    continue;
-                };
-                c.conv = native;
-                (q, c.conv.weight.shape().num_elements())
-            }
-            crate::models::WeightLayer::Linear(l) => {
-                let native = l.to_native().map_err(fail)?;
-                let Some(q) = l.quantizer.take() else {
-                    continue;
-                };
-                l.linear = native;
-                (q, l.linear.weight.shape().num_elements())
-            }
+        let mut layer = layer;
+        let Some((quantizer, values)) = layer.make_native().map_err(fail)? else {
+            continue;
         };
         let scheme = quantnet_burn::native::native_scheme(quantizer.level_set()).map_err(fail)?;
         layers.push(NativeLayer {

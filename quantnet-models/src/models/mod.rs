@@ -206,6 +206,31 @@ impl<B: Backend> WeightLayer<'_, B> {
         }
     }
 
+    /// Replaces the float layer by its Burn-native copy (its weight as Burn's own quantized
+    /// tensor) and takes the quantizer out; returns the quantizer and the weight's size, or
+    /// `None` for a full-precision layer (left as it is).
+    ///
+    /// # Errors
+    /// As `QuantLinear::to_native` (a level set Burn cannot hold).
+    pub fn make_native(&mut self) -> quantnet_burn::Result<Option<(Quantizer<B>, usize)>>
+    where
+        B: QuantBackend,
+    {
+        let values = self.weight_shape().iter().product();
+        let quantizer = match self {
+            WeightLayer::Conv(c) if c.quantizer.is_some() => {
+                c.conv = c.to_native()?;
+                c.quantizer.take()
+            }
+            WeightLayer::Linear(l) if l.quantizer.is_some() => {
+                l.linear = l.to_native()?;
+                l.quantizer.take()
+            }
+            _ => None,
+        };
+        Ok(quantizer.map(|q| (q, values)))
+    }
+
     /// Initialises lazily initialised parameters now (see `QuantLinear::materialise`).
     pub(crate) fn materialise(&self) {
         match self {
