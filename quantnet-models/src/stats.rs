@@ -9,7 +9,7 @@ use crate::models::QatModel;
 /// layer's weights at each level.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerStats {
-    /// The slot's name (as in [`Model::slots`]).
+    /// The slot's name (as in [`crate::models::QatModel::slots`]).
     pub name: String,
     /// "conv", "linear" or "activation".
     pub kind: String,

@@ -1,6 +1,6 @@
 //! Exporting a trained quantized model, in two formats:
 //!
-//! - **`.qnet`** ([`format`], [`writer`], [`reader`]): quantized weights as bit-packed level
+//! - **`.qnet`** ([`mod@format`], [`writer`], [`reader`]): quantized weights as bit-packed level
 //!   codes, everything else as float32, and the way back to a runnable model; the compact,
 //!   portable one. The format is documented in `docs/qnet-format.md`.
 //! - **Burn-native** ([`native`]): a Burn record whose quantized weights are Burn's own quantized

@@ -36,11 +36,11 @@ impl Default for MonitorOptions {
     }
 }
 
-/// A [`Model`] trained by burn-train with quantization diagnostics on validation: its
-/// [`InferenceStep`] output carries, besides the hard-quantized classification, the soft model's
-/// hits on the same batch and every quantizer's α, β and occupancy ([`MonitorInput`]), which
-/// the metrics [`SoftHardGapMetric`] and [`LayerMetric`] report per epoch. Training steps are
-/// those of the model.
+/// A model ([`crate::Model`] or any [`QatModel`]) trained by burn-train with quantization
+/// diagnostics on validation: its [`InferenceStep`] output carries, besides the hard-quantized
+/// classification, the soft model's hits on the same batch and every quantizer's α, β and
+/// occupancy ([`MonitorInput`]), which the metrics [`super::SoftHardGapMetric`] and
+/// [`super::LayerMetric`] report per epoch. Training steps are those of the model.
 ///
 /// The layer stats are read once per validation copy: burn-train makes one with `valid()` at
 /// the start of every validation epoch and the model does not change during it, so the first
