@@ -271,7 +271,8 @@ fn native_exports_match_the_hard_model_exactly_and_round_trip_through_burn_recor
 /// crate and `QuantConv2d`/`QuantLinear`/`QuantAct` in quantnet-burn): a quantized TFC on 4×4
 /// inputs (record and `.qnet`), a `quantnet_burn::QuantLinear` record (then a non-optional
 /// quantizer), and their outputs on [`fixture_input`]. Written once by
-/// `cargo test -p quantnet-models --test integration write_record_fixtures -- --ignored` at commit
+/// `QUANTNET_WRITE_FIXTURES=1 cargo test -p quantnet-models --test integration
+/// write_record_fixtures -- --ignored` at commit
 /// 5338cde; `fixtures/records/`.
 fn records_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/records")
@@ -302,6 +303,11 @@ struct RecordOutputs {
 #[test]
 #[ignore = "writes fixtures/records (done once, with the code that wrote the old format)"]
 fn write_record_fixtures() {
+    assert!(
+        std::env::var_os("QUANTNET_WRITE_FIXTURES").is_some(),
+        "this overwrites fixtures/records, which hold files written by earlier code; set \
+         QUANTNET_WRITE_FIXTURES=1 to do it"
+    );
     let _serial = crate::backend::serial();
     use burn::module::Module;
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
