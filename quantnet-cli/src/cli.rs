@@ -41,7 +41,8 @@ pub(crate) enum Command {
     /// Data sets: `quantnet data fetch NAME` downloads and verifies one.
     Data(DataArgs),
     /// Time the quantizer's forward+backward against a same-size copy and the naive composition
-    /// of n sigmoids, side by side, and print GB/s and ratios.
+    /// of n sigmoids, side by side, and print GB/s and ratios; `bench train`: a model's training
+    /// step and inference, full precision and quantized, per backend.
     Bench(BenchArgs),
 }
 
@@ -86,6 +87,44 @@ pub(crate) struct QuantizerArgs {
     pub(crate) backend: BackendName,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchCommand {
+    /// One training step (forward, cross-entropy, backward, Adam) of a real model on synthetic
+    /// input of its shape, full precision and quantized, and its hard-quantized inference, per
+    /// backend side by side.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchTrainArgs {
+    /// The model: lenet5, tfc, sfc, lfc, vgg-small, resnet20, resnet18, resnet50, alexnet-bn (at
+    /// MNIST's input for LeNet-5 and the FC nets, CIFAR-10's for VGG-small and ResNet-20,
+    /// ImageNet's for the rest).
+    #[arg(long, default_value = "lenet5")]
+    pub(crate) model: quantnet_models::Arch,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// Timed steps (the median is reported, with the fastest and slowest).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup: usize,
+    /// Weight levels of the quantized step (`fp`: only the full-precision step is measured).
+    #[arg(long, default_value = "2", allow_hyphen_values = true)]
+    pub(crate) weights: crate::run::WeightPrecision,
+    /// Activation levels of the quantized step.
+    #[arg(long, default_value = "2", allow_hyphen_values = true)]
+    pub(crate) acts: crate::run::ActPrecision,
+    /// Backends to time (each must be compiled in).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendName::Cpu])]
+    pub(crate) backend: Vec<BackendName>,
+    /// One JSON object per line (backend × precision) instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Gradient {
     /// The exact derivative at temperature T.
@@ -95,7 +134,11 @@ pub(crate) enum Gradient {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct BenchArgs {
+    /// What else to time (without one: the quantizer op).
+    #[command(subcommand)]
+    pub(crate) command: Option<BenchCommand>,
     /// Backends to time (each must be compiled in).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendName::Cpu])]
     pub(crate) backend: Vec<BackendName>,

@@ -187,6 +187,59 @@ fn bench_runs_a_tiny_case_and_prints_the_table() {
     }
 }
 
+/// `bench train --json`: one object per precision with the fields, and the quantized
+/// step is timed too (it runs the soft quantizers, so it is not free).
+#[test]
+fn bench_train_times_the_full_precision_and_the_quantized_step() {
+    let out = quantnet(&[
+        "bench", "train", "--model", "lenet5", "--batch", "4", "--steps", "1", "--warmup", "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for (row, (weights, acts)) in rows.iter().zip([("fp", "32"), ("2", "2")]) {
+        assert_eq!(row["backend"], "cpu");
+        assert_eq!(row["model"], "lenet5");
+        assert_eq!(row["batch"], 4);
+        assert_eq!(
+            (row["weights"].as_str(), row["acts"].as_str()),
+            (Some(weights), Some(acts))
+        );
+        let ms = row["ms_per_step"].as_f64().unwrap();
+        assert!(ms > 0.0 && row["ms_min"].as_f64().unwrap() <= ms, "{row}");
+        assert!(row["ms_max"].as_f64().unwrap() >= ms, "{row}");
+        let per_s = row["images_per_s"].as_f64().unwrap();
+        assert!((per_s - 4.0 / (ms / 1e3)).abs() < 1e-6 * per_s, "{row}");
+        assert!(
+            row["inference_images_per_s"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+    // --weights fp --acts 32: the full-precision step only.
+    let out = quantnet(&[
+        "bench",
+        "train",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--weights",
+        "fp",
+        "--acts",
+        "32",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1);
+}
+
 /// The repository's real-data fixtures (`fixtures/README.md`: the first 600 training and 200
 /// test images of Fashion-MNIST and MNIST).
 fn fixtures() -> std::path::PathBuf {

@@ -38,6 +38,8 @@
 //! ```
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
+#[cfg(feature = "train")]
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod export;
