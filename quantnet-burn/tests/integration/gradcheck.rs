@@ -26,63 +26,9 @@ fn finite_differences<B: AutodiffBackend + QuantBackend>(
 where
     B::InnerBackend: QuantBackend,
 {
-    let host = case.host();
-    let loss = |x: &[f64], p: &reference::HostParams| case.loss::<B>(x, w, p, device, dtype);
-    let central = |f: &dyn Fn(f64) -> f64, v: f64| (f(v + eps) - f(v - eps)) / (2.0 * eps);
-    let gx = (0..x.len())
-        .map(|d| {
-            central(
-                &|v| {
-                    let mut x = x.to_vec();
-                    x[d] = v;
-                    loss(&x, &host)
-                },
-                x[d],
-            )
-        })
-        .collect();
-    let alpha = central(
-        &|v| {
-            loss(
-                x,
-                &reference::HostParams {
-                    alpha: v,
-                    ..host.clone()
-                },
-            )
-        },
-        host.alpha,
-    );
-    let beta = central(
-        &|v| {
-            loss(
-                x,
-                &reference::HostParams {
-                    beta: v,
-                    ..host.clone()
-                },
-            )
-        },
-        host.beta,
-    );
-    let thresholds = (0..host.thresholds.len())
-        .map(|i| {
-            central(
-                &|v| {
-                    let mut q = host.clone();
-                    q.thresholds[i] = v;
-                    loss(x, &q)
-                },
-                host.thresholds[i],
-            )
-        })
-        .collect();
-    HostGrads {
-        x: gx,
-        alpha,
-        beta,
-        thresholds,
-    }
+    reference::central_differences(x, &case.host(), eps, |x, p| {
+        case.loss::<B>(x, w, p, device, dtype)
+    })
 }
 
 /// (levels, temperature, α, β, thresholds learned?) — several sets, temperatures from 0.5 to 50.

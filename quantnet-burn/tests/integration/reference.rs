@@ -97,64 +97,32 @@ pub fn grads(x: &[f64], w: &[f64], p: &HostParams, t: f64, mode: GradientMode) -
 
 /// Central finite differences of [`loss`].
 pub fn finite_differences(x: &[f64], w: &[f64], p: &HostParams, t: f64, eps: f64) -> HostGrads {
+    central_differences(x, p, eps, |x, q| loss(x, w, q, t))
+}
+
+/// Central differences (step `eps`) of `loss(x, p)` with respect to every input value, α, β and
+/// every threshold: the reference's, and any backend's through its own loss.
+pub fn central_differences(
+    x: &[f64],
+    p: &HostParams,
+    eps: f64,
+    loss: impl Fn(&[f64], &HostParams) -> f64,
+) -> HostGrads {
     let central = |f: &dyn Fn(f64) -> f64, v: f64| (f(v + eps) - f(v - eps)) / (2.0 * eps);
-    let gx = (0..x.len())
-        .map(|d| {
-            central(
-                &|v| {
-                    let mut x = x.to_vec();
-                    x[d] = v;
-                    loss(&x, w, p, t)
-                },
-                x[d],
-            )
-        })
-        .collect();
-    let alpha = central(
-        &|v| {
-            loss(
-                x,
-                w,
-                &HostParams {
-                    alpha: v,
-                    ..p.clone()
-                },
-                t,
-            )
-        },
-        p.alpha,
-    );
-    let beta = central(
-        &|v| {
-            loss(
-                x,
-                w,
-                &HostParams {
-                    beta: v,
-                    ..p.clone()
-                },
-                t,
-            )
-        },
-        p.beta,
-    );
-    let thresholds = (0..p.thresholds.len())
-        .map(|i| {
-            central(
-                &|v| {
-                    let mut q = p.clone();
-                    q.thresholds[i] = v;
-                    loss(x, w, &q, t)
-                },
-                p.thresholds[i],
-            )
-        })
-        .collect();
+    let with = |change: &dyn Fn(&mut Vec<f64>, &mut HostParams)| {
+        let (mut x, mut q) = (x.to_vec(), p.clone());
+        change(&mut x, &mut q);
+        loss(&x, &q)
+    };
     HostGrads {
-        x: gx,
-        alpha,
-        beta,
-        thresholds,
+        x: (0..x.len())
+            .map(|d| central(&|v| with(&|x, _| x[d] = v), x[d]))
+            .collect(),
+        alpha: central(&|v| with(&|_, q| q.alpha = v), p.alpha),
+        beta: central(&|v| with(&|_, q| q.beta = v), p.beta),
+        thresholds: (0..p.thresholds.len())
+            .map(|i| central(&|v| with(&|_, q| q.thresholds[i] = v), p.thresholds[i]))
+            .collect(),
     }
 }
 
