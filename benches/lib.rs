@@ -25,3 +25,23 @@ pub type WgpuCube =
 /// feature wraps it in `Fusion`, which runs the generic body.
 #[cfg(feature = "cuda")]
 pub type CudaCube = burn::backend::Cuda;
+
+/// Calls `$bench::<Autodiff<B>>($c, "name", &device)` for every backend compiled in (flex,
+/// ndarray, wgpu without fusion, cuda): the backend list of every criterion bench.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($bench:ident, $c:expr) => {{
+        #[cfg(feature = "flex")]
+        $bench::<burn::backend::Autodiff<burn::backend::Flex>>($c, "flex", &Default::default());
+        #[cfg(feature = "ndarray")]
+        $bench::<burn::backend::Autodiff<burn::backend::NdArray>>(
+            $c,
+            "ndarray",
+            &Default::default(),
+        );
+        #[cfg(feature = "wgpu")]
+        $bench::<burn::backend::Autodiff<$crate::WgpuCube>>($c, "wgpu", &Default::default());
+        #[cfg(feature = "cuda")]
+        $bench::<burn::backend::Autodiff<$crate::CudaCube>>($c, "cuda", &Default::default());
+    }};
+}

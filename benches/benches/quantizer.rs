@@ -4,7 +4,6 @@
 //! `cargo bench -p quantnet-benches` (add `-- --quick` for a short run). Group names are
 //! `quantizer/<backend>/<elements>/n<thresholds>`; throughput is bytes of the f32 input.
 
-use burn::backend::Autodiff;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quantnet_benches::{Case, Path, level_sets};
 use quantnet_burn::QuantBackend;
@@ -31,14 +30,7 @@ where
 }
 
 fn benches(c: &mut Criterion) {
-    #[cfg(feature = "flex")]
-    bench_backend::<Autodiff<burn::backend::Flex>>(c, "flex", &Default::default());
-    #[cfg(feature = "ndarray")]
-    bench_backend::<Autodiff<burn::backend::NdArray>>(c, "ndarray", &Default::default());
-    #[cfg(feature = "wgpu")]
-    bench_backend::<Autodiff<quantnet_benches::WgpuCube>>(c, "wgpu", &Default::default());
-    #[cfg(feature = "cuda")]
-    bench_backend::<Autodiff<quantnet_benches::CudaCube>>(c, "cuda", &Default::default());
+    quantnet_benches::on_each_backend!(bench_backend, c);
 }
 
 criterion_group!(quantizer, benches);

@@ -6,7 +6,6 @@
 //! `cargo bench -p quantnet-benches --bench train` (add `-- --quick` for a short run). Group names
 //! are `train/<backend>/<model>`; throughput is images.
 
-use burn::backend::Autodiff;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quantnet_burn::{LevelSet, QatBackend};
 use quantnet_models::bench::{TrainCase, default_input};
@@ -30,14 +29,7 @@ fn bench_backend<B: QatBackend>(c: &mut Criterion, backend: &str, device: &B::De
 }
 
 fn benches(c: &mut Criterion) {
-    #[cfg(feature = "flex")]
-    bench_backend::<Autodiff<burn::backend::Flex>>(c, "flex", &Default::default());
-    #[cfg(feature = "ndarray")]
-    bench_backend::<Autodiff<burn::backend::NdArray>>(c, "ndarray", &Default::default());
-    #[cfg(feature = "wgpu")]
-    bench_backend::<Autodiff<quantnet_benches::WgpuCube>>(c, "wgpu", &Default::default());
-    #[cfg(feature = "cuda")]
-    bench_backend::<Autodiff<quantnet_benches::CudaCube>>(c, "cuda", &Default::default());
+    quantnet_benches::on_each_backend!(bench_backend, c);
 }
 
 criterion_group!(train, benches);
