@@ -24,6 +24,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, backend::AutodiffBackend};
 use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
+use quantnet_burn::op::batch_norm;
 use quantnet_burn::{LevelSet, QuantBackend};
 use quantnet_models::QuantPolicy;
 use quantnet_models::data::{Dataset, Split};
@@ -92,7 +93,7 @@ impl<B: Backend> QatModel<B> for Net<B> {
         B: QuantBackend,
     {
         let block = |x, conv: &QuantConv2d<B>, norm: &BatchNorm<B>, act: &QuantAct<B>| {
-            act.forward(self.pool.forward(relu(norm.forward(conv.forward(x)))))
+            act.forward(self.pool.forward(relu(batch_norm(norm, conv.forward(x)))))
         };
         let x = block(images, &self.conv1, &self.norm1, &self.acts[0]);
         let x = block(x, &self.conv2, &self.norm2, &self.acts[1]);

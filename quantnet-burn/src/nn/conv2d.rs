@@ -2,9 +2,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::ConvOptions;
 
 use super::{derived, materialise, weight_quantizer};
 use crate::error::Result;
@@ -99,17 +101,42 @@ impl<B: QuantBackend> QuantConv2d<B> {
     /// # Shapes
     /// As Burn's `Conv2d`: `[batch, c_in, h, w] -> [batch, c_out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match &self.quantizer {
-            Some(q) => {
-                let mut layer = self.conv.clone();
-                // `Param::initialized` keeps the quantized weight's graph (`from_tensor` would
-                // try to make it a leaf), so gradients flow through the quantizer to the latent
-                // weight.
-                layer.weight = derived(q.forward(self.conv.weight.val()));
-                layer.forward(x)
+        let weight = match &self.quantizer {
+            Some(q) => q.forward(self.conv.weight.val()),
+            None => self.conv.weight.val(),
+        };
+        let Some(options) = self.options() else {
+            // Same padding: Burn's layer computes it (and pads) per input size.
+            let mut layer = self.conv.clone();
+            // `Param::initialized` keeps the quantized weight's graph (`from_tensor` would
+            // try to make it a leaf), so gradients flow through the quantizer to the latent
+            // weight.
+            layer.weight = derived(weight);
+            return layer.forward(x);
+        };
+        let bias = self.conv.bias.as_ref().map(|b| b.val());
+        crate::op::conv2d(x, weight, bias, options)
+    }
+
+    /// The float layer's options when its padding is the same on both sides of each axis (the
+    /// path of [`crate::op::conv2d`], whose backward is faster on flex); `None` for `Same`
+    /// padding.
+    fn options(&self) -> Option<ConvOptions<2>> {
+        let padding = match self.conv.padding {
+            PaddingConfig2d::Valid => [0, 0],
+            PaddingConfig2d::Explicit(top, left, bottom, right)
+                if top == bottom && left == right =>
+            {
+                [top, left]
             }
-            None => self.conv.forward(x),
-        }
+            _ => return None,
+        };
+        Some(ConvOptions::new(
+            self.conv.stride,
+            padding,
+            self.conv.dilation,
+            self.conv.groups,
+        ))
     }
 
     /// A plain `Conv2d` holding the hard-quantized weight, computed once: the inference layer.

@@ -6,7 +6,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Shape, TensorMetadata};
 
 use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward};
@@ -159,6 +159,24 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         // A step function: its gradient is zero almost everywhere, so nothing is tracked.
         from_inner::<B, C>(B::quant_hard(x.primitive, inner(p), offset))
+    }
+
+    fn quant_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        super::conv::autodiff_conv2d::<B, C>(x, weight, bias, options)
+    }
+
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> super::BatchNormForward<Self> {
+        super::norm::autodiff_train::<B, C>(x, gamma, beta, epsilon)
     }
 
     fn quant_threshold_grad(

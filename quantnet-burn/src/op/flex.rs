@@ -6,6 +6,7 @@
 //! arithmetic is the CubeCL kernel's: one `exp(−|z|)` per threshold gives both `σ` and `σ'`.
 //! f32 and f64 tensors take this path; other dtypes (f16, bf16) take the generic body.
 
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
@@ -129,6 +130,55 @@ macro_rules! dispatch {
 }
 
 impl QuantBackend for Flex {
+    fn batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> super::BatchNormForward<Self> {
+        super::flex_norm::train(x, gamma, beta, epsilon)
+    }
+
+    fn batch_norm_backward(
+        x: FlexTensor,
+        output_grad: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        gamma: FlexTensor,
+        epsilon: f64,
+    ) -> super::BatchNormGrads<Self> {
+        super::flex_norm::backward(x, output_grad, mean, var, gamma, epsilon)
+    }
+
+    fn batch_norm_eval(
+        x: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        super::flex_norm::eval(x, mean, var, gamma, beta, epsilon)
+    }
+
+    fn conv2d_input_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        super::flex_conv::conv2d_input_grad(x, weight, output_grad, options)
+    }
+
+    fn conv2d_weight_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        super::flex_conv::conv2d_weight_grad(x, weight, output_grad, options)
+    }
+
     fn quant_soft(x: FlexTensor, p: QuantPrimitives<Self>, args: SoftArgs) -> FlexTensor {
         let Some(dtype) = fused_dtype(&x, &p) else {
             return generic::soft_with_state::<Self>(x, p, args).output;

@@ -43,13 +43,22 @@
 //! and cuda, rayon on flex) compute `y`, `S` and `D` in one pass over `x`.
 
 mod autodiff;
+mod conv;
 #[cfg(feature = "cube")]
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod flex_conv;
+#[cfg(feature = "flex")]
+mod flex_norm;
+mod norm;
+
+pub use conv::conv2d;
+pub use norm::{BatchNormForward, BatchNormGrads, batch_norm};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
@@ -214,11 +223,12 @@ where
 {
 }
 
-/// A Burn backend that can run the quantizer op.
+/// A Burn backend that can run the quantizer op, and the conv and batch-norm training paths of
+/// [`conv2d`] and [`batch_norm`].
 ///
 /// Implemented for NdArray and Burn's lazy `Fusion` backend with the generic tensor-op bodies
 /// below, for `CubeBackend` (wgpu, cuda) with fused CubeCL kernels, for Flex with a fused CPU
-/// kernel, and for `Autodiff<B>` of any of them with a custom backward.
+/// kernel and its own conv backward, and for `Autodiff<B>` of any of them with custom backwards.
 pub trait QuantBackend: Backend {
     /// The soft quantizer's output only (inference at finite `T`, or the inner op of autodiff when
     /// nothing is tracked).
@@ -257,6 +267,83 @@ pub trait QuantBackend: Backend {
         args: SoftArgs,
     ) -> FloatTensor<Self> {
         generic::threshold_grad::<Self>(x, grad, p, args)
+    }
+
+    /// A 2-D convolution whose backward pass (on `Autodiff<Self>`) uses
+    /// [`conv2d_input_grad`](Self::conv2d_input_grad) and
+    /// [`conv2d_weight_grad`](Self::conv2d_weight_grad) (see [`conv2d`]). The forward is Burn's.
+    fn quant_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d(x, weight, bias, options)
+    }
+
+    /// `∂ℓ/∂x` of a 2-D convolution given `∂ℓ/∂y`: Burn's by default, an im2col GEMM on flex.
+    ///
+    /// A 1×1 kernel with a stride above 1 (ResNet's downsampling shortcut) is computed from tensor
+    /// ops instead of the backend's kernel: Burn 0.21's CubeCL input gradient, and its transposed
+    /// conv, are wrong there (on wgpu, every input position the conv reads got 0 in
+    /// `tests/integration/conv.rs`'s stride-2 1×1 case).
+    fn conv2d_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let kernel = weight.shape();
+        if kernel[2] == 1 && kernel[3] == 1 && options.stride != [1, 1] && options.groups == 1 {
+            return conv::strided_pointwise_input_grad::<Self>(x, weight, output_grad, options);
+        }
+        <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, output_grad, options)
+    }
+
+    /// `∂ℓ/∂w` of a 2-D convolution given `∂ℓ/∂y`: Burn's by default, one GEMM over im2row
+    /// columns on flex.
+    fn conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, output_grad, options)
+    }
+
+    /// Batch norm's training forward on `x = [batch, channels, positions]` (see [`batch_norm`]):
+    /// the output and the batch statistics. Tensor ops by default, one fused pass on flex.
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormForward<Self> {
+        norm::generic::train::<Self>(x, gamma, beta, epsilon)
+    }
+
+    /// The gradients of [`batch_norm_train`](Self::batch_norm_train) given `∂ℓ/∂y`.
+    fn batch_norm_backward(
+        x: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormGrads<Self> {
+        norm::generic::backward::<Self>(x, output_grad, mean, var, gamma, epsilon)
+    }
+
+    /// Batch norm's inference transform with the running statistics.
+    fn batch_norm_eval(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        norm::generic::eval::<Self>(x, mean, var, gamma, beta, epsilon)
     }
 }
 

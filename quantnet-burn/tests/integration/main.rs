@@ -1,4 +1,4 @@
-//! Integration tests of the quantizer op on every backend compiled in.
+//! Integration tests of the quantizer op and the conv and batch-norm training paths on every backend compiled in.
 //!
 //! - `reference`: a plain-Rust f64 model of the op and both gradient rules, itself checked
 //!   against finite differences;
@@ -6,11 +6,15 @@
 //!   forms;
 //! - `golden`: hand-derived values for every named level set;
 //! - `properties`: soft → hard as T grows, hard output on the grid, extreme inputs stay finite;
-//! - `backends`: the same inputs give the same outputs and gradients on every backend.
+//! - `backends`: the same inputs give the same outputs and gradients on every backend;
+//! - `conv`: the conv backward against finite differences (f64) and against Burn's (f32);
+//! - `norm`: the batch-norm op against finite differences (f64) and against Burn's module (f32).
 
 mod backends;
 mod common;
+mod conv;
 mod golden;
 mod gradcheck;
+mod norm;
 mod properties;
 mod reference;

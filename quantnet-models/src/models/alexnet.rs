@@ -12,6 +12,7 @@ use super::{InputShape, Slots};
 use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
 
 use super::{conv, linear};
+use quantnet_burn::op::batch_norm;
 
 /// torchvision's AlexNet layout (convs 64-192-384-256-256 with bias, 6×6 adaptive pool, fc
 /// 4096-4096-classes) with batch norm (ε = 1e-3) after every conv and hidden linear, dropout 0.1.
@@ -94,7 +95,7 @@ impl<B: QuantBackend> AlexNetBn<B> {
             .zip(&self.conv_acts)
             .enumerate()
         {
-            x = relu(n.forward(c.forward(x)));
+            x = relu(batch_norm(n, c.forward(x)));
             // Max pooling after conv1, conv2 and conv5.
             if matches!(i, 0 | 1 | 4) {
                 x = self.pool.forward(x);
@@ -102,10 +103,14 @@ impl<B: QuantBackend> AlexNetBn<B> {
             x = a.forward(x);
         }
         let x = self.avgpool.forward(x).flatten(1, 3);
-        let x = self.act6.forward(relu(
-            self.bn6.forward(self.fc6.forward(self.dropout.forward(x))),
+        let x = self.act6.forward(relu(batch_norm(
+            &self.bn6,
+            self.fc6.forward(self.dropout.forward(x)),
+        )));
+        let x = relu(batch_norm(
+            &self.bn7,
+            self.fc7.forward(self.dropout.forward(x)),
         ));
-        let x = relu(self.bn7.forward(self.fc7.forward(self.dropout.forward(x))));
         self.fc8.forward(x)
     }
 }

@@ -11,6 +11,7 @@ use super::{InputShape, Slots};
 use quantnet_burn::nn::{QuantAct, QuantLinear};
 
 use super::linear;
+use quantnet_burn::op::batch_norm;
 
 /// Dropout – three times [linear (no bias) – batch norm – ReLU – activation slot – dropout] – a
 /// linear classifier. Hidden width 64 (TFC), 256 (SFC) or 1024 (LFC); dropout 0.2 on the input
@@ -59,7 +60,7 @@ impl<B: QuantBackend> FcNet<B> {
         for ((layer, norm), act) in self.hidden.iter().zip(&self.norms).zip(&self.acts) {
             x = self
                 .dropout
-                .forward(act.forward(relu(norm.forward(layer.forward(x)))));
+                .forward(act.forward(relu(batch_norm(norm, layer.forward(x)))));
         }
         self.out.forward(x)
     }

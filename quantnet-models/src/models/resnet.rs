@@ -19,6 +19,7 @@ use super::{InputShape, Slots};
 use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
 
 use super::{conv, linear};
+use quantnet_burn::op::batch_norm;
 
 /// A 1×1 conv + batch norm shortcut.
 #[derive(Module, Debug)]
@@ -211,7 +212,7 @@ impl<B: Backend> ResNet<B> {
 
 impl<B: QuantBackend> Downsample<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x))
+        batch_norm(&self.bn, self.conv.forward(x))
     }
 }
 
@@ -221,8 +222,8 @@ impl<B: QuantBackend> Block<B> {
             Block::Basic(b) => {
                 let h = b
                     .act1
-                    .forward(relu(b.bn1.forward(b.conv1.forward(x.clone()))));
-                let h = b.bn2.forward(b.conv2.forward(h));
+                    .forward(relu(batch_norm(&b.bn1, b.conv1.forward(x.clone()))));
+                let h = batch_norm(&b.bn2, b.conv2.forward(h));
                 let shortcut = match &b.downsample {
                     Some(d) => d.forward(x),
                     None => x,
@@ -232,9 +233,9 @@ impl<B: QuantBackend> Block<B> {
             Block::Bottleneck(b) => {
                 let h = b
                     .act1
-                    .forward(relu(b.bn1.forward(b.conv1.forward(x.clone()))));
-                let h = b.act2.forward(relu(b.bn2.forward(b.conv2.forward(h))));
-                let h = b.bn3.forward(b.conv3.forward(h));
+                    .forward(relu(batch_norm(&b.bn1, b.conv1.forward(x.clone()))));
+                let h = b.act2.forward(relu(batch_norm(&b.bn2, b.conv2.forward(h))));
+                let h = batch_norm(&b.bn3, b.conv3.forward(h));
                 let shortcut = match &b.downsample {
                     Some(d) => d.forward(x),
                     None => x,
@@ -247,7 +248,7 @@ impl<B: QuantBackend> Block<B> {
 
 impl<B: QuantBackend> ResNet<B> {
     pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

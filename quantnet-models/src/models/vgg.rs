@@ -12,6 +12,7 @@ use super::{InputShape, Slots};
 use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
 
 use super::{conv, linear};
+use quantnet_burn::op::batch_norm;
 
 const WIDTHS: [usize; 6] = [128, 128, 256, 256, 512, 512];
 
@@ -77,7 +78,7 @@ impl<B: QuantBackend> VggSmall<B> {
             if i % 2 == 1 {
                 x = self.pool.forward(x);
             }
-            x = a.forward(relu(n.forward(x)));
+            x = a.forward(relu(batch_norm(n, x)));
         }
         self.fc.forward(x.flatten(1, 3))
     }
