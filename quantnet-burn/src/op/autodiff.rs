@@ -7,7 +7,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
-use burn::tensor::{Shape, TensorMetadata};
+use burn::tensor::Shape;
 
 use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward};
 
@@ -61,13 +61,12 @@ impl<B: QuantBackend> Backward<B, 4> for SoftQuantBackward {
             args,
         } = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
-        let rank = x.shape().num_dims();
         let scalar_shape = || Shape::new([1]);
-        let broadcast = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![1; rank]));
 
-        // g·D is shared by ∂ℓ/∂x and ∂ℓ/∂β.
-        let grad_d = (node_x.is_some() || node_beta.is_some())
-            .then(|| B::float_mul(grad.clone(), derivative));
+        // g·D, for ∂ℓ/∂β.
+        let grad_d = node_beta
+            .is_some()
+            .then(|| B::float_mul(grad.clone(), derivative.clone()));
 
         if let Some(node) = node_beta {
             // ∂ℓ/∂β = α·Σ g·D·x
@@ -80,8 +79,12 @@ impl<B: QuantBackend> Backward<B, 4> for SoftQuantBackward {
         }
         if let Some(node) = node_x {
             // ∂ℓ/∂x = g·D·α·β
-            let ab = B::float_mul(params.alpha.clone(), params.beta.clone());
-            let g = B::float_mul(grad_d.expect("computed when x is tracked"), broadcast(ab));
+            let g = B::quant_input_grad(
+                grad.clone(),
+                derivative.clone(),
+                params.alpha.clone(),
+                params.beta.clone(),
+            );
             grads.register::<B>(node.id, g);
         }
         if let Some(node) = node_thresholds {

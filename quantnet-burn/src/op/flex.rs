@@ -17,7 +17,7 @@ use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward, generic};
 const CHUNK: usize = 16 * 1024;
 
 macro_rules! kernels {
-    ($e:ty, $sig:ident, $soft:ident, $state:ident, $hard:ident) => {
+    ($e:ty, $sig:ident, $soft:ident, $state:ident) => {
         /// `(σ(z), σ'(z))` from one exponential; exact 0/1 in the tails, never NaN.
         #[inline(always)]
         fn $sig(z: $e) -> ($e, $e) {
@@ -73,7 +73,11 @@ macro_rules! kernels {
                     }
                 });
         }
+    };
+}
 
+macro_rules! hard {
+    ($e:ty, $hard:ident) => {
         fn $hard(x: &[$e], [alpha, beta]: [$e; 2], b: &[$e], s: &[$e], o: $e, y: &mut [$e]) {
             y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, ys)| {
                 let xs = &x[c * CHUNK..c * CHUNK + ys.len()];
@@ -93,8 +97,156 @@ macro_rules! kernels {
     };
 }
 
-kernels!(f32, sig_dsig_f32, soft_f32, soft_state_f32, hard_f32);
-kernels!(f64, sig_dsig_f64, soft_f64, soft_state_f64, hard_f64);
+kernels!(f64, sig_dsig_f64, soft_f64, soft_state_f64);
+hard!(f32, hard_f32);
+hard!(f64, hard_f64);
+use fast::{soft_f32, soft_state_f32};
+
+/// The f32 kernels, written so that the compiler vectorises them: elements in blocks of
+/// [`fast::BLOCK`] held on the stack, thresholds in the outer loop and the block in the inner
+/// one, and an inlined, branch-free `exp` (Cephes' polynomial, within 2 ulp of libm's on the
+/// range used) instead of a libm call per (element, threshold). f64 keeps the scalar kernels
+/// above (the gradient checks' dtype).
+mod fast {
+    use super::CHUNK;
+    use rayon::prelude::*;
+
+    /// Elements per inner block.
+    pub(super) const BLOCK: usize = 256;
+
+    /// `e^a` for `a ≤ 0`: exactly 0 below −87 (where f32's normal range ends), Cephes' degree-5
+    /// polynomial on the reduced argument otherwise.
+    #[inline(always)]
+    fn exp_neg(a: f32) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        // Adding and removing 1.5·2^23 rounds to the nearest integer without a libm call.
+        const ROUND: f32 = 12_582_912.0;
+        let clamped = a.max(-87.0);
+        let n = (clamped * LOG2E + ROUND) - ROUND;
+        let r = clamped - n * LN2_HI - n * LN2_LO;
+        let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+            + 1.666_666_5e-1)
+            * r
+            + 0.5;
+        let poly = p * r * r + r + 1.0;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        // The exponent bias is added in float: an integer `+` would carry an overflow check in
+        // builds with debug assertions, and that branch stops the loop from vectorising.
+        let scale = f32::from_bits(((n + 127.0) as i32 as u32) << 23);
+        if a < -87.0 { 0.0 } else { poly * scale }
+    }
+
+    /// `(σ(z), σ'(z))`, branch-free; exact 0/1 in the tails, never NaN.
+    #[inline(always)]
+    fn sig_dsig(z: f32) -> (f32, f32) {
+        let e = exp_neg(-z.abs());
+        let inv = 1.0 / (1.0 + e);
+        (if z >= 0.0 { inv } else { e * inv }, e * inv * inv)
+    }
+
+    /// `Σ_i s_i σ(t(bx − b_i))` for a block of `bx`, and (when `tg` is given)
+    /// `Σ_i s_i σ'(tg(bx − b_i))`.
+    #[inline(always)]
+    fn block_sums(
+        bx: &[f32],
+        b: &[f32],
+        s: &[f32],
+        t: f32,
+        tg: Option<f32>,
+        sum: &mut [f32],
+        d: &mut [f32],
+    ) {
+        sum.fill(0.0);
+        d.fill(0.0);
+        for (&b, &s) in b.iter().zip(s) {
+            match tg {
+                None => {
+                    for (sum, &bx) in sum.iter_mut().zip(bx) {
+                        *sum += s * sig_dsig(t * (bx - b)).0;
+                    }
+                }
+                Some(tg) if tg == t => {
+                    for ((sum, d), &bx) in sum.iter_mut().zip(d.iter_mut()).zip(bx) {
+                        let (sig, dsig) = sig_dsig(t * (bx - b));
+                        *sum += s * sig;
+                        *d += s * dsig;
+                    }
+                }
+                Some(tg) => {
+                    for ((sum, d), &bx) in sum.iter_mut().zip(d.iter_mut()).zip(bx) {
+                        let z = bx - b;
+                        *sum += s * sig_dsig(t * z).0;
+                        *d += s * sig_dsig(tg * z).1;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn soft_f32(
+        x: &[f32],
+        [alpha, beta]: [f32; 2],
+        b: &[f32],
+        s: &[f32],
+        t: f32,
+        o: f32,
+        y: &mut [f32],
+    ) {
+        y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, ys)| {
+            let xs = &x[c * CHUNK..c * CHUNK + ys.len()];
+            let (mut bx, mut sum, mut d) = ([0.0; BLOCK], [0.0; BLOCK], [0.0; BLOCK]);
+            for (ys, xs) in ys.chunks_mut(BLOCK).zip(xs.chunks(BLOCK)) {
+                let k = xs.len();
+                for (bx, &x) in bx.iter_mut().zip(xs) {
+                    *bx = beta * x;
+                }
+                block_sums(&bx[..k], b, s, t, None, &mut sum[..k], &mut d[..k]);
+                for (y, &sum) in ys.iter_mut().zip(&sum[..k]) {
+                    *y = alpha * (sum - o);
+                }
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn soft_state_f32(
+        x: &[f32],
+        [alpha, beta]: [f32; 2],
+        b: &[f32],
+        s: &[f32],
+        [t, o, tg, gain]: [f32; 4],
+        y: &mut [f32],
+        sums: &mut [f32],
+        ds: &mut [f32],
+    ) {
+        y.par_chunks_mut(CHUNK)
+            .zip(sums.par_chunks_mut(CHUNK))
+            .zip(ds.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((ys, ss), dss))| {
+                let xs = &x[c * CHUNK..c * CHUNK + ys.len()];
+                let mut bx = [0.0; BLOCK];
+                let blocks = ys
+                    .chunks_mut(BLOCK)
+                    .zip(ss.chunks_mut(BLOCK))
+                    .zip(dss.chunks_mut(BLOCK))
+                    .zip(xs.chunks(BLOCK));
+                for (((ys, ss), dss), xs) in blocks {
+                    let k = xs.len();
+                    for (bx, &x) in bx.iter_mut().zip(xs) {
+                        *bx = beta * x;
+                    }
+                    block_sums(&bx[..k], b, s, t, Some(tg), ss, dss);
+                    for ((y, &sum), d) in ys.iter_mut().zip(ss.iter()).zip(dss.iter_mut()) {
+                        *y = alpha * (sum - o);
+                        *d *= gain;
+                    }
+                }
+            });
+    }
+}
 
 /// Whether the fused path handles `x` with these parameters (same f32/f64 dtype everywhere).
 fn fused_dtype(x: &FlexTensor, p: &QuantPrimitives<Flex>) -> Option<DType> {
@@ -130,6 +282,49 @@ macro_rules! dispatch {
 }
 
 impl QuantBackend for Flex {
+    fn quant_input_grad(
+        grad: FlexTensor,
+        derivative: FlexTensor,
+        alpha: FlexTensor,
+        beta: FlexTensor,
+    ) -> FlexTensor {
+        let dtype = grad.dtype();
+        let same = [&derivative, &alpha, &beta]
+            .iter()
+            .all(|t| t.dtype() == dtype);
+        if !same || !matches!(dtype, DType::F32 | DType::F64) {
+            return generic::input_grad::<Self>(grad, derivative, alpha, beta);
+        }
+        let shape = grad.shape();
+        let mut out = empty(&shape, dtype);
+        macro_rules! pass {
+            ($e:ty) => {{
+                let (g, d) = (grad.to_contiguous(), derivative.to_contiguous());
+                let scalar =
+                    |t: &FlexTensor| t.to_contiguous().as_slice::<$e>().expect("checked dtype")[0];
+                let ab = scalar(&alpha) * scalar(&beta);
+                let (g, d) = (
+                    g.as_slice::<$e>().expect("checked dtype"),
+                    d.as_slice::<$e>().expect("checked dtype"),
+                );
+                out.storage_mut::<$e>()
+                    .par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .for_each(|(c, o)| {
+                        let at = c * CHUNK;
+                        for ((o, g), d) in o.iter_mut().zip(&g[at..]).zip(&d[at..]) {
+                            *o = g * d * ab;
+                        }
+                    });
+            }};
+        }
+        match dtype {
+            DType::F64 => pass!(f64),
+            _ => pass!(f32),
+        }
+        out
+    }
+
     fn batch_norm_train(
         x: FlexTensor,
         gamma: FlexTensor,

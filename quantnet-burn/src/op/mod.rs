@@ -269,6 +269,17 @@ pub trait QuantBackend: Backend {
         generic::threshold_grad::<Self>(x, grad, p, args)
     }
 
+    /// `∂ℓ/∂x = g·D·α·β` of the soft quantizer (`α`, `β`: `[1]`). Two tensor ops (one of them a
+    /// broadcast) by default; one pass on flex.
+    fn quant_input_grad(
+        grad: FloatTensor<Self>,
+        derivative: FloatTensor<Self>,
+        alpha: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        generic::input_grad::<Self>(grad, derivative, alpha, beta)
+    }
+
     /// A 2-D convolution whose backward pass (on `Autodiff<Self>`) uses
     /// [`conv2d_input_grad`](Self::conv2d_input_grad) and
     /// [`conv2d_weight_grad`](Self::conv2d_weight_grad) (see [`conv2d`]). The forward is Burn's.
@@ -373,6 +384,18 @@ pub(crate) mod generic {
 
     fn unwrap<B: Backend>(t: T1<B>) -> FloatTensor<B> {
         t.into_primitive().tensor()
+    }
+
+    /// `g·D·α·β`, with `α·β` broadcast.
+    pub(crate) fn input_grad<B: Backend>(
+        grad: FloatTensor<B>,
+        derivative: FloatTensor<B>,
+        alpha: FloatTensor<B>,
+        beta: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let rank = grad.shape().num_dims();
+        let ab = B::float_reshape(B::float_mul(alpha, beta), Shape::from(vec![1; rank]));
+        B::float_mul(B::float_mul(grad, derivative), ab)
     }
 
     /// `x` flattened, and its shape to restore.

@@ -1,4 +1,5 @@
-//! The same random inputs give the same outputs and gradients on every backend compiled in.
+//! The same random inputs give the same outputs and gradients on every backend compiled in, and
+//! flex's (f32) agree with the f64 closed form.
 //!
 //! All runs are f32. The reference is flex; every other backend must agree within `1e-5` of the
 //! largest value on outputs and per-element gradients (a few f32 roundings: against an f64 model
@@ -89,6 +90,19 @@ fn every_backend_agrees_with_flex() {
                 println!("{backend} {name}: max |y - f64 reference| = {err:.3e}");
             }
         }
+        // Flex's f32 kernels against the f64 closed form (this runs with the default features).
+        let host = case.host();
+        let closed_form: Run = (
+            x.iter()
+                .map(|x| crate::reference::soft(*x, &host, f64::from(t)))
+                .collect(),
+            crate::reference::grads(&x, &w, &host, f64::from(t), mode),
+        );
+        assert_same(
+            &format!("flex vs the f64 reference, {name} T={t} {mode:?}"),
+            reference,
+            &closed_form,
+        );
         for (backend, run) in &all[1..] {
             assert_same(
                 &format!("{backend} vs flex, {name} T={t} {mode:?}"),
