@@ -68,7 +68,10 @@ pub(crate) fn dispatch<J: WithBackend>(name: BackendName, job: J) -> Result<J::O
         #[cfg(feature = "ndarray")]
         BackendName::Ndarray => job.run::<Autodiff<burn::backend::NdArray>>(Default::default()),
         #[cfg(feature = "wgpu")]
-        BackendName::Wgpu => job.run::<Autodiff<burn::backend::Wgpu>>(Default::default()),
+        BackendName::Wgpu => {
+            check_wgpu_adapter()?;
+            job.run::<Autodiff<burn::backend::Wgpu>>(Default::default())
+        }
         #[cfg(feature = "cuda")]
         BackendName::Cuda => {
             check_libcuda()?;
@@ -77,6 +80,27 @@ pub(crate) fn dispatch<J: WithBackend>(name: BackendName, job: J) -> Result<J::O
         #[allow(unreachable_patterns)]
         other => Err(not_compiled(other)),
     }
+}
+
+/// CubeCL looks for a wgpu adapter in a device thread and panics there (then again in the caller)
+/// when there is none; run one tiny op first, with the panic messages silenced, so that the user
+/// gets one clear line instead.
+#[cfg(feature = "wgpu")]
+fn check_wgpu_adapter() -> Result<()> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = Default::default();
+        burn::tensor::Tensor::<burn::backend::Wgpu, 1>::from_floats([1.0], &device).into_data()
+    });
+    std::panic::set_hook(hook);
+    if probe.is_err() {
+        anyhow::bail!(
+            "no wgpu adapter found: wgpu needs a Vulkan, Metal or DX12 driver (on Linux without a \
+             GPU, Mesa's software one: `apt-get install mesa-vulkan-drivers`); or use --backend cpu"
+        );
+    }
+    Ok(())
 }
 
 /// cudarc loads the driver library lazily and panics in a device thread when it is missing; look

@@ -242,6 +242,31 @@ fn bench_train_times_the_full_precision_and_the_quantized_step() {
 
 /// The repository's real-data fixtures (`fixtures/README.md`: the first 600 training and 200
 /// test images of Fashion-MNIST and MNIST).
+/// Without a wgpu adapter (the Vulkan loader pointed at a driver list that does not exist),
+/// `--backend wgpu` is one line and exit 1, not CubeCL's panics from its device thread. Without
+/// the feature, it is the line that says how to rebuild.
+#[test]
+fn wgpu_without_an_adapter_or_the_feature_is_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quantnet"))
+        .args(["bench", "train", "--model", "lenet5", "--batch", "2"])
+        .args(["--steps", "1", "--warmup", "0", "--backend", "wgpu"])
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .output()
+        .expect("the quantnet binary should start");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let expected = if cfg!(feature = "wgpu") {
+        "error: no wgpu adapter found"
+    } else {
+        "error: backend `wgpu` is not compiled into this binary; rebuild with `--features wgpu`"
+    };
+    // The benchmark's one-line description comes first, then the error.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(errors[0].starts_with(expected), "stderr: {err}");
+    assert!(err.lines().count() <= 2 && !err.contains("panicked"), "stderr: {err}");
+}
+
 fn fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
