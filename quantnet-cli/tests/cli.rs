@@ -264,7 +264,10 @@ fn wgpu_without_an_adapter_or_the_feature_is_one_clear_line() {
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "one error line: {err}");
     assert!(errors[0].starts_with(expected), "stderr: {err}");
-    assert!(err.lines().count() <= 2 && !err.contains("panicked"), "stderr: {err}");
+    assert!(
+        err.lines().count() <= 2 && !err.contains("panicked"),
+        "stderr: {err}"
+    );
 }
 
 fn fixtures() -> std::path::PathBuf {

@@ -15,8 +15,14 @@ pub type NdArray64 = burn::backend::NdArray<f64>;
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
+/// The CubeCL CUDA backend itself (not wrapped in `Fusion`), so the fused kernel is what runs.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
 /// Defines `mod $name` with one `#[test]` per backend compiled in, each calling the generic
-/// `fn $name<B>(device, dtype)`: flex and ndarray in f64, wgpu in f32 (WGSL has no f64).
+/// `fn $name<B>(device, dtype)`: flex and ndarray in f64, wgpu and cuda in f32 (WGSL has no f64;
+/// the f32 tolerances are the ones both GPU backends are held to). CUDA tests need a GPU machine
+/// (`scripts/gpu-check.sh`).
 #[macro_export]
 macro_rules! on_each_backend {
     ($name:ident) => {
@@ -40,6 +46,14 @@ macro_rules! on_each_backend {
             #[test]
             fn wgpu() {
                 super::$name::<burn::backend::Autodiff<$crate::common::Wgpu>>(
+                    &Default::default(),
+                    burn::tensor::DType::F32,
+                );
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                super::$name::<burn::backend::Autodiff<$crate::common::Cuda>>(
                     &Default::default(),
                     burn::tensor::DType::F32,
                 );
