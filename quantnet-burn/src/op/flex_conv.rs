@@ -8,6 +8,9 @@
 //! ∂ℓ/∂x = col2im(Wᵀ · G)        Wᵀ = [K, c_out]; col2im adds each column back onto its patch
 //! ```
 //!
+//! For stride 1 and dilation 1 the input gradient is instead flex's forward conv of `∂ℓ/∂y` with
+//! the flipped, transposed kernel (padding `k − 1 − p`): the same sum, with flex's tiled im2col.
+//!
 //! The GEMMs are flex's (the `gemm` crate, parallel above its size threshold); the layout
 //! changes around them are plain loops over contiguous slices, parallel over images or channels.
 //! f32 and f64 tensors without groups take this path; other dtypes (f16, bf16) and grouped convs
@@ -205,8 +208,55 @@ fn transpose<E: Scalar>(weight: &[E], g: &Geometry) -> Vec<E> {
     out
 }
 
+/// `w̃[ci, co, i, j] = w[co, ci, k_h − 1 − i, k_w − 1 − j]`: the kernel of the transposed conv.
+fn flipped_transpose<E: Scalar>(weight: &[E], g: &Geometry) -> Vec<E> {
+    let [kh, kw] = g.kernel;
+    let mut out = vec![E::default(); weight.len()];
+    for co in 0..g.c_out {
+        for ci in 0..g.c_in {
+            for i in 0..kh {
+                for j in 0..kw {
+                    out[((ci * g.c_out + co) * kh + i) * kw + j] =
+                        weight[((co * g.c_in + ci) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `∂ℓ/∂x` of a stride-1, dilation-1 conv: flex's forward conv of `∂ℓ/∂y` with the flipped,
+/// transposed kernel and the complementary padding (`k − 1 − p`), or `None` when the padding is
+/// larger than that (the general path handles it).
+fn input_grad_stride1<E: Scalar>(
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    g: &Geometry,
+) -> Option<FlexTensor> {
+    let [kh, kw] = g.kernel;
+    let fits = g.stride == [1, 1] && g.dilation == [1, 1] && g.padding[0] < kh && g.padding[1] < kw;
+    if !fits {
+        return None;
+    }
+    let w = values(weight);
+    let kernel = tensor(
+        flipped_transpose(E::slice(&w), g),
+        [g.c_in, g.c_out, kh, kw],
+    );
+    let options = ConvOptions::new(
+        [1, 1],
+        [kh - 1 - g.padding[0], kw - 1 - g.padding[1]],
+        [1, 1],
+        1,
+    );
+    Some(Flex::conv2d(grad.clone(), kernel, None, options))
+}
+
 /// `∂ℓ/∂x` in element type `E`.
 fn input_grad_typed<E: Scalar>(weight: &FlexTensor, grad: &FlexTensor, g: &Geometry) -> FlexTensor {
+    if let Some(dx) = input_grad_stride1::<E>(weight, grad, g) {
+        return dx;
+    }
     let (w, dy) = (values(weight), values(grad));
     let w_t = tensor(transpose(E::slice(&w), g), [g.patch(), g.c_out]);
     let dy = tensor(
