@@ -6,8 +6,9 @@
 //! gradient written as a conv whose "kernel" is the whole output image (a degenerate GEMM with
 //! serial transposes around it). Backends cannot be patched from outside, so the layers call
 //! [`conv2d`] instead of Burn's, and `Autodiff<B>` registers this module's backward, which asks
-//! `B` for the two gradients: flex answers with one im2col GEMM each (`flex_conv.rs`), every
-//! other backend with Burn's own (CubeCL has implicit-GEMM kernels for them).
+//! `B` for the two gradients: flex answers with im2col GEMMs and, for stride 1, a forward conv
+//! with the flipped kernel (`flex_conv.rs`); every other backend with Burn's own (CubeCL has
+//! implicit-GEMM kernels for them).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
