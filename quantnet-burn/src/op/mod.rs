@@ -292,7 +292,8 @@ pub trait QuantBackend: Backend {
         <Self as ModuleOps<Self>>::conv2d(x, weight, bias, options)
     }
 
-    /// `∂ℓ/∂x` of a 2-D convolution given `∂ℓ/∂y`: Burn's by default, an im2col GEMM on flex.
+    /// `∂ℓ/∂x` of a 2-D convolution given `∂ℓ/∂y`: Burn's by default; on flex a forward conv with
+    /// the flipped kernel (stride 1) or one GEMM plus col2im.
     ///
     /// A 1×1 kernel with a stride above 1 (ResNet's downsampling shortcut) is computed from tensor
     /// ops instead of the backend's kernel: Burn 0.21's CubeCL input gradient, and its transposed
