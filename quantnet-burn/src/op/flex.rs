@@ -7,7 +7,7 @@
 //! f32 and f64 tensors take this path; other dtypes (f16, bf16) take the generic body.
 
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Shape, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
@@ -248,13 +248,70 @@ mod fast {
     }
 }
 
+/// The dtype every one of `tensors` has, when it is f32 or f64: the dtypes the flex kernels
+/// (this file's, `flex_conv.rs`'s and `flex_norm.rs`'s) handle.
+pub(super) fn kernel_dtype(tensors: &[&FlexTensor]) -> Option<DType> {
+    let dtype = tensors.first()?.dtype();
+    let same = tensors.iter().all(|t| t.dtype() == dtype);
+    (same && matches!(dtype, DType::F32 | DType::F64)).then_some(dtype)
+}
+
+/// The element types of the flex kernels.
+pub(super) trait Scalar:
+    burn::tensor::Element + Default + std::ops::AddAssign + std::ops::Mul<Output = Self> + Send + Sync
+{
+    /// The values of a contiguous tensor of this dtype.
+    fn slice(t: &FlexTensor) -> &[Self];
+    /// `v` rounded to this type.
+    fn from_f64(v: f64) -> Self;
+}
+
+macro_rules! scalar {
+    ($e:ty) => {
+        impl Scalar for $e {
+            fn slice(t: &FlexTensor) -> &[Self] {
+                t.as_slice::<$e>()
+                    .expect("a contiguous tensor of the checked dtype")
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            fn from_f64(v: f64) -> Self {
+                v as $e
+            }
+        }
+    };
+}
+scalar!(f32);
+scalar!(f64);
+
+/// A tensor holding `values`.
+pub(super) fn from_values<E: Scalar>(values: Vec<E>, shape: impl Into<Vec<usize>>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
+
 /// Whether the fused path handles `x` with these parameters (same f32/f64 dtype everywhere).
 fn fused_dtype(x: &FlexTensor, p: &QuantPrimitives<Flex>) -> Option<DType> {
-    let dtype = x.dtype();
-    let same = [&p.alpha, &p.beta, &p.thresholds, &p.steps]
-        .iter()
-        .all(|t| t.dtype() == dtype);
-    (same && matches!(dtype, DType::F32 | DType::F64)).then_some(dtype)
+    kernel_dtype(&[x, &p.alpha, &p.beta, &p.thresholds, &p.steps])
+}
+
+/// `g·D·α·β` in one parallel pass.
+fn input_grad_typed<E: Scalar>(
+    grad: &FlexTensor,
+    derivative: &FlexTensor,
+    alpha: &FlexTensor,
+    beta: &FlexTensor,
+) -> FlexTensor {
+    let (g, d) = (grad.to_contiguous(), derivative.to_contiguous());
+    let scalar = |t: &FlexTensor| E::slice(&t.to_contiguous())[0];
+    let ab = scalar(alpha) * scalar(beta);
+    let (g, d) = (E::slice(&g), E::slice(&d));
+    let mut out = vec![E::default(); g.len()];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let at = c * CHUNK;
+        for ((o, &g), &d) in o.iter_mut().zip(&g[at..]).zip(&d[at..]) {
+            *o = g * d * ab;
+        }
+    });
+    from_values(out, grad.shape())
 }
 
 fn empty(shape: &Shape, dtype: DType) -> FlexTensor {
@@ -288,41 +345,11 @@ impl QuantBackend for Flex {
         alpha: FlexTensor,
         beta: FlexTensor,
     ) -> FlexTensor {
-        let dtype = grad.dtype();
-        let same = [&derivative, &alpha, &beta]
-            .iter()
-            .all(|t| t.dtype() == dtype);
-        if !same || !matches!(dtype, DType::F32 | DType::F64) {
-            return generic::input_grad::<Self>(grad, derivative, alpha, beta);
+        match kernel_dtype(&[&grad, &derivative, &alpha, &beta]) {
+            Some(DType::F64) => input_grad_typed::<f64>(&grad, &derivative, &alpha, &beta),
+            Some(_) => input_grad_typed::<f32>(&grad, &derivative, &alpha, &beta),
+            None => generic::input_grad::<Self>(grad, derivative, alpha, beta),
         }
-        let shape = grad.shape();
-        let mut out = empty(&shape, dtype);
-        macro_rules! pass {
-            ($e:ty) => {{
-                let (g, d) = (grad.to_contiguous(), derivative.to_contiguous());
-                let scalar =
-                    |t: &FlexTensor| t.to_contiguous().as_slice::<$e>().expect("checked dtype")[0];
-                let ab = scalar(&alpha) * scalar(&beta);
-                let (g, d) = (
-                    g.as_slice::<$e>().expect("checked dtype"),
-                    d.as_slice::<$e>().expect("checked dtype"),
-                );
-                out.storage_mut::<$e>()
-                    .par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .for_each(|(c, o)| {
-                        let at = c * CHUNK;
-                        for ((o, g), d) in o.iter_mut().zip(&g[at..]).zip(&d[at..]) {
-                            *o = g * d * ab;
-                        }
-                    });
-            }};
-        }
-        match dtype {
-            DType::F64 => pass!(f64),
-            _ => pass!(f32),
-        }
-        out
     }
 
     fn batch_norm_train(

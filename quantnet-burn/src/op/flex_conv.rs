@@ -17,9 +17,11 @@
 //! take Burn's default.
 
 use burn::tensor::ops::{ConvOptions, FloatTensorOps, ModuleOps};
-use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
+use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
+
+use super::flex::{Scalar, from_values as tensor, kernel_dtype};
 
 /// The sizes of one convolution, read from its input, weight and output gradient.
 #[derive(Clone, Copy, Debug)]
@@ -46,9 +48,7 @@ impl Geometry {
         grad: &FlexTensor,
         options: &ConvOptions<2>,
     ) -> Option<Self> {
-        let dtype = x.dtype();
-        let same = [weight, grad].iter().all(|t| t.dtype() == dtype);
-        if !same || !matches!(dtype, DType::F32 | DType::F64) || options.groups != 1 {
+        if kernel_dtype(&[x, weight, grad]).is_none() || options.groups != 1 {
             return None;
         }
         let [batch, c_in, h, w] = dims(&x.shape());
@@ -92,29 +92,6 @@ fn dims(shape: &Shape) -> [usize; 4] {
 
 fn values(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
-}
-
-/// The element types of the fast path.
-trait Scalar: burn::tensor::Element + Default + std::ops::AddAssign + Send + Sync {
-    fn slice(t: &FlexTensor) -> &[Self];
-}
-
-impl Scalar for f32 {
-    fn slice(t: &FlexTensor) -> &[Self] {
-        t.as_slice::<f32>()
-            .expect("a contiguous tensor of the checked dtype")
-    }
-}
-
-impl Scalar for f64 {
-    fn slice(t: &FlexTensor) -> &[Self] {
-        t.as_slice::<f64>()
-            .expect("a contiguous tensor of the checked dtype")
-    }
-}
-
-fn tensor<E: Scalar, const D: usize>(values: Vec<E>, shape: [usize; D]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// `R = [batch·L, K]`: row `n·L + p` holds the input patch that output position `p` of image `n`
@@ -282,53 +259,32 @@ fn weight_grad_typed<E: Scalar>(x: &FlexTensor, grad: &FlexTensor, g: &Geometry)
     Flex::float_matmul(dy, rows)
 }
 
-/// `∂ℓ/∂x`, or `None` when the fast path does not apply.
-pub(super) fn input_grad(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    grad: &FlexTensor,
-    options: &ConvOptions<2>,
-) -> Option<FlexTensor> {
-    let g = Geometry::of(x, weight, grad, options)?;
-    Some(match x.dtype() {
-        DType::F64 => input_grad_typed::<f64>(weight, grad, &g),
-        _ => input_grad_typed::<f32>(weight, grad, &g),
-    })
-}
-
-/// `∂ℓ/∂w`, or `None` when the fast path does not apply.
-pub(super) fn weight_grad(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    grad: &FlexTensor,
-    options: &ConvOptions<2>,
-) -> Option<FlexTensor> {
-    let g = Geometry::of(x, weight, grad, options)?;
-    let dw = match x.dtype() {
-        DType::F64 => weight_grad_typed::<f64>(x, grad, &g),
-        _ => weight_grad_typed::<f32>(x, grad, &g),
-    };
-    Some(Flex::float_reshape(dw, weight.shape()))
-}
-
-/// The flex overrides of [`super::QuantBackend`]'s conv gradients, with Burn's as the fallback.
+/// The flex override of [`super::QuantBackend::conv2d_input_grad`], with Burn's as the fallback
+/// (grouped convs, half-precision dtypes).
 pub(super) fn conv2d_input_grad(
     x: FlexTensor,
     weight: FlexTensor,
     grad: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    input_grad(&x, &weight, &grad, &options)
-        .unwrap_or_else(|| Flex::conv2d_x_backward(x, weight, grad, options))
+    match Geometry::of(&x, &weight, &grad, &options) {
+        Some(g) if x.dtype() == DType::F64 => input_grad_typed::<f64>(&weight, &grad, &g),
+        Some(g) => input_grad_typed::<f32>(&weight, &grad, &g),
+        None => Flex::conv2d_x_backward(x, weight, grad, options),
+    }
 }
 
-/// See [`conv2d_input_grad`].
+/// The flex override of [`super::QuantBackend::conv2d_weight_grad`], with Burn's as the fallback.
 pub(super) fn conv2d_weight_grad(
     x: FlexTensor,
     weight: FlexTensor,
     grad: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    weight_grad(&x, &weight, &grad, &options)
-        .unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, grad, options))
+    let dw = match Geometry::of(&x, &weight, &grad, &options) {
+        Some(g) if x.dtype() == DType::F64 => weight_grad_typed::<f64>(&x, &grad, &g),
+        Some(g) => weight_grad_typed::<f32>(&x, &grad, &g),
+        None => return Flex::conv2d_weight_backward(x, weight, grad, options),
+    };
+    Flex::float_reshape(dw, weight.shape())
 }

@@ -2,42 +2,18 @@
 //! accumulators) and one write pass (parallel over `(image, channel)` planes, which no two
 //! tasks share). f32 and f64 take this path; other dtypes take the tensor-op bodies.
 
-use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn::tensor::{DType, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::flex::{Scalar, from_values as tensor, kernel_dtype};
 use super::norm::{BatchNormForward, BatchNormGrads, generic};
-
-/// The element types of the fused path.
-trait Scalar: burn::tensor::Element + Copy + Send + Sync {
-    fn slice(t: &FlexTensor) -> &[Self];
-    fn from_f64(v: f64) -> Self;
-}
-
-macro_rules! scalar {
-    ($e:ty) => {
-        impl Scalar for $e {
-            fn slice(t: &FlexTensor) -> &[Self] {
-                t.as_slice::<$e>()
-                    .expect("a contiguous tensor of the checked dtype")
-            }
-            #[allow(clippy::cast_possible_truncation)]
-            fn from_f64(v: f64) -> Self {
-                v as $e
-            }
-        }
-    };
-}
-scalar!(f32);
-scalar!(f64);
 
 /// `[batch, channels, positions]` when every tensor has `x`'s dtype, f32 or f64.
 fn fused(x: &FlexTensor, others: &[&FlexTensor]) -> Option<(DType, [usize; 3])> {
-    let dtype = x.dtype();
-    let same = others.iter().all(|t| t.dtype() == dtype);
+    let dtype = kernel_dtype(&[&[x], others].concat())?;
     let shape = x.shape();
-    (same && matches!(dtype, DType::F32 | DType::F64))
-        .then(|| (dtype, [shape[0], shape[1], shape[2]]))
+    Some((dtype, [shape[0], shape[1], shape[2]]))
 }
 
 /// A contiguous copy's values as f64 (per-channel parameters: a few hundred values).
@@ -46,10 +22,6 @@ fn channel_values<E: Scalar>(t: &FlexTensor) -> Vec<f64> {
         .iter()
         .map(|v| v.to_f64())
         .collect()
-}
-
-fn tensor<E: Scalar>(values: Vec<E>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// `f(c, plane)` summed over the images' planes of channel `c`, for every channel.
@@ -82,6 +54,25 @@ fn per_plane<E: Scalar>(
     out
 }
 
+/// `γ·(x − μ)/√(σ² + ε) + β` per channel, from the statistics in f64.
+fn normalise<E: Scalar>(
+    xs: &[E],
+    dims: [usize; 3],
+    [mean, var, gamma, beta]: [&[f64]; 4],
+    epsilon: f64,
+) -> Vec<E> {
+    let [_, c, l] = dims;
+    let scale: Vec<f64> = (0..c)
+        .map(|ch| gamma[ch] / (var[ch] + epsilon).sqrt())
+        .collect();
+    per_plane::<E>(dims, |ch, i, out| {
+        let src = &xs[(i * c + ch) * l..][..l];
+        for (o, v) in out.iter_mut().zip(src) {
+            *o = E::from_f64((v.to_f64() - mean[ch]) * scale[ch] + beta[ch]);
+        }
+    })
+}
+
 fn train_typed<E: Scalar>(
     x: &FlexTensor,
     gamma: &FlexTensor,
@@ -108,18 +99,10 @@ fn train_typed<E: Scalar>(
         .map(|s| s / m)
         .collect();
     let (gamma, beta) = (channel_values::<E>(gamma), channel_values::<E>(beta));
-    let scale: Vec<f64> = (0..c)
-        .map(|ch| gamma[ch] / (var[ch] + epsilon).sqrt())
-        .collect();
-    let y = per_plane::<E>(dims, |ch, i, out| {
-        let src = &xs[(i * c + ch) * l..][..l];
-        for (o, v) in out.iter_mut().zip(src) {
-            *o = E::from_f64((v.to_f64() - mean[ch]) * scale[ch] + beta[ch]);
-        }
-    });
+    let y = normalise(xs, dims, [&mean, &var, &gamma, &beta], epsilon);
     let stat = |v: Vec<f64>| tensor(v.into_iter().map(E::from_f64).collect(), vec![c]);
     BatchNormForward {
-        output: tensor(y, dims.to_vec()),
+        output: tensor(y, dims),
         mean: stat(mean),
         var: stat(var),
     }
@@ -168,7 +151,7 @@ fn backward_typed<E: Scalar>(
         tensor(sums.iter().map(|&s| E::from_f64(f(s))).collect(), vec![c])
     };
     BatchNormGrads {
-        x: tensor(dx, dims.to_vec()),
+        x: tensor(dx, dims),
         gamma: channel(|s| s.1),
         beta: channel(|s| s.0),
     }
@@ -180,20 +163,10 @@ fn eval_typed<E: Scalar>(
     epsilon: f64,
     dims: [usize; 3],
 ) -> FlexTensor {
-    let [_, c, l] = dims;
     let xc = x.to_contiguous();
-    let xs = E::slice(&xc);
     let [mean, var, gamma, beta] = [mean, var, gamma, beta].map(channel_values::<E>);
-    let scale: Vec<f64> = (0..c)
-        .map(|ch| gamma[ch] / (var[ch] + epsilon).sqrt())
-        .collect();
-    let y = per_plane::<E>(dims, |ch, i, out| {
-        let src = &xs[(i * c + ch) * l..][..l];
-        for (o, v) in out.iter_mut().zip(src) {
-            *o = E::from_f64((v.to_f64() - mean[ch]) * scale[ch] + beta[ch]);
-        }
-    });
-    tensor(y, dims.to_vec())
+    let y = normalise(E::slice(&xc), dims, [&mean, &var, &gamma, &beta], epsilon);
+    tensor(y, dims)
 }
 
 pub(super) fn train(
