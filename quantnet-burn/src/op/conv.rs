@@ -104,16 +104,24 @@ struct ConvState {
 #[derive(Debug)]
 struct ConvBackward;
 
-impl ConvBackward {
-    /// The gradients of `x` and `weight` (and `bias`), registered for the tracked parents.
-    fn run<B: QuantBackend>(
-        nodes: [Option<NodeId>; 3],
-        grad: FloatTensor<B>,
-        state: ConvState,
+/// One backward for both arities: parents `[x, weight]` or `[x, weight, bias]`. It registers
+/// the gradients of the tracked parents.
+impl<B: QuantBackend, const N: usize> Backward<B, N> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let mut nodes = [None; 3];
+        for (node, parent) in nodes.iter_mut().zip(ops.parents) {
+            *node = parent.map(|p| p.id);
+        }
         let [node_x, node_weight, node_bias] = nodes;
+        let state = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(state.x);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(state.weight);
         if let (Some(node), Some(bias)) = (node_bias, state.bias) {
@@ -137,39 +145,6 @@ impl ConvBackward {
     }
 }
 
-impl<B: QuantBackend> Backward<B, 2> for ConvBackward {
-    type State = ConvState;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let grad = grads.consume::<B>(&ops.node);
-        let [x, weight] = ops.parents.map(|p| p.map(|p| p.id));
-        Self::run::<B>([x, weight, None], grad, ops.state, grads, checkpointer);
-    }
-}
-
-#[derive(Debug)]
-struct ConvBiasBackward;
-
-impl<B: QuantBackend> Backward<B, 3> for ConvBiasBackward {
-    type State = ConvState;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let grad = grads.consume::<B>(&ops.node);
-        let nodes = ops.parents.map(|p| p.map(|p| p.id));
-        ConvBackward::run::<B>(nodes, grad, ops.state, grads, checkpointer);
-    }
-}
-
 /// [`QuantBackend::quant_conv2d`] on `Autodiff<B>`: `B`'s forward, this module's backward.
 pub(super) fn autodiff_conv2d<B: QuantBackend, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
@@ -178,60 +153,39 @@ pub(super) fn autodiff_conv2d<B: QuantBackend, C: CheckpointStrategy>(
     options: ConvOptions<2>,
 ) -> FloatTensor<Autodiff<B, C>> {
     match bias {
-        Some(bias) => {
-            let parents = [x.node.clone(), weight.node.clone(), bias.node.clone()];
-            match ConvBiasBackward
-                .prepare::<C>(parents)
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let state = ConvState {
-                        x: prep.checkpoint(&x),
-                        weight: prep.checkpoint(&weight),
-                        bias: Some(prep.checkpoint(&bias)),
-                        options: options.clone(),
-                    };
-                    let y = B::quant_conv2d(
-                        x.primitive,
-                        weight.primitive,
-                        Some(bias.primitive),
-                        options,
-                    );
-                    prep.finish(state, y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(B::quant_conv2d(
-                    x.primitive,
-                    weight.primitive,
-                    Some(bias.primitive),
-                    options,
-                )),
-            }
+        Some(bias) => tracked::<B, C, 3>([x, weight, bias], options),
+        None => tracked::<B, C, 2>([x, weight], options),
+    }
+}
+
+/// The conv of `inputs = [x, weight]` or `[x, weight, bias]`, recorded for the backward pass when
+/// any of them is tracked.
+fn tracked<B: QuantBackend, C: CheckpointStrategy, const N: usize>(
+    inputs: [FloatTensor<Autodiff<B, C>>; N],
+    options: ConvOptions<2>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let forward = |inputs: [FloatTensor<Autodiff<B, C>>; N], options| {
+        let mut primitives = inputs.into_iter().map(|t| t.primitive);
+        let x = primitives.next().expect("x");
+        let weight = primitives.next().expect("weight");
+        B::quant_conv2d(x, weight, primitives.next(), options)
+    };
+    let parents = inputs.each_ref().map(|t| t.node.clone());
+    match ConvBackward
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let ids = inputs.each_ref().map(|t| prep.checkpoint(t));
+            let state = ConvState {
+                x: ids[0],
+                weight: ids[1],
+                bias: ids.get(2).copied(),
+                options: options.clone(),
+            };
+            prep.finish(state, forward(inputs, options))
         }
-        None => {
-            let parents = [x.node.clone(), weight.node.clone()];
-            match ConvBackward
-                .prepare::<C>(parents)
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let state = ConvState {
-                        x: prep.checkpoint(&x),
-                        weight: prep.checkpoint(&weight),
-                        bias: None,
-                        options: options.clone(),
-                    };
-                    let y = B::quant_conv2d(x.primitive, weight.primitive, None, options);
-                    prep.finish(state, y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(B::quant_conv2d(
-                    x.primitive,
-                    weight.primitive,
-                    None,
-                    options,
-                )),
-            }
-        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(inputs, options)),
     }
 }
