@@ -62,6 +62,25 @@ macro_rules! on_each_backend {
     };
 }
 
+/// Central differences `(L(v + ε·e_i) − L(v − ε·e_i)) / 2ε` of `loss` in every coordinate `i` of
+/// the vector that `pick` selects in `values`.
+pub fn central_differences_along<V: Clone>(
+    values: &V,
+    pick: fn(&mut V) -> &mut Vec<f64>,
+    eps: f64,
+    loss: impl Fn(&V) -> f64,
+) -> Vec<f64> {
+    let n = pick(&mut values.clone()).len();
+    (0..n)
+        .map(|i| {
+            let (mut up, mut down) = (values.clone(), values.clone());
+            pick(&mut up)[i] += eps;
+            pick(&mut down)[i] -= eps;
+            (loss(&up) - loss(&down)) / (2.0 * eps)
+        })
+        .collect()
+}
+
 /// A small deterministic generator (64-bit LCG, Knuth's constants): tests need no `rand`.
 pub struct Lcg(u64);
 

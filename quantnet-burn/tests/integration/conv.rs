@@ -11,7 +11,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use quantnet_burn::QuantBackend;
 use quantnet_burn::op::conv2d;
 
-use crate::common::{Lcg, to_vec};
+use crate::common::{Lcg, central_differences_along, to_vec};
 use crate::on_each_backend;
 use crate::reference::assert_close;
 
@@ -69,6 +69,7 @@ fn geometries() -> Vec<Geometry> {
 }
 
 /// Random `x`, `W`, `b` and loss weights for one geometry.
+#[derive(Clone)]
 struct Values {
     x: Vec<f64>,
     weight: Vec<f64>,
@@ -158,32 +159,13 @@ fn finite_differences<B: AutodiffBackend + QuantBackend>(
     eps: f64,
 ) -> [Vec<f64>; 3] {
     let loss = |v: &Values| loss_and_grads::<B>(ours::<B>, geometry, v, device, dtype).0;
-    let along = |pick: fn(&mut Values) -> &mut Vec<f64>| {
-        let n = pick(&mut clone(v)).len();
-        (0..n)
-            .map(|i| {
-                let (mut up, mut down) = (clone(v), clone(v));
-                pick(&mut up)[i] += eps;
-                pick(&mut down)[i] -= eps;
-                (loss(&up) - loss(&down)) / (2.0 * eps)
-            })
-            .collect::<Vec<_>>()
-    };
+    let along = |pick| central_differences_along(v, pick, eps, loss);
     let db = if geometry.bias {
         along(|v| &mut v.bias)
     } else {
         Vec::new()
     };
     [along(|v| &mut v.x), along(|v| &mut v.weight), db]
-}
-
-fn clone(v: &Values) -> Values {
-    Values {
-        x: v.x.clone(),
-        weight: v.weight.clone(),
-        bias: v.bias.clone(),
-        w_loss: v.w_loss.clone(),
-    }
 }
 
 fn conv_gradients_match_finite_differences<B: AutodiffBackend + QuantBackend>(

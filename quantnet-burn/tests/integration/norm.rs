@@ -8,13 +8,14 @@ use burn::tensor::{DType, Tensor, TensorData};
 use quantnet_burn::QuantBackend;
 use quantnet_burn::op::batch_norm;
 
-use crate::common::{Lcg, to_vec};
+use crate::common::{Lcg, central_differences_along, to_vec};
 use crate::on_each_backend;
 use crate::reference::assert_close;
 
 /// Input shapes: images (`[n, c, h, w]`) and a flat layer's output (`[n, c]`, one position).
 const SHAPES: [&[usize]; 2] = [&[3, 4, 3, 2], &[5, 3]];
 
+#[derive(Clone)]
 struct Values {
     shape: Vec<usize>,
     x: Vec<f64>,
@@ -49,9 +50,15 @@ fn module<B: Backend>(v: &Values, device: &B::Device, dtype: DType) -> BatchNorm
     bn
 }
 
-fn input<B: Backend, const D: usize>(v: &Values, device: &B::Device, dtype: DType) -> Tensor<B, D> {
-    Tensor::<B, 1>::from_data(TensorData::new(v.x.clone(), [v.x.len()]), (device, dtype))
-        .reshape::<D, _>(<[usize; D]>::try_from(v.shape.clone()).expect("rank"))
+/// `values` as a tensor of `v`'s shape.
+fn input<B: Backend, const D: usize>(
+    v: &Values,
+    values: &[f64],
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, D> {
+    let shape = <[usize; D]>::try_from(v.shape.clone()).expect("rank");
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, dtype))
 }
 
 /// The loss `Σ w ⊙ norm(x)` and `(dL/dx, dL/dγ, dL/dβ)`, through ours or Burn's forward.
@@ -62,23 +69,13 @@ fn loss_and_grads<B: AutodiffBackend + QuantBackend, const D: usize>(
     dtype: DType,
 ) -> (f64, [Vec<f64>; 3], BatchNorm<B>) {
     let bn = module::<B>(v, device, dtype);
-    let x = input::<B, D>(v, device, dtype).require_grad();
+    let x = input::<B, D>(v, &v.x, device, dtype).require_grad();
     let y = if ours {
         batch_norm(&bn, x.clone())
     } else {
         bn.forward(x.clone())
     };
-    let w = input::<B, D>(
-        &Values {
-            x: v.w_loss.clone(),
-            shape: v.shape.clone(),
-            gamma: Vec::new(),
-            beta: Vec::new(),
-            w_loss: Vec::new(),
-        },
-        device,
-        dtype,
-    );
+    let w = input::<B, D>(v, &v.w_loss, device, dtype);
     let loss = (y * w).sum();
     let value = to_vec(loss.clone())[0];
     let grads = loss.backward();
@@ -102,17 +99,7 @@ fn check_rank<B: AutodiffBackend + QuantBackend, const D: usize>(
     };
     let loss = |v: &Values| loss_and_grads::<B, D>(true, v, device, dtype).0;
     let (_, got, _) = loss_and_grads::<B, D>(true, v, device, dtype);
-    let along = |pick: fn(&mut Values) -> &mut Vec<f64>| {
-        let n = pick(&mut clone(v)).len();
-        (0..n)
-            .map(|i| {
-                let (mut up, mut down) = (clone(v), clone(v));
-                pick(&mut up)[i] += eps;
-                pick(&mut down)[i] -= eps;
-                (loss(&up) - loss(&down)) / (2.0 * eps)
-            })
-            .collect::<Vec<_>>()
-    };
+    let along = |pick| central_differences_along(v, pick, eps, loss);
     let fd = [
         along(|v| &mut v.x),
         along(|v| &mut v.gamma),
@@ -123,16 +110,6 @@ fn check_rank<B: AutodiffBackend + QuantBackend, const D: usize>(
         .zip(got.iter().zip(&fd))
     {
         assert_close(&format!("{:?} {name}", v.shape), g, f, rtol, atol);
-    }
-}
-
-fn clone(v: &Values) -> Values {
-    Values {
-        shape: v.shape.clone(),
-        x: v.x.clone(),
-        gamma: v.gamma.clone(),
-        beta: v.beta.clone(),
-        w_loss: v.w_loss.clone(),
     }
 }
 
@@ -177,7 +154,7 @@ fn flex_batch_norm_equals_burns_in_f32() {
 
     // Inference (no autodiff): the running statistics, ours and Burn's.
     let (ours, burns) = (ours.valid(), burns.valid());
-    let x = input::<crate::common::Flex, 4>(&v, &device, DType::F32);
+    let x = input::<crate::common::Flex, 4>(&v, &v.x, &device, DType::F32);
     let y = to_vec(batch_norm(&ours, x.clone()));
     let y_burn = to_vec(burns.forward(x));
     assert_close("inference output", &y, &y_burn, 1e-5, 1e-5);
