@@ -52,6 +52,7 @@ pub mod bench;
 pub mod error;
 pub mod init;
 pub mod levels;
+pub mod method;
 pub mod native;
 pub mod nn;
 pub mod op;
@@ -63,6 +64,7 @@ pub mod train;
 pub use error::{Error, Result};
 pub use init::{ThresholdInit, initial_scales};
 pub use levels::LevelSet;
+pub use method::Method;
 pub use nn::{QuantAct, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig};
 pub use op::{
     GradientMode, QatBackend, QuantBackend, QuantParams, check_temperature, hard_quantize,

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::init::{self, ThresholdInit};
 use crate::levels::LevelSet;
+use crate::method::{self, Method};
 use crate::op::{GradientMode, QuantBackend, QuantParams, hard_quantize, soft_quantize};
 
 /// `data` as host values of type `E`: how initialisation and diagnostics read tensors back.
@@ -239,6 +240,13 @@ pub struct QuantizerConfig {
     /// Train the thresholds too (the paper freezes them).
     #[serde(default)]
     pub learn_thresholds: bool,
+    /// How the quantizer trains: ours (`qn`) or a baseline ([`Method`]).
+    #[serde(default)]
+    pub method: Method,
+    /// Whether it quantizes activations (a batch: LSQ's gradient scale counts one sample's
+    /// elements) rather than weights.
+    #[serde(default)]
+    pub activations: bool,
 }
 
 impl QuantizerConfig {
@@ -250,6 +258,8 @@ impl QuantizerConfig {
             threshold_init: ThresholdInit::KMeans,
             zero_band: Some(init::ZERO_BAND),
             learn_thresholds: false,
+            method: Method::Qn,
+            activations: false,
         }
     }
 
@@ -257,8 +267,24 @@ impl QuantizerConfig {
     pub fn activations(levels: LevelSet) -> Self {
         Self {
             zero_band: None,
+            activations: true,
             ..Self::weights(levels)
         }
+    }
+
+    /// The same configuration training with `method` (see [`Method`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `method` cannot quantize to these levels (`bwn` needs
+    /// binary, `twn` ternary levels) or, for an activation quantizer, quantizes weights only.
+    pub fn with_method(self, method: Method) -> Result<Self> {
+        let method = if self.activations {
+            method.for_acts()?
+        } else {
+            method.for_weights()
+        };
+        method.check_levels(&self.levels)?;
+        Ok(Self { method, ..self })
     }
 
     /// The same configuration with another gradient rule.
@@ -292,6 +318,10 @@ impl QuantizerConfig {
                 reason: "quantizer initialisation needs finite values".into(),
             });
         }
+        if self.method != Method::Qn {
+            let (alpha, beta, thresholds) = method::initial_state(self.method, &self.levels, data)?;
+            return self.init_with(alpha, beta, &thresholds, temperature, device);
+        }
         let q = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let (alpha, beta) = init::initial_scales(&self.levels, q)?;
         let scaled: Vec<f32> = data.iter().map(|v| v * beta).collect();
@@ -318,13 +348,29 @@ impl QuantizerConfig {
         // function, step(β·x) = step(x): training it would only soften the soft one (β drifts
         // down, the soft network stops approaching the hard one), so it is not trained.
         let beta_matters = self.learn_thresholds || thresholds.iter().any(|&b| b != 0.0);
+        // The baselines: STE, BWN and TWN learn no scale; LSQ, PACT and DSQ learn one step
+        // (β = 1/α); none learns its thresholds.
+        let (train_alpha, train_beta, train_thresholds) = match self.method {
+            Method::Qn => (true, beta_matters, self.learn_thresholds),
+            Method::Ste | Method::Bwn | Method::Twn => (false, false, false),
+            Method::Lsq | Method::Pact | Method::Dsq => (true, false, false),
+        };
+        let sharpness = (self.method == Method::Dsq).then(|| {
+            param(
+                Tensor::from_floats([method::DSQ_INITIAL_SHARPNESS], device),
+                true,
+            )
+        });
         Ok(Quantizer {
-            alpha: param(p.alpha, true),
-            beta: param(p.beta, beta_matters),
-            thresholds: param(p.thresholds, self.learn_thresholds),
+            alpha: param(p.alpha, train_alpha),
+            beta: param(p.beta, train_beta),
+            thresholds: param(p.thresholds, train_thresholds),
             levels: param(levels, false),
+            sharpness,
             level_set: self.levels.clone(),
             gradient: self.gradient,
+            method: self.method,
+            per_sample: self.activations,
             temperature: TemperatureField::new(temperature),
             mode: QuantMode::Auto,
         })
@@ -365,10 +411,16 @@ pub struct Quantizer<B: Backend> {
     pub thresholds: Param<Tensor<B, 1>>,
     /// The level values `Y`, persisted with the record (never trained).
     pub levels: Param<Tensor<B, 1>>,
+    /// DSQ's sharpness `δ` (trained; `None` for every other method).
+    pub sharpness: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     level_set: LevelSet,
     #[module(skip)]
     gradient: GradientMode,
+    #[module(skip)]
+    method: Method,
+    #[module(skip)]
+    per_sample: bool,
     /// The shared temperature (its value is saved with the record).
     temperature: TemperatureField<B>,
     #[module(skip)]
@@ -387,24 +439,71 @@ impl<B: QuantBackend> Quantizer<B> {
             QuantMode::Hard => false,
             QuantMode::Auto => B::ad_enabled(&x.device()),
         };
-        let params = self.params();
-        if soft {
-            soft_quantize(x, &params, self.temperature.cell.get(), self.gradient)
-        } else {
-            hard_quantize(x, &params)
+        let params = self.params_for(&x);
+        match (soft, self.method) {
+            (false, _) => hard_quantize(x, &params),
+            (true, Method::Qn) => {
+                soft_quantize(x, &params, self.temperature.cell.get(), self.gradient)
+            }
+            (true, m) => method::train_forward(
+                m,
+                x,
+                &params,
+                &self.level_set,
+                self.sharpness.as_ref().map(Param::val),
+                self.per_sample,
+            ),
         }
     }
 
-    /// The quantizer's parameters as op arguments (`s_i` from the persisted levels).
+    /// The parameters that quantize `x`: [`Self::params`], except for the methods whose scale
+    /// and thresholds are functions of the tensor itself (`bwn`, `twn`: computed from `x`).
+    pub fn params_for<const D: usize>(&self, x: &Tensor<B, D>) -> QuantParams<B> {
+        if self.method.is_data_scaled() {
+            let stored = self.params();
+            method::data_scaled_params(self.method, x, stored.steps, stored.offset)
+        } else {
+            self.params()
+        }
+    }
+
+    /// This quantizer with `α`, `β` and the thresholds it applies to `x` stored in its
+    /// parameters (computed from `x` for `bwn`/`twn`, `β = 1/α` for the methods that tie them):
+    /// the record then describes the hard function by itself, whatever method reads it.
+    pub fn settled<const D: usize>(mut self, x: &Tensor<B, D>) -> Self {
+        let p = self.params_for(x);
+        self.alpha = self.alpha.map(|old| {
+            let trained = old.is_require_grad();
+            p.alpha.clone().detach().set_require_grad(trained)
+        });
+        self.beta = self.beta.map(|old| {
+            let trained = old.is_require_grad();
+            p.beta.clone().detach().set_require_grad(trained)
+        });
+        self.thresholds = self.thresholds.map(|old| {
+            let trained = old.is_require_grad();
+            p.thresholds.clone().detach().set_require_grad(trained)
+        });
+        self
+    }
+
+    /// The quantizer's parameters as op arguments (`s_i` from the persisted levels; `β = 1/α`
+    /// for the methods that learn one step size).
     pub fn params(&self) -> QuantParams<B> {
         let levels = self.levels.val();
         let n = levels.dims()[0];
         let steps = levels.clone().slice(1..n) - levels.slice(0..n - 1);
         // |α|, |β|: positive by construction, whatever the optimizer does to the parameters (a
         // negative β would reverse the quantizer, a negative α flip the layer's sign).
+        let alpha = self.alpha.val().abs();
+        let beta = if self.method.ties_beta() {
+            alpha.clone().recip()
+        } else {
+            self.beta.val().abs()
+        };
         QuantParams {
-            alpha: self.alpha.val().abs(),
-            beta: self.beta.val().abs(),
+            alpha,
+            beta,
             thresholds: self.thresholds.val(),
             steps,
             offset: self.level_set.offset(),
@@ -421,8 +520,9 @@ impl<B: QuantBackend> Quantizer<B> {
     /// [`Error::InvalidParameter`] if values cannot be read back, or a hard value is not `α·y`
     /// for any level.
     pub fn codes<const D: usize>(&self, x: Tensor<B, D>) -> Result<(f32, Vec<usize>)> {
-        let alpha = read_back::<f32>(self.alpha.val().abs().into_data(), "alpha")?[0];
-        let hard = read_back::<f32>(hard_quantize(x, &self.params()).into_data(), "hard values")?;
+        let params = self.params_for(&x);
+        let alpha = read_back::<f32>(params.alpha.clone().into_data(), "alpha")?[0];
+        let hard = read_back::<f32>(hard_quantize(x, &params).into_data(), "hard values")?;
         let table: Vec<u32> = self
             .level_set
             .levels()
@@ -452,10 +552,10 @@ impl<B: QuantBackend> Quantizer<B> {
     /// [`Error::InvalidParameter`] if the counts cannot be read back.
     pub fn occupancy<const D: usize>(&self, x: Tensor<B, D>) -> Result<Vec<f32>> {
         let total = x.shape().num_elements().max(1) as f32;
+        let params = self.params_for(&x);
         let flat: Tensor<B, 1> = x.flatten(0, D - 1);
-        let params = self.params();
         let bx = flat * params.beta;
-        let thresholds = self.thresholds.val();
+        let thresholds = params.thresholds;
         let n = self.level_set.num_steps();
         // Elements at or above threshold i: level k holds those above b_{k-1} but below b_k.
         // The n counts are gathered on the device and read back together.
@@ -542,6 +642,11 @@ impl<B: Backend> Quantizer<B> {
     pub fn with_mode(mut self, mode: QuantMode) -> Self {
         self.mode = mode;
         self
+    }
+
+    /// How this quantizer trains.
+    pub fn method(&self) -> Method {
+        self.method
     }
 
     /// The gradient rule.

@@ -329,6 +329,13 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) act_thresholds: Option<quantnet_burn::ThresholdInit>,
+    /// Quantizer method: qn (Quantization Networks, the default), ste (uniform, straight-through),
+    /// bwn / twn (binary / ternary weights only), lsq (learned step size), pact (learned
+    /// activation clipping; weights as ste), dsq (differentiable soft quantization). See
+    /// docs/methods.md.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) method: Option<quantnet_burn::Method>,
     /// Seed (initialisation, shuffling).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,9 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use quantnet_burn::train::LrSchedule;
-use quantnet_burn::{GradientMode, LevelSet, QuantizerConfig, TemperatureSchedule, ThresholdInit};
+use quantnet_burn::{
+    GradientMode, LevelSet, Method, QuantizerConfig, TemperatureSchedule, ThresholdInit,
+};
 use quantnet_models::data::Dataset;
 use quantnet_models::qat::{
     CalibrationWeights, ClipDomain, OptimizerKind, QatConfig, QuantLrGroup, TrainPhase,
@@ -202,6 +204,9 @@ pub(crate) struct RunConfig {
     /// Activation thresholds.
     #[serde(with = "text")]
     pub(crate) act_thresholds: ThresholdInit,
+    /// The quantizer method (ours or a baseline).
+    #[serde(with = "text")]
+    pub(crate) method: Method,
     /// Seed of the initialisation and the shuffling.
     pub(crate) seed: u64,
     /// Train on a seeded sample of N training images only (the test set is always whole).
@@ -247,6 +252,7 @@ impl Default for RunConfig {
             quant_lr_group: recipe.quant_lr_group,
             act_percentile: Some(99.9),
             act_thresholds: ThresholdInit::Uniform,
+            method: Method::Qn,
             seed: recipe.seed,
             limit: None,
             from: None,
@@ -256,8 +262,12 @@ impl Default for RunConfig {
 
 impl RunConfig {
     /// The quantization policy.
-    pub(crate) fn policy(&self) -> QuantPolicy {
-        QuantPolicy {
+    ///
+    /// # Errors
+    /// When the method cannot quantize what the precisions ask for (`bwn` with quantized
+    /// activations, for instance).
+    pub(crate) fn policy(&self) -> Result<QuantPolicy> {
+        let policy = QuantPolicy {
             weights: self
                 .weights
                 .levels()
@@ -270,12 +280,19 @@ impl RunConfig {
             quantize_all: self.quantize_all,
             act_percentile: self.act_percentile,
             act_mse: self.act_range == ActRange::Mse,
-        }
+        };
+        policy.with_method(self.method).map_err(|e| match e {
+            quantnet_models::Error::Config { reason, .. } => anyhow::anyhow!("--method {reason}"),
+            other => other.into(),
+        })
     }
 
     /// The library recipe this config describes.
-    pub(crate) fn recipe(&self) -> QatConfig {
-        QatConfig::new(self.policy())
+    ///
+    /// # Errors
+    /// As [`Self::policy`].
+    pub(crate) fn recipe(&self) -> Result<QatConfig> {
+        Ok(QatConfig::new(self.policy()?)
             .with_epochs(self.epochs)
             .with_pretrain_epochs(if self.from.is_some() {
                 0
@@ -298,12 +315,18 @@ impl RunConfig {
             .with_quant_lr_mult(self.quant_lr_mult)
             .with_quant_lr_group(self.quant_lr_group)
             .with_phase(self.phase)
-            .with_seed(self.seed)
+            .with_seed(self.seed))
     }
 
     /// Sets `temps` to the temperatures of the run's last step.
     pub(crate) fn set_final_temperatures(&self, temps: &quantnet_models::Temperatures) {
-        self.recipe().hook(temps).over(self.epochs, 1).finish();
+        // The schedules do not depend on the policy: a recipe of the float policy has them.
+        QatConfig::new(QuantPolicy::float())
+            .with_weights_temperature(self.weights_temperature)
+            .with_acts_temperature(self.acts_temperature)
+            .hook(temps)
+            .over(self.epochs, 1)
+            .finish();
     }
 
     /// Everything that can be checked before loading data.
@@ -329,7 +352,7 @@ impl RunConfig {
         self.acts_temperature
             .check_run(self.epochs)
             .context("--act-temperature")?;
-        self.recipe().validate().map_err(|e| match e {
+        self.recipe()?.validate().map_err(|e| match e {
             // The recipe names its fields; the flags are the same words with dashes.
             quantnet_models::Error::Config { field, reason } => {
                 anyhow::anyhow!("--{} {reason}", field.replace('_', "-"))
@@ -377,7 +400,7 @@ pub(crate) fn load_run<B: burn::tensor::backend::Backend>(
     use quantnet_models::quantize;
     let cfg = RunConfig::read(&dir.join("config.toml"))
         .with_context(|| format!("{} is not a quantnet run directory", dir.display()))?;
-    let policy = cfg.policy();
+    let policy = cfg.policy()?;
     let mut model = quantnet_models::Model::new(cfg.model, cfg.dataset.input(), device);
     quantize::skeleton(&mut model, &policy, temps, device)?;
     let path = dir.join("model.mpk");

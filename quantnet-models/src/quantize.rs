@@ -66,6 +66,38 @@ impl QuantPolicy {
         }
     }
 
+    /// The same policy training with `method` (weights and activations; PACT's weights train as
+    /// `ste`, see [`quantnet_burn::Method`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the method cannot quantize what the policy asks for: activations
+    /// with a weight-only method (`bwn`, `twn`), or weight levels the method does not produce.
+    pub fn with_method(self, method: quantnet_burn::Method) -> Result<Self> {
+        let config = |c: Option<QuantizerConfig>, what: &str| {
+            c.map(|c| c.with_method(method))
+                .transpose()
+                .map_err(|e| Error::Config {
+                    field: "method",
+                    reason: format!("{method} with {what}: {e}"),
+                })
+        };
+        Ok(Self {
+            weights: config(self.weights, "quantized weights")?,
+            acts: config(self.acts, "quantized activations")?,
+            ..self
+        })
+    }
+
+    /// The method the policy trains with (`qn` for a full-precision policy).
+    pub fn method(&self) -> quantnet_burn::Method {
+        match (&self.weights, &self.acts) {
+            // PACT's weights train as STE: the activation quantizer names the method.
+            (_, Some(a)) => a.method,
+            (Some(w), None) => w.method,
+            (None, None) => quantnet_burn::Method::Qn,
+        }
+    }
+
     /// Whether weight layer `i` of `n` (forward order) is quantized.
     pub fn quantizes_weight(&self, i: usize, n: usize) -> bool {
         self.weights.is_some() && (self.quantize_all || (i != 0 && i + 1 != n))
@@ -310,6 +342,26 @@ pub fn skeleton<B: Backend, M: QatModel<B>>(
         }
     }
     Ok(())
+}
+
+/// Stores in every weight quantizer's parameters the `α`, `β` and thresholds it applies to its
+/// layer's current weights ([`quantnet_burn::Quantizer::settled`]): for the methods that compute
+/// them from the weights (`bwn`, `twn`) or tie `β` to `α` (`lsq`, `pact`, `dsq`), the saved record
+/// then describes the hard network by itself. Call before saving a trained model.
+pub fn settle<B: QuantBackend, M: QatModel<B>>(model: &mut M) {
+    for (_, mut layer) in model.slots().weights {
+        let weight = layer.weight();
+        if let Some(q) = layer.quantizer().take() {
+            *layer.quantizer() = Some(q.settled(&weight));
+        }
+    }
+    for (_, slot) in model.slots().acts {
+        if let Some(q) = slot.quantizer.take() {
+            // An activation quantizer's parameters depend on no tensor but its own.
+            let probe = q.alpha.val();
+            slot.quantizer = Some(q.settled(&probe));
+        }
+    }
 }
 
 /// Sets the weight quantizers of the model to `mode` (e.g. `Soft` to calibrate activations on

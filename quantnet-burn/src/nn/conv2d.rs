@@ -143,7 +143,8 @@ impl<B: QuantBackend> QuantConv2d<B> {
     pub fn freeze(&self) -> Conv2d<B> {
         let mut frozen = self.conv.clone();
         if let Some(q) = &self.quantizer {
-            let hard = hard_quantize(self.conv.weight.val(), &q.params());
+            let weight = self.conv.weight.val();
+            let hard = hard_quantize(weight.clone(), &q.params_for(&weight));
             frozen.weight = derived(hard.detach());
         }
         frozen

@@ -114,7 +114,8 @@ impl<B: QuantBackend> QuantLinear<B> {
     pub fn freeze(&self) -> Linear<B> {
         let mut frozen = self.linear.clone();
         if let Some(q) = &self.quantizer {
-            let hard = hard_quantize(self.linear.weight.val(), &q.params());
+            let weight = self.linear.weight.val();
+            let hard = hard_quantize(weight.clone(), &q.params_for(&weight));
             frozen.weight = derived(hard.detach());
         }
         frozen

@@ -7,6 +7,8 @@
 //! - `golden`: hand-derived values for every named level set;
 //! - `properties`: soft → hard as T grows, hard output on the grid, extreme inputs stay finite;
 //! - `backends`: the same inputs give the same outputs and gradients on every backend;
+//! - `methods`: the baselines' hand-derived values and surrogate gradients, DSQ against central
+//!   differences, and every method's training forward equal to its hard function;
 //! - `conv`: the conv backward against finite differences (f64) and against Burn's (f32);
 //! - `norm`: the batch-norm op against finite differences (f64) and against Burn's module (f32).
 
@@ -15,6 +17,7 @@ mod common;
 mod conv;
 mod golden;
 mod gradcheck;
+mod methods;
 mod norm;
 mod properties;
 mod reference;

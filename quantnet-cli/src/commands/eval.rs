@@ -111,7 +111,7 @@ impl WithBackend for EvalJob {
         let temps = Temperatures::default();
         let (cfg, mut model) = load_run::<B::InnerBackend>(run, &temps, &device)?;
         cfg.set_final_temperatures(&temps);
-        let policy = cfg.policy();
+        let policy = cfg.policy()?;
         let dataset = args.dataset.unwrap_or(cfg.dataset);
         if dataset.input() != cfg.dataset.input() {
             bail!(
@@ -263,7 +263,7 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
     let temps = Temperatures::default();
     let (cfg, mut model) = load_run::<B>(&args.run, &temps, &device)?;
     cfg.set_final_temperatures(&temps);
-    let policy = cfg.policy();
+    let policy = cfg.policy()?;
     println!(
         "{} for {} ({} parameters), weights {}, activations {}{}",
         cfg.model,

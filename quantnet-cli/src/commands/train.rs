@@ -70,7 +70,7 @@ impl WithBackend for TrainJob {
             resume,
             backend,
         } = self;
-        let recipe = cfg.recipe();
+        let recipe = cfg.recipe()?;
         let data = load_data(&cfg, &data_dir)?;
         B::seed(&device, cfg.seed);
         let model = match (&cfg.from, resume) {

@@ -85,6 +85,7 @@ pub fn export<B: QuantBackend>(
             for p in [&q.alpha, &q.beta, &q.thresholds, &q.levels] {
                 skip.insert(p.id);
             }
+            skip.extend(q.sharpness.as_ref().map(|p| p.id));
             let levels = q.level_set().levels().to_vec();
             let bits = q.level_set().bits();
             let (alpha, codes) = q.codes(weight).map_err(|source| Error::Layer {
@@ -93,6 +94,13 @@ pub fn export<B: QuantBackend>(
             })?;
             let codes = codes.into_iter().map(|k| k as u32).collect();
             coded_ids.insert(weight_id, (name, bits, levels, alpha, codes));
+        }
+        // DSQ's sharpness shapes only the training gradient: the hard function needs α, β and
+        // the thresholds, which every method stores (`quantize::settle`).
+        for (_, slot) in slots.acts {
+            if let Some(p) = slot.quantizer.as_ref().and_then(|q| q.sharpness.as_ref()) {
+                skip.insert(p.id);
+            }
         }
     }
     let mut payload = Vec::new();

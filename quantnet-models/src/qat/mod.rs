@@ -475,6 +475,7 @@ impl Qat {
                 quantize::BN_REESTIMATION_BATCHES
             ));
         }
+        quantize::settle(&mut model);
         save_model(&model, &self.dir)?;
         report.layers = layer_stats(&model)?;
         report.epochs = report::read_epochs(
