@@ -35,6 +35,8 @@ pub struct NativeLayer {
 /// [`Error::Layer`] naming the first layer whose level set Burn cannot hold (use `.qnet` then).
 pub fn to_native<B: QuantBackend>(model: &Model<B>) -> Result<(Model<B>, Vec<NativeLayer>)> {
     let mut native = model.clone();
+    // The activation quantizers stay quantnet's: their stored parameters must describe them.
+    crate::quantize::settle(&mut native);
     let mut layers = Vec::new();
     for (name, layer) in native.slots().weights {
         let fail = |e: quantnet_burn::Error| Error::Layer {

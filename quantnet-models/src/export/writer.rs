@@ -72,6 +72,8 @@ pub fn export<B: QuantBackend>(
 ) -> Result<Export> {
     // Quantized weights: their ids, codes and level tables; weight-quantizer parameters (stored
     // as α and the level table instead) are skipped.
+    // Every method's hard function in the stored α, β and thresholds (see `quantize::settle`).
+    crate::quantize::settle(model);
     let mut coded_ids: HashMap<ParamId, Coded> = HashMap::new();
     let mut skip: HashSet<ParamId> = HashSet::new();
     let header = ModelHeader::of(model, arch, input, dataset);

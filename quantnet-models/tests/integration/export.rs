@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use quantnet_burn::{LevelSet, QuantizerConfig, hard_quantize};
+use quantnet_burn::{LevelSet, Method, QuantizerConfig, hard_quantize};
 use quantnet_models::export::{self, crc32, pack, unpack};
 use quantnet_models::quantize::{calibrate_acts, quantize_weights};
 use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
@@ -29,12 +29,32 @@ fn packing_round_trips_every_width() {
 }
 
 fn quantized(arch: Arch, input: InputShape, weights: LevelSet, seed: u64) -> Model<B> {
+    quantized_with(arch, input, weights, Method::Qn, seed)
+}
+
+fn quantized_with(
+    arch: Arch,
+    input: InputShape,
+    weights: LevelSet,
+    method: Method,
+    seed: u64,
+) -> Model<B> {
     let device = Default::default();
     B::seed(&device, seed);
     let policy = QuantPolicy {
         weights: Some(QuantizerConfig::weights(weights)),
         ..crate::backend::ternary_u2()
     };
+    let policy = match method {
+        // Weight-only methods: full-precision activations.
+        Method::Bwn | Method::Twn => QuantPolicy {
+            acts: None,
+            ..policy
+        },
+        _ => policy,
+    }
+    .with_method(method)
+    .unwrap();
     let temps = Temperatures::default();
     let mut model = Model::<B>::new(arch, input, &device);
     quantize_weights(&mut model, &policy, &temps).unwrap();
@@ -122,6 +142,49 @@ fn exported_models_reload_and_match_the_training_time_model_exactly() {
             let b: Vec<f32> = reloaded.forward(x).into_data().to_vec().unwrap();
             assert_eq!(a, b, "{arch} {} seed {seed}", levels.name());
         }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every baseline method exports like `qn`: after a few training steps (which move α away from
+/// the β it was initialised with, for the methods that tie β = 1/α, and the weights away from
+/// the ones BWN/TWN took their scale from), the `.qnet` file and the Burn-native model reload
+/// and give the training-time hard model's outputs bit for bit.
+#[test]
+fn every_method_exports_with_bit_exact_parity() {
+    let _serial = crate::backend::serial();
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    let dir = std::env::temp_dir().join(format!("quantnet-methods-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for method in Method::ALL {
+        let levels = match method {
+            Method::Bwn => LevelSet::binary(),
+            Method::Twn => LevelSet::ternary(),
+            _ => LevelSet::three_pm4(),
+        };
+        let model = quantized_with(Arch::Lenet5, MNIST, levels, method, 3);
+        let mut model = <Model<A> as burn::module::AutodiffModule<A>>::from_inner(model);
+        let mut optim = AdamConfig::new().init::<A, Model<A>>();
+        for _ in 0..3 {
+            let x = Tensor::<A, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+            let loss = model.forward(x).powi_scalar(2).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(0.05, model, grads);
+        }
+        let mut model = burn::module::AutodiffModule::valid(&model);
+        let x = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+        let hard: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
+        let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
+        let path = dir.join(format!("{method}.qnet"));
+        std::fs::write(&path, &exported.bytes).unwrap();
+        let (_, reloaded) = export::load::<B>(&path, &device).unwrap();
+        let from_file: Vec<f32> = reloaded.forward(x.clone()).into_data().to_vec().unwrap();
+        assert_eq!(from_file, hard, "{method}: .qnet");
+        let (native, _) = export::to_native(&model).unwrap();
+        let native: Vec<f32> = native.forward(x).into_data().to_vec().unwrap();
+        assert_eq!(native, hard, "{method}: Burn-native");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
