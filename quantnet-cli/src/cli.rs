@@ -44,6 +44,40 @@ pub(crate) enum Command {
     /// of n sigmoids, side by side, and print GB/s and ratios; `bench train`: a model's training
     /// step and inference, full precision and quantized, per backend.
     Bench(BenchArgs),
+    /// Run a grid of training runs from a TOML file ([fixed] run-config fields, [axes] lists),
+    /// one after the other and resumable; writes results.csv, results.md (mean ± sd over seeds,
+    /// full precision beside each row) and accuracy-vs-bits.png.
+    Sweep(SweepArgs),
+    /// Draw a run's pictures: training.png (per-epoch hard accuracy, soft-hard gap, loss,
+    /// temperature) and weights.png (each quantized weight layer's histogram with its levels
+    /// and thresholds, at initialisation and at the end).
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SweepArgs {
+    /// The grid file (TOML): a [fixed] table of run-config fields shared by every cell and an
+    /// [axes] table of lists, e.g. method = ["qn", "ste"], seed = [1, 2].
+    pub(crate) grid: PathBuf,
+    /// Output folder: cells/NAME (one run directory per cell, with NAME.toml and NAME.log),
+    /// results.csv, results.md, accuracy-vs-bits.png. Finished cells are skipped on a rerun.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Backend every cell trains on.
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
+    pub(crate) backend: BackendName,
+    /// Check the grid and list its cells without running anything.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PlotArgs {
+    /// The run directory.
+    pub(crate) run: PathBuf,
+    /// Folder for the pictures (default: the run directory).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -395,6 +395,17 @@ pub(crate) fn load_run<B: burn::tensor::backend::Backend>(
     temps: &quantnet_models::Temperatures,
     device: &B::Device,
 ) -> Result<(RunConfig, quantnet_models::Model<B>)> {
+    load_run_file(dir, "model.mpk", temps, device)
+}
+
+/// Loads the model saved as `file` in a run directory (`model.mpk`, or `init.mpk`: the
+/// quantized network before training).
+pub(crate) fn load_run_file<B: burn::tensor::backend::Backend>(
+    dir: &Path,
+    file: &str,
+    temps: &quantnet_models::Temperatures,
+    device: &B::Device,
+) -> Result<(RunConfig, quantnet_models::Model<B>)> {
     use burn::module::Module;
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
     use quantnet_models::quantize;
@@ -403,10 +414,10 @@ pub(crate) fn load_run<B: burn::tensor::backend::Backend>(
     let policy = cfg.policy()?;
     let mut model = quantnet_models::Model::new(cfg.model, cfg.dataset.input(), device);
     quantize::skeleton(&mut model, &policy, temps, device)?;
-    let path = dir.join("model.mpk");
+    let path = dir.join(file);
     if !path.is_file() {
         bail!(
-            "{} has no model.mpk (the run did not finish; `quantnet train --resume {}`)",
+            "{} has no {file} (the run did not finish; `quantnet train --resume {}`)",
             dir.display(),
             dir.display()
         );
@@ -443,6 +454,10 @@ pub(crate) struct Summary {
     pub(crate) pretrain_epochs: usize,
     pub(crate) train_images: usize,
     pub(crate) test_images: usize,
+    /// Test accuracy (%) of the full-precision model this run pretrained (`null` when it did
+    /// not pretrain: a full-precision run, or one started `--from` another).
+    #[serde(default)]
+    pub(crate) test_accuracy_fp: Option<f64>,
     /// Test accuracy (%) with hard quantization: the model's accuracy.
     pub(crate) test_accuracy_hard: f64,
     /// Test accuracy (%) with the soft quantizers at the final temperature (a diagnostic;

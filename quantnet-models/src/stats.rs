@@ -46,11 +46,14 @@ pub fn layer_stats<B: QuantBackend, M: QatModel<B>>(model: &M) -> crate::Result<
             continue;
         };
         let weight = layer.weight();
+        // The scales the quantizer applies (BWN/TWN compute them from the weights; LSQ, PACT
+        // and DSQ tie β to 1/α).
+        let p = q.params_for(&weight);
         out.push(LayerStats {
             kind: layer.kind().into(),
             levels: q.level_set().name(),
-            alpha: scalar(q.alpha.val().abs(), "α")?,
-            beta: scalar(q.beta.val().abs(), "β")?,
+            alpha: scalar(p.alpha, "α")?,
+            beta: scalar(p.beta, "β")?,
             occupancy: Some(q.occupancy(weight).map_err(|source| crate::Error::Layer {
                 layer: name.clone(),
                 source,
@@ -60,11 +63,12 @@ pub fn layer_stats<B: QuantBackend, M: QatModel<B>>(model: &M) -> crate::Result<
     }
     for (name, slot) in slots.acts {
         if let Some(q) = &slot.quantizer {
+            let p = q.params();
             out.push(LayerStats {
                 kind: "activation".into(),
                 levels: q.level_set().name(),
-                alpha: scalar(q.alpha.val().abs(), "α")?,
-                beta: scalar(q.beta.val().abs(), "β")?,
+                alpha: scalar(p.alpha, "α")?,
+                beta: scalar(p.beta, "β")?,
                 occupancy: None,
                 name,
             });

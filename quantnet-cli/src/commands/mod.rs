@@ -1,10 +1,13 @@
 //! The subcommands.
 
 mod bench;
+mod chart;
 mod data;
 mod eval;
 mod fit;
+mod plot;
 mod quantizer;
+mod sweep;
 mod train;
 
 use anyhow::Result;
@@ -21,5 +24,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => eval::info(args),
         Command::Export(args) => eval::export_run(args),
         Command::Data(args) => data::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Plot(args) => plot::run(args),
     }
 }

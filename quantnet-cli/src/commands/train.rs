@@ -120,6 +120,7 @@ impl WithBackend for TrainJob {
             },
             train_images: report.train_images,
             test_images: report.test_images,
+            test_accuracy_fp: report.full_precision_accuracy,
             test_accuracy_hard: report.test_accuracy_hard,
             test_accuracy_soft: Some(report.test_accuracy_soft),
             seconds_per_epoch: report.seconds_per_epoch,

@@ -14,7 +14,8 @@
 //!    on the whole test set runs hard-quantized, a checkpoint per epoch ([`Qat::resume`]
 //!    continues from the last one), α/β/thresholds at [`QatConfig::quant_lr_mult`] times the
 //!    learning rate.
-//! 4. **Finish**: batch norm re-estimated for the hard network, `model.mpk` and `metrics.csv`
+//! 4. **Finish**: batch norm re-estimated for the hard network, `model.mpk` (and `init.mpk`, the
+//!    quantized network before training) and `metrics.csv`
 //!    written, and a [`QatReport`] (hard accuracy: the model's accuracy; soft: a diagnostic).
 //!
 //! ```
@@ -446,6 +447,12 @@ impl Qat {
                 report.pretrain_epochs = cfg.pretrain_epochs;
             }
             let model = self.quantize::<B, M>(model, data, &temps, device, &mut report)?;
+            if quantized {
+                // The quantized network before training (`quantnet plot` draws its weights).
+                let mut init = model.clone();
+                quantize::settle(&mut init);
+                save_model_as(&init, &self.dir, "init")?;
+            }
             (model, None)
         };
         let hook = cfg.hook(&temps).over(cfg.epochs, steps);
@@ -609,14 +616,24 @@ pub fn hard_and_soft_accuracy<B: QuantBackend, M: QatModel<B>>(
 
 /// Writes `model.mpk` into `dir` (through `model-partial.mpk` and a rename).
 fn save_model<B: Backend, M: burn::module::Module<B>>(model: &M, dir: &Path) -> Result<()> {
-    let path = dir.join("model.mpk");
+    save_model_as(model, dir, "model")
+}
+
+/// Writes `NAME.mpk` into `dir` (through `NAME-partial.mpk` and a rename).
+fn save_model_as<B: Backend, M: burn::module::Module<B>>(
+    model: &M,
+    dir: &Path,
+    name: &str,
+) -> Result<()> {
+    let path = dir.join(format!("{name}.mpk"));
+    let partial = dir.join(format!("{name}-partial"));
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-        .record(model.clone().into_record(), dir.join("model-partial"))
+        .record(model.clone().into_record(), partial.clone())
         .map_err(|source| Error::Record {
             path: path.clone(),
             source,
         })?;
-    std::fs::rename(dir.join("model-partial.mpk"), &path).map_err(|e| write_error(&path, e))
+    std::fs::rename(partial.with_extension("mpk"), &path).map_err(|e| write_error(&path, e))
 }
 
 pub(crate) fn write_error(path: &Path, source: std::io::Error) -> Error {

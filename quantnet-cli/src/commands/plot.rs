@@ -1,0 +1,195 @@
+//! `quantnet plot RUN_DIR`: a run's pictures.
+//!
+//! * `training.png`: per epoch, the hard-quantized test accuracy (and the training accuracy),
+//!   the soft − hard gap, the losses and the temperatures, from `metrics.csv`;
+//! * `weights.png`: for each quantized weight layer, the histogram of its latent weights with the
+//!   levels `α·y_k` and the thresholds `b_i/β` drawn on it (the paper's Fig. 3 analogue), at
+//!   initialisation (`init.mpk`: the quantized network before training) and at the end
+//!   (`model.mpk`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use quantnet_models::quantize::Temperatures;
+
+use super::chart::{self, COLORS, Histogram, LineChart, Series};
+use crate::cli::PlotArgs;
+use crate::run::load_run_file;
+
+pub(crate) fn run(args: PlotArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| args.run.clone());
+    if !out.is_dir() {
+        bail!("--out {}: the folder does not exist", out.display());
+    }
+    let metrics = args.run.join("metrics.csv");
+    if !metrics.is_file() {
+        bail!(
+            "{} has no metrics.csv (not a finished quantnet run directory?)",
+            args.run.display()
+        );
+    }
+    let training = out.join("training.png");
+    draw_training(&metrics, &training)?;
+    println!("wrote {}", training.display());
+    let weights = out.join("weights.png");
+    if draw_weights(&args.run, &weights)? {
+        println!("wrote {}", weights.display());
+    } else {
+        println!("no quantized weight layers: no weights.png");
+    }
+    Ok(())
+}
+
+/// `metrics.csv` as named numeric columns.
+fn read_columns(path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .with_context(|| format!("{} is empty", path.display()))?;
+    let mut columns: Vec<(String, Vec<f64>)> = header
+        .split(',')
+        .map(|h| (h.to_string(), Vec::new()))
+        .collect();
+    for (i, line) in lines.enumerate() {
+        for (column, field) in columns.iter_mut().zip(line.split(',')) {
+            // Occupancy columns hold several numbers; they are not drawn.
+            column.1.push(field.trim().parse().unwrap_or(f64::NAN));
+        }
+        if line.split(',').count() != columns.len() {
+            bail!("{} line {}: wrong number of fields", path.display(), i + 2);
+        }
+    }
+    Ok(columns)
+}
+
+fn draw_training(metrics: &Path, path: &Path) -> Result<()> {
+    let columns = read_columns(metrics)?;
+    let get = |name: &str| columns.iter().find(|c| c.0 == name).map(|c| &c.1);
+    let epochs = get("epoch")
+        .cloned()
+        .with_context(|| format!("{} has no epoch column", metrics.display()))?;
+    let series = |names: &[(&str, &str)]| -> Vec<Series> {
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (column, label))| {
+                let values = get(column)?;
+                let points: Vec<(f64, f64)> = epochs
+                    .iter()
+                    .zip(values)
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(&e, &v)| (e, v))
+                    .collect();
+                (!points.is_empty()).then(|| Series {
+                    label: label.to_string(),
+                    points,
+                    color: COLORS[i],
+                    dashed: false,
+                })
+            })
+            .collect()
+    };
+    let panels = [
+        (
+            "accuracy",
+            "accuracy (%)",
+            series(&[
+                ("test_accuracy_hard", "test, hard-quantized"),
+                ("train_accuracy", "training (soft)"),
+            ]),
+        ),
+        (
+            "soft − hard test accuracy",
+            "points",
+            series(&[("soft_hard_gap", "soft − hard")]),
+        ),
+        (
+            "loss",
+            "cross-entropy",
+            series(&[("train_loss", "training"), ("test_loss", "test (hard)")]),
+        ),
+        (
+            "temperature at the epoch's last step",
+            "T",
+            series(&[
+                ("weights_temperature", "weights"),
+                ("acts_temperature", "activations"),
+            ]),
+        ),
+    ];
+    let panels: Vec<LineChart> = panels
+        .into_iter()
+        .filter(|(_, _, s)| !s.is_empty())
+        .map(|(title, y, series)| LineChart {
+            title: title.into(),
+            x_desc: "epoch".into(),
+            y_desc: y.into(),
+            series,
+            x_names: None,
+        })
+        .collect();
+    chart::save(path, panels.len(), 2, |i, area| {
+        chart::lines(area, &panels[i])
+    })
+}
+
+/// One histogram per quantized weight layer of `file`, titled with `when`.
+fn histograms(run: &Path, file: &str, when: &str) -> Result<Vec<Histogram>> {
+    type B = crate::backend::Host;
+    let temps = Temperatures::default();
+    let (_, mut model) = load_run_file::<B>(run, file, &temps, &Default::default())?;
+    let mut out = Vec::new();
+    for (name, mut layer) in model.slots().weights {
+        let weight = layer.weight();
+        let Some(q) = layer.quantizer().as_ref() else {
+            continue;
+        };
+        let p = q.params_for(&weight);
+        let scalar = |t: burn::tensor::Tensor<B, 1>| -> Result<Vec<f32>> {
+            t.into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading {name} back: {e:?}"))
+        };
+        let alpha = scalar(p.alpha)?[0];
+        let beta = scalar(p.beta)?[0];
+        out.push(Histogram {
+            title: format!("{name} ({}), {when}", q.level_set()),
+            values: scalar(weight)?,
+            levels: q.level_set().levels().iter().map(|y| alpha * y).collect(),
+            thresholds: scalar(p.thresholds)?.iter().map(|b| b / beta).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Draws `weights.png`; `false` when the run quantized no weights.
+fn draw_weights(run: &Path, path: &Path) -> Result<bool> {
+    let end = histograms(run, "model.mpk", "end")?;
+    if end.is_empty() {
+        return Ok(false);
+    }
+    let start = if run.join("init.mpk").is_file() {
+        histograms(run, "init.mpk", "initialisation")?
+    } else {
+        Vec::new()
+    };
+    // Rows of (initialisation, end) when both exist.
+    let mut panels = Vec::new();
+    let columns = if start.len() == end.len() { 2 } else { 1 };
+    let mut start = start.into_iter();
+    for e in end {
+        if columns == 2
+            && let Some(s) = start.next()
+        {
+            panels.push(s);
+        }
+        panels.push(e);
+    }
+    chart::save(path, panels.len(), columns, |i, area| {
+        chart::histogram(area, &panels[i])
+    })?;
+    Ok(true)
+}
