@@ -56,9 +56,11 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SweepArgs {
-    /// The grid file (TOML): a [fixed] table of run-config fields shared by every cell and an
-    /// [axes] table of lists, e.g. method = ["qn", "ste"], seed = [1, 2].
-    pub(crate) grid: PathBuf,
+    /// The grid files (TOML): a [fixed] table of run-config fields shared by every cell and an
+    /// [axes] table of lists, e.g. method = ["qn", "ste"], seed = [1, 2]; several grids make one
+    /// sweep (for instance methods that cannot share a grid's precisions).
+    #[arg(required = true, value_name = "GRID")]
+    pub(crate) grids: Vec<PathBuf>,
     /// Output folder: cells/NAME (one run directory per cell, with NAME.toml and NAME.log),
     /// results.csv, results.md, accuracy-vs-bits.png. Finished cells are skipped on a rerun.
     #[arg(long)]

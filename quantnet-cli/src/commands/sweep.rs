@@ -9,7 +9,9 @@
 //! `DIR/cells/NAME` trained by a child `quantnet train` (its output in `DIR/cells/NAME.log`):
 //! a cell with a `summary.json` is finished and skipped; one without (a killed sweep) is
 //! started again from scratch. A cell that fails is recorded as failed, with its error, and the
-//! sweep goes on.
+//! sweep goes on. `{axis}` in a `[fixed]` string is replaced by the cell's value of that axis
+//! (`from = "fp/cells/seed-{seed}"` starts each seed from its own full-precision run, whose
+//! accuracy is then the cell's full-precision reference).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -107,26 +109,65 @@ impl Grid {
                 table.insert(name.clone(), axis[k].clone());
                 values.push((name.clone(), text(&axis[k])));
             }
-            let name = values
-                .iter()
-                .map(|(k, v)| format!("{k}-{v}"))
-                .collect::<Vec<_>>()
-                .join("_")
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                        c
-                    } else {
-                        '-'
+            // `{axis}` in a fixed string stands for this cell's value of that axis (e.g.
+            // `from = "runs/fp/cells/seed-{seed}"`).
+            for (_, value) in table.iter_mut() {
+                if let toml::Value::String(s) = value {
+                    for (name, v) in &values {
+                        *s = s.replace(&format!("{{{name}}}"), v);
                     }
-                })
-                .collect::<String>();
+                }
+            }
+            let name = cell_name(&values);
             let cfg = config_of(&table).with_context(|| format!("cell {name}"))?;
             cfg.validate().with_context(|| format!("cell {name}"))?;
             cells.push(Cell { name, values, cfg });
         }
         Ok(cells)
     }
+}
+
+impl Cell {
+    /// Gives the cell a value for every axis of the sweep (in `axes` order): its own, or for an
+    /// axis of another grid its config's value of that field; its name then lists them all
+    /// (a sweep of one grid keeps the names `Grid::cells` gives).
+    fn complete(&mut self, axes: &[String]) -> Result<()> {
+        let table = toml::Table::try_from(&self.cfg).context("serialising a cell's config")?;
+        self.values = axes
+            .iter()
+            .map(|a| {
+                let own = self
+                    .values
+                    .iter()
+                    .find(|(k, _)| k == a)
+                    .map(|(_, v)| v.clone());
+                let value = own
+                    .or_else(|| table.get(a).map(text))
+                    .unwrap_or_else(|| "—".into());
+                (a.clone(), value)
+            })
+            .collect();
+        self.name = cell_name(&self.values);
+        Ok(())
+    }
+}
+
+/// `axis-value_axis-value…`, with anything but letters, digits, `-`, `_` and `.` as `-`.
+fn cell_name(values: &[(String, String)]) -> String {
+    values
+        .iter()
+        .map(|(k, v)| format!("{k}-{v}"))
+        .collect::<Vec<_>>()
+        .join("_")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// The run config of `table` over the defaults (unknown fields refused).
@@ -145,18 +186,30 @@ enum Outcome {
 }
 
 pub(crate) fn run(args: SweepArgs) -> Result<()> {
-    let source = std::fs::read_to_string(&args.grid)
-        .with_context(|| format!("reading {}", args.grid.display()))?;
-    let grid = Grid::parse(&source).with_context(|| format!("{}", args.grid.display()))?;
-    let cells = grid
-        .cells()
-        .with_context(|| format!("{}", args.grid.display()))?;
-    println!(
-        "sweep {}: {} cell(s) over {}",
-        args.grid.display(),
-        cells.len(),
-        grid.axis_names().join(" × ")
-    );
+    // Every grid's cells, checked before anything runs; the axes are the union of the grids'.
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut axes: Vec<String> = Vec::new();
+    for path in &args.grids {
+        let source =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let grid = Grid::parse(&source).with_context(|| format!("{}", path.display()))?;
+        for name in grid.axis_names() {
+            if !axes.contains(&name) {
+                axes.push(name);
+            }
+        }
+        cells.extend(
+            grid.cells()
+                .with_context(|| format!("{}", path.display()))?,
+        );
+    }
+    for i in 0..cells.len() {
+        cells[i].complete(&axes)?;
+        if cells[..i].iter().any(|c| c.name == cells[i].name) {
+            bail!("cell {} is in the grids twice", cells[i].name);
+        }
+    }
+    println!("sweep: {} cell(s) over {}", cells.len(), axes.join(" × "));
     if args.dry_run {
         for cell in &cells {
             println!("  {}", cell.name);
@@ -221,9 +274,9 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
                 Outcome::Failed(error)
             }
         };
-        write_results(&args.out, &grid, &cells, &outcomes)?;
+        write_results(&args.out, &axes, &cells, &outcomes)?;
     }
-    write_results(&args.out, &grid, &cells, &outcomes)?;
+    write_results(&args.out, &axes, &cells, &outcomes)?;
     let failed = outcomes
         .iter()
         .filter(|o| matches!(o, Outcome::Failed(_)))
@@ -240,9 +293,23 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// A finished run's summary; for a run started `--from` a full-precision run, with that run's
+/// accuracy as its full-precision reference.
 fn read_summary(run_dir: &Path) -> Option<Summary> {
-    let text = std::fs::read_to_string(run_dir.join("summary.json")).ok()?;
-    serde_json::from_str(&text).ok()
+    let read = |dir: &Path| -> Option<Summary> {
+        let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    let mut summary = read(run_dir)?;
+    if summary.test_accuracy_fp.is_none()
+        && let Ok(cfg) = RunConfig::read(&run_dir.join("config.toml"))
+        && let Some(from) = cfg.from.as_deref().and_then(read)
+        && from.weights == "fp"
+        && matches!(from.acts.as_str(), "32" | "fp")
+    {
+        summary.test_accuracy_fp = Some(from.test_accuracy_hard);
+    }
+    Some(summary)
 }
 
 /// The last `error:` line of a cell's log.
@@ -296,8 +363,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn write_results(out: &Path, grid: &Grid, cells: &[Cell], outcomes: &[Outcome]) -> Result<()> {
-    let axes = grid.axis_names();
+fn write_results(out: &Path, axes: &[String], cells: &[Cell], outcomes: &[Outcome]) -> Result<()> {
     // results.csv: one row per cell; the axes that are not among the standard columns first.
     const STANDARD: [&str; 7] = [
         "method", "model", "dataset", "weights", "acts", "seed", "epochs",
@@ -426,7 +492,7 @@ fn write_results(out: &Path, grid: &Grid, cells: &[Cell], outcomes: &[Outcome]) 
         let _ = writeln!(md, "| {} |", row.join(" | "));
     }
     write_atomic(&out.join("results.md"), md.as_bytes())?;
-    plot_accuracy_vs_bits(&out.join("accuracy-vs-bits.png"), &axes, cells, outcomes)
+    plot_accuracy_vs_bits(&out.join("accuracy-vs-bits.png"), axes, cells, outcomes)
 }
 
 /// Mean hard accuracy per precision, one line per method (and per value of any other axis but
@@ -551,6 +617,9 @@ mod tests {
         assert_eq!(cells[5].name, "method-ste_seed-3");
         assert_eq!(cells[4].cfg.seed, 2);
         assert_eq!(cells[4].cfg.epochs, 1);
+        let grid = Grid::parse("[fixed]\nfrom = \"fp/seed-{seed}\"\n[axes]\nseed = [7]\n").unwrap();
+        let from = grid.cells().unwrap()[0].cfg.from.clone().unwrap();
+        assert_eq!(from, std::path::PathBuf::from("fp/seed-7"));
         let err = |text: &str| {
             format!(
                 "{:#}",

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# docs/results.md: every method on LeNet-5, from the committed grids in sweeps/. For each data
+# set, first the full-precision runs every cell starts from (DATASET-fp.toml), then one sweep over
+# the method grids; the sweep's results.md / results.csv / accuracy-vs-bits.png are copied into
+# docs/results/. Finished cells are skipped, so a killed run continues where it stopped.
+#
+#   scripts/results.sh [DATASET...]      (default: fashion-mnist)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+DATASETS=${*:-fashion-mnist}
+mkdir -p docs/results
+for D in $DATASETS; do
+  $QUANTNET sweep "sweeps/$D-fp.toml" --out "runs/results/$D-fp"
+  GRIDS=()
+  for G in methods pact bwn twn; do GRIDS+=("sweeps/$D-$G.toml"); done
+  $QUANTNET sweep "${GRIDS[@]}" --out "runs/results/$D"
+  cp "runs/results/$D/results.md" "docs/results/$D.md"
+  cp "runs/results/$D/results.csv" "docs/results/$D.csv"
+  cp "runs/results/$D/accuracy-vs-bits.png" "docs/results/$D.png"
+done
