@@ -907,3 +907,105 @@ fn data_fetch_verifies_and_installs_files_from_a_mirror() {
     assert!(!wrong.join("train-images-idx3-ubyte.gz").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A tiny sweep end to end: two methods × two seeds on 300 fixture images, the results files and
+/// the picture; a second invocation skips the finished cells; a cell that fails (its `from`
+/// does not exist) is recorded as failed and the sweep goes on; `plot` draws a cell's pictures.
+#[test]
+fn a_tiny_sweep_runs_resumes_records_failures_and_plots() {
+    let _cpu = exclusive();
+    let root = std::env::temp_dir().join(format!("quantnet-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let data = fixtures().join("fashion-mnist");
+    let grid = root.join("grid.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "[fixed]\ndata_dir = {:?}\nlimit = 300\nepochs = 1\n\n[axes]\nmethod = [\"qn\", \"lsq\"]\nseed = [1, 2]\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let broken = root.join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "[fixed]\ndata_dir = {:?}\nlimit = 300\nfrom = \"nowhere/seed-{{seed}}\"\n\n[axes]\nmethod = [\"ste\"]\nseed = [1]\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = root.join("out");
+    let args = [
+        "sweep",
+        grid.to_str().unwrap(),
+        broken.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = quantnet(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows = cells(&csv);
+    assert_eq!(rows.len(), 6, "{csv}");
+    let col = |name: &str| rows[0].iter().position(|c| *c == name).unwrap();
+    let (status, hard, fp) = (
+        col("status"),
+        col("test_accuracy_hard"),
+        col("test_accuracy_fp"),
+    );
+    for row in &rows[1..5] {
+        assert_eq!(row[status], "done", "{csv}");
+        let (h, f): (f64, f64) = (row[hard].parse().unwrap(), row[fp].parse().unwrap());
+        assert!(
+            (0.0..=100.0).contains(&h) && (0.0..=100.0).contains(&f),
+            "{csv}"
+        );
+    }
+    assert_eq!(rows[5][status], "failed", "{csv}");
+    assert!(rows[5].last().unwrap().contains("nowhere"), "{csv}");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("| qn | 2 | ") && md.contains("| lsq | 2 | "),
+        "{md}"
+    );
+    assert!(md.contains("| ste | 0 of 1 |"), "{md}");
+    let png = std::fs::read(out.join("accuracy-vs-bits.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // Again: every finished cell is skipped.
+    let again = quantnet(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stdout(&again).matches("done before").count(),
+        4,
+        "{}",
+        stdout(&again)
+    );
+    let cell = out.join("cells/method-lsq_seed-1");
+    let plot = quantnet(&["plot", cell.to_str().unwrap()]);
+    assert!(plot.status.success(), "{}", stderr(&plot));
+    for picture in ["training.png", "weights.png"] {
+        assert_eq!(&std::fs::read(cell.join(picture)).unwrap()[1..4], b"PNG");
+    }
+    // A grid that cannot run is refused before anything runs, naming the cell.
+    std::fs::write(
+        &grid,
+        "[fixed]\nweights = \"1\"\n[axes]\nmethod = [\"qn\", \"bwn\"]\n",
+    )
+    .unwrap();
+    let refused = quantnet(&[
+        "sweep",
+        grid.to_str().unwrap(),
+        "--out",
+        root.join("no").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("cell method-bwn"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!root.join("no").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
