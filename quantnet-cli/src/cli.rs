@@ -336,8 +336,9 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) clip_in: Option<quantnet_models::qat::ClipDomain>,
-    /// Learning-rate multiplier of the quantizers' alpha and beta (Adam steps every parameter
-    /// by about the learning rate, and beta is 3-25); see --quant-lr-group. Default: 100.
+    /// Learning-rate multiplier of the qn quantizers' alpha and beta (Adam steps every parameter
+    /// by about the learning rate, and beta is 3-25); see --quant-lr-group. Default: 100. The
+    /// baselines' learned scales (lsq, pact, dsq) train at the base learning rate.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quant_lr_mult: Option<f64>,

@@ -197,20 +197,24 @@ where
     }
     // The quantizer scales' learning-rate group, read from the module at every step (on resume,
     // burn-train loads the checkpoint's record, and with it other parameter ids).
-    // `slots()` borrows mutably: walk a clone (tensors are shared, ids kept).
+    // `slots()` borrows mutably: walk a clone (tensors are shared, ids kept). The multiplier is
+    // Quantization Networks' (its α, β): the baselines' learned scales (LSQ's step, PACT's
+    // clip, DSQ's step) train at the base learning rate, as their papers do.
     let with_weights = cfg.quant_lr_group == QuantLrGroup::All;
+    let is_qn = |q: &&quantnet_burn::Quantizer<_>| q.method() == quantnet_burn::Method::Qn;
     let quantizer_params = move |m: &Monitored<B, M::TrainModule>| -> Vec<ParamId> {
         let mut model = m.model().clone();
         let slots = model.slots();
         let acts = slots.acts.into_iter().filter_map(|(_, a)| {
             a.quantizer
                 .as_ref()
+                .filter(is_qn)
                 .map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
         });
         let mut ids: Vec<ParamId> = acts.flatten().collect();
         if with_weights {
             for (_, mut layer) in slots.weights {
-                if let Some(q) = layer.quantizer().as_ref() {
+                if let Some(q) = layer.quantizer().as_ref().filter(is_qn) {
                     ids.extend([q.alpha.id, q.beta.id, q.thresholds.id]);
                 }
             }

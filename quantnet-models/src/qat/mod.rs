@@ -215,7 +215,8 @@ pub struct QatConfig {
     /// Where the clipping norm is taken (runs without quantized weights always clip per tensor).
     #[config(default = "ClipDomain::Wq")]
     pub clip_in: ClipDomain,
-    /// Learning-rate multiplier of the quantizers' α, β (and learned thresholds).
+    /// Learning-rate multiplier of the `qn` quantizers' α, β (and learned thresholds); the
+    /// baselines' learned scales train at the base learning rate.
     #[config(default = 100.0)]
     pub quant_lr_mult: f64,
     /// Whose scales take the multiplier.
