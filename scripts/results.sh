@@ -4,6 +4,9 @@
 # the method grids; the sweep's results.md / results.csv / accuracy-vs-bits.png are copied into
 # docs/results/. Finished cells are skipped, so a killed run continues where it stopped.
 #
+# Then each ablation grid (sweeps/DATASET-ablation-*.toml) as a sweep of its own, copied to
+# docs/results/DATASET-ablation-*.md.
+#
 #   scripts/results.sh [DATASET...]      (default: fashion-mnist)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -18,4 +21,11 @@ for D in $DATASETS; do
   cp "runs/results/$D/results.md" "docs/results/$D.md"
   cp "runs/results/$D/results.csv" "docs/results/$D.csv"
   cp "runs/results/$D/accuracy-vs-bits.png" "docs/results/$D.png"
+  for A in sweeps/"$D"-ablation-*.toml; do
+    [[ -f "$A" ]] || continue
+    N=$(basename "$A" .toml)
+    $QUANTNET sweep "$A" --out "runs/results/$N"
+    cp "runs/results/$N/results.md" "docs/results/$N.md"
+    cp "runs/results/$N/results.csv" "docs/results/$N.csv"
+  done
 done

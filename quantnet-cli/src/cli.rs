@@ -366,6 +366,11 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) act_thresholds: Option<quantnet_burn::ThresholdInit>,
+    /// Weight thresholds: kmeans (the paper, default; with the ±0.05 band around 0) or uniform
+    /// (the midpoints between levels). The baselines always round to the nearest level.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) thresholds: Option<quantnet_burn::ThresholdInit>,
     /// Quantizer method: qn (Quantization Networks, the default), ste (uniform, straight-through),
     /// bwn / twn (binary / ternary weights only), lsq (learned step size), pact (learned
     /// activation clipping; weights as ste), dsq (differentiable soft quantization). See

@@ -204,6 +204,9 @@ pub(crate) struct RunConfig {
     /// Activation thresholds.
     #[serde(with = "text")]
     pub(crate) act_thresholds: ThresholdInit,
+    /// Weight thresholds (`qn`; the baselines round to the nearest level).
+    #[serde(with = "text")]
+    pub(crate) thresholds: ThresholdInit,
     /// The quantizer method (ours or a baseline).
     #[serde(with = "text")]
     pub(crate) method: Method,
@@ -252,6 +255,7 @@ impl Default for RunConfig {
             quant_lr_group: recipe.quant_lr_group,
             act_percentile: Some(99.9),
             act_thresholds: ThresholdInit::Uniform,
+            thresholds: ThresholdInit::KMeans,
             method: Method::Qn,
             seed: recipe.seed,
             limit: None,
@@ -268,10 +272,11 @@ impl RunConfig {
     /// activations, for instance).
     pub(crate) fn policy(&self) -> Result<QuantPolicy> {
         let policy = QuantPolicy {
-            weights: self
-                .weights
-                .levels()
-                .map(|l| QuantizerConfig::weights(l.clone()).with_gradient(self.gradient)),
+            weights: self.weights.levels().map(|l| {
+                QuantizerConfig::weights(l.clone())
+                    .with_gradient(self.gradient)
+                    .with_threshold_init(self.thresholds)
+            }),
             acts: self.acts.levels().map(|l| {
                 QuantizerConfig::activations(l.clone())
                     .with_threshold_init(self.act_thresholds)
