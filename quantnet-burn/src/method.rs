@@ -111,12 +111,23 @@ impl Method {
         }
     }
 
-    /// Whether `levels` suits this method: `bwn` needs {−1, 1}, `twn` {−1, 0, 1}; `lsq`, `pact`,
-    /// `ste` and `dsq` round to the nearest level (any set); `qn` takes any set.
+    /// Whether `levels` suits this method: `bwn` needs {−1, 1}, `twn` {−1, 0, 1}, `pact` levels
+    /// that start at 0; `lsq`, `ste` and `dsq` round to the nearest level (any set); `qn` takes any
+    /// set.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] naming the method and the set.
     pub fn check_levels(self, levels: &LevelSet) -> Result<()> {
+        if self == Method::Pact && levels.levels()[0] != 0.0 {
+            return Err(Error::InvalidParameter {
+                name: "method",
+                value: self.name().into(),
+                reason: format!(
+                    "clips activations to [0, a]: its levels start at 0 (uN), not {:?}",
+                    levels.levels()
+                ),
+            });
+        }
         let need: Option<&[f32]> = match self {
             Method::Bwn => Some(&[-1.0, 1.0]),
             Method::Twn => Some(&[-1.0, 0.0, 1.0]),

@@ -342,6 +342,11 @@ impl QuantizerConfig {
         temperature: &Temperature,
         device: &B::Device,
     ) -> Result<Quantizer<B>> {
+        // A config built field by field is checked as `with_method` checks it.
+        self.method.check_levels(&self.levels)?;
+        if self.activations {
+            self.method.for_acts()?;
+        }
         let p = QuantParams::<B>::new(&self.levels, alpha, beta, thresholds, device)?;
         let levels = Tensor::<B, 1>::from_floats(self.levels.levels(), device);
         // With every (fixed) threshold at 0 (binary weights), β does not change the hard

@@ -982,6 +982,16 @@ fn a_tiny_sweep_runs_resumes_records_failures_and_plots() {
         "{}",
         stdout(&again)
     );
+    // A grid changed under finished cells is refused, not silently reported with old results.
+    let text = std::fs::read_to_string(&grid).unwrap();
+    std::fs::write(&grid, text.replace("epochs = 1", "epochs = 2")).unwrap();
+    let changed = quantnet(&args);
+    assert!(!changed.status.success());
+    assert!(
+        stderr(&changed).contains("another config"),
+        "{}",
+        stderr(&changed)
+    );
     let cell = out.join("cells/method-lsq_seed-1");
     let plot = quantnet(&["plot", cell.to_str().unwrap()]);
     assert!(plot.status.success(), "{}", stderr(&plot));

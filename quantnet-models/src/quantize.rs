@@ -4,8 +4,8 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use quantnet_burn::{
-    GradientMode, LevelSet, QatBackend, QuantBackend, QuantMode, QuantizerConfig, Temperature,
-    ThresholdInit,
+    GradientMode, LevelSet, Method, QatBackend, QuantBackend, QuantMode, QuantizerConfig,
+    Temperature, ThresholdInit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,23 @@ impl QuantPolicy {
                     reason: format!("{method} with {what}: {e}"),
                 })
         };
+        let refuse = |reason: &str| Error::Config {
+            field: "method",
+            reason: format!("{method} {reason}"),
+        };
+        match method {
+            Method::Bwn | Method::Twn if self.weights.is_none() => {
+                return Err(refuse(
+                    "quantizes weights: give the weight levels (--weights 1 or 2)",
+                ));
+            }
+            Method::Pact if self.acts.is_none() => {
+                return Err(refuse(
+                    "learns the clipping of quantized activations: give their bits (--acts 2)",
+                ));
+            }
+            _ => {}
+        }
         Ok(Self {
             weights: config(self.weights, "quantized weights")?,
             acts: config(self.acts, "quantized activations")?,
@@ -159,6 +176,7 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
         }
         if let Some(q) = layer.quantizer().as_mut()
             && q.level_set() == &config.levels
+            && q.method() == config.method
         {
             // Kept, but trained with the policy's gradient rule (not part of the record).
             q.set_gradient(config.gradient);
@@ -194,6 +212,7 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
     for (i, (_, slot)) in model.slots().acts.into_iter().enumerate() {
         if let Some(q) = slot.quantizer.as_mut()
             && q.level_set() == &config.levels
+            && q.method() == config.method
         {
             q.set_gradient(config.gradient);
             continue;
@@ -244,7 +263,13 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
             Some(p) => percentile(&values, p).unwrap_or(stats.max),
         };
         let q = if policy.act_mse {
-            mse_range(&values, &config.levels, upper)
+            let q = mse_range(&values, &config.levels, upper);
+            // The least-error range is found for qn's α = 4q/(5p); the methods that set α = q/p
+            // (ste, pact, dsq) get the same α from 0.8·q.
+            match config.method {
+                Method::Ste | Method::Pact | Method::Dsq => 0.8 * q,
+                _ => q,
+            }
         } else {
             upper
         };
@@ -481,8 +506,16 @@ pub fn train_only_act_quantizers<B: Backend, M: QatModel<B>>(model: &mut M) -> u
     let mut trainable = 0;
     for (_, slot) in model.slots().acts {
         if let Some(q) = slot.quantizer.as_mut() {
-            q.alpha = q.alpha.clone().set_require_grad(true);
-            q.beta = q.beta.clone().set_require_grad(true);
+            // What the method learns: qn α and β; lsq, pact, dsq their step (β follows it) and
+            // dsq its sharpness; ste nothing.
+            let (alpha, beta) = match q.method() {
+                Method::Qn => (true, true),
+                Method::Lsq | Method::Pact | Method::Dsq => (true, false),
+                _ => (false, false),
+            };
+            q.alpha = q.alpha.clone().set_require_grad(alpha);
+            q.beta = q.beta.clone().set_require_grad(beta);
+            q.sharpness = q.sharpness.take().map(|p| p.set_require_grad(true));
             trainable += 1;
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! The grid file has a `[fixed]` table (run-config fields shared by every cell) and an `[axes]`
 //! table whose values are non-empty lists; the cells are the cartesian product of the axes (in
-//! the axes' alphabetical order). Every cell's config is built and validated before anything
+//! the order the file lists the axes, the last varying fastest). Every cell's config is built and validated before anything
 //! runs, so a bad field, an empty axis or a method that cannot quantize a cell's precisions stops
 //! the sweep up front, naming the cell. Each cell is an ordinary run directory
 //! `DIR/cells/NAME` trained by a child `quantnet train` (its output in `DIR/cells/NAME.log`):
@@ -222,18 +222,32 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
     let mut outcomes: Vec<Outcome> = cells.iter().map(|_| Outcome::NotRun).collect();
     for (i, cell) in cells.iter().enumerate() {
         let run_dir = dir.join(&cell.name);
-        if let Some(summary) = read_summary(&run_dir) {
+        let config = dir.join(format!("{}.toml", cell.name));
+        let text = toml::to_string(&cell.cfg).context("serialising a cell's config")?;
+        if run_dir.join("summary.json").exists() {
+            // A finished cell counts only if it ran this config (the grid may have changed;
+            // fields added since, at their defaults, do not count as a change).
+            let before = RunConfig::read(&config).ok();
+            if before.as_ref() != Some(&cell.cfg) {
+                bail!(
+                    "cell {} in {} ran with another config than the grid gives now: remove {} \
+                     to run it again, or use another --out",
+                    cell.name,
+                    args.out.display(),
+                    run_dir.display()
+                );
+            }
+            let summary = read_summary(&run_dir)
+                .with_context(|| format!("{}: unreadable summary.json", run_dir.display()))?;
             println!("[{}/{}] {}: done before", i + 1, cells.len(), cell.name);
             outcomes[i] = Outcome::Done(Box::new(summary));
             continue;
         }
         if run_dir.exists() {
-            // Killed mid-run: start the cell again.
+            // Killed mid-run (no summary.json): start the cell again.
             std::fs::remove_dir_all(&run_dir)
                 .with_context(|| format!("clearing {}", run_dir.display()))?;
         }
-        let config = dir.join(format!("{}.toml", cell.name));
-        let text = toml::to_string(&cell.cfg).context("serialising a cell's config")?;
         write_atomic(&config, text.as_bytes())?;
         let log_path = dir.join(format!("{}.log", cell.name));
         let log = std::fs::File::create(&log_path)
@@ -506,7 +520,8 @@ fn plot_accuracy_vs_bits(
     let mut precisions: Vec<String> = Vec::new();
     // line label -> precision -> accuracies; line label -> FP accuracies.
     let mut lines: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    let mut fps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // reference label -> seed -> the FP accuracy (each full-precision model counted once).
+    let mut fps: BTreeMap<String, BTreeMap<u64, f64>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for (cell, outcome) in cells.iter().zip(outcomes) {
         let Outcome::Done(s) = outcome else { continue };
@@ -524,10 +539,14 @@ fn plot_accuracy_vs_bits(
             format!("full precision, {context}")
         };
         if let Some(fp) = s.test_accuracy_fp {
-            fps.entry(reference.clone()).or_default().push(fp);
+            fps.entry(reference.clone())
+                .or_default()
+                .insert(cell.cfg.seed, fp);
         }
         if precision == "FP" {
-            fps.entry(reference).or_default().push(s.test_accuracy_hard);
+            fps.entry(reference)
+                .or_default()
+                .insert(cell.cfg.seed, s.test_accuracy_hard);
             continue;
         }
         if !precisions.contains(&precision) {
@@ -571,8 +590,9 @@ fn plot_accuracy_vs_bits(
             dashed: false,
         });
     }
-    for (i, (label, values)) in fps.iter().enumerate() {
-        let (m, _) = mean_sd(values).unwrap_or((f64::NAN, 0.0));
+    for (i, (label, by_seed)) in fps.iter().enumerate() {
+        let values: Vec<f64> = by_seed.values().copied().collect();
+        let (m, _) = mean_sd(&values).unwrap_or((f64::NAN, 0.0));
         series.push(Series {
             label: format!("{label} ({m:.2})"),
             points: vec![(0.0, m), ((precisions.len() - 1) as f64, m)],

@@ -451,3 +451,86 @@ fn batch_norm_reestimation_fits_the_statistics_to_the_hard_network() {
     let lenet = reestimate_batch_norm_with::<B, _>(lenet, QuantMode::Hard, [digits.clone()]);
     assert_eq!(lenet.forward(digits).into_data(), before);
 }
+
+/// The baselines in the policy: ste/pact/dsq calibrate their activations to the same α as `qn`
+/// (the least-error range search assumes qn's α = 4q/5p; they set α = q/p), a quantized model
+/// continued with another method gets that method's quantizers, the activations-only phase trains
+/// what the method learns, and policies that would quantize nothing for the method are refused.
+#[test]
+fn methods_calibrate_like_qn_switch_on_reload_and_refuse_empty_policies() {
+    use quantnet_burn::{LevelSet, Method};
+    use quantnet_models::quantize::train_only_act_quantizers;
+    let _serial = crate::backend::serial();
+    let device = Default::default();
+    let shape = input(1, 28, 10);
+    let batch = || {
+        <Inner as Backend>::seed(&device, 5);
+        Tensor::<Inner, 4>::random([16, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device)
+    };
+    let recipe = QuantPolicy::recipe(
+        Some(LevelSet::ternary()),
+        Some(LevelSet::unsigned(2).unwrap()),
+    );
+    // Activations alone, so that every method's calibration sees the same activations.
+    let acts_only = QuantPolicy::recipe(None, Some(LevelSet::unsigned(2).unwrap()));
+    let act_alphas = |method: Method, policy: &QuantPolicy| -> (Model<Inner>, Vec<f32>) {
+        <Inner as Backend>::seed(&device, 3);
+        let mut model = Model::<Inner>::new(Arch::Lenet5, shape, &device);
+        let policy = policy.clone().with_method(method).unwrap();
+        let temps = Temperatures::default();
+        quantize_weights(&mut model, &policy, &temps).unwrap();
+        calibrate_acts(&mut model, &policy, &temps, [batch()]).unwrap();
+        let alphas = model
+            .slots()
+            .acts
+            .into_iter()
+            .map(|(_, a)| {
+                let q = a.quantizer.as_ref().unwrap();
+                q.params().alpha.into_data().to_vec::<f32>().unwrap()[0]
+            })
+            .collect();
+        (model, alphas)
+    };
+    let (_, qn_alphas) = act_alphas(Method::Qn, &acts_only);
+    for method in [Method::Ste, Method::Pact, Method::Dsq] {
+        let (_, alphas) = act_alphas(method, &acts_only);
+        for (a, b) in alphas.iter().zip(&qn_alphas) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs(),
+                "{method}: α {a} vs qn's {b}"
+            );
+        }
+    }
+    // A qn model continued with ste: its quantizers become ste's (same levels, other method).
+    let (mut model, _) = act_alphas(Method::Qn, &recipe);
+    let ste = recipe.clone().with_method(Method::Ste).unwrap();
+    let temps = Temperatures::default();
+    assert!(quantize_weights(&mut model, &ste, &temps).unwrap() > 0);
+    calibrate_acts(&mut model, &ste, &temps, [batch()]).unwrap();
+    for q in model.slots().quantizers() {
+        assert_eq!(q.method(), Method::Ste);
+    }
+    // The activations-only phase: ste learns nothing, dsq its step and sharpness.
+    let mut trainable = |mut model: Model<B>| {
+        train_only_act_quantizers(&mut model);
+        let (_, slot) = model.slots().acts.into_iter().next().unwrap();
+        let q = slot.quantizer.as_ref().unwrap();
+        (
+            q.alpha.is_require_grad(),
+            q.sharpness.as_ref().map(|s| s.is_require_grad()),
+        )
+    };
+    assert_eq!(trainable(Model::<B>::from_inner(model)), (false, None));
+    let (dsq, _) = act_alphas(Method::Dsq, &recipe);
+    assert_eq!(trainable(Model::<B>::from_inner(dsq)), (true, Some(true)));
+    // Policies the method cannot use.
+    let fp_weights = QuantPolicy::recipe(None, Some(LevelSet::unsigned(2).unwrap()));
+    let err = fp_weights.with_method(Method::Bwn).unwrap_err().to_string();
+    assert!(err.contains("bwn quantizes weights"), "{err}");
+    let fp_acts = QuantPolicy::recipe(Some(LevelSet::ternary()), None);
+    let err = fp_acts.with_method(Method::Pact).unwrap_err().to_string();
+    assert!(err.contains("pact learns the clipping"), "{err}");
+    let signed = QuantPolicy::recipe(None, Some(LevelSet::ternary()));
+    let err = signed.with_method(Method::Pact).unwrap_err().to_string();
+    assert!(err.contains("start at 0"), "{err}");
+}
