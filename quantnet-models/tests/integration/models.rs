@@ -511,7 +511,7 @@ fn methods_calibrate_like_qn_switch_on_reload_and_refuse_empty_policies() {
         assert_eq!(q.method(), Method::Ste);
     }
     // The activations-only phase: ste learns nothing, dsq its step and sharpness.
-    let mut trainable = |mut model: Model<B>| {
+    let trainable = |mut model: Model<B>| {
         train_only_act_quantizers(&mut model);
         let (_, slot) = model.slots().acts.into_iter().next().unwrap();
         let q = slot.quantizer.as_ref().unwrap();
