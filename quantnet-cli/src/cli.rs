@@ -44,7 +44,7 @@ pub(crate) enum Command {
     /// of n sigmoids, side by side, and print GB/s and ratios; `bench train`: a model's training
     /// step and inference, full precision and quantized, per backend.
     Bench(BenchArgs),
-    /// Run a grid of training runs from a TOML file ([fixed] run-config fields, [axes] lists),
+    /// Run a grid of training runs from a TOML file (`[fixed]` run-config fields, `[axes]` lists),
     /// one after the other and resumable; writes results.csv, results.md (mean ± sd over seeds,
     /// full precision beside each row) and accuracy-vs-bits.png.
     Sweep(SweepArgs),
@@ -56,8 +56,8 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SweepArgs {
-    /// The grid files (TOML): a [fixed] table of run-config fields shared by every cell and an
-    /// [axes] table of lists, e.g. method = ["qn", "ste"], seed = [1, 2]; several grids make one
+    /// The grid files (TOML): a `[fixed]` table of run-config fields shared by every cell and an
+    /// `[axes]` table of lists, e.g. method = ["qn", "ste"], seed = [1, 2]; several grids make one
     /// sweep (for instance methods that cannot share a grid's precisions).
     #[arg(required = true, value_name = "GRID")]
     pub(crate) grids: Vec<PathBuf>,
