@@ -463,10 +463,14 @@ fn methods_calibrate_like_qn_switch_on_reload_and_refuse_empty_policies() {
     let _serial = crate::backend::serial();
     let device = Default::default();
     let shape = input(1, 28, 10);
-    let batch = || {
-        <Inner as Backend>::seed(&device, 5);
-        Tensor::<Inner, 4>::random([16, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device)
-    };
+    // One model and one batch, drawn once (other tests may draw from the backend's generator
+    // at the same time): every method calibrates a clone of the same network on the same images.
+    <Inner as Backend>::seed(&device, 5);
+    let images =
+        Tensor::<Inner, 4>::random([16, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let base = Model::<Inner>::new(Arch::Lenet5, shape, &device);
+    drop(base.forward(images.clone())); // initialises every lazy parameter, so clones share them
+    let batch = || images.clone();
     let recipe = QuantPolicy::recipe(
         Some(LevelSet::ternary()),
         Some(LevelSet::unsigned(2).unwrap()),
@@ -474,8 +478,7 @@ fn methods_calibrate_like_qn_switch_on_reload_and_refuse_empty_policies() {
     // Activations alone, so that every method's calibration sees the same activations.
     let acts_only = QuantPolicy::recipe(None, Some(LevelSet::unsigned(2).unwrap()));
     let act_alphas = |method: Method, policy: &QuantPolicy| -> (Model<Inner>, Vec<f32>) {
-        <Inner as Backend>::seed(&device, 3);
-        let mut model = Model::<Inner>::new(Arch::Lenet5, shape, &device);
+        let mut model = base.clone();
         let policy = policy.clone().with_method(method).unwrap();
         let temps = Temperatures::default();
         quantize_weights(&mut model, &policy, &temps).unwrap();
