@@ -16,7 +16,7 @@ mkdir -p docs/results
 for D in $DATASETS; do
   $QUANTNET sweep "sweeps/$D-fp.toml" --out "runs/results/$D-fp"
   GRIDS=()
-  for G in methods pact bwn twn; do GRIDS+=("sweeps/$D-$G.toml"); done
+  for G in methods pact bwn twn fp-continued; do GRIDS+=("sweeps/$D-$G.toml"); done
   $QUANTNET sweep "${GRIDS[@]}" --out "runs/results/$D"
   cp "runs/results/$D/results.md" "docs/results/$D.md"
   cp "runs/results/$D/results.csv" "docs/results/$D.csv"
