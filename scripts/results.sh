@@ -21,6 +21,10 @@ for D in $DATASETS; do
   cp "runs/results/$D/results.md" "docs/results/$D.md"
   cp "runs/results/$D/results.csv" "docs/results/$D.csv"
   cp "runs/results/$D/accuracy-vs-bits.png" "docs/results/$D.png"
+  # One run's weight histograms (levels and thresholds, at initialisation and at the end).
+  CELL="runs/results/$D/cells/method-qn_weights-2_acts-2_seed-1"
+  $QUANTNET plot "$CELL" --out "runs/results/$D"
+  cp "runs/results/$D/weights.png" "docs/results/$D-qn-w2a2-seed1-weights.png"
   for A in sweeps/"$D"-ablation-*.toml; do
     [[ -f "$A" ]] || continue
     N=$(basename "$A" .toml)
