@@ -70,7 +70,9 @@ pub use op::{
     GradientMode, QatBackend, QuantBackend, QuantParams, check_temperature, hard_quantize,
     soft_quantize, soft_quantize_reference,
 };
-pub use quantizer::{QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField};
+pub use quantizer::{
+    Codes, Granularity, QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField,
+};
 pub use schedule::TemperatureSchedule;
 
 /// The backends the unit tests run on (the integration tests have their own list,

@@ -152,9 +152,23 @@ pub fn native_weight<B: QuantBackend, const D: usize>(
     let device = weight.device();
     check_backend::<B>(&device, native.value)?;
     let shape = weight.shape();
-    let (alpha, codes) = quantizer.codes(weight)?;
-    let integers: Vec<i8> = codes.into_iter().map(|k| native.integers[k]).collect();
-    let data = TensorData::quantized(integers, shape, native.scheme(), &[alpha * native.unit]);
+    if quantizer.channel_axis().is_some() {
+        return Err(Error::InvalidParameter {
+            name: "granularity",
+            value: "channel".into(),
+            reason: "Burn 0.21's quantized tensors have one scale per tensor (or per block), \
+                     not per output channel: export per-channel weights as .qnet"
+                .into(),
+        });
+    }
+    let codes = quantizer.codes(weight)?;
+    let integers: Vec<i8> = codes
+        .codes
+        .into_iter()
+        .map(|k| native.integers[k])
+        .collect();
+    let scale = codes.alpha[0] * native.unit;
+    let data = TensorData::quantized(integers, shape, native.scheme(), &[scale]);
     Ok(Tensor::from_data(data, &device))
 }
 

@@ -223,6 +223,57 @@ pub enum QuantMode {
     Off,
 }
 
+/// Whether a weight quantizer has one `α`/`β` pair for the whole tensor or one per output
+/// channel.
+///
+/// Per channel, channel `c` is quantized as `α_c·Q(β_c·w)` where `Q` is the quantizer with unit
+/// scales and the layer's one set of thresholds: the thresholds live in the normalised `β_c·w`
+/// domain, where every channel's largest weight maps to the same place (`5p/4`), so one k-means
+/// over all the normalised weights sets them. Each `(α_c, β_c)` follows the per-tensor rule on
+/// its channel's weights (`β_c = 5p/(4q_c)`, `α_c = 1/β_c`). Activations and the baselines are
+/// per tensor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One `α`/`β` pair for the tensor (the paper's layer-wise parameters).
+    #[default]
+    Tensor,
+    /// One `α`/`β` pair per output channel (`qn` weights only).
+    Channel,
+}
+
+impl Granularity {
+    /// The name used in configs and on the command line (`tensor`, `channel`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Tensor => "tensor",
+            Granularity::Channel => "channel",
+        }
+    }
+}
+
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tensor" => Ok(Granularity::Tensor),
+            "channel" => Ok(Granularity::Channel),
+            _ => Err(Error::InvalidParameter {
+                name: "granularity",
+                value: s.into(),
+                reason: "expected `tensor` or `channel`".into(),
+            }),
+        }
+    }
+}
+
 /// How one quantizer is set up: its levels, gradient rule and initialisation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantizerConfig {
@@ -247,6 +298,9 @@ pub struct QuantizerConfig {
     /// elements) rather than weights.
     #[serde(default)]
     pub activations: bool,
+    /// One `α`/`β` per tensor or per output channel ([`Granularity`]).
+    #[serde(default)]
+    pub granularity: Granularity,
 }
 
 impl QuantizerConfig {
@@ -260,6 +314,7 @@ impl QuantizerConfig {
             learn_thresholds: false,
             method: Method::Qn,
             activations: false,
+            granularity: Granularity::Tensor,
         }
     }
 
@@ -284,7 +339,62 @@ impl QuantizerConfig {
             method.for_weights()
         };
         method.check_levels(&self.levels)?;
-        Ok(Self { method, ..self })
+        let config = Self { method, ..self };
+        config.check_granularity()?;
+        Ok(config)
+    }
+
+    /// The same configuration with one `α`/`β` per tensor or per output channel.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for per-channel scales on an activation quantizer or with a
+    /// method other than `qn`.
+    pub fn with_granularity(self, granularity: Granularity) -> Result<Self> {
+        let config = Self {
+            granularity,
+            ..self
+        };
+        config.check_granularity()?;
+        Ok(config)
+    }
+
+    /// Whether `α`, `β` and the thresholds train, for a quantizer with `thresholds`.
+    fn trained(&self, thresholds: &[f32]) -> (bool, bool, bool) {
+        // With every (fixed) threshold at 0 (binary weights), β does not change the hard
+        // function, step(β·x) = step(x): training it would only soften the soft one (β drifts
+        // down, the soft network stops approaching the hard one), so it is not trained.
+        let beta_matters = self.learn_thresholds || thresholds.iter().any(|&b| b != 0.0);
+        // The baselines: STE, BWN and TWN learn no scale; LSQ, PACT and DSQ learn one step
+        // (β = 1/α); none learns its thresholds.
+        match self.method {
+            Method::Qn => (true, beta_matters, self.learn_thresholds),
+            Method::Ste | Method::Bwn | Method::Twn => (false, false, false),
+            Method::Lsq | Method::Pact | Method::Dsq => (true, false, false),
+        }
+    }
+
+    /// Refuses the combinations per-channel scales are not built for.
+    fn check_granularity(&self) -> Result<()> {
+        if self.granularity == Granularity::Tensor {
+            return Ok(());
+        }
+        let refuse = |reason: &str| {
+            Err(Error::InvalidParameter {
+                name: "granularity",
+                value: self.granularity.to_string(),
+                reason: reason.into(),
+            })
+        };
+        if self.activations {
+            refuse("activations are quantized per tensor (one range per layer)")
+        } else if self.method != Method::Qn {
+            refuse(&format!(
+                "per-channel scales are built for `qn` weights; {} is per tensor",
+                self.method
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     /// The same configuration with another gradient rule.
@@ -330,6 +440,111 @@ impl QuantizerConfig {
         self.init_with(alpha, beta, &thresholds, temperature, device)
     }
 
+    /// A weight quantizer initialised from a layer's weights `data` (row-major, shape `dims`)
+    /// whose output channels run along `channel_axis`: per tensor as [`Self::init_from_data`],
+    /// or one `(α_c, β_c)` per output channel by the same rule ([`Granularity::Channel`]; a
+    /// channel of zeros takes the tensor's scale) with the thresholds from k-means over every
+    /// normalised weight `β_c·w`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for empty, all-zero or non-finite data, `dims` that do not
+    /// describe `data`, or `channel_axis` outside `dims`.
+    pub fn init_from_weights<B: Backend>(
+        &self,
+        data: &[f32],
+        dims: &[usize],
+        channel_axis: usize,
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<Quantizer<B>> {
+        if self.granularity == Granularity::Tensor {
+            return self.init_from_data(data, temperature, device);
+        }
+        self.check_granularity()?;
+        let channels = ChannelLayout::new(dims, channel_axis, data.len())?;
+        if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
+            return Err(Error::InvalidParameter {
+                name: "data",
+                value: bad.to_string(),
+                reason: "quantizer initialisation needs finite values".into(),
+            });
+        }
+        let mut max_abs = vec![0.0f32; channels.count];
+        for (i, v) in data.iter().enumerate() {
+            let c = channels.of(i);
+            max_abs[c] = max_abs[c].max(v.abs());
+        }
+        let q = max_abs.iter().fold(0.0f32, |m, v| m.max(*v));
+        let scales = max_abs
+            .iter()
+            .map(|&q_c| init::initial_scales(&self.levels, if q_c > 0.0 { q_c } else { q }))
+            .collect::<Result<Vec<_>>>()?;
+        let scaled: Vec<f32> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * scales[channels.of(i)].1)
+            .collect();
+        let thresholds =
+            init::thresholds(&scaled, &self.levels, self.threshold_init, self.zero_band)?;
+        let (alpha, beta): (Vec<f32>, Vec<f32>) = scales.into_iter().unzip();
+        self.init_per_channel(
+            &alpha,
+            &beta,
+            &thresholds,
+            channel_axis,
+            temperature,
+            device,
+        )
+    }
+
+    /// A per-channel quantizer with the given scales (one `α_c`, `β_c` per output channel along
+    /// `channel_axis`) and thresholds (in the normalised `β_c·w` domain).
+    ///
+    /// # Errors
+    /// As [`QuantParams::new`], for scales that are empty, of different lengths, not finite or
+    /// zero, and for a configuration that is not per channel.
+    pub fn init_per_channel<B: Backend>(
+        &self,
+        alpha: &[f32],
+        beta: &[f32],
+        thresholds: &[f32],
+        channel_axis: usize,
+        temperature: &Temperature,
+        device: &B::Device,
+    ) -> Result<Quantizer<B>> {
+        if self.granularity != Granularity::Channel {
+            return Err(Error::InvalidParameter {
+                name: "granularity",
+                value: self.granularity.to_string(),
+                reason: "per-channel scales need a per-channel configuration".into(),
+            });
+        }
+        if alpha.is_empty() || alpha.len() != beta.len() {
+            return Err(Error::InvalidParameter {
+                name: "alpha",
+                value: format!("{} α and {} β", alpha.len(), beta.len()),
+                reason: "one α and one β per output channel".into(),
+            });
+        }
+        if let Some(bad) = alpha
+            .iter()
+            .chain(beta)
+            .find(|v| !v.is_finite() || **v == 0.0)
+        {
+            return Err(Error::InvalidParameter {
+                name: "alpha/beta",
+                value: bad.to_string(),
+                reason: "every per-channel scale must be finite and non-zero".into(),
+            });
+        }
+        let mut q = self.init_with(alpha[0], beta[0], thresholds, temperature, device)?;
+        let (train_alpha, train_beta, _) = self.trained(thresholds);
+        q.alpha = param(Tensor::from_floats(alpha, device), train_alpha);
+        q.beta = param(Tensor::from_floats(beta, device), train_beta);
+        q.channel_axis = Some(channel_axis);
+        Ok(q)
+    }
+
     /// A quantizer with the given scales and thresholds.
     ///
     /// # Errors
@@ -347,19 +562,10 @@ impl QuantizerConfig {
         if self.activations {
             self.method.for_acts()?;
         }
+        self.check_granularity()?;
         let p = QuantParams::<B>::new(&self.levels, alpha, beta, thresholds, device)?;
         let levels = Tensor::<B, 1>::from_floats(self.levels.levels(), device);
-        // With every (fixed) threshold at 0 (binary weights), β does not change the hard
-        // function, step(β·x) = step(x): training it would only soften the soft one (β drifts
-        // down, the soft network stops approaching the hard one), so it is not trained.
-        let beta_matters = self.learn_thresholds || thresholds.iter().any(|&b| b != 0.0);
-        // The baselines: STE, BWN and TWN learn no scale; LSQ, PACT and DSQ learn one step
-        // (β = 1/α); none learns its thresholds.
-        let (train_alpha, train_beta, train_thresholds) = match self.method {
-            Method::Qn => (true, beta_matters, self.learn_thresholds),
-            Method::Ste | Method::Bwn | Method::Twn => (false, false, false),
-            Method::Lsq | Method::Pact | Method::Dsq => (true, false, false),
-        };
+        let (train_alpha, train_beta, train_thresholds) = self.trained(thresholds);
         let sharpness = (self.method == Method::Dsq).then(|| {
             param(
                 Tensor::from_floats([method::DSQ_INITIAL_SHARPNESS], device),
@@ -376,9 +582,43 @@ impl QuantizerConfig {
             gradient: self.gradient,
             method: self.method,
             per_sample: self.activations,
+            channel_axis: None,
             temperature: TemperatureField::new(temperature),
             mode: QuantMode::Auto,
         })
+    }
+}
+
+/// Where a row-major tensor's element `i` falls along one axis: the output channel of a weight.
+#[derive(Clone, Copy, Debug)]
+struct ChannelLayout {
+    /// Channels along the axis.
+    count: usize,
+    /// Elements per step along the axis (the product of the dimensions after it).
+    inner: usize,
+}
+
+impl ChannelLayout {
+    fn new(dims: &[usize], axis: usize, len: usize) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidParameter {
+            name: "channel_axis",
+            value: axis.to_string(),
+            reason,
+        };
+        if axis >= dims.len() {
+            return Err(bad(format!("the weight has {} dimensions", dims.len())));
+        }
+        if dims.iter().product::<usize>() != len || len == 0 {
+            return Err(bad(format!("shape {dims:?} does not hold {len} values")));
+        }
+        Ok(Self {
+            count: dims[axis],
+            inner: dims[axis + 1..].iter().product(),
+        })
+    }
+
+    fn of(&self, i: usize) -> usize {
+        (i / self.inner) % self.count
     }
 }
 
@@ -405,6 +645,19 @@ fn param<B: Backend>(value: Tensor<B, 1>, require_grad: bool) -> Param<Tensor<B,
     )
 }
 
+/// A weight hard-quantized to level indices ([`Quantizer::codes`]): element `i` is
+/// `α_c·Y[codes[i]]` bit for bit, with `c` its output channel along `channel_axis`, or `c = 0`
+/// per tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Codes {
+    /// The output scales: one per tensor, or one per output channel.
+    pub alpha: Vec<f32>,
+    /// The output-channel axis of per-channel scales (`None`: one scale).
+    pub channel_axis: Option<usize>,
+    /// The level index of every element (row-major).
+    pub codes: Vec<usize>,
+}
+
 /// A Quantization Networks quantizer (see the [module docs](self)).
 #[derive(Module, Debug)]
 pub struct Quantizer<B: Backend> {
@@ -426,6 +679,9 @@ pub struct Quantizer<B: Backend> {
     method: Method,
     #[module(skip)]
     per_sample: bool,
+    /// The output-channel axis of a per-channel weight quantizer (`None`: per tensor).
+    #[module(skip)]
+    channel_axis: Option<usize>,
     /// The shared temperature (its value is saved with the record).
     temperature: TemperatureField<B>,
     #[module(skip)]
@@ -446,10 +702,10 @@ impl<B: QuantBackend> Quantizer<B> {
         };
         let params = self.params_for(&x);
         match (soft, self.method) {
-            (false, _) => hard_quantize(x, &params),
-            (true, Method::Qn) => {
-                soft_quantize(x, &params, self.temperature.cell.get(), self.gradient)
-            }
+            (false, _) => self.per_channel(x, &params, hard_quantize),
+            (true, Method::Qn) => self.per_channel(x, &params, |x, p| {
+                soft_quantize(x, p, self.temperature.cell.get(), self.gradient)
+            }),
             (true, m) => method::train_forward(
                 m,
                 x,
@@ -459,6 +715,68 @@ impl<B: QuantBackend> Quantizer<B> {
                 self.per_sample,
             ),
         }
+    }
+
+    /// The hard function of `x` whatever the mode: the values training's forward lands on and
+    /// inference uses (`α·y_k`, or `α_c·y_k` per channel).
+    pub fn hard<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let params = self.params_for(&x);
+        self.per_channel(x, &params, hard_quantize)
+    }
+
+    /// `x` in the threshold domain: `β·x`, or `β_c·x` per channel (what the thresholds are
+    /// compared with).
+    pub fn normalised<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let params = self.params_for(&x);
+        match self.channel_shape(&x) {
+            Some(shape) => x * params.beta.reshape(shape),
+            None => x * params.beta.reshape([1; D]),
+        }
+    }
+
+    /// `f(x, params)`, or per channel `α_c·f(β_c·x, unit scales)` with `α`, `β` broadcast along
+    /// the channel axis: the fused quantizer runs with `α = β = 1`, and the per-channel scales
+    /// are ordinary tensor products that autodiff differentiates. The hard values are
+    /// `fl(α_c·y_k)` bit for bit, as per tensor (`1·(β_c·x)` and `1·y_k` are exact).
+    fn per_channel<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        params: &QuantParams<B>,
+        f: impl FnOnce(Tensor<B, D>, &QuantParams<B>) -> Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        let Some(shape) = self.channel_shape(&x) else {
+            return f(x, params);
+        };
+        let unit = QuantParams {
+            alpha: params.alpha.ones_like().slice(0..1),
+            beta: params.beta.ones_like().slice(0..1),
+            thresholds: params.thresholds.clone(),
+            steps: params.steps.clone(),
+            offset: params.offset,
+        };
+        let beta = params.beta.clone().reshape(shape);
+        let alpha = params.alpha.clone().reshape(shape);
+        f(x * beta, &unit) * alpha
+    }
+
+    /// The broadcast shape of the per-channel scales for `x` (`[1, .., C, .., 1]`), `None` per
+    /// tensor.
+    ///
+    /// # Panics
+    /// If `x` has no channel axis of this quantizer's width (a per-channel quantizer applied
+    /// to a tensor it was not made for).
+    fn channel_shape<const D: usize>(&self, x: &Tensor<B, D>) -> Option<[usize; D]> {
+        let axis = self.channel_axis?;
+        let channels = self.alpha.dims()[0];
+        let dims = x.dims();
+        assert!(
+            axis < D && (dims[axis] == channels || channels == 1),
+            "a per-channel quantizer with {channels} channels along axis {axis} cannot quantize \
+             a tensor of shape {dims:?}"
+        );
+        let mut shape = [1; D];
+        shape[axis] = channels;
+        Some(shape)
     }
 
     /// The parameters that quantize `x`: [`Self::params`], except for the methods whose scale
@@ -524,19 +842,30 @@ impl<B: QuantBackend> Quantizer<B> {
     /// # Errors
     /// [`Error::InvalidParameter`] if values cannot be read back, or a hard value is not `α·y`
     /// for any level.
-    pub fn codes<const D: usize>(&self, x: Tensor<B, D>) -> Result<(f32, Vec<usize>)> {
+    pub fn codes<const D: usize>(&self, x: Tensor<B, D>) -> Result<Codes> {
+        let dims = x.dims();
         let params = self.params_for(&x);
-        let alpha = read_back::<f32>(params.alpha.clone().into_data(), "alpha")?[0];
-        let hard = read_back::<f32>(hard_quantize(x, &params).into_data(), "hard values")?;
-        let table: Vec<u32> = self
-            .level_set
-            .levels()
+        let alpha = read_back::<f32>(params.alpha.clone().into_data(), "alpha")?;
+        let hard = read_back::<f32>(self.hard(x).into_data(), "hard values")?;
+        let channels = match self.channel_axis {
+            Some(axis) if alpha.len() > 1 => Some(ChannelLayout::new(&dims, axis, hard.len())?),
+            _ => None,
+        };
+        let tables: Vec<Vec<u32>> = alpha
             .iter()
-            .map(|y| (alpha * y).to_bits())
+            .map(|a| {
+                self.level_set
+                    .levels()
+                    .iter()
+                    .map(|y| (a * y).to_bits())
+                    .collect()
+            })
             .collect();
         let codes = hard
             .iter()
-            .map(|v| {
+            .enumerate()
+            .map(|(i, v)| {
+                let table = &tables[channels.map_or(0, |c| c.of(i))];
                 table.iter().position(|t| *t == v.to_bits()).ok_or_else(|| {
                     Error::InvalidParameter {
                         name: "weight",
@@ -546,7 +875,11 @@ impl<B: QuantBackend> Quantizer<B> {
                 })
             })
             .collect::<Result<Vec<usize>>>()?;
-        Ok((alpha, codes))
+        Ok(Codes {
+            channel_axis: channels.and(self.channel_axis),
+            alpha,
+            codes,
+        })
     }
 
     /// The fraction of `x`'s elements that the hard quantizer maps to each level (in the order of
@@ -558,8 +891,10 @@ impl<B: QuantBackend> Quantizer<B> {
     pub fn occupancy<const D: usize>(&self, x: Tensor<B, D>) -> Result<Vec<f32>> {
         let total = x.shape().num_elements().max(1) as f32;
         let params = self.params_for(&x);
-        let flat: Tensor<B, 1> = x.flatten(0, D - 1);
-        let bx = flat * params.beta;
+        let bx: Tensor<B, 1> = match self.channel_shape(&x) {
+            Some(shape) => (x * params.beta.reshape(shape)).flatten(0, D - 1),
+            None => x.flatten::<1>(0, D - 1) * params.beta,
+        };
         let thresholds = params.thresholds;
         let n = self.level_set.num_steps();
         // Elements at or above threshold i: level k holds those above b_{k-1} but below b_k.
@@ -594,7 +929,8 @@ impl<B: Backend> Quantizer<B> {
     }
 
     /// Checks that the persisted `levels` parameter equals the level set this quantizer was
-    /// built with. The forward pass takes the steps from `levels` and the offset from the level
+    /// built with, and that the record's scales fit its granularity (one `α`/`β` per tensor, or
+    /// as many `β` as `α` per channel). The forward pass takes the steps from `levels` and the offset from the level
     /// set, so a record loaded into a skeleton of another set would compute silently wrong
     /// levels: call this after loading a record (reads `levels` back to the host).
     ///
@@ -608,6 +944,23 @@ impl<B: Backend> Quantizer<B> {
             .convert::<f32>()
             .to_vec()
             .unwrap_or_default();
+        let (alphas, betas) = (self.alpha.dims()[0], self.beta.dims()[0]);
+        if self.channel_axis.is_none() && (alphas != 1 || betas != 1) {
+            return Err(Error::InvalidParameter {
+                name: "alpha",
+                value: format!("{alphas} α, {betas} β"),
+                reason: "the record has per-channel scales but the quantizer is per tensor: \
+                         build the model with per-channel weight scales (granularity channel)"
+                    .into(),
+            });
+        }
+        if alphas != betas {
+            return Err(Error::InvalidParameter {
+                name: "alpha",
+                value: format!("{alphas} α, {betas} β"),
+                reason: "a per-channel record needs as many β as α".into(),
+            });
+        }
         if stored.as_slice() == self.level_set.levels() {
             Ok(())
         } else {
@@ -652,6 +1005,20 @@ impl<B: Backend> Quantizer<B> {
     /// How this quantizer trains.
     pub fn method(&self) -> Method {
         self.method
+    }
+
+    /// One `α`/`β` per tensor or per output channel.
+    pub fn granularity(&self) -> Granularity {
+        if self.channel_axis.is_some() {
+            Granularity::Channel
+        } else {
+            Granularity::Tensor
+        }
+    }
+
+    /// The output-channel axis of per-channel scales (`None`: per tensor).
+    pub fn channel_axis(&self) -> Option<usize> {
+        self.channel_axis
     }
 
     /// The gradient rule.

@@ -371,6 +371,11 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) thresholds: Option<quantnet_burn::ThresholdInit>,
+    /// Weight scales: tensor (one alpha/beta per layer, the paper's, default) or channel (one per
+    /// output channel, each set by the same rule from its channel's weights; qn only).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
+    pub(crate) granularity: Option<quantnet_burn::Granularity>,
     /// Quantizer method: qn (Quantization Networks, the default), ste (uniform, straight-through),
     /// bwn / twn (binary / ternary weights only), lsq (learned step size), pact (learned
     /// activation clipping; weights as ste), dsq (differentiable soft quantization). See

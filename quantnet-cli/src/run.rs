@@ -11,7 +11,8 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 use quantnet_burn::train::LrSchedule;
 use quantnet_burn::{
-    GradientMode, LevelSet, Method, QuantizerConfig, TemperatureSchedule, ThresholdInit,
+    GradientMode, Granularity, LevelSet, Method, QuantizerConfig, TemperatureSchedule,
+    ThresholdInit,
 };
 use quantnet_models::data::Dataset;
 use quantnet_models::qat::{
@@ -207,6 +208,9 @@ pub(crate) struct RunConfig {
     /// Weight thresholds (`qn`; the baselines round to the nearest level).
     #[serde(with = "text")]
     pub(crate) thresholds: ThresholdInit,
+    /// One `α`/`β` per weight tensor or per output channel (`qn`).
+    #[serde(with = "text")]
+    pub(crate) granularity: Granularity,
     /// The quantizer method (ours or a baseline).
     #[serde(with = "text")]
     pub(crate) method: Method,
@@ -256,6 +260,7 @@ impl Default for RunConfig {
             act_percentile: Some(99.9),
             act_thresholds: ThresholdInit::Uniform,
             thresholds: ThresholdInit::KMeans,
+            granularity: Granularity::Tensor,
             method: Method::Qn,
             seed: recipe.seed,
             limit: None,
@@ -286,10 +291,18 @@ impl RunConfig {
             act_percentile: self.act_percentile,
             act_mse: self.act_range == ActRange::Mse,
         };
-        policy.with_method(self.method).map_err(|e| match e {
+        let policy = policy.with_method(self.method).map_err(|e| match e {
             quantnet_models::Error::Config { reason, .. } => anyhow::anyhow!("--method {reason}"),
             other => other.into(),
-        })
+        })?;
+        policy
+            .with_granularity(self.granularity)
+            .map_err(|e| match e {
+                quantnet_models::Error::Config { reason, .. } => {
+                    anyhow::anyhow!("--granularity {reason}")
+                }
+                other => other.into(),
+            })
     }
 
     /// The library recipe this config describes.

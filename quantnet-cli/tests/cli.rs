@@ -746,6 +746,67 @@ fn from_continues_training_the_source_model() {
     std::fs::remove_dir_all(&cont).unwrap();
 }
 
+/// `--granularity channel`: a run fine-tuned from the shared run with one α/β per output
+/// channel lists its per-channel scales, exports to `.qnet` (whose evaluation gives the run's
+/// hard accuracy exactly), and the Burn-native export refuses it in one line.
+#[test]
+fn a_per_channel_run_exports_and_evaluates_like_training() {
+    let _cpu = exclusive();
+    let SharedRun { root, run, .. } = shared_run();
+    let data = fixtures();
+    let data = data.to_str().unwrap();
+    let dir = root.join("per-channel");
+    let dir_s = dir.to_str().unwrap();
+    let out = quantnet(&[
+        "train",
+        "--data-dir",
+        data,
+        "--limit",
+        "300",
+        "--epochs",
+        "1",
+        "--granularity",
+        "channel",
+        "--from",
+        run.to_str().unwrap(),
+        "--out",
+        dir_s,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let hard = json_number(&summary, "test_accuracy_hard");
+    let info = quantnet(&["info", "--from", dir_s]);
+    assert!(
+        stdout(&info).contains("means of 16 per-channel scales")
+            && stdout(&info).contains("means of 120 per-channel scales"),
+        "{}",
+        stdout(&info)
+    );
+    let qnet = dir.join("model.qnet");
+    let out = quantnet(&["export", dir_s, "--out", qnet.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval_dir = dir.join("eval-qnet");
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        qnet.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--out",
+        eval_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval = std::fs::read_to_string(eval_dir.join("summary.json")).unwrap();
+    assert_eq!(json_number(&eval, "test_accuracy_hard"), hard, "{eval}");
+    let native = dir.join("model.mpk");
+    let out = quantnet(&["export", dir_s, "--out", native.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not per output channel"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A second run into the same directory is refused (no silent overwrite).
 #[test]
 fn a_second_run_into_the_same_directory_is_refused() {
@@ -778,7 +839,15 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn train_errors_are_one_clear_line() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
+        (
+            &["train", "--method", "lsq", "--granularity", "channel"],
+            "per-channel scales are built for `qn` weights; lsq is per tensor",
+        ),
+        (
+            &["train", "--weights", "fp", "--granularity", "channel"],
+            "quantize the weights",
+        ),
         (
             &["train", "--phase", "acts", "--acts", "32"],
             "quantizes no activations",
@@ -848,6 +917,10 @@ fn train_errors_are_one_clear_line() {
         (&["train", "--acts", "u0"], "--acts u0"),
         (&["train", "--temperature", "linear:-1"], "temperature"),
         (&["train", "--gradient", "soft"], "expected exact, official"),
+        (
+            &["train", "--granularity", "row"],
+            "expected `tensor` or `channel`",
+        ),
     ] {
         let out = quantnet(args);
         let err = stderr(&out);

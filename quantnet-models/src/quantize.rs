@@ -4,8 +4,8 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use quantnet_burn::{
-    GradientMode, LevelSet, Method, QatBackend, QuantBackend, QuantMode, QuantizerConfig,
-    Temperature, ThresholdInit,
+    GradientMode, Granularity, LevelSet, Method, QatBackend, QuantBackend, QuantMode,
+    QuantizerConfig, Temperature, ThresholdInit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,33 @@ impl QuantPolicy {
         })
     }
 
+    /// The same policy with one `α`/`β` per weight tensor or per output channel
+    /// ([`Granularity`]; activations stay per tensor).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for per-channel scales without quantized weights or with a method other
+    /// than `qn`.
+    pub fn with_granularity(self, granularity: Granularity) -> Result<Self> {
+        let refuse = |reason: String| Error::Config {
+            field: "granularity",
+            reason: format!("{granularity} {reason}"),
+        };
+        let weights = match self.weights {
+            Some(w) => Some(
+                w.with_granularity(granularity)
+                    .map_err(|e| refuse(e.to_string()))?,
+            ),
+            None if granularity == Granularity::Channel => {
+                return Err(refuse(
+                    "sets the weight scales per output channel: quantize the weights (--weights)"
+                        .into(),
+                ));
+            }
+            None => None,
+        };
+        Ok(Self { weights, ..self })
+    }
+
     /// The method the policy trains with (`qn` for a full-precision policy).
     pub fn method(&self) -> quantnet_burn::Method {
         match (&self.weights, &self.acts) {
@@ -177,6 +204,7 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
         if let Some(q) = layer.quantizer().as_mut()
             && q.level_set() == &config.levels
             && q.method() == config.method
+            && q.granularity() == config.granularity
         {
             // Kept, but trained with the policy's gradient rule (not part of the record).
             q.set_gradient(config.gradient);
@@ -357,7 +385,21 @@ pub fn skeleton<B: Backend, M: QatModel<B>>(
         for (i, (name, layer)) in slots.weights.iter_mut().enumerate() {
             if policy.quantizes_weight(i, n) {
                 layer.materialise();
-                *layer.quantizer() = Some(placeholder(config, &temperatures.weights, name)?);
+                let q = match config.granularity {
+                    Granularity::Tensor => placeholder(config, &temperatures.weights, name)?,
+                    // One α/β broadcast over the channels until the record brings all of them.
+                    Granularity::Channel => config
+                        .init_per_channel(
+                            &[1.0],
+                            &[1.0],
+                            &config.levels.midpoint_thresholds(),
+                            layer.channel_axis(),
+                            &temperatures.weights,
+                            device,
+                        )
+                        .map_err(|e| layer_error(name, e))?,
+                };
+                *layer.quantizer() = Some(q);
             }
         }
     }

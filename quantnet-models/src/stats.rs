@@ -15,10 +15,13 @@ pub struct LayerStats {
     pub kind: String,
     /// The level set's name.
     pub levels: String,
-    /// `α`.
+    /// `α` (per-channel scales: their mean).
     pub alpha: f32,
-    /// `β`.
+    /// `β` (per-channel scales: their mean).
     pub beta: f32,
+    /// How many per-channel scales `alpha` and `beta` average (`None`: one per tensor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
     /// Fraction of the weights at each level (weight quantizers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occupancy: Option<Vec<f32>>,
@@ -30,11 +33,14 @@ pub struct LayerStats {
 /// [`crate::Error::ReadBack`] if values cannot be read back from the device;
 /// [`crate::Error::Layer`] if a weight cannot be matched to its levels.
 pub fn layer_stats<B: QuantBackend, M: QatModel<B>>(model: &M) -> crate::Result<Vec<LayerStats>> {
+    // One value, or the mean of per-channel scales.
     let scalar = |t: Tensor<B, 1>, what: &str| -> crate::Result<f32> {
-        Ok(crate::quantize::read_f32(t.into_data(), what)?
-            .first()
-            .copied()
-            .unwrap_or(f32::NAN))
+        let v = crate::quantize::read_f32(t.into_data(), what)?;
+        Ok(if v.is_empty() {
+            f32::NAN
+        } else {
+            v.iter().sum::<f32>() / v.len() as f32
+        })
     };
     let mut model = model.clone();
     let slots = model.slots();
@@ -49,15 +55,20 @@ pub fn layer_stats<B: QuantBackend, M: QatModel<B>>(model: &M) -> crate::Result<
         // The scales the quantizer applies (BWN/TWN compute them from the weights; LSQ, PACT
         // and DSQ tie β to 1/α).
         let p = q.params_for(&weight);
+        let channels = q.channel_axis().map(|_| p.alpha.dims()[0]);
         out.push(LayerStats {
+            channels,
             kind: layer.kind().into(),
             levels: q.level_set().name(),
             alpha: scalar(p.alpha, "α")?,
             beta: scalar(p.beta, "β")?,
-            occupancy: Some(q.occupancy(weight).map_err(|source| crate::Error::Layer {
-                layer: name.clone(),
-                source,
-            })?),
+            occupancy: layer
+                .occupancy()
+                .transpose()
+                .map_err(|source| crate::Error::Layer {
+                    layer: name.clone(),
+                    source,
+                })?,
             name,
         });
     }
@@ -69,6 +80,7 @@ pub fn layer_stats<B: QuantBackend, M: QatModel<B>>(model: &M) -> crate::Result<
                 levels: q.level_set().name(),
                 alpha: scalar(p.alpha, "α")?,
                 beta: scalar(p.beta, "β")?,
+                channels: None,
                 occupancy: None,
                 name,
             });

@@ -10,7 +10,7 @@ use burn::tensor::ops::ConvOptions;
 
 use super::{derived, materialise, weight_quantizer};
 use crate::error::Result;
-use crate::op::{QuantBackend, hard_quantize};
+use crate::op::QuantBackend;
 use crate::quantizer::{Quantizer, QuantizerConfig, Temperature};
 
 /// Config of a [`QuantConv2d`]: Burn's `Conv2dConfig` and the weight quantizer (`None`: full
@@ -51,6 +51,10 @@ pub struct QuantConv2d<B: Backend> {
 }
 
 impl<B: Backend> QuantConv2d<B> {
+    /// The weight's output-channel axis (`[c_out, c_in / groups, k_h, k_w]`): where per-channel
+    /// scales run.
+    pub const CHANNEL_AXIS: usize = 0;
+
     /// A full-precision layer.
     pub fn float(conv: Conv2d<B>) -> Self {
         Self {
@@ -83,7 +87,13 @@ impl<B: Backend> QuantConv2d<B> {
         config: &QuantizerConfig,
         temperature: &Temperature,
     ) -> Result<()> {
-        let q = weight_quantizer(&self.conv.weight, &self.conv.bias, config, temperature)?;
+        let q = weight_quantizer(
+            &self.conv.weight,
+            &self.conv.bias,
+            Self::CHANNEL_AXIS,
+            config,
+            temperature,
+        )?;
         self.quantizer = Some(q);
         Ok(())
     }
@@ -144,7 +154,7 @@ impl<B: QuantBackend> QuantConv2d<B> {
         let mut frozen = self.conv.clone();
         if let Some(q) = &self.quantizer {
             let weight = self.conv.weight.val();
-            let hard = hard_quantize(weight.clone(), &q.params_for(&weight));
+            let hard = q.hard(weight.clone());
             frozen.weight = derived(hard.detach());
         }
         frozen

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 
 use super::{derived, materialise, weight_quantizer};
 use crate::error::Result;
-use crate::op::{QuantBackend, hard_quantize};
+use crate::op::QuantBackend;
 use crate::quantizer::{Quantizer, QuantizerConfig, Temperature};
 
 /// Config of a [`QuantLinear`]: Burn's `LinearConfig` and the weight quantizer (`None`: full
@@ -50,6 +50,10 @@ pub struct QuantLinear<B: Backend> {
 }
 
 impl<B: Backend> QuantLinear<B> {
+    /// The weight's output-channel axis (Burn stores a linear weight as `[d_input, d_output]`):
+    /// where per-channel scales run.
+    pub const CHANNEL_AXIS: usize = 1;
+
     /// A full-precision layer.
     pub fn float(linear: Linear<B>) -> Self {
         Self {
@@ -82,7 +86,13 @@ impl<B: Backend> QuantLinear<B> {
         config: &QuantizerConfig,
         temperature: &Temperature,
     ) -> Result<()> {
-        let q = weight_quantizer(&self.linear.weight, &self.linear.bias, config, temperature)?;
+        let q = weight_quantizer(
+            &self.linear.weight,
+            &self.linear.bias,
+            Self::CHANNEL_AXIS,
+            config,
+            temperature,
+        )?;
         self.quantizer = Some(q);
         Ok(())
     }
@@ -115,7 +125,7 @@ impl<B: QuantBackend> QuantLinear<B> {
         let mut frozen = self.linear.clone();
         if let Some(q) = &self.quantizer {
             let weight = self.linear.weight.val();
-            let hard = hard_quantize(weight.clone(), &q.params_for(&weight));
+            let hard = q.hard(weight.clone());
             frozen.weight = derived(hard.detach());
         }
         frozen

@@ -59,17 +59,20 @@ use crate::quantizer::{Quantizer, QuantizerConfig, Temperature, read_back};
 /// own values. The layers clone their float layer (`freeze`, the conv forward), so every parameter
 /// is materialised here, once, when the layer is quantized: the weight by reading it, the bias
 /// explicitly.
+/// `channel_axis` is the weight's output-channel axis (per-channel scales).
 fn weight_quantizer<B: Backend, const D: usize>(
     weight: &Param<Tensor<B, D>>,
     bias: &Option<Param<Tensor<B, 1>>>,
+    channel_axis: usize,
     config: &QuantizerConfig,
     temperature: &Temperature,
 ) -> Result<Quantizer<B>> {
     materialise(weight, bias);
     let weight = weight.val();
     let device = weight.device();
+    let dims = weight.dims();
     let values = read_back::<f32>(weight.into_data(), "weights")?;
-    config.init_from_data(&values, temperature, &device)
+    config.init_from_weights(&values, &dims, channel_axis, temperature, &device)
 }
 
 /// Initialises lazily initialised parameters now (see [`weight_quantizer`]).

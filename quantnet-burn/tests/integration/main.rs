@@ -9,6 +9,8 @@
 //! - `backends`: the same inputs give the same outputs and gradients on every backend;
 //! - `methods`: the baselines' hand-derived values and surrogate gradients, DSQ against central
 //!   differences, and every method's training forward equal to its hard function;
+//! - `granularity`: per-channel weight scales: hand-derived values and codes, the per-channel
+//!   initialisation, gradients against the host model channel by channel, records, refusals;
 //! - `conv`: the conv backward against finite differences (f64) and against Burn's (f32);
 //! - `norm`: the batch-norm op against finite differences (f64) and against Burn's module (f32).
 
@@ -17,6 +19,7 @@ mod common;
 mod conv;
 mod golden;
 mod gradcheck;
+mod granularity;
 mod methods;
 mod norm;
 mod properties;

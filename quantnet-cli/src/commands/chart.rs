@@ -41,12 +41,15 @@ pub(crate) struct LineChart {
     pub(crate) x_names: Option<Vec<String>>,
 }
 
-/// One histogram: values, the levels `α·y_k` (solid) and the thresholds `b_i/β` (dashed).
+/// One histogram: values, the levels `α·y_k` (solid) and the thresholds `b_i/β` (dashed), or
+/// with `normalised` the values `β_c·w`, the levels `y_k·α_c·β_c` and the thresholds `b_i`
+/// (per-channel scales).
 pub(crate) struct Histogram {
     pub(crate) title: String,
     pub(crate) values: Vec<f32>,
     pub(crate) levels: Vec<f32>,
     pub(crate) thresholds: Vec<f32>,
+    pub(crate) normalised: bool,
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
@@ -209,7 +212,11 @@ pub(crate) fn histogram(area: &Area, h: &Histogram) -> Result<()> {
         .map_err(draw_err)?;
     c.configure_mesh()
         .disable_mesh()
-        .x_desc("weight")
+        .x_desc(if h.normalised {
+            "normalised weight β_c·w"
+        } else {
+            "weight"
+        })
         .y_desc("count")
         .label_style(("sans-serif", 13))
         .draw()
@@ -227,7 +234,11 @@ pub(crate) fn histogram(area: &Area, h: &Histogram) -> Result<()> {
             .map(|&l| PathElement::new(vec![(l as f64, 0.0), (l as f64, top)], level)),
     )
     .map_err(draw_err)?
-    .label("levels α·y")
+    .label(if h.normalised {
+        "levels y·α_c·β_c (mean)"
+    } else {
+        "levels α·y"
+    })
     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], level));
     let threshold = BLACK.stroke_width(1);
     for &t in &h.thresholds {
@@ -244,7 +255,11 @@ pub(crate) fn histogram(area: &Area, h: &Histogram) -> Result<()> {
         threshold,
     )))
     .map_err(draw_err)?
-    .label("thresholds b/β")
+    .label(if h.normalised {
+        "thresholds b"
+    } else {
+        "thresholds b/β"
+    })
     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], threshold));
     c.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)

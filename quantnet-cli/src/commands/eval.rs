@@ -304,7 +304,7 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
         let kind = layer.kind();
         match reports.iter().find(|r| &r.name == name) {
             Some(r) => println!(
-                "{name:<22} {kind:<10} {:<8} {:>12.6} {:>12.6}  {}",
+                "{name:<22} {kind:<10} {:<8} {:>12.6} {:>12.6}  {}{}",
                 r.levels,
                 r.alpha,
                 r.beta,
@@ -315,6 +315,9 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
                         .map(|v| format!("{:.3}", v))
                         .collect::<Vec<_>>()
                         .join(" "))
+                    .unwrap_or_default(),
+                r.channels
+                    .map(|c| format!("  (alpha, beta: means of {c} per-channel scales)"))
                     .unwrap_or_default()
             ),
             None => println!("{name:<22} {kind:<10} {:<8}", "fp32"),

@@ -143,6 +143,7 @@ fn histograms(run: &Path, file: &str, when: &str) -> Result<Vec<Histogram>> {
     let mut out = Vec::new();
     for (name, mut layer) in model.slots().weights {
         let weight = layer.weight();
+        let normalised = layer.normalised_weight();
         let Some(q) = layer.quantizer().as_ref() else {
             continue;
         };
@@ -153,13 +154,29 @@ fn histograms(run: &Path, file: &str, when: &str) -> Result<Vec<Histogram>> {
                 .to_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("reading {name} back: {e:?}"))
         };
-        let alpha = scalar(p.alpha)?[0];
-        let beta = scalar(p.beta)?[0];
+        let (alpha, beta) = (scalar(p.alpha)?, scalar(p.beta)?);
+        let thresholds = scalar(p.thresholds)?;
+        let levels = q.level_set().levels();
+        if q.channel_axis().is_some() {
+            // Per-channel scales: every channel in the thresholds' domain β_c·w, where the
+            // thresholds are shared; a level y lands at y·α_c·β_c there (the mean is drawn).
+            let gain = alpha.iter().zip(&beta).map(|(a, b)| a * b).sum::<f32>()
+                / alpha.len().max(1) as f32;
+            out.push(Histogram {
+                title: format!("{name} ({}, per-channel scales), {when}", q.level_set()),
+                values: normalised.map(scalar).transpose()?.unwrap_or_default(),
+                levels: levels.iter().map(|y| gain * y).collect(),
+                thresholds,
+                normalised: true,
+            });
+            continue;
+        }
         out.push(Histogram {
             title: format!("{name} ({}), {when}", q.level_set()),
             values: scalar(weight)?,
-            levels: q.level_set().levels().iter().map(|y| alpha * y).collect(),
-            thresholds: scalar(p.thresholds)?.iter().map(|b| b / beta).collect(),
+            levels: levels.iter().map(|y| alpha[0] * y).collect(),
+            thresholds: thresholds.iter().map(|b| b / beta[0]).collect(),
+            normalised: false,
         });
     }
     Ok(out)

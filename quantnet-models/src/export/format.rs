@@ -26,8 +26,12 @@ use crate::error::{Error, Result};
 
 /// The magic bytes.
 pub const MAGIC: &[u8; 4] = b"QNET";
-/// The format version this code writes and reads.
+/// The format version this code writes for files with per-tensor scales only (what every
+/// reader of the format reads).
 pub const VERSION: u32 = 1;
+/// The format version of files with per-channel weight scales (`channel_scales`): version 1
+/// readers would ignore those scales, so such files say so and version 1 readers refuse them.
+pub const VERSION_CHANNEL_SCALES: u32 = 2;
 
 /// What the file holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,12 +71,38 @@ pub struct CodedEntry {
     pub bits: u32,
     /// The level table `Y` (code `k` means `α·Y[k]`).
     pub levels: Vec<f32>,
-    /// The output scale `α`.
+    /// The output scale `α` (`0` when `channel_scales` holds one per output channel).
     pub alpha: f32,
+    /// One output scale per output channel, instead of `alpha` (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_scales: Option<ChannelScales>,
     /// Byte offset in the payload.
     pub offset: u64,
     /// Bytes of packed codes.
     pub len: u64,
+}
+
+/// Per-channel output scales: element `i` of a coded weight decodes to
+/// `alpha[c]·Y[k]`, with `c` its index along `axis` (row-major).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelScales {
+    /// The output-channel axis of the weight's shape.
+    pub axis: usize,
+    /// One `α` per output channel (`shape[axis]` values).
+    pub alpha: Vec<f32>,
+}
+
+impl CodedEntry {
+    /// The `α` of element `i` (row-major).
+    fn alpha_of(&self, i: usize) -> f32 {
+        match &self.channel_scales {
+            None => self.alpha,
+            Some(c) => {
+                let inner: usize = self.shape[c.axis + 1..].iter().product();
+                c.alpha[(i / inner) % self.shape[c.axis]]
+            }
+        }
+    }
 }
 
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as zlib and PNG.
@@ -136,10 +166,13 @@ pub fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(Manifest, &'a [u8])> {
         return Err(corrupt(path, "not a .qnet file (bad magic)"));
     }
     let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_CHANNEL_SCALES {
         return Err(corrupt(
             path,
-            format!("format version {version}; this quantnet reads version {VERSION}"),
+            format!(
+                "format version {version}; this quantnet reads versions {VERSION} and \
+                 {VERSION_CHANNEL_SCALES}"
+            ),
         ));
     }
     let body = &bytes[..bytes.len() - 4];
@@ -188,11 +221,27 @@ pub fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(Manifest, &'a [u8])> {
                 format!("{}: inconsistent code table or length", c.path),
             ));
         }
+        if let Some(s) = &c.channel_scales {
+            let fits = version == VERSION_CHANNEL_SCALES
+                && s.axis < c.shape.len()
+                && s.alpha.len() == c.shape[s.axis]
+                && s.alpha.iter().all(|a| a.is_finite());
+            if !fits {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "{}: per-channel scales that do not fit its shape {:?} (or in a version \
+                         {version} file)",
+                        c.path, c.shape
+                    ),
+                ));
+            }
+        }
     }
     Ok((manifest, payload))
 }
 
-/// Decodes the codes of `entry` to `α·Y[k]`.
+/// Decodes the codes of `entry` to `α·Y[k]` (`α_c·Y[k]` with per-channel scales).
 ///
 /// # Errors
 /// [`Error::Corrupt`] for a code outside the level table.
@@ -202,11 +251,12 @@ pub fn decode(entry: &CodedEntry, payload: &[u8]) -> Result<Vec<f32>> {
     let bytes = &payload[start..start + usize::try_from(entry.len).unwrap_or(0)];
     unpack(bytes, entry.bits, n)
         .into_iter()
-        .map(|k| {
+        .enumerate()
+        .map(|(i, k)| {
             entry
                 .levels
                 .get(k as usize)
-                .map(|y| entry.alpha * y)
+                .map(|y| entry.alpha_of(i) * y)
                 .ok_or_else(|| Error::Corrupt {
                     path: entry.path.clone().into(),
                     reason: format!("code {k} has no level"),

@@ -21,7 +21,8 @@ use quantnet_burn::LevelSet;
 use serde::{Deserialize, Serialize};
 
 pub use format::{
-    CodedEntry, FloatEntry, MAGIC, Manifest, VERSION, crc32, decode, pack, parse, unpack,
+    ChannelScales, CodedEntry, FloatEntry, MAGIC, Manifest, VERSION, VERSION_CHANNEL_SCALES, crc32,
+    decode, pack, parse, unpack,
 };
 pub use native::{
     NativeLayer, NativeManifest, load_native, native_skeleton, to_native, write_native,

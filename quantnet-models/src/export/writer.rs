@@ -5,10 +5,13 @@ use std::collections::{HashMap, HashSet};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use quantnet_burn::QuantBackend;
+use quantnet_burn::{Codes, QuantBackend};
 
 use super::ModelHeader;
-use super::format::{CodedEntry, FloatEntry, MAGIC, Manifest, VERSION, crc32, pack};
+use super::format::{
+    ChannelScales, CodedEntry, FloatEntry, MAGIC, Manifest, VERSION, VERSION_CHANNEL_SCALES, crc32,
+    pack,
+};
 use crate::error::{Error, Result};
 use crate::models::{Arch, InputShape, Model};
 use crate::quantize::read_f32;
@@ -47,8 +50,9 @@ fn collect<B: Backend>(model: &Model<B>) -> Vec<(String, ParamId, Vec<usize>, Te
     c.out
 }
 
-/// A quantized weight on its way into the file: layer name, bits, levels, α, codes.
-type Coded = (String, u32, Vec<f32>, f32, Vec<u32>);
+/// A quantized weight on its way into the file: layer name, bits, levels, α (one per tensor
+/// or per output channel), codes.
+type Coded = (String, u32, Vec<f32>, Codes);
 
 /// A quantized model as a `.qnet` file in memory, and a report of its size.
 #[derive(Clone, Debug)]
@@ -80,7 +84,7 @@ pub fn export<B: QuantBackend>(
     {
         let slots = model.slots();
         for (name, mut layer) in slots.weights {
-            let (weight_id, weight) = (layer.weight_id(), layer.weight());
+            let weight_id = layer.weight_id();
             let Some(q) = layer.quantizer().as_ref() else {
                 continue;
             };
@@ -90,12 +94,12 @@ pub fn export<B: QuantBackend>(
             skip.extend(q.sharpness.as_ref().map(|p| p.id));
             let levels = q.level_set().levels().to_vec();
             let bits = q.level_set().bits();
-            let (alpha, codes) = q.codes(weight).map_err(|source| Error::Layer {
+            let codes = layer.codes().transpose().map_err(|source| Error::Layer {
                 layer: name.clone(),
                 source,
             })?;
-            let codes = codes.into_iter().map(|k| k as u32).collect();
-            coded_ids.insert(weight_id, (name, bits, levels, alpha, codes));
+            let Some(codes) = codes else { continue };
+            coded_ids.insert(weight_id, (name, bits, levels, codes));
         }
         // DSQ's sharpness shapes only the training gradient: the hard function needs α, β and
         // the thresholds, which every method stores (`quantize::settle`).
@@ -113,8 +117,21 @@ pub fn export<B: QuantBackend>(
             continue;
         }
         let offset = payload.len() as u64;
-        if let Some((layer, bits, levels, alpha, codes)) = coded_ids.remove(&id) {
-            let packed = pack(&codes, bits);
+        if let Some((layer, bits, levels, codes)) = coded_ids.remove(&id) {
+            let packed: Vec<u8> = pack(
+                &codes.codes.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                bits,
+            );
+            let (alpha, channel_scales) = match codes.channel_axis {
+                Some(axis) => (
+                    0.0,
+                    Some(ChannelScales {
+                        axis,
+                        alpha: codes.alpha,
+                    }),
+                ),
+                None => (codes.alpha[0], None),
+            };
             coded.push(CodedEntry {
                 path,
                 layer,
@@ -122,6 +139,7 @@ pub fn export<B: QuantBackend>(
                 bits,
                 levels,
                 alpha,
+                channel_scales,
                 offset,
                 len: packed.len() as u64,
             });
@@ -146,7 +164,12 @@ pub fn export<B: QuantBackend>(
     let json = serde_json::to_vec(&manifest).map_err(Error::Manifest)?;
     let mut bytes = Vec::with_capacity(20 + json.len() + payload.len());
     bytes.extend(MAGIC);
-    bytes.extend(VERSION.to_le_bytes());
+    let version = if manifest.coded.iter().any(|c| c.channel_scales.is_some()) {
+        VERSION_CHANNEL_SCALES
+    } else {
+        VERSION
+    };
+    bytes.extend(version.to_le_bytes());
     bytes.extend((json.len() as u64).to_le_bytes());
     bytes.extend(json);
     bytes.extend(payload);

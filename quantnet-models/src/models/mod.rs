@@ -150,6 +150,14 @@ pub enum WeightLayer<'a, B: Backend> {
 }
 
 impl<B: Backend> WeightLayer<'_, B> {
+    /// The weight's output-channel axis (where per-channel scales run).
+    pub fn channel_axis(&self) -> usize {
+        match self {
+            WeightLayer::Conv(_) => QuantConv2d::<B>::CHANNEL_AXIS,
+            WeightLayer::Linear(_) => QuantLinear::<B>::CHANNEL_AXIS,
+        }
+    }
+
     /// The layer's weight quantizer slot.
     pub fn quantizer(&mut self) -> &mut Option<Quantizer<B>> {
         match self {
@@ -179,6 +187,50 @@ impl<B: Backend> WeightLayer<'_, B> {
         match self {
             WeightLayer::Conv(c) => c.conv.weight.val().flatten(0, 3),
             WeightLayer::Linear(l) => l.linear.weight.val().flatten(0, 1),
+        }
+    }
+
+    /// The weight quantizer's level codes of the weight ([`Quantizer::codes`], in the weight's
+    /// own shape, so per-channel scales find their channels); `None` for a full-precision layer.
+    pub fn codes(&self) -> Option<quantnet_burn::Result<quantnet_burn::Codes>>
+    where
+        B: QuantBackend,
+    {
+        match self {
+            WeightLayer::Conv(c) => c.quantizer.as_ref().map(|q| q.codes(c.conv.weight.val())),
+            WeightLayer::Linear(l) => l.quantizer.as_ref().map(|q| q.codes(l.linear.weight.val())),
+        }
+    }
+
+    /// The fraction of the weight at each level ([`Quantizer::occupancy`]); `None` for a
+    /// full-precision layer.
+    pub fn occupancy(&self) -> Option<quantnet_burn::Result<Vec<f32>>>
+    where
+        B: QuantBackend,
+    {
+        match self {
+            WeightLayer::Conv(c) => {
+                (c.quantizer.as_ref()).map(|q| q.occupancy(c.conv.weight.val()))
+            }
+            WeightLayer::Linear(l) => {
+                (l.quantizer.as_ref()).map(|q| q.occupancy(l.linear.weight.val()))
+            }
+        }
+    }
+
+    /// The weight in the quantizer's threshold domain, `β·w` (`β_c·w` per channel), flattened;
+    /// `None` for a full-precision layer.
+    pub fn normalised_weight(&self) -> Option<Tensor<B, 1>>
+    where
+        B: QuantBackend,
+    {
+        match self {
+            WeightLayer::Conv(c) => {
+                (c.quantizer.as_ref()).map(|q| q.normalised(c.conv.weight.val()).flatten(0, 3))
+            }
+            WeightLayer::Linear(l) => {
+                (l.quantizer.as_ref()).map(|q| q.normalised(l.linear.weight.val()).flatten(0, 1))
+            }
         }
     }
 

@@ -55,6 +55,14 @@ fn quantized_with(
     }
     .with_method(method)
     .unwrap();
+    quantized_by(arch, input, &policy)
+}
+
+/// A model of `arch` quantized by `policy`: weight quantizers from its (seeded) initial weights,
+/// activation quantizers calibrated on one random batch.
+fn quantized_by(arch: Arch, input: InputShape, policy: &QuantPolicy) -> Model<B> {
+    let device = Default::default();
+    let policy = policy.clone();
     let temps = Temperatures::default();
     let mut model = Model::<B>::new(arch, input, &device);
     quantize_weights(&mut model, &policy, &temps).unwrap();
@@ -187,6 +195,109 @@ fn every_method_exports_with_bit_exact_parity() {
         assert_eq!(native, hard, "{method}: Burn-native");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Per-channel weight scales: after Adam steps (which move every channel's α_c, β_c on its own
+/// path), the `.qnet` file (format version 2, one α per output channel: conv2's 16 on axis 0,
+/// fc1's 120 and fc2's 84 on axis 1) reloads with the hard model's outputs bit for bit, as does
+/// the model's record loaded into the per-channel skeleton of its policy. Burn-native export,
+/// whose tensors hold one scale, refuses; a version-1 file claiming per-channel scales is
+/// corrupt (a version-1 reader would have ignored them).
+#[test]
+fn per_channel_scales_export_with_bit_exact_parity() {
+    let _serial = crate::backend::serial();
+    use burn::module::Module;
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use quantnet_burn::Granularity;
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    B::seed(&device, 5);
+    let policy = QuantPolicy {
+        weights: Some(QuantizerConfig::weights(LevelSet::three_pm4())),
+        ..crate::backend::ternary_u2()
+    }
+    .with_granularity(Granularity::Channel)
+    .unwrap();
+    let model = quantized_by(Arch::Lenet5, MNIST, &policy);
+    let mut model = <Model<A> as burn::module::AutodiffModule<A>>::from_inner(model);
+    let mut optim = AdamConfig::new().init::<A, Model<A>>();
+    for _ in 0..3 {
+        let x = Tensor::<A, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+        let loss = model.forward(x).powi_scalar(2).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(0.05, model, grads);
+    }
+    let mut model = burn::module::AutodiffModule::valid(&model);
+    let x = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let hard: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
+
+    let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
+    assert_eq!(
+        exported.bytes[4..8],
+        export::VERSION_CHANNEL_SCALES.to_le_bytes()
+    );
+    let scales: Vec<(String, usize, usize)> = exported
+        .manifest
+        .coded
+        .iter()
+        .map(|c| {
+            let s = c.channel_scales.as_ref().expect("per-channel scales");
+            (c.layer.clone(), s.axis, s.alpha.len())
+        })
+        .collect();
+    assert_eq!(
+        scales,
+        [
+            ("conv2".to_string(), 0, 16),
+            ("fc1".to_string(), 1, 120),
+            ("fc2".to_string(), 1, 84)
+        ]
+    );
+    let distinct = |c: &export::CodedEntry| {
+        let a = &c.channel_scales.as_ref().unwrap().alpha;
+        a.iter().any(|v| v != &a[0])
+    };
+    assert!(exported.manifest.coded.iter().all(distinct));
+    let dir = std::env::temp_dir().join(format!("quantnet-channels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.qnet");
+    std::fs::write(&path, &exported.bytes).unwrap();
+    let (_, reloaded) = export::load::<B>(&path, &device).unwrap();
+    let from_file: Vec<f32> = reloaded.forward(x.clone()).into_data().to_vec().unwrap();
+    assert_eq!(from_file, hard, ".qnet");
+
+    // A version-1 file with per-channel scales (checksum fixed): refused.
+    let mut v1 = exported.bytes.clone();
+    v1[4..8].copy_from_slice(&export::VERSION.to_le_bytes());
+    let n = v1.len() - 4;
+    let crc = crc32(&v1[..n]);
+    v1[n..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &v1).unwrap();
+    let err = export::load::<B>(&path, &device).unwrap_err().to_string();
+    assert!(err.contains("per-channel scales"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // The record, into the per-channel skeleton of the policy.
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(model.clone().into_record(), ()).unwrap();
+    let temps = Temperatures::default();
+    let mut skeleton = Model::<B>::new(Arch::Lenet5, MNIST, &device);
+    quantnet_models::quantize::skeleton(&mut skeleton, &policy, &temps, &device).unwrap();
+    let mut loaded = skeleton.load_record(recorder.load(bytes, &device).unwrap());
+    quantnet_models::quantize::check_levels(&mut loaded).unwrap();
+    let from_record: Vec<f32> = loaded.forward(x).into_data().to_vec().unwrap();
+    assert_eq!(from_record, hard, "record");
+
+    let err = export::to_native(&model).map(|_| ()).unwrap_err();
+    let source = std::error::Error::source(&err).map(|e| e.to_string());
+    assert!(
+        err.to_string().contains("conv2")
+            && source
+                .as_deref()
+                .is_some_and(|s| s.contains("per output channel")),
+        "{err}: {source:?}"
+    );
 }
 
 #[test]
