@@ -135,7 +135,7 @@ fn quantizer_errors_are_one_clear_line() {
         ),
         (
             vec!["--levels", "2", "--plot", "out.jpg"],
-            "must end in .png",
+            "must be a .png file",
         ),
     ] {
         let mut all = vec!["quantizer"];

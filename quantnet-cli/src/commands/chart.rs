@@ -52,18 +52,22 @@ pub(crate) struct Histogram {
     pub(crate) normalised: bool,
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+/// One panel's drawing area.
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
-fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+/// The size of one panel of [`save`]'s grid, in pixels.
+pub(crate) const PANEL: (u32, u32) = (640, 420);
+
+pub(crate) fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing failed: {e:?}")
 }
 
-/// Draws `panels` into `path` (a grid of `columns` panels, each 640×420 pixels), through a
-/// temporary file and a rename.
-pub(crate) fn save<F>(path: &Path, panels: usize, columns: usize, mut draw: F) -> Result<()>
-where
-    F: FnMut(usize, &Area) -> Result<()>,
-{
+/// Checks that a picture can be written to `path`: a `.png` name in a folder that exists
+/// (plotters reports a missing folder as a nested debug dump, so it is checked first).
+///
+/// # Errors
+/// One line naming `path`.
+pub(crate) fn check_png(path: &Path) -> Result<()> {
     if path.extension().and_then(|e| e.to_str()) != Some("png") {
         bail!("{}: the picture must be a .png file", path.display());
     }
@@ -75,13 +79,30 @@ where
             dir.display()
         );
     }
+    Ok(())
+}
+
+/// Draws `panels` into `path` (a grid of `columns` panels, each `panel` pixels wide and high,
+/// e.g. [`PANEL`]), through a temporary file and a rename: no half-written picture.
+pub(crate) fn save<F>(
+    path: &Path,
+    panels: usize,
+    columns: usize,
+    panel: (u32, u32),
+    mut draw: F,
+) -> Result<()>
+where
+    F: FnMut(usize, &Area) -> Result<()>,
+{
+    check_png(path)?;
+    // The bitmap backend draws text with ab_glyph; the font travels inside the binary.
     register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| anyhow::anyhow!("the embedded DejaVu Sans font failed to load"))?;
     let columns = columns.clamp(1, panels.max(1));
     let rows = panels.div_ceil(columns).max(1);
     let tmp = path.with_extension("partial.png");
     {
-        let size = (640 * columns as u32, 420 * rows as u32);
+        let size = (panel.0 * columns as u32, panel.1 * rows as u32);
         let root = BitMapBackend::new(&tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         for (i, area) in root.split_evenly((rows, columns)).iter().enumerate() {
@@ -92,6 +113,25 @@ where
         root.present().map_err(draw_err)?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+/// Draws the legend of `c`'s labelled series at `position`, in `font_size` points, on a
+/// translucent white box.
+pub(crate) fn legend<'a, CT>(
+    c: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> Result<()>
+where
+    CT: plotters::coord::CoordTranslate,
+{
+    c.configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_err)
 }
 
 /// The range of `values` with 8 % padding (a flat range gets ±1).
@@ -172,14 +212,7 @@ pub(crate) fn lines(area: &Area, chart: &LineChart) -> Result<()> {
             .map_err(draw_err)?;
         }
     }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_err)?;
-    Ok(())
+    legend(&mut c, SeriesLabelPosition::LowerRight, 14)
 }
 
 /// Draws a histogram (60 bins) with its levels and thresholds into one panel.
@@ -261,12 +294,5 @@ pub(crate) fn histogram(area: &Area, h: &Histogram) -> Result<()> {
         "thresholds b/β"
     })
     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], threshold));
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_err)?;
-    Ok(())
+    legend(&mut c, SeriesLabelPosition::UpperRight, 13)
 }

@@ -130,7 +130,7 @@ fn draw_training(metrics: &Path, path: &Path) -> Result<()> {
             x_names: None,
         })
         .collect();
-    chart::save(path, panels.len(), 2, |i, area| {
+    chart::save(path, panels.len(), 2, chart::PANEL, |i, area| {
         chart::lines(area, &panels[i])
     })
 }
@@ -205,7 +205,7 @@ fn draw_weights(run: &Path, path: &Path) -> Result<bool> {
         }
         panels.push(e);
     }
-    chart::save(path, panels.len(), columns, |i, area| {
+    chart::save(path, panels.len(), columns, chart::PANEL, |i, area| {
         chart::histogram(area, &panels[i])
     })?;
     Ok(true)

@@ -89,15 +89,8 @@ pub(crate) fn run(args: QuantizerArgs) -> Result<()> {
         bail!("nothing to do: pass --csv to print the curve and/or --plot FILE.png to draw it");
     }
     if let Some(path) = &args.plot {
-        // Checked first: plotters reports a missing folder as a nested debug dump.
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
-            bail!(
-                "--plot {}: the folder {} does not exist",
-                path.display(),
-                dir.display()
-            );
-        }
+        // Before any work: a picture that cannot be written is a usage error.
+        crate::commands::chart::check_png(path).map_err(|e| anyhow::anyhow!("--plot {e}"))?;
     }
     let levels: LevelSet = args.levels.parse().context("parsing --levels")?;
     check_temperature(args.temperature).context("checking --temperature")?;
@@ -181,34 +174,16 @@ mod plot {
     //! The paper's picture: soft curves at several temperatures over the hard staircase.
 
     use super::*;
+    use crate::commands::chart::{self, Area, COLORS, draw_err as err};
     use plotters::prelude::*;
-    use plotters::style::{FontStyle, register_font};
-
-    const COLORS: [RGBColor; 4] = [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0xd6, 0x27, 0x28),
-    ];
 
     pub(super) fn draw(path: &Path, curves: &Curves, levels: &LevelSet) -> Result<()> {
-        if path.extension().and_then(|e| e.to_str()) != Some("png") {
-            bail!("the plot file must end in .png");
-        }
-        // The bitmap backend draws text with ab_glyph; the font travels inside the binary.
-        register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-            .map_err(|_| anyhow::anyhow!("the embedded DejaVu Sans font failed to load"))?;
-        // Draw to a temporary file next to the target, then rename: no half-written plot.
-        let tmp = path.with_extension("partial.png");
-        render(&tmp, curves, levels)?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-        Ok(())
+        chart::save(path, 1, 1, (960, 640), |_, area| {
+            render(area, curves, levels)
+        })
     }
 
-    fn render(path: &Path, curves: &Curves, levels: &LevelSet) -> Result<()> {
-        let root = BitMapBackend::new(path, (960, 640)).into_drawing_area();
-        let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e:?}");
-        root.fill(&WHITE).map_err(err)?;
+    fn render(root: &Area, curves: &Curves, levels: &LevelSet) -> Result<()> {
         let (x0, x1) = (curves.x[0], curves.x[curves.x.len() - 1]);
         let all = curves
             .hard
@@ -218,7 +193,7 @@ mod plot {
             (lo.min(*v), hi.max(*v))
         });
         let pad = ((hi - lo) * 0.08).max(1e-3);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!("Quantization Networks: levels {levels}"),
                 ("sans-serif", 26),
@@ -250,7 +225,7 @@ mod plot {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
         let mut soft: Vec<&SoftCurve> = curves.soft.iter().collect();
         soft.sort_by(|a, b| a.temperature.total_cmp(&b.temperature));
-        for (curve, color) in soft.into_iter().zip(COLORS.iter().cycle()) {
+        for (curve, color) in soft.into_iter().zip(COLORS[..4].iter().cycle()) {
             let style = color.stroke_width(2);
             chart
                 .draw_series(LineSeries::new(points(&curve.soft), style))
@@ -258,15 +233,6 @@ mod plot {
                 .label(format!("soft, T = {}", curve.temperature))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(("sans-serif", 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-        Ok(())
+        chart::legend(&mut chart, SeriesLabelPosition::UpperLeft, 16)
     }
 }

@@ -616,7 +616,9 @@ fn plot_accuracy_vs_bits(
         series,
         x_names: Some(precisions),
     };
-    chart::save(path, 1, 1, |_, area| chart::lines(area, &chart))
+    chart::save(path, 1, 1, chart::PANEL, |_, area| {
+        chart::lines(area, &chart)
+    })
 }
 
 const RGB_BLACK: plotters::style::RGBColor = plotters::style::RGBColor(0, 0, 0);
