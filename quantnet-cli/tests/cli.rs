@@ -493,21 +493,8 @@ fn eval_and_both_exports_reproduce_the_hard_accuracy() {
         report.contains("conv2") && report.contains(" 2400     2          600"),
         "{report}"
     );
-    // `eval --model-file FILE --out DIR`: the summary it writes.
-    let eval_file = |file: &std::path::Path, dir: &str| {
-        let out_dir = root.join(dir);
-        let out = quantnet(&[
-            "eval",
-            "--model-file",
-            file.to_str().unwrap(),
-            "--data-dir",
-            data,
-            "--out",
-            out_dir.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        std::fs::read_to_string(out_dir.join("summary.json")).unwrap()
-    };
+    let eval_file =
+        |file: &std::path::Path, dir: &str| eval_model_file(file, data, &root.join(dir));
     let from_file = eval_file(&qnet, "eval-qnet");
     assert_eq!(
         json_number(&from_file, "test_accuracy_hard"),
@@ -746,6 +733,21 @@ fn from_continues_training_the_source_model() {
     std::fs::remove_dir_all(&cont).unwrap();
 }
 
+/// `eval --model-file FILE --data-dir DATA --out DIR`: the summary it writes.
+fn eval_model_file(file: &std::path::Path, data: &str, out_dir: &std::path::Path) -> String {
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::read_to_string(out_dir.join("summary.json")).unwrap()
+}
+
 /// `--granularity channel`: a run fine-tuned from the shared run with one α/β per output
 /// channel lists its per-channel scales, exports to `.qnet` (whose evaluation gives the run's
 /// hard accuracy exactly), and the Burn-native export refuses it in one line.
@@ -785,18 +787,7 @@ fn a_per_channel_run_exports_and_evaluates_like_training() {
     let qnet = dir.join("model.qnet");
     let out = quantnet(&["export", dir_s, "--out", qnet.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let eval_dir = dir.join("eval-qnet");
-    let out = quantnet(&[
-        "eval",
-        "--model-file",
-        qnet.to_str().unwrap(),
-        "--data-dir",
-        data,
-        "--out",
-        eval_dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let eval = std::fs::read_to_string(eval_dir.join("summary.json")).unwrap();
+    let eval = eval_model_file(&qnet, data, &dir.join("eval-qnet"));
     assert_eq!(json_number(&eval, "test_accuracy_hard"), hard, "{eval}");
     let native = dir.join("model.mpk");
     let out = quantnet(&["export", dir_s, "--out", native.to_str().unwrap()]);

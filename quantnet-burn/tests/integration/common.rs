@@ -225,3 +225,13 @@ impl Case<'_> {
         to_vec((y * tensor(w, device, dtype)).sum())[0]
     }
 }
+
+/// The bit patterns of an f32 tensor's values (for bit-for-bit comparisons).
+pub fn f32_bits<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<u32> {
+    t.into_data()
+        .to_vec::<f32>()
+        .expect("an f32 tensor")
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}

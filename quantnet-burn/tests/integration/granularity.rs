@@ -43,16 +43,19 @@ fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) ->
 #[test]
 fn hard_values_and_codes_scale_each_output_channel() {
     let device = Default::default();
-    let q: Quantizer<Flex> = per_channel(LevelSet::ternary())
-        .init_per_channel(
-            &[0.5, 0.25],
-            &[2.0, 4.0],
-            &[-0.5, 0.5],
-            0,
-            &Temperature::new(1.0),
-            &device,
-        )
-        .unwrap();
+    let along = |axis| -> Quantizer<Flex> {
+        per_channel(LevelSet::ternary())
+            .init_per_channel(
+                &[0.5, 0.25],
+                &[2.0, 4.0],
+                &[-0.5, 0.5],
+                axis,
+                &Temperature::new(1.0),
+                &device,
+            )
+            .unwrap()
+    };
+    let q = along(0);
     let rows = [[0.1f32, 0.3, -0.6], [0.1, -0.1, 0.2]];
     let x = Tensor::<Flex, 2>::from_floats(rows, &device);
     let expected = [0.0, 0.5, -0.5, 0.0, 0.0, 0.25];
@@ -78,16 +81,7 @@ fn hard_values_and_codes_scale_each_output_channel() {
     );
 
     // The same layer in a linear layer's layout: channels on axis 1.
-    let t: Quantizer<Flex> = per_channel(LevelSet::ternary())
-        .init_per_channel(
-            &[0.5, 0.25],
-            &[2.0, 4.0],
-            &[-0.5, 0.5],
-            1,
-            &Temperature::new(1.0),
-            &device,
-        )
-        .unwrap();
+    let t = along(1);
     let xt = x.transpose();
     assert_eq!(values(t.hard(xt.clone())), [0.0, 0.0, 0.5, 0.0, -0.5, 0.25]);
     assert_eq!(t.codes(xt).unwrap().codes, vec![1, 1, 2, 1, 0, 2]);
@@ -121,14 +115,7 @@ fn equal_channel_scales_reproduce_the_per_tensor_quantizer_bit_for_bit() {
         .map(|&v| v as f32)
         .collect();
     let x = Tensor::<Flex, 1>::from_floats(x.as_slice(), &device).reshape([6, 5, 3, 3]);
-    let bits = |t: Tensor<Flex, 4>| -> Vec<u32> {
-        t.into_data()
-            .to_vec::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
+    let bits = crate::common::f32_bits::<Flex, 4>;
     assert_eq!(bits(channel.hard(x.clone())), bits(tensor.hard(x)));
 }
 
@@ -140,15 +127,18 @@ fn equal_channel_scales_reproduce_the_per_tensor_quantizer_bit_for_bit() {
 #[test]
 fn initialisation_applies_the_paper_rule_to_each_channel() {
     let device = Default::default();
-    let q: Quantizer<Flex> = per_channel(LevelSet::ternary())
-        .init_from_weights(
-            &[1.0, -0.5, 0.25, -0.5, 0.0, 0.0],
-            &[3, 2],
-            0,
-            &Temperature::new(1.0),
-            &device,
-        )
-        .unwrap();
+    let from_weights = |config: QuantizerConfig| -> Quantizer<Flex> {
+        config
+            .init_from_weights(
+                &[1.0, -0.5, 0.25, -0.5, 0.0, 0.0],
+                &[3, 2],
+                0,
+                &Temperature::new(1.0),
+                &device,
+            )
+            .unwrap()
+    };
+    let q = from_weights(per_channel(LevelSet::ternary()));
     // α and β train (qn), as per tensor, also when the quantizer was made on the inner backend
     // (as calibration makes them) and moved to the autodiff one before its first use.
     let trained =
@@ -161,15 +151,7 @@ fn initialisation_applies_the_paper_rule_to_each_channel() {
     assert_eq!(q.channel_axis(), Some(0));
 
     // Per tensor, the same config without the granularity: one scale from q = 1.
-    let t: Quantizer<Flex> = QuantizerConfig::weights(LevelSet::ternary())
-        .init_from_weights(
-            &[1.0, -0.5, 0.25, -0.5, 0.0, 0.0],
-            &[3, 2],
-            0,
-            &Temperature::new(1.0),
-            &device,
-        )
-        .unwrap();
+    let t = from_weights(QuantizerConfig::weights(LevelSet::ternary()));
     assert_eq!(values(t.beta.val()), vec![1.25]);
     assert_eq!(t.channel_axis(), None);
 

@@ -232,14 +232,7 @@ fn every_method_trains_on_its_hard_values_and_settles_to_them() {
             let what = format!("{method} on {levels}");
             let train = q.forward(x.clone().require_grad());
             let hard = q.clone().with_mode(QuantMode::Hard).forward(x.clone());
-            let bits = |t: Tensor<B, 1>| -> Vec<u32> {
-                t.into_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            };
+            let bits = crate::common::f32_bits::<B, 1>;
             if method != Method::Qn {
                 assert_eq!(bits(train), bits(hard.clone()), "{what}: train = hard");
             }

@@ -154,6 +154,23 @@ fn exported_models_reload_and_match_the_training_time_model_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `model` after three Adam steps (learning rate 0.05) on random MNIST-shaped batches: scales,
+/// thresholds and weights moved away from their initialisation.
+fn adam_steps(model: Model<B>) -> Model<B> {
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    let mut model = <Model<A> as burn::module::AutodiffModule<A>>::from_inner(model);
+    let mut optim = AdamConfig::new().init::<A, Model<A>>();
+    for _ in 0..3 {
+        let x = Tensor::<A, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+        let loss = model.forward(x).powi_scalar(2).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(0.05, model, grads);
+    }
+    burn::module::AutodiffModule::valid(&model)
+}
+
 /// Every baseline method exports like `qn`: after a few training steps (which move α away from
 /// the β it was initialised with, for the methods that tie β = 1/α, and the weights away from
 /// the ones BWN/TWN took their scale from), the `.qnet` file and the Burn-native model reload
@@ -161,8 +178,6 @@ fn exported_models_reload_and_match_the_training_time_model_exactly() {
 #[test]
 fn every_method_exports_with_bit_exact_parity() {
     let _serial = crate::backend::serial();
-    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-    type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     let dir = std::env::temp_dir().join(format!("quantnet-methods-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -172,16 +187,7 @@ fn every_method_exports_with_bit_exact_parity() {
             Method::Twn => LevelSet::ternary(),
             _ => LevelSet::three_pm4(),
         };
-        let model = quantized_with(Arch::Lenet5, MNIST, levels, method, 3);
-        let mut model = <Model<A> as burn::module::AutodiffModule<A>>::from_inner(model);
-        let mut optim = AdamConfig::new().init::<A, Model<A>>();
-        for _ in 0..3 {
-            let x = Tensor::<A, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-            let loss = model.forward(x).powi_scalar(2).mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(0.05, model, grads);
-        }
-        let mut model = burn::module::AutodiffModule::valid(&model);
+        let mut model = adam_steps(quantized_with(Arch::Lenet5, MNIST, levels, method, 3));
         let x = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
         let hard: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
         let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
@@ -207,10 +213,8 @@ fn every_method_exports_with_bit_exact_parity() {
 fn per_channel_scales_export_with_bit_exact_parity() {
     let _serial = crate::backend::serial();
     use burn::module::Module;
-    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
     use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
     use quantnet_burn::Granularity;
-    type A = burn::backend::Autodiff<B>;
     let device = Default::default();
     B::seed(&device, 5);
     let policy = QuantPolicy {
@@ -219,16 +223,7 @@ fn per_channel_scales_export_with_bit_exact_parity() {
     }
     .with_granularity(Granularity::Channel)
     .unwrap();
-    let model = quantized_by(Arch::Lenet5, MNIST, &policy);
-    let mut model = <Model<A> as burn::module::AutodiffModule<A>>::from_inner(model);
-    let mut optim = AdamConfig::new().init::<A, Model<A>>();
-    for _ in 0..3 {
-        let x = Tensor::<A, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-        let loss = model.forward(x).powi_scalar(2).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(0.05, model, grads);
-    }
-    let mut model = burn::module::AutodiffModule::valid(&model);
+    let mut model = adam_steps(quantized_by(Arch::Lenet5, MNIST, &policy));
     let x = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let hard: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
 
