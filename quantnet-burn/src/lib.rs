@@ -58,6 +58,7 @@ pub mod nn;
 pub mod op;
 pub mod quantizer;
 pub mod schedule;
+pub mod tie;
 #[cfg(feature = "train")]
 pub mod train;
 
@@ -74,6 +75,7 @@ pub use quantizer::{
     Codes, Granularity, QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField,
 };
 pub use schedule::TemperatureSchedule;
+pub use tie::tie_shared_params;
 
 /// The backends the unit tests run on (the integration tests have their own list,
 /// `tests/integration/common.rs`, which runs every test on every compiled backend).

@@ -240,6 +240,13 @@ pub enum Granularity {
     Tensor,
     /// One `α`/`β` pair per output channel (`qn` weights only).
     Channel,
+    /// One quantization function (`α`, `β`, thresholds) shared by every quantized weight layer
+    /// of a model: the paper's "shared" ablation (its Table 6), `qn` weights only. A model's
+    /// quantizers are made shared by `quantnet_models::quantize::quantize_weights` (one
+    /// quantizer initialised from all the layers' weights, the same parameters in every layer,
+    /// kept one parameter by [`tie_shared_params`](crate::tie_shared_params)); a single
+    /// quantizer is per tensor.
+    Shared,
 }
 
 impl Granularity {
@@ -248,6 +255,7 @@ impl Granularity {
         match self {
             Granularity::Tensor => "tensor",
             Granularity::Channel => "channel",
+            Granularity::Shared => "shared",
         }
     }
 }
@@ -265,10 +273,11 @@ impl std::str::FromStr for Granularity {
         match s {
             "tensor" => Ok(Granularity::Tensor),
             "channel" => Ok(Granularity::Channel),
+            "shared" => Ok(Granularity::Shared),
             _ => Err(Error::InvalidParameter {
                 name: "granularity",
                 value: s.into(),
-                reason: "expected `tensor` or `channel`".into(),
+                reason: "expected `tensor`, `channel` or `shared`".into(),
             }),
         }
     }
@@ -389,7 +398,7 @@ impl QuantizerConfig {
             refuse("activations are quantized per tensor (one range per layer)")
         } else if self.method != Method::Qn {
             refuse(&format!(
-                "per-channel scales are built for `qn` weights; {} is per tensor",
+                "per-channel and shared scales are built for `qn` weights; {} is per tensor",
                 self.method
             ))
         } else {
@@ -457,7 +466,8 @@ impl QuantizerConfig {
         temperature: &Temperature,
         device: &B::Device,
     ) -> Result<Quantizer<B>> {
-        if self.granularity == Granularity::Tensor {
+        if self.granularity != Granularity::Channel {
+            // Shared: each quantizer on its own is per tensor (see `Granularity::Shared`).
             return self.init_from_data(data, temperature, device);
         }
         self.check_granularity()?;

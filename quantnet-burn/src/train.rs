@@ -252,7 +252,9 @@ where
 /// burn-train drives one optimizer with one rate; this wraps any of Burn's optimizers. Each
 /// step asks the [`ParamGroup`] which parameters of the module are in the group, splits the
 /// gradients into the group and the rest and takes two inner steps, each parameter being
-/// updated once. Gradient clipping, if the inner optimizer has it, applies per group.
+/// updated once. Gradient clipping, if the inner optimizer has it, applies per group. A
+/// parameter that occurs in several places of the module (a shared weight quantizer) is one
+/// parameter after the step too ([`tie_shared_params`](crate::tie_shared_params)).
 /// Multi-device steps (`step_multi`) use the base rate for every parameter.
 pub struct GroupLr<O, G> {
     inner: O,
@@ -302,7 +304,8 @@ where
         } else {
             self.inner.step(lr * self.multiplier, module, group)
         };
-        self.inner.step(lr, module, grads)
+        // A parameter shared by several layers was stepped in its first place only.
+        crate::tie::tie_shared_params(self.inner.step(lr, module, grads))
     }
 
     fn step_multi(&mut self, lr: f64, module: M, grads: burn::optim::MultiGradientsParams) -> M {

@@ -371,8 +371,9 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) thresholds: Option<quantnet_burn::ThresholdInit>,
-    /// Weight scales: tensor (one alpha/beta per layer, the paper's, default) or channel (one per
-    /// output channel, each set by the same rule from its channel's weights; qn only).
+    /// Weight scales: tensor (one alpha/beta per layer, the paper's, default), channel (one per
+    /// output channel, each set by the same rule from its channel's weights) or shared (one
+    /// quantization function for every quantized weight layer: the paper's ablation); qn only.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) granularity: Option<quantnet_burn::Granularity>,

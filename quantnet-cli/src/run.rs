@@ -208,7 +208,8 @@ pub(crate) struct RunConfig {
     /// Weight thresholds (`qn`; the baselines round to the nearest level).
     #[serde(with = "text")]
     pub(crate) thresholds: ThresholdInit,
-    /// One `α`/`β` per weight tensor or per output channel (`qn`).
+    /// One `α`/`β` per weight tensor, per output channel, or one shared by every quantized weight
+    /// layer (`qn`).
     #[serde(with = "text")]
     pub(crate) granularity: Granularity,
     /// The quantizer method (ours or a baseline).

@@ -833,7 +833,7 @@ fn train_errors_are_one_clear_line() {
     let cases: [(&[&str], &str); 10] = [
         (
             &["train", "--method", "lsq", "--granularity", "channel"],
-            "per-channel scales are built for `qn` weights; lsq is per tensor",
+            "per-channel and shared scales are built for `qn` weights; lsq is per tensor",
         ),
         (
             &["train", "--weights", "fp", "--granularity", "channel"],
@@ -910,7 +910,7 @@ fn train_errors_are_one_clear_line() {
         (&["train", "--gradient", "soft"], "expected exact, official"),
         (
             &["train", "--granularity", "row"],
-            "expected `tensor` or `channel`",
+            "expected `tensor`, `channel` or `shared`",
         ),
     ] {
         let out = quantnet(args);

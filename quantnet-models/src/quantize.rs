@@ -127,6 +127,12 @@ impl QuantPolicy {
                         .into(),
                 ));
             }
+            None if granularity == Granularity::Shared => {
+                return Err(refuse(
+                    "shares one weight quantizer between layers: quantize the weights (--weights)"
+                        .into(),
+                ));
+            }
             None => None,
         };
         Ok(Self { weights, ..self })
@@ -194,6 +200,9 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
     let Some(config) = &policy.weights else {
         return Ok(0);
     };
+    if config.granularity == Granularity::Shared {
+        return share_weight_quantizer(model, policy, config, temperatures);
+    }
     let mut slots = model.slots();
     let n = slots.weights.len();
     let mut count = 0;
@@ -216,6 +225,64 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
         count += 1;
     }
     Ok(count)
+}
+
+/// [`quantize_weights`] for [`Granularity::Shared`]: one quantizer initialised from the
+/// weights of every quantized layer together (`q` their largest magnitude, the thresholds by
+/// k-means over all of them), the same parameters (one `ParamId` each) in every layer. Layers
+/// that already share one quantizer of the policy's levels and method keep it. Returns how many
+/// layers were given the shared quantizer.
+fn share_weight_quantizer<B: Backend, M: QatModel<B>>(
+    model: &mut M,
+    policy: &QuantPolicy,
+    config: &QuantizerConfig,
+    temperatures: &Temperatures,
+) -> Result<usize> {
+    let mut slots = model.slots();
+    let n = slots.weights.len();
+    let mut layers: Vec<_> = slots
+        .weights
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| policy.quantizes_weight(*i, n))
+        .map(|(_, layer)| layer)
+        .collect();
+    let mut alphas = std::collections::HashSet::new();
+    let mut kept = true;
+    for (_, layer) in layers.iter_mut() {
+        match layer.quantizer().as_mut() {
+            Some(q) if q.level_set() == &config.levels && q.method() == config.method => {
+                alphas.insert(q.alpha.id);
+            }
+            _ => kept = false,
+        }
+    }
+    if kept && alphas.len() <= 1 {
+        for (_, layer) in layers.iter_mut() {
+            if let Some(q) = layer.quantizer().as_mut() {
+                q.set_gradient(config.gradient);
+            }
+        }
+        return Ok(0);
+    }
+    let mut pooled = Vec::new();
+    let mut device = None;
+    for (name, layer) in layers.iter_mut() {
+        layer.materialise();
+        let weight = layer.weight();
+        device.get_or_insert_with(|| weight.device());
+        pooled.extend(read_f32(weight.into_data(), name)?);
+    }
+    let Some(device) = device else {
+        return Ok(0);
+    };
+    let shared = config
+        .init_from_data::<B>(&pooled, &temperatures.weights, &device)
+        .map_err(|e| layer_error("the shared weight quantizer", e))?;
+    for (_, layer) in layers.iter_mut() {
+        *layer.quantizer() = Some(shared.clone());
+    }
+    Ok(layers.len())
 }
 
 /// Calibrates the activation quantizers: runs `batches` through the model (on a non-autodiff
@@ -386,7 +453,11 @@ pub fn skeleton<B: Backend, M: QatModel<B>>(
             if policy.quantizes_weight(i, n) {
                 layer.materialise();
                 let q = match config.granularity {
-                    Granularity::Tensor => placeholder(config, &temperatures.weights, name)?,
+                    // Shared: the record gives every layer the same parameters (one id each),
+                    // which training ties into one tensor (`tie_shared_params`).
+                    Granularity::Tensor | Granularity::Shared => {
+                        placeholder(config, &temperatures.weights, name)?
+                    }
                     // One α/β broadcast over the channels until the record brings all of them.
                     Granularity::Channel => config
                         .init_per_channel(

@@ -261,7 +261,7 @@ fn records_round_trip_and_a_per_tensor_skeleton_refuses_them() {
             Granularity::Channel => config
                 .init_per_channel(&[1.0], &[1.0], &thresholds, 1, &t, &device)
                 .unwrap(),
-            Granularity::Tensor => config
+            Granularity::Tensor | Granularity::Shared => config
                 .init_with(1.0, 1.0, &thresholds, &t, &device)
                 .unwrap(),
         });

@@ -115,11 +115,15 @@ where
         if let Some(hook) = &self.hook {
             hook.tick();
         }
+        // A weight quantizer shared by several layers must be one tensor in the forward pass
+        // (a loaded checkpoint gives each layer its own copy): its gradient is then every
+        // layer's, found through the first copy, which is the model's own.
+        let model = quantnet_burn::tie_shared_params(self.model.clone());
         if let Some(max_norm) = self.options.clip_in_wq {
             // `Monitored` adds no parameters: the model's gradients are the wrapper's.
-            return step_clipped_in_wq(&self.model, batch, max_norm).0;
+            return step_clipped_in_wq(&model, batch, max_norm).0;
         }
-        let item = classify(&self.model, batch.images, batch.targets);
+        let item = classify(&model, batch.images, batch.targets);
         TrainOutput::new(self, item.loss.backward(), item)
     }
 }

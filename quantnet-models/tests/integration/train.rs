@@ -311,3 +311,59 @@ fn the_library_recipe_quantizes_a_user_model() {
     quantnet_models::quantize::check_levels(&mut model).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `Granularity::Shared` (the paper's "shared" ablation): with every layer quantized, the three
+/// weight layers hold one quantizer (one `ParamId` for α), and after an epoch of the recipe (the
+/// Learner, the quantizer learning-rate group, checkpoints) it is still one function: α and β
+/// are bit for bit the same in every layer, and they trained (α·β moved away from the
+/// initial 1). Without tying, only the first layer's copy would move (Burn's optimizers take each
+/// gradient once); that the gradient is every layer's sum is `tie`'s unit test.
+#[test]
+fn a_shared_weight_quantizer_trains_as_one_function() {
+    use quantnet_burn::Granularity;
+    use quantnet_models::models::QatModel;
+    use quantnet_models::qat::{Qat, QatConfig, QatData};
+    let _serial = crate::backend::serial();
+    let dir = scratch("shared");
+    let data = QatData::new(
+        mnist::load(&mnist_dir(), Split::Train).unwrap(),
+        mnist::load(&mnist_dir(), Split::Test).unwrap(),
+        (vec![0.1307], vec![0.3081]),
+    );
+    let policy = quantnet_models::QuantPolicy {
+        quantize_all: true,
+        ..quantnet_models::QuantPolicy::recipe(Some(LevelSet::ternary()), None)
+    }
+    .with_granularity(Granularity::Shared)
+    .unwrap();
+    let config = QatConfig::new(policy)
+        .with_batch_size(32)
+        .with_seed(3)
+        .with_pretrain_epochs(0)
+        .with_epochs(1);
+    let device = Default::default();
+    B::seed(&device, 3);
+    let (mut model, report) = Qat::new(config, &dir)
+        .run::<B, _>(UserMlp::<Inner>::new(&device), &data, &device)
+        .unwrap();
+    assert_eq!(report.quantized.0, 3, "{report:?}");
+    let scalar = |t: Tensor<Inner, 1>| t.into_data().to_vec::<f32>().unwrap()[0];
+    let mut ids = std::collections::HashSet::new();
+    let mut scales = Vec::new();
+    for (_, mut layer) in model.slots().weights {
+        let q = layer.quantizer().as_ref().expect("every layer quantized");
+        ids.insert(q.alpha.id);
+        scales.push((
+            scalar(q.alpha.val()).to_bits(),
+            scalar(q.beta.val()).to_bits(),
+        ));
+    }
+    assert_eq!(ids.len(), 1, "one α parameter");
+    assert!(scales.iter().all(|s| *s == scales[0]), "{scales:?}");
+    let (alpha, beta) = (f32::from_bits(scales[0].0), f32::from_bits(scales[0].1));
+    assert!(
+        (alpha * beta - 1.0).abs() > 1e-3,
+        "α = {alpha}, β = {beta}: not trained"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
