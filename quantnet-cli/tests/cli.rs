@@ -1083,3 +1083,24 @@ fn a_tiny_sweep_runs_resumes_records_failures_and_plots() {
     assert!(!root.join("no").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `sweep --dry-run | head`: the cell list into a pipe whose reader has gone is the end of the
+/// listing, not a panic (the pipe's read end is closed before the binary starts, so its first
+/// write fails).
+#[test]
+fn a_dry_run_into_a_closed_pipe_exits_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let grid = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sweeps/fashion-mnist-methods.toml"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_quantnet"))
+        .args(["sweep", grid, "--out", "/tmp/quantnet-never", "--dry-run"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -209,13 +209,26 @@ pub(crate) fn run(args: SweepArgs) -> Result<()> {
             bail!("cell {} is in the grids twice", cells[i].name);
         }
     }
-    println!("sweep: {} cell(s) over {}", cells.len(), axes.join(" × "));
     if args.dry_run {
-        for cell in &cells {
-            println!("  {}", cell.name);
-        }
-        return Ok(());
+        // The listing is what `--dry-run` is for, often piped (`| head`): a closed pipe ends it.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let listed = writeln!(
+            out,
+            "sweep: {} cell(s) over {}",
+            cells.len(),
+            axes.join(" × ")
+        )
+        .and_then(|()| cells.iter().try_for_each(|c| writeln!(out, "  {}", c.name)))
+        .and_then(|()| out.flush());
+        return match listed {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(e).context("writing the cell list")
+            }
+            _ => Ok(()),
+        };
     }
+    println!("sweep: {} cell(s) over {}", cells.len(), axes.join(" × "));
     let dir = args.out.join("cells");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let exe = std::env::current_exe().context("finding the quantnet binary")?;
