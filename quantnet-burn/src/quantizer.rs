@@ -250,7 +250,7 @@ pub enum Granularity {
 }
 
 impl Granularity {
-    /// The name used in configs and on the command line (`tensor`, `channel`).
+    /// The name used in configs and on the command line (`tensor`, `channel`, `shared`).
     pub fn name(self) -> &'static str {
         match self {
             Granularity::Tensor => "tensor",
@@ -353,11 +353,12 @@ impl QuantizerConfig {
         Ok(config)
     }
 
-    /// The same configuration with one `α`/`β` per tensor or per output channel.
+    /// The same configuration with one `α`/`β` per tensor, per output channel, or shared by a
+    /// model's weight layers ([`Granularity`]).
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for per-channel scales on an activation quantizer or with a
-    /// method other than `qn`.
+    /// [`Error::InvalidParameter`] for per-channel or shared scales on an activation quantizer or
+    /// with a method other than `qn`.
     pub fn with_granularity(self, granularity: Granularity) -> Result<Self> {
         let config = Self {
             granularity,
@@ -821,7 +822,9 @@ impl<B: QuantBackend> Quantizer<B> {
     }
 
     /// The quantizer's parameters as op arguments (`s_i` from the persisted levels; `β = 1/α`
-    /// for the methods that learn one step size).
+    /// for the methods that learn one step size). Per channel, `α` and `β` hold one value per
+    /// channel and the op functions refuse them: quantize through [`Self::forward`] or
+    /// [`Self::hard`].
     pub fn params(&self) -> QuantParams<B> {
         let levels = self.levels.val();
         let n = levels.dims()[0];
@@ -845,9 +848,9 @@ impl<B: QuantBackend> Quantizer<B> {
 }
 
 impl<B: QuantBackend> Quantizer<B> {
-    /// `α` and, for every element of `x`, the index `k` of its level: `hard_quantize(x)` is
-    /// `α·Y[k]` bit for bit, and `k` is found by those bits. What exports store instead of the
-    /// hard values.
+    /// The scales and, for every element of `x`, the index `k` of its level: [`Self::hard`]`(x)`
+    /// is `α·Y[k]` (`α_c·Y[k]` per channel) bit for bit, and `k` is found by those bits. What
+    /// exports store instead of the hard values.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if values cannot be read back, or a hard value is not `α·y`

@@ -309,7 +309,7 @@ where
     }
 
     fn step_multi(&mut self, lr: f64, module: M, grads: burn::optim::MultiGradientsParams) -> M {
-        self.inner.step_multi(lr, module, grads)
+        crate::tie::tie_shared_params(self.inner.step_multi(lr, module, grads))
     }
 
     fn to_record(&self) -> Self::Record {

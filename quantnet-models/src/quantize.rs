@@ -105,12 +105,12 @@ impl QuantPolicy {
         })
     }
 
-    /// The same policy with one `α`/`β` per weight tensor or per output channel
-    /// ([`Granularity`]; activations stay per tensor).
+    /// The same policy with one `α`/`β` per weight tensor, per output channel, or one weight
+    /// quantizer shared by every quantized layer ([`Granularity`]; activations stay per tensor).
     ///
     /// # Errors
-    /// [`Error::Config`] for per-channel scales without quantized weights or with a method other
-    /// than `qn`.
+    /// [`Error::Config`] for per-channel or shared scales without quantized weights or with a
+    /// method other than `qn`.
     pub fn with_granularity(self, granularity: Granularity) -> Result<Self> {
         let refuse = |reason: String| Error::Config {
             field: "granularity",
@@ -186,9 +186,11 @@ pub(crate) fn read_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
 }
 
 /// Gives the policy's weight layers quantizers initialised from their current weights
-/// (`β = 5p/4q`, thresholds by k-means or as configured). A layer that already has a quantizer
-/// with the policy's level set keeps it (a model loaded from a quantized run continues as it
-/// was). Returns how many quantizers were made.
+/// (`β = 5p/4q`, thresholds by k-means or as configured; [`Granularity::Shared`]: one quantizer
+/// from all their weights, in every layer). A layer that already has a quantizer with the
+/// policy's level set, method and granularity keeps it (a model loaded from a quantized run
+/// continues as it was; a layer-wise policy gives each layer of a run that shared one
+/// quantizer its own copy of the shared values). Returns how many quantizers were made.
 ///
 /// # Errors
 /// [`Error::Layer`] names the layer whose weights cannot set a quantizer (all zero, non-finite).
@@ -206,6 +208,7 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
     let mut slots = model.slots();
     let n = slots.weights.len();
     let mut count = 0;
+    let mut seen = std::collections::HashSet::new();
     for (i, (name, layer)) in slots.weights.iter_mut().enumerate() {
         if !policy.quantizes_weight(i, n) {
             continue;
@@ -217,6 +220,18 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
         {
             // Kept, but trained with the policy's gradient rule (not part of the record).
             q.set_gradient(config.gradient);
+            if !seen.insert(q.alpha.id) {
+                // A run that shared one quantizer, continued layer-wise: each layer its own
+                // parameters (new ids, the trained flags of the config) with the shared values.
+                let values = |t: Tensor<B, 1>| read_f32(t.into_data(), name);
+                let alpha = values(q.alpha.val())?[0];
+                let beta = values(q.beta.val())?[0];
+                let thresholds = values(q.thresholds.val())?;
+                let device = q.alpha.val().device();
+                *q = config
+                    .init_with(alpha, beta, &thresholds, &temperatures.weights, &device)
+                    .map_err(|e| layer_error(name, e))?;
+            }
             continue;
         }
         layer
@@ -251,7 +266,11 @@ fn share_weight_quantizer<B: Backend, M: QatModel<B>>(
     let mut kept = true;
     for (_, layer) in layers.iter_mut() {
         match layer.quantizer().as_mut() {
-            Some(q) if q.level_set() == &config.levels && q.method() == config.method => {
+            Some(q)
+                if q.level_set() == &config.levels
+                    && q.method() == config.method
+                    && q.channel_axis().is_none() =>
+            {
                 alphas.insert(q.alpha.id);
             }
             _ => kept = false,

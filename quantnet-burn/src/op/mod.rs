@@ -496,8 +496,10 @@ pub(crate) mod generic {
 
 /// The quantizer's parameters as tensors, built from a [`LevelSet`] and validated.
 ///
-/// `α` and `β` are per-tensor (shape `[1]`), the paper's setting. Per-channel scales will be a
-/// second constructor with `[C]`-shaped `α`/`β` and an axis, without changing this one.
+/// `α` and `β` are per-tensor (shape `[1]`), the paper's setting. Per-channel scales
+/// ([`Granularity::Channel`](crate::Granularity::Channel)) stay outside the op: the
+/// [`Quantizer`](crate::Quantizer) scales around it (`α_c·op(β_c·x; α = β = 1)`), so the op
+/// functions refuse other shapes.
 #[derive(Clone, Debug)]
 pub struct QuantParams<B: Backend> {
     /// Output scale `α`, shape `[1]`.
@@ -590,6 +592,17 @@ impl<B: Backend> QuantParams<B> {
         }
     }
 
+    /// Panics unless `α` and `β` hold one value each: the fused kernels read only the first
+    /// (per-channel parameters given to them would silently use channel 0's scales).
+    fn check_scalar_scales(&self) {
+        let (a, b) = (self.alpha.dims(), self.beta.dims());
+        assert!(
+            a == [1] && b == [1],
+            "the quantizer op takes one α and one β (got {a:?} and {b:?}): per-channel scales go \
+             through `Quantizer::forward`/`hard`"
+        );
+    }
+
     fn primitives(&self) -> QuantPrimitives<B> {
         let p = |t: &Tensor<B, 1>| t.clone().into_primitive().tensor();
         QuantPrimitives {
@@ -607,13 +620,15 @@ impl<B: Backend> QuantParams<B> {
 /// `x`: any shape; the output has the same shape.
 ///
 /// # Panics
-/// If `temperature` is not finite and positive.
+/// If `temperature` is not finite and positive, or `α` or `β` is not one value (per-channel
+/// scales go through [`crate::Quantizer::forward`]).
 pub fn soft_quantize<B: QuantBackend, const D: usize>(
     x: Tensor<B, D>,
     params: &QuantParams<B>,
     temperature: f32,
     mode: GradientMode,
 ) -> Tensor<B, D> {
+    params.check_scalar_scales();
     let args = SoftArgs::new(temperature, params.offset, mode);
     let y = B::quant_soft(x.into_primitive().tensor(), params.primitives(), args);
     Tensor::from_primitive(TensorPrimitive::Float(y))
@@ -623,10 +638,14 @@ pub fn soft_quantize<B: QuantBackend, const D: usize>(
 ///
 /// # Shapes
 /// `x`: any shape; the output has the same shape.
+///
+/// # Panics
+/// If `α` or `β` is not one value (per-channel scales go through [`crate::Quantizer::hard`]).
 pub fn hard_quantize<B: QuantBackend, const D: usize>(
     x: Tensor<B, D>,
     params: &QuantParams<B>,
 ) -> Tensor<B, D> {
+    params.check_scalar_scales();
     let y = B::quant_hard(
         x.into_primitive().tensor(),
         params.primitives(),

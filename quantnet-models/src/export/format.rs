@@ -93,14 +93,15 @@ pub struct ChannelScales {
 }
 
 impl CodedEntry {
-    /// The `α` of element `i` (row-major).
-    fn alpha_of(&self, i: usize) -> f32 {
-        match &self.channel_scales {
+    /// The `α` of each element (row-major), as a function of its index.
+    fn alpha_of(&self) -> impl Fn(usize) -> f32 + '_ {
+        let layout = self.channel_scales.as_ref().map(|c| {
+            let inner: usize = self.shape[c.axis + 1..].iter().product();
+            (c, inner.max(1), self.shape[c.axis].max(1))
+        });
+        move |i| match layout {
             None => self.alpha,
-            Some(c) => {
-                let inner: usize = self.shape[c.axis + 1..].iter().product();
-                c.alpha[(i / inner) % self.shape[c.axis]]
-            }
+            Some((c, inner, count)) => c.alpha[(i / inner) % count],
         }
     }
 }
@@ -249,6 +250,7 @@ pub fn decode(entry: &CodedEntry, payload: &[u8]) -> Result<Vec<f32>> {
     let n: usize = entry.shape.iter().product();
     let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
     let bytes = &payload[start..start + usize::try_from(entry.len).unwrap_or(0)];
+    let alpha_of = entry.alpha_of();
     unpack(bytes, entry.bits, n)
         .into_iter()
         .enumerate()
@@ -256,7 +258,7 @@ pub fn decode(entry: &CodedEntry, payload: &[u8]) -> Result<Vec<f32>> {
             entry
                 .levels
                 .get(k as usize)
-                .map(|y| entry.alpha_of(i) * y)
+                .map(|y| alpha_of(i) * y)
                 .ok_or_else(|| Error::Corrupt {
                     path: entry.path.clone().into(),
                     reason: format!("code {k} has no level"),

@@ -367,3 +367,104 @@ fn a_shared_weight_quantizer_trains_as_one_function() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// LeNet-5 with one weight quantizer shared by conv2, fc1 and fc2, as training starts or resumes
+/// (moved to the autodiff backend, each layer holds its own copy of the shared values): the
+/// training step's gradient for the shared α is the sum of the three layers' gradients, computed
+/// independently with each layer given its own parameters. Without the tie before the forward,
+/// the step registers one layer's gradient (each copy's overwrites the last). Continuing such a
+/// model layer-wise gives each layer its own parameters, with the shared values.
+#[test]
+fn the_training_step_trains_a_shared_quantizer_on_the_sum_of_its_layers_gradients() {
+    use burn::module::AutodiffModule;
+    use burn::tensor::{Distribution, Int};
+    use burn::train::TrainStep;
+    use quantnet_burn::Granularity;
+    use quantnet_models::quantize::quantize_weights;
+    use quantnet_models::train::{MonitorOptions, Monitored};
+    use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
+    let _serial = crate::backend::serial();
+    let device = Default::default();
+    Inner::seed(&device, 4);
+    let input = InputShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+        classes: 10,
+    };
+    let layer_wise = QuantPolicy {
+        weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
+        ..QuantPolicy::float()
+    };
+    let shared = layer_wise
+        .clone()
+        .with_granularity(Granularity::Shared)
+        .unwrap();
+    let temps = Temperatures::default();
+    let mut model = Model::<Inner>::new(Arch::Lenet5, input, &device);
+    assert_eq!(quantize_weights(&mut model, &shared, &temps).unwrap(), 3);
+    let alpha_ids = |m: &mut Model<Inner>| -> Vec<burn::module::ParamId> {
+        m.slots()
+            .weights
+            .into_iter()
+            .filter_map(|(_, mut l)| l.quantizer().as_ref().map(|q| q.alpha.id))
+            .collect()
+    };
+    let ids = alpha_ids(&mut model);
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| *id == ids[0]));
+
+    // On the autodiff backend, every parameter initialised once: a clone of a lazy parameter
+    // draws its own values (conv1's weights, say), and the model is cloned below.
+    struct Touch;
+    impl burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    let ad = <Model<B> as AutodiffModule<B>>::from_inner(model);
+    ad.visit(&mut Touch);
+    let images = Tensor::<B, 4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let targets = Tensor::<B, 1, Int>::from_ints([3, 1, 4, 1], &device);
+    let batch = ImageBatch {
+        images: images.clone(),
+        targets: targets.clone(),
+    };
+    let out = TrainStep::step(
+        &Monitored::new(ad.clone(), MonitorOptions::default()),
+        batch,
+    );
+    let got = out.grads.get::<Inner, 1>(ids[0]).expect("a gradient for α");
+    let got = got.into_data().to_vec::<f32>().unwrap()[0];
+
+    // Each layer its own parameters: `quantize_weights` with the layer-wise policy keeps the
+    // values and gives the copies fresh ids (the continuation path).
+    let mut separate = ad.clone();
+    assert_eq!(
+        quantize_weights(&mut separate, &layer_wise, &temps).unwrap(),
+        0
+    );
+    let own: std::collections::HashSet<_> = separate
+        .slots()
+        .weights
+        .into_iter()
+        .filter_map(|(_, mut l)| l.quantizer().as_ref().map(|q| q.alpha.id))
+        .collect();
+    assert_eq!(own.len(), 3);
+    let logits = separate.forward(images);
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, targets);
+    let grads = loss.backward();
+    let mut sum = 0.0f32;
+    for (_, mut layer) in separate.slots().weights {
+        if let Some(q) = layer.quantizer().as_ref() {
+            let g = q.alpha.val().grad(&grads).expect("each layer's α gradient");
+            sum += g.into_data().to_vec::<f32>().unwrap()[0];
+        }
+    }
+    assert!(
+        (got - sum).abs() <= 1e-4 * sum.abs().max(1e-3),
+        "shared α gradient {got}, sum of the layers' {sum}"
+    );
+}
