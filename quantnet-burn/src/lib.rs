@@ -72,7 +72,8 @@ pub use op::{
     soft_quantize, soft_quantize_reference,
 };
 pub use quantizer::{
-    Codes, Granularity, QuantMode, Quantizer, QuantizerConfig, Temperature, TemperatureField,
+    ChannelLayout, Codes, Granularity, QuantMode, Quantizer, QuantizerConfig, Temperature,
+    TemperatureField,
 };
 pub use schedule::TemperatureSchedule;
 pub use tie::tie_shared_params;

@@ -431,13 +431,7 @@ impl QuantizerConfig {
         temperature: &Temperature,
         device: &B::Device,
     ) -> Result<Quantizer<B>> {
-        if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
-            return Err(Error::InvalidParameter {
-                name: "data",
-                value: bad.to_string(),
-                reason: "quantizer initialisation needs finite values".into(),
-            });
-        }
+        check_finite(data)?;
         if self.method != Method::Qn {
             let (alpha, beta, thresholds) = method::initial_state(self.method, &self.levels, data)?;
             return self.init_with(alpha, beta, &thresholds, temperature, device);
@@ -473,13 +467,7 @@ impl QuantizerConfig {
         }
         self.check_granularity()?;
         let channels = ChannelLayout::new(dims, channel_axis, data.len())?;
-        if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
-            return Err(Error::InvalidParameter {
-                name: "data",
-                value: bad.to_string(),
-                reason: "quantizer initialisation needs finite values".into(),
-            });
-        }
+        check_finite(data)?;
         let mut max_abs = vec![0.0f32; channels.count];
         for (i, v) in data.iter().enumerate() {
             let c = channels.of(i);
@@ -600,9 +588,22 @@ impl QuantizerConfig {
     }
 }
 
-/// Where a row-major tensor's element `i` falls along one axis: the output channel of a weight.
+/// Refuses data with a non-finite value (the initialisation rules need finite data).
+fn check_finite(data: &[f32]) -> Result<()> {
+    match data.iter().find(|v| !v.is_finite()) {
+        Some(bad) => Err(Error::InvalidParameter {
+            name: "data",
+            value: bad.to_string(),
+            reason: "quantizer initialisation needs finite values".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Where a row-major tensor's element `i` falls along one axis: the output channel of a weight
+/// (per-channel scales, in training and in the `.qnet` files that store them).
 #[derive(Clone, Copy, Debug)]
-struct ChannelLayout {
+pub struct ChannelLayout {
     /// Channels along the axis.
     count: usize,
     /// Elements per step along the axis (the product of the dimensions after it).
@@ -610,7 +611,12 @@ struct ChannelLayout {
 }
 
 impl ChannelLayout {
-    fn new(dims: &[usize], axis: usize, len: usize) -> Result<Self> {
+    /// The layout of a tensor of shape `dims` holding `len` values, along `axis`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `axis` is outside `dims` or `dims` does not hold `len`
+    /// (at least one) values.
+    pub fn new(dims: &[usize], axis: usize, len: usize) -> Result<Self> {
         let bad = |reason: String| Error::InvalidParameter {
             name: "channel_axis",
             value: axis.to_string(),
@@ -628,7 +634,8 @@ impl ChannelLayout {
         })
     }
 
-    fn of(&self, i: usize) -> usize {
+    /// The channel of element `i`: `(i / Π dims[axis+1..]) mod dims[axis]`.
+    pub fn of(&self, i: usize) -> usize {
         (i / self.inner) % self.count
     }
 }
@@ -739,10 +746,13 @@ impl<B: QuantBackend> Quantizer<B> {
     /// compared with).
     pub fn normalised<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let params = self.params_for(&x);
-        match self.channel_shape(&x) {
-            Some(shape) => x * params.beta.reshape(shape),
-            None => x * params.beta.reshape([1; D]),
-        }
+        self.scaled(x, &params)
+    }
+
+    /// `β·x` with `params`' `β`, broadcast along the channel axis per channel.
+    fn scaled<const D: usize>(&self, x: Tensor<B, D>, params: &QuantParams<B>) -> Tensor<B, D> {
+        let shape = self.channel_shape(&x).unwrap_or([1; D]);
+        x * params.beta.clone().reshape(shape)
     }
 
     /// `f(x, params)`, or per channel `α_c·f(β_c·x, unit scales)` with `α`, `β` broadcast along
@@ -904,10 +914,7 @@ impl<B: QuantBackend> Quantizer<B> {
     pub fn occupancy<const D: usize>(&self, x: Tensor<B, D>) -> Result<Vec<f32>> {
         let total = x.shape().num_elements().max(1) as f32;
         let params = self.params_for(&x);
-        let bx: Tensor<B, 1> = match self.channel_shape(&x) {
-            Some(shape) => (x * params.beta.reshape(shape)).flatten(0, D - 1),
-            None => x.flatten::<1>(0, D - 1) * params.beta,
-        };
+        let bx: Tensor<B, 1> = self.scaled(x, &params).flatten(0, D - 1);
         let thresholds = params.thresholds;
         let n = self.level_set.num_steps();
         // Elements at or above threshold i: level k holds those above b_{k-1} but below b_k.
@@ -943,9 +950,10 @@ impl<B: Backend> Quantizer<B> {
 
     /// Checks that the persisted `levels` parameter equals the level set this quantizer was
     /// built with, and that the record's scales fit its granularity (one `α`/`β` per tensor, or
-    /// as many `β` as `α` per channel). The forward pass takes the steps from `levels` and the offset from the level
-    /// set, so a record loaded into a skeleton of another set would compute silently wrong
-    /// levels: call this after loading a record (reads `levels` back to the host).
+    /// as many `β` as `α` per channel). The forward pass takes the steps from `levels` and the
+    /// offset from the level set, so a record loaded into a skeleton of another set would
+    /// compute silently wrong levels: call this after loading a record (reads `levels` back to
+    /// the host).
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] naming both sets.

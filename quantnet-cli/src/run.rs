@@ -292,18 +292,18 @@ impl RunConfig {
             act_percentile: self.act_percentile,
             act_mse: self.act_range == ActRange::Mse,
         };
-        let policy = policy.with_method(self.method).map_err(|e| match e {
-            quantnet_models::Error::Config { reason, .. } => anyhow::anyhow!("--method {reason}"),
-            other => other.into(),
-        })?;
-        policy
-            .with_granularity(self.granularity)
-            .map_err(|e| match e {
-                quantnet_models::Error::Config { reason, .. } => {
-                    anyhow::anyhow!("--granularity {reason}")
-                }
+        // A refused setting is named by its flag.
+        let flag = |flag: &'static str| {
+            move |e| match e {
+                quantnet_models::Error::Config { reason, .. } => anyhow::anyhow!("{flag} {reason}"),
                 other => other.into(),
-            })
+            }
+        };
+        policy
+            .with_method(self.method)
+            .map_err(flag("--method"))?
+            .with_granularity(self.granularity)
+            .map_err(flag("--granularity"))
     }
 
     /// The library recipe this config describes.

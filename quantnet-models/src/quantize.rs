@@ -121,17 +121,12 @@ impl QuantPolicy {
                 w.with_granularity(granularity)
                     .map_err(|e| refuse(e.to_string()))?,
             ),
-            None if granularity == Granularity::Channel => {
-                return Err(refuse(
-                    "sets the weight scales per output channel: quantize the weights (--weights)"
-                        .into(),
-                ));
-            }
-            None if granularity == Granularity::Shared => {
-                return Err(refuse(
-                    "shares one weight quantizer between layers: quantize the weights (--weights)"
-                        .into(),
-                ));
+            None if granularity != Granularity::Tensor => {
+                let what = match granularity {
+                    Granularity::Shared => "shares one weight quantizer between layers",
+                    _ => "sets the weight scales per output channel",
+                };
+                return Err(refuse(format!("{what}: quantize the weights (--weights)")));
             }
             None => None,
         };

@@ -143,7 +143,9 @@ fn histograms(run: &Path, file: &str, when: &str) -> Result<Vec<Histogram>> {
     let mut out = Vec::new();
     for (name, mut layer) in model.slots().weights {
         let weight = layer.weight();
-        let normalised = layer.normalised_weight();
+        // Per-channel layers are drawn in the thresholds' domain (read before `q` borrows).
+        let per_channel = (layer.quantizer().as_ref()).is_some_and(|q| q.channel_axis().is_some());
+        let normalised = per_channel.then(|| layer.normalised_weight()).flatten();
         let Some(q) = layer.quantizer().as_ref() else {
             continue;
         };
@@ -157,7 +159,7 @@ fn histograms(run: &Path, file: &str, when: &str) -> Result<Vec<Histogram>> {
         let (alpha, beta) = (scalar(p.alpha)?, scalar(p.beta)?);
         let thresholds = scalar(p.thresholds)?;
         let levels = q.level_set().levels();
-        if q.channel_axis().is_some() {
+        if per_channel {
             // Per-channel scales: every channel in the thresholds' domain β_c·w, where the
             // thresholds are shared; a level y lands at y·α_c·β_c there (the mean is drawn).
             let gain = alpha.iter().zip(&beta).map(|(a, b)| a * b).sum::<f32>()

@@ -21,6 +21,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use quantnet_burn::ChannelLayout;
+
 use super::{ModelHeader, corrupt};
 use crate::error::{Error, Result};
 
@@ -90,20 +92,6 @@ pub struct ChannelScales {
     pub axis: usize,
     /// One `α` per output channel (`shape[axis]` values).
     pub alpha: Vec<f32>,
-}
-
-impl CodedEntry {
-    /// The `α` of each element (row-major), as a function of its index.
-    fn alpha_of(&self) -> impl Fn(usize) -> f32 + '_ {
-        let layout = self.channel_scales.as_ref().map(|c| {
-            let inner: usize = self.shape[c.axis + 1..].iter().product();
-            (c, inner.max(1), self.shape[c.axis].max(1))
-        });
-        move |i| match layout {
-            None => self.alpha,
-            Some((c, inner, count)) => c.alpha[(i / inner) % count],
-        }
-    }
 }
 
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as zlib and PNG.
@@ -250,7 +238,18 @@ pub fn decode(entry: &CodedEntry, payload: &[u8]) -> Result<Vec<f32>> {
     let n: usize = entry.shape.iter().product();
     let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
     let bytes = &payload[start..start + usize::try_from(entry.len).unwrap_or(0)];
-    let alpha_of = entry.alpha_of();
+    // The α of each element: one, or its output channel's (the rule training uses).
+    let channels = match &entry.channel_scales {
+        Some(c) if n > 0 => Some((
+            &c.alpha,
+            ChannelLayout::new(&entry.shape, c.axis, n).map_err(|e| Error::Corrupt {
+                path: entry.path.clone().into(),
+                reason: e.to_string(),
+            })?,
+        )),
+        _ => None,
+    };
+    let alpha_of = |i: usize| channels.map_or(entry.alpha, |(alpha, layout)| alpha[layout.of(i)]);
     unpack(bytes, entry.bits, n)
         .into_iter()
         .enumerate()

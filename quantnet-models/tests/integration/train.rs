@@ -160,6 +160,15 @@ fn train(dir: &Path, epochs: usize, resume_from: Option<usize>) -> Run {
     }
 }
 
+/// The MNIST fixture as the recipe's data (MNIST's normalisation).
+fn mnist_data() -> quantnet_models::qat::QatData {
+    quantnet_models::qat::QatData::new(
+        mnist::load(&mnist_dir(), Split::Train).unwrap(),
+        mnist::load(&mnist_dir(), Split::Test).unwrap(),
+        (vec![0.1307], vec![0.3081]),
+    )
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("quantnet-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -265,14 +274,10 @@ impl<B: Backend> quantnet_models::models::QatModel<B> for UserMlp<B> {
 /// two epochs on the MNIST fixture. The report says what happened, and the files are written.
 #[test]
 fn the_library_recipe_quantizes_a_user_model() {
-    use quantnet_models::qat::{Qat, QatConfig, QatData};
+    use quantnet_models::qat::{Qat, QatConfig};
     let _serial = crate::backend::serial();
     let dir = scratch("recipe");
-    let data = QatData::new(
-        mnist::load(&mnist_dir(), Split::Train).unwrap(),
-        mnist::load(&mnist_dir(), Split::Test).unwrap(),
-        (vec![0.1307], vec![0.3081]),
-    );
+    let data = mnist_data();
     let policy = quantnet_models::QuantPolicy::recipe(
         Some(LevelSet::ternary()),
         Some(LevelSet::unsigned(2).unwrap()),
@@ -322,14 +327,10 @@ fn the_library_recipe_quantizes_a_user_model() {
 fn a_shared_weight_quantizer_trains_as_one_function() {
     use quantnet_burn::Granularity;
     use quantnet_models::models::QatModel;
-    use quantnet_models::qat::{Qat, QatConfig, QatData};
+    use quantnet_models::qat::{Qat, QatConfig};
     let _serial = crate::backend::serial();
     let dir = scratch("shared");
-    let data = QatData::new(
-        mnist::load(&mnist_dir(), Split::Train).unwrap(),
-        mnist::load(&mnist_dir(), Split::Test).unwrap(),
-        (vec![0.1307], vec![0.3081]),
-    );
+    let data = mnist_data();
     let policy = quantnet_models::QuantPolicy {
         quantize_all: true,
         ..quantnet_models::QuantPolicy::recipe(Some(LevelSet::ternary()), None)
@@ -382,16 +383,11 @@ fn the_training_step_trains_a_shared_quantizer_on_the_sum_of_its_layers_gradient
     use quantnet_burn::Granularity;
     use quantnet_models::quantize::quantize_weights;
     use quantnet_models::train::{MonitorOptions, Monitored};
-    use quantnet_models::{Arch, InputShape, Model, QuantPolicy, Temperatures};
+    use quantnet_models::{Arch, Model, QuantPolicy, Temperatures};
     let _serial = crate::backend::serial();
     let device = Default::default();
     Inner::seed(&device, 4);
-    let input = InputShape {
-        channels: 1,
-        height: 28,
-        width: 28,
-        classes: 10,
-    };
+    let input = quantnet_models::data::Dataset::Mnist.input();
     let layer_wise = QuantPolicy {
         weights: Some(QuantizerConfig::weights(LevelSet::ternary())),
         ..QuantPolicy::float()
