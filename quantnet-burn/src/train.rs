@@ -52,8 +52,10 @@ pub struct TemperatureHook<S = NeverStop> {
     inner: S,
     /// `(epochs, steps per epoch)` of the run, when known.
     run: Option<(usize, usize)>,
-    /// The run's next step (0-based), shared by the clones the training step holds.
+    /// The run's next tick (0-based), shared by the clones the training step holds.
     step: Arc<AtomicUsize>,
+    /// Ticks per optimizer step: the number of devices that each run one batch of a step.
+    ticks_per_step: usize,
 }
 
 impl TemperatureHook<NeverStop> {
@@ -64,6 +66,7 @@ impl TemperatureHook<NeverStop> {
             inner: NeverStop,
             run: None,
             step: Arc::new(AtomicUsize::new(0)),
+            ticks_per_step: 1,
         }
     }
 }
@@ -91,6 +94,7 @@ impl<S> TemperatureHook<S> {
             inner,
             run: self.run,
             step: self.step,
+            ticks_per_step: self.ticks_per_step,
         }
     }
 
@@ -100,6 +104,15 @@ impl<S> TemperatureHook<S> {
     /// [`ScheduleKind::Anneal`]: crate::schedule::ScheduleKind::Anneal
     pub fn over(mut self, epochs: usize, steps_per_epoch: usize) -> Self {
         self.run = Some((epochs.max(1), steps_per_epoch.max(1)));
+        self
+    }
+
+    /// Every optimizer step is ticked `devices` times, once by each device's training step
+    /// (burn-train's multi-device strategy runs one batch per device and then one optimizer
+    /// step): the `devices` ticks of a step run at that step's temperatures, so the schedule
+    /// moves per optimizer step as on one device.
+    pub fn ticked_by(mut self, devices: usize) -> Self {
+        self.ticks_per_step = devices.max(1);
         self
     }
 
@@ -126,15 +139,17 @@ impl<S> TemperatureHook<S> {
     /// Sets every temperature for the 0-based `epoch` about to run (its first step).
     pub fn start_at(&self, epoch: usize) {
         let step = epoch * self.run.map_or(1, |(_, s)| s);
-        self.step.store(step, Ordering::SeqCst);
+        self.step
+            .store(step * self.ticks_per_step, Ordering::SeqCst);
         self.set_at_step(step);
     }
 
     /// Sets the temperatures of the step about to run and counts it: call once per training
-    /// step, before the forward pass. Does nothing unless the run's length is known.
+    /// step and device ([`Self::ticked_by`]), before the forward pass. Does nothing unless the
+    /// run's length is known.
     pub fn tick(&self) {
         if self.run.is_some() {
-            let step = self.step.fetch_add(1, Ordering::SeqCst);
+            let step = self.step.fetch_add(1, Ordering::SeqCst) / self.ticks_per_step;
             self.set_at_step(step);
             for (temperature, _) in &self.cells {
                 temperature.push_step(temperature.get());
@@ -146,7 +161,9 @@ impl<S> TemperatureHook<S> {
     /// when the run's length is known ([`Self::over`]).
     pub fn finish(&self) {
         if let Some((epochs, per_epoch)) = self.run {
-            self.step.store(epochs * per_epoch - 1, Ordering::SeqCst);
+            let last = epochs * per_epoch - 1;
+            self.step
+                .store(last * self.ticks_per_step, Ordering::SeqCst);
             // The end of the run whatever the step count (a one-step run ends at T_end too).
             for (temperature, schedule) in &self.cells {
                 temperature.set(schedule.at_run(epochs - 1, 1.0));
@@ -255,7 +272,9 @@ where
 /// updated once. Gradient clipping, if the inner optimizer has it, applies per group. A
 /// parameter that occurs in several places of the module (a shared weight quantizer) is one
 /// parameter after the step too ([`tie_shared_params`](crate::tie_shared_params)).
-/// Multi-device steps (`step_multi`) use the base rate for every parameter.
+/// burn-train's multi-device strategy with the optimizer on the main device (what quantnet
+/// uses) calls `step` with the devices' gradients summed; its sharded strategy calls
+/// `step_multi`, which uses the base rate for every parameter.
 pub struct GroupLr<O, G> {
     inner: O,
     group: Arc<G>,
@@ -506,6 +525,45 @@ mod tests {
         plain.start_at(0);
         plain.tick();
         assert_eq!(w.get(), 3.0);
+    }
+
+    #[test]
+    fn a_hook_ticked_by_two_devices_moves_once_per_optimizer_step() {
+        // 1 epoch of 3 optimizer steps on 2 devices: 6 ticks, two per step, each pair at that
+        // step's temperature (anneal 5 → 500: 5, 50, 500), as one device's 3 ticks.
+        let w = Temperature::new(1.0);
+        let hook = TemperatureHook::new()
+            .with(&w, TemperatureSchedule::anneal(5.0, 500.0))
+            .over(2, 3)
+            .ticked_by(2);
+        hook.start_at(0);
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            hook.tick();
+            seen.push(w.get());
+        }
+        let want = [5.0, 5.0, 5.0 * 100f32.powf(0.2), 5.0 * 100f32.powf(0.2)];
+        for (k, (t, want)) in seen.iter().zip(want).enumerate() {
+            assert!((t - want).abs() < 1e-3 * want, "tick {k}: {seen:?}");
+        }
+        // The epoch boundary and a resume land on the step, not the tick: epoch 1 starts at
+        // step 3 whatever the ticks of epoch 0 were.
+        hook.start_at(1);
+        hook.tick();
+        hook.tick();
+        assert!(
+            (w.get() - 5.0 * 100f32.powf(0.6)).abs() < 1e-2,
+            "{}",
+            w.get()
+        );
+        hook.tick();
+        assert!(
+            (w.get() - 5.0 * 100f32.powf(0.8)).abs() < 1e-2,
+            "{}",
+            w.get()
+        );
+        hook.finish();
+        assert!((w.get() - 500.0).abs() < 1e-2);
     }
 
     /// One SGD step (lr 1) of `sum(linear(x))` with `optimizer`; returns the stepped module.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::backend::BackendName;
+use crate::backend::{BackendName, DeviceList};
 
 /// Quantization Networks (Yang et al., CVPR 2019) for Burn.
 #[derive(Debug, Parser)]
@@ -428,6 +428,20 @@ pub(crate) struct TrainArgs {
     /// Backend to train on.
     #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     pub(crate) backend: BackendName,
+    /// Train on several devices of one backend (`cuda:0,cuda:1`, `wgpu:0,wgpu:1`, `cpu,cpu`):
+    /// each step's batch is split evenly over them and the optimizer steps with the mean
+    /// gradient (docs/distributed.md). Names the backend, so it replaces --backend.
+    #[arg(long, value_name = "LIST", conflicts_with = "backend")]
+    pub(crate) devices: Option<DeviceList>,
+}
+
+impl TrainArgs {
+    /// The backend and its devices: `--devices`, or `--backend`'s default device.
+    pub(crate) fn device_list(&self) -> DeviceList {
+        self.devices
+            .clone()
+            .unwrap_or_else(|| DeviceList::single(self.backend))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -454,6 +468,19 @@ pub(crate) struct EvalArgs {
     /// Backend to evaluate on.
     #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     pub(crate) backend: BackendName,
+    /// Evaluate on several devices of one backend (`cuda:0,cuda:1`), the test set split over
+    /// them. Names the backend, so it replaces --backend.
+    #[arg(long, value_name = "LIST", conflicts_with = "backend")]
+    pub(crate) devices: Option<DeviceList>,
+}
+
+impl EvalArgs {
+    /// The backend and its devices: `--devices`, or `--backend`'s default device.
+    pub(crate) fn device_list(&self) -> DeviceList {
+        self.devices
+            .clone()
+            .unwrap_or_else(|| DeviceList::single(self.backend))
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -467,6 +467,9 @@ pub(crate) struct Summary {
     pub(crate) model: String,
     pub(crate) dataset: String,
     pub(crate) backend: String,
+    /// The devices it ran on (`--devices`; one entry, the backend's default device, otherwise).
+    #[serde(default)]
+    pub(crate) devices: Vec<String>,
     pub(crate) weights: String,
     pub(crate) acts: String,
     pub(crate) epochs: usize,

@@ -606,6 +606,88 @@ fn resume_from_the_last_checkpoint_matches_the_uninterrupted_run() {
     std::fs::remove_dir_all(&run).unwrap();
 }
 
+/// `--devices cpu,cpu`: the same CPU device listed twice runs burn-train's multi-device
+/// strategy (two workers, each with half of every 64-image step, the optimizer on the first
+/// with the mean gradient). Against the shared one-device run on the same data: the same steps,
+/// so the same per-epoch temperatures to the last digit and the same final ones; accuracy
+/// comparable (the data order differs: each worker shuffles its half of the set). A copy
+/// without epoch 2's checkpoint, resumed on two devices, ends bit for bit where the
+/// uninterrupted two-device run did, and `eval` split over two devices gives the run's hard
+/// accuracy.
+#[test]
+fn two_devices_train_like_one_and_resume() {
+    let _cpu = exclusive();
+    let shared = shared_run();
+    let data = fixtures();
+    let two = shared.root.join("two-devices");
+    let _ = std::fs::remove_dir_all(&two);
+    let mut args = small_run(data.to_str().unwrap(), two.to_str().unwrap()).to_vec();
+    args.extend(["--devices", "cpu,cpu"]);
+    let out = quantnet(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("backend cpu,cpu"), "{}", stdout(&out));
+    let summary = std::fs::read_to_string(two.join("summary.json")).unwrap();
+    assert!(
+        summary.contains("\"devices\": [\n    \"cpu\",\n    \"cpu\"\n  ]"),
+        "{summary}"
+    );
+    let one = std::fs::read_to_string(shared.run.join("summary.json")).unwrap();
+    let metrics = std::fs::read_to_string(two.join("metrics.csv")).unwrap();
+    let one_metrics = std::fs::read_to_string(shared.run.join("metrics.csv")).unwrap();
+    let (rows, one_rows) = (cells(&metrics), cells(&one_metrics));
+    assert_eq!(rows.len(), 3, "{metrics}");
+    for name in ["weights_temperature", "acts_temperature"] {
+        let column = rows[0].iter().position(|h| *h == name).unwrap();
+        for epoch in 1..=2 {
+            assert_eq!(
+                rows[epoch][column], one_rows[epoch][column],
+                "{name}: {metrics}"
+            );
+        }
+        let key = &name[..name.find('_').unwrap()];
+        assert_eq!(temperature(&summary, key), temperature(&one, key));
+    }
+    let (hard, one_hard) = (
+        json_number(&summary, "test_accuracy_hard"),
+        json_number(&one, "test_accuracy_hard"),
+    );
+    assert!(
+        hard > 20.0 && (hard - one_hard).abs() <= 10.0,
+        "two devices {hard}%, one {one_hard}%"
+    );
+
+    let resumed = shared.root.join("two-devices-resumed");
+    let _ = std::fs::remove_dir_all(&resumed);
+    copy_dir(&two, &resumed);
+    for f in ["model-2.bin", "optim-2.bin", "scheduler-2.bin"] {
+        std::fs::remove_file(resumed.join("train/checkpoint").join(f)).unwrap();
+    }
+    std::fs::remove_file(resumed.join("summary.json")).unwrap();
+    let resumed_s = resumed.to_str().unwrap();
+    let out = quantnet(&["train", "--resume", resumed_s, "--devices", "cpu,cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("resuming from the checkpoint of epoch 1"));
+    let again = std::fs::read_to_string(resumed.join("metrics.csv")).unwrap();
+    assert_eq!(without_seconds(&again), without_seconds(&metrics));
+
+    let out = quantnet(&[
+        "eval",
+        "--from",
+        two.to_str().unwrap(),
+        "--devices",
+        "cpu,cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("test accuracy (hard-quantized) {hard:.2}%")),
+        "{}",
+        stdout(&out)
+    );
+    for dir in [two, resumed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 /// `kill -9` in the middle of the second quantized epoch, then `--resume`. A separate process
 /// is not bit-identical to the shared run under load, so this checks the resumed run's own
 /// records: epoch 1's logs kept as the killed run wrote them, epoch 2 complete (no partial
@@ -830,7 +912,33 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn train_errors_are_one_clear_line() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
+        (
+            &["train", "--devices", "cpu,cpu", "--batch-size", "63"],
+            "--batch-size 63 does not split evenly over 2 devices",
+        ),
+        #[cfg(not(feature = "cuda"))]
+        (
+            &[
+                "train",
+                "--devices",
+                "cuda:0,cuda:1",
+                "--out",
+                "/tmp/quantnet-never",
+            ],
+            "backend `cuda` is not compiled into this binary",
+        ),
+        #[cfg(feature = "cuda")]
+        (
+            &[
+                "train",
+                "--devices",
+                "cuda:0,cuda:63",
+                "--out",
+                "/tmp/quantnet-never",
+            ],
+            "device cuda:63 does not exist",
+        ),
         (
             &["train", "--method", "lsq", "--granularity", "channel"],
             "per-channel and shared scales are built for `qn` weights; lsq is per tensor",
@@ -911,6 +1019,23 @@ fn train_errors_are_one_clear_line() {
         (
             &["train", "--granularity", "row"],
             "expected `tensor`, `channel` or `shared`",
+        ),
+        (
+            &["train", "--devices", "cpu,cuda:0"],
+            "the list mixes backends (cpu and cuda): one backend per run",
+        ),
+        (
+            &["train", "--devices", "cpu:1"],
+            "the cpu backend has one device",
+        ),
+        (&["eval", "--devices", "tpu:0"], "unknown backend `tpu`"),
+        (
+            &["train", "--devices", "cuda:x"],
+            "the device index must be a number",
+        ),
+        (
+            &["train", "--devices", "cpu,cpu", "--backend", "wgpu"],
+            "cannot be used with",
         ),
     ] {
         let out = quantnet(args);

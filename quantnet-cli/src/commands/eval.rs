@@ -12,7 +12,7 @@ use quantnet_models::train::layer_stats;
 
 use quantnet_burn::QatBackend;
 
-use crate::backend::{BackendName, WithBackend, dispatch};
+use crate::backend::{WithBackend, dispatch};
 use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
 use crate::run::load_run;
 use crate::run::{Summary, write_atomic};
@@ -38,8 +38,14 @@ impl WithBackend for EvalJob {
     type Output = Summary;
 
     fn run<B: QatBackend>(self, device: B::Device) -> Result<Summary> {
+        self.run_on::<B>(vec![device])
+    }
+
+    fn run_on<B: QatBackend>(self, devices: Vec<B::Device>) -> Result<Summary> {
         let args = self.args;
-        let backend = args.backend.name().to_string();
+        let list = args.device_list();
+        let backend = list.backend.name().to_string();
+        let device = devices.first().context("no device")?.clone();
         if let Some(file) = &args.model_file {
             // An exported model: a .qnet file (hard weights decoded from codes) or a Burn-native
             // record (Burn quantized weights); activation quantizers hard either way.
@@ -80,12 +86,13 @@ impl WithBackend for EvalJob {
             }
             let (items, batcher) = test_items(dataset, args.data_dir.as_deref())?;
             let started = Instant::now();
-            let hard = quantnet_models::train::accuracy(&model, &items, batcher, 500, &device);
+            let hard = quantnet_models::train::accuracy_on(&model, &items, batcher, 500, &devices);
             let seconds = started.elapsed().as_secs_f64();
             return Ok(Summary {
                 model: arch.to_string(),
                 dataset: dataset.to_string(),
                 backend,
+                devices: list.names(),
                 weights,
                 acts: acts.as_ref().map_or("32".to_string(), |l| {
                     LevelSet::new(l.clone()).map_or("custom".into(), |l| l.name())
@@ -124,11 +131,12 @@ impl WithBackend for EvalJob {
         let data_dir = args.data_dir.clone().or(cfg.data_dir.clone());
         let (items, batcher) = test_items(dataset, data_dir.as_deref())?;
         let (hard, soft, seconds) =
-            quantnet_models::qat::hard_and_soft_accuracy(&mut model, &items, batcher, &device);
+            quantnet_models::qat::hard_and_soft_accuracy(&mut model, &items, batcher, &devices);
         Ok(Summary {
             model: cfg.model.to_string(),
             dataset: dataset.to_string(),
             backend,
+            devices: list.names(),
             weights: cfg.weights.to_string(),
             acts: cfg.acts.to_string(),
             epochs: cfg.epochs,
@@ -149,14 +157,14 @@ impl WithBackend for EvalJob {
 }
 
 pub(crate) fn run(args: EvalArgs) -> Result<()> {
-    let backend: BackendName = args.backend;
+    let list = args.device_list();
     let out = args.out.clone();
     let what = args
         .model_file
         .clone()
         .or(args.run.clone())
         .unwrap_or_default();
-    let summary = dispatch(backend, EvalJob { args })?;
+    let summary = dispatch(list.clone(), EvalJob { args })?;
     let soft = summary
         .test_accuracy_soft
         .map_or(String::new(), |s| format!("   (soft, diagnostic: {s:.2}%)"));
@@ -166,7 +174,7 @@ pub(crate) fn run(args: EvalArgs) -> Result<()> {
         summary.test_accuracy_hard,
         summary.test_images,
         summary.dataset,
-        backend.name()
+        list.names().join(",")
     );
     if let Some(out) = out {
         std::fs::create_dir_all(&out)?;

@@ -13,7 +13,7 @@ use quantnet_models::quantize::{self, Temperatures};
 
 use quantnet_burn::QatBackend;
 
-use crate::backend::{BackendName, WithBackend, dispatch};
+use crate::backend::{DeviceList, WithBackend, dispatch};
 use crate::cli::TrainArgs;
 use crate::run::{RunConfig, Summary, load_run};
 
@@ -56,20 +56,25 @@ struct TrainJob {
     cfg: RunConfig,
     out: PathBuf,
     resume: bool,
-    backend: BackendName,
+    devices: DeviceList,
 }
 
 impl WithBackend for TrainJob {
     type Output = Summary;
 
     fn run<B: QatBackend>(self, device: B::Device) -> Result<Summary> {
+        self.run_on::<B>(vec![device])
+    }
+
+    fn run_on<B: QatBackend>(self, devices: Vec<B::Device>) -> Result<Summary> {
         let Self {
             data_dir,
             cfg,
             out,
             resume,
-            backend,
+            devices: list,
         } = self;
+        let device = devices.first().context("no device")?.clone();
         let recipe = cfg.recipe()?;
         let data = load_data(&cfg, &data_dir)?;
         B::seed(&device, cfg.seed);
@@ -105,11 +110,12 @@ impl WithBackend for TrainJob {
         let quantized = !policy.is_float();
         let (_, report) = Qat::new(recipe.clone(), &out)
             .resume(resume)
-            .run::<B, _>(model, &data, &device)?;
+            .run_on::<B, _>(model, &data, &devices)?;
         let summary = Summary {
             model: cfg.model.to_string(),
             dataset: cfg.dataset.to_string(),
-            backend: backend.name().into(),
+            backend: list.backend.name().into(),
+            devices: list.names(),
             weights: cfg.weights.to_string(),
             acts: cfg.acts.to_string(),
             epochs: cfg.epochs,
@@ -170,6 +176,15 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         }
     };
     cfg.validate()?;
+    let list = args.device_list();
+    let n = list.names().len();
+    if !cfg.batch_size.is_multiple_of(n) {
+        bail!(
+            "--batch-size {} does not split evenly over {n} devices: each step runs the same \
+             number of images on every device",
+            cfg.batch_size
+        );
+    }
     if let (false, Some(from)) = (resume, &cfg.from) {
         for file in ["config.toml", "model.mpk"] {
             if !from.join(file).is_file() {
@@ -180,8 +195,9 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
             }
         }
     }
-    // Find (or download) the data before creating anything, so that a missing data set leaves
-    // no run behind.
+    // Check the devices and find (or download) the data before creating anything, so that a
+    // device that does not exist or a missing data set leaves no run behind.
+    crate::backend::check_devices(&list)?;
     let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     cfg.write(&out)?;
@@ -193,16 +209,16 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         cfg.weights,
         cfg.acts,
         cfg.epochs,
-        args.backend.name()
+        list.names().join(",")
     );
     let summary = dispatch(
-        args.backend,
+        list.clone(),
         TrainJob {
             data_dir,
             cfg,
             out: out.clone(),
             resume,
-            backend: args.backend,
+            devices: list,
         },
     )?;
     let per_epoch = summary.seconds_per_epoch.iter().sum::<f64>()

@@ -17,7 +17,9 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::backend::Backend;
 use burn::train::metric::store::EventStoreClient;
 use burn::train::metric::{AccuracyMetric, LossMetric};
-use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
+use burn::train::{
+    EarlyStoppingStrategy, ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining,
+};
 use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
@@ -144,6 +146,7 @@ pub(crate) fn fit<B, M>(
     cfg: &QatConfig,
     data: &QatData,
     temps: &Temperatures,
+    devices: &[B::Device],
     quiet: bool,
 ) -> Result<(M, Vec<f64>)>
 where
@@ -157,12 +160,14 @@ where
         .to_string();
     let clock = EpochClock::new();
     let start = phase.resume_from.unwrap_or(0);
+    // Each device runs its share of a step's images (`Qat::run_on` checked the split).
+    let n_devices = devices.len().max(1);
     phase.hook.start_at(start);
     let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(SkipEpochs {
         inner: loader::<B>(
             data.train.clone(),
             data.batcher,
-            cfg.batch_size,
+            cfg.batch_size / n_devices,
             Some(cfg.seed),
         ),
         skip: Arc::new(AtomicUsize::new(start)),
@@ -185,6 +190,8 @@ where
         soft_gap: !stats.is_empty(),
         layer_stats: !stats.is_empty(),
         clip_in_wq,
+        // burn-train sums the devices' gradients; the optimizer gets their mean.
+        grad_scale: 1.0 / n_devices as f32,
     };
     let mut model = M::TrainModule::from_inner(model);
     if phase.acts_only {
@@ -222,7 +229,13 @@ where
         ids
     };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
-    let steps_per_epoch = data.steps_per_epoch(cfg.batch_size);
+    let steps_per_epoch = data.steps_per_epoch_on(cfg.batch_size, n_devices);
+    let strategy = || -> ExecutionStrategy<B> {
+        match devices {
+            [device] => ExecutionStrategy::single(device.clone()),
+            _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
+        }
+    };
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
     macro_rules! launch {
         ($optimizer:expr) => {{
@@ -237,7 +250,8 @@ where
             .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
             .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
             .renderer(super::PlainRenderer::new(phase.name).quiet(quiet))
-            .num_epochs(phase.epochs);
+            .num_epochs(phase.epochs)
+            .with_training_strategy(strategy().into());
             if monitor.soft_gap {
                 training = training.metric_valid_numeric(SoftHardGapMetric::new());
             }

@@ -333,6 +333,17 @@ impl QatData {
     pub fn steps_per_epoch(&self, batch_size: usize) -> usize {
         self.train.len().div_ceil(batch_size.max(1))
     }
+
+    /// Optimizer steps per epoch at `batch_size` images per step split over `devices` devices
+    /// ([`Qat::run_on`]): burn-train gives each device a contiguous share of the training set
+    /// (the last one the remainder) and steps until the longest share is done.
+    pub fn steps_per_epoch_on(&self, batch_size: usize, devices: usize) -> usize {
+        let devices = devices.max(1);
+        let per_device = (batch_size / devices).max(1);
+        let share = self.train.len() / devices;
+        let last = self.train.len() - share * (devices - 1);
+        last.div_ceil(per_device)
+    }
 }
 
 /// One run of the recipe: a config and an artifact directory.
@@ -394,8 +405,50 @@ impl Qat {
         B: QatBackend,
         M: QatTrainModel<B>,
     {
+        self.run_on::<B, M>(model, data, std::slice::from_ref(device))
+    }
+
+    /// [`Qat::run`] with the training phases on several devices, through burn-train's
+    /// multi-device strategy: each optimizer step runs `batch_size / N` images on each of the N
+    /// devices, and the optimizer on the first device steps with the mean of their gradients,
+    /// so a step is one device's step over `batch_size` images (up to batch norm, whose batch
+    /// statistics are per device). The step count, the learning-rate and temperature schedules,
+    /// clipping (per device, then averaged), checkpoints and resume are those of one device.
+    /// Everything but the training steps (quantization, calibration, validation, the final
+    /// evaluation) runs on the first device. A device may be listed twice: on the CPU this runs
+    /// the multi-device code path with one device.
+    ///
+    /// # Errors
+    /// As [`Qat::run`]; [`Error::Config`] when there is no device or `batch_size` does not
+    /// split evenly over the devices.
+    pub fn run_on<B, M>(
+        &self,
+        model: M,
+        data: &QatData,
+        devices: &[B::Device],
+    ) -> Result<(M, QatReport)>
+    where
+        B: QatBackend,
+        M: QatTrainModel<B>,
+    {
         let cfg = &self.config;
         cfg.validate()?;
+        let Some(device) = devices.first() else {
+            return Err(Error::Config {
+                field: "devices",
+                reason: "needs at least one device".into(),
+            });
+        };
+        let n = devices.len();
+        if !cfg.batch_size.is_multiple_of(n) {
+            return Err(Error::Config {
+                field: "batch_size",
+                reason: format!(
+                    "{} images per step do not split evenly over {n} devices",
+                    cfg.batch_size
+                ),
+            });
+        }
         if data.train.is_empty() || data.test.is_empty() {
             return Err(Error::Config {
                 field: "data",
@@ -406,7 +459,7 @@ impl Qat {
         let temps = Temperatures::default();
         let quantized = !policy.is_float();
         let main_dir = self.dir.join("train");
-        let steps = data.steps_per_epoch(cfg.batch_size);
+        let steps = data.steps_per_epoch_on(cfg.batch_size, n);
         let done = fit::checkpoint_epochs(&main_dir)
             .into_iter()
             .rfind(|&e| e <= cfg.epochs);
@@ -440,7 +493,8 @@ impl Qat {
                     hook: TemperatureHook::new(),
                     acts_only: false,
                 };
-                let (trained, _) = fit::fit::<B, M>(model, phase, cfg, data, &temps, self.quiet)?;
+                let (trained, _) =
+                    fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
                 model = trained;
                 let fp = crate::train::accuracy(&model, &data.test, data.batcher, 500, device);
                 self.say(format_args!("full precision: test accuracy {fp:.2}%"));
@@ -456,7 +510,7 @@ impl Qat {
             }
             (model, None)
         };
-        let hook = cfg.hook(&temps).over(cfg.epochs, steps);
+        let hook = cfg.hook(&temps).over(cfg.epochs, steps).ticked_by(n);
         let phase = fit::Phase {
             name: if quantized { "quantized" } else { "train" },
             lr: cfg.main_lr(),
@@ -466,7 +520,8 @@ impl Qat {
             hook: hook.clone(),
             acts_only: cfg.phase == TrainPhase::Acts,
         };
-        let (mut model, seconds) = fit::fit::<B, M>(model, phase, cfg, data, &temps, self.quiet)?;
+        let (mut model, seconds) =
+            fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
         quantize::attach(&mut model, &temps);
         // The temperatures of the last step (the hook has already moved to the next epoch).
         cfg.hook(&temps).over(cfg.epochs, 1).finish();
@@ -498,7 +553,7 @@ impl Qat {
             &self.dir.join("metrics.csv"),
             report.metrics_csv().as_bytes(),
         )?;
-        let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, device);
+        let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, devices);
         report.test_accuracy_hard = hard;
         report.test_accuracy_soft = soft;
         report.temperatures = (
@@ -599,18 +654,19 @@ fn bn_batches<'a, B: Backend>(
 }
 
 /// Test accuracy (%) hard-quantized (the model's accuracy) and with the soft quantizers at the
-/// current temperatures (a diagnostic), and the seconds the hard pass took.
+/// current temperatures (a diagnostic), and the seconds the hard pass took; the items are
+/// split over `devices` ([`crate::train::accuracy_on`]).
 pub fn hard_and_soft_accuracy<B: QuantBackend, M: QatModel<B>>(
     model: &mut M,
     items: &[ImageItem],
     batcher: ImageBatcher,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> (f64, f64, f64) {
     let started = std::time::Instant::now();
-    let hard = crate::train::accuracy(model, items, batcher, 500, device);
+    let hard = crate::train::accuracy_on(model, items, batcher, 500, devices);
     let seconds = started.elapsed().as_secs_f64();
     quantize::set_mode(model, QuantMode::Soft);
-    let soft = crate::train::accuracy(model, items, batcher, 500, device);
+    let soft = crate::train::accuracy_on(model, items, batcher, 500, devices);
     quantize::set_mode(model, QuantMode::Auto);
     (hard, soft, seconds)
 }

@@ -83,6 +83,22 @@ where
     B: AutodiffBackend + QuantBackend,
     M: QatModel<B> + burn::module::AutodiffModule<B>,
 {
+    clipped_step(model, batch, max_norm, 1.0)
+}
+
+/// [`step_clipped_in_wq`] with every gradient also multiplied by `grad_scale` after the clip
+/// (one device's share of a multi-device step: each device's gradient is clipped, then they
+/// are averaged).
+pub(crate) fn clipped_step<B, M>(
+    model: &M,
+    batch: ImageBatch<B>,
+    max_norm: f32,
+    grad_scale: f32,
+) -> (TrainOutput<ClassificationOutput<B>>, f32)
+where
+    B: AutodiffBackend + QuantBackend,
+    M: QatModel<B> + burn::module::AutodiffModule<B>,
+{
     // 1. The network with every quantized weight replaced by a leaf holding its soft value ŵ.
     let mut shadow = model.clone();
     let mut soft = Vec::new();
@@ -112,11 +128,12 @@ where
         let s: f32 = s.into_scalar().elem();
         s.sqrt()
     });
-    let scale = if norm > max_norm {
-        max_norm / (norm + 1e-6)
-    } else {
-        1.0
-    };
+    let scale = grad_scale
+        * if norm > max_norm {
+            max_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
 
     // 3. The chain rule through the weight quantizers: the gradient of Σ ŵ(w)·(scale·∂ℓ/∂ŵ)
     //    with respect to w, α and β, through the graphs of the ŵ made in step 1.

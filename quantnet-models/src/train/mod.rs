@@ -64,15 +64,56 @@ pub fn accuracy<B: QuantBackend, M: QatModel<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> f64 {
+    accuracy_on(
+        model,
+        items,
+        batcher,
+        batch_size,
+        std::slice::from_ref(device),
+    )
+}
+
+/// [`accuracy`] with the items split into one contiguous share per device, each share
+/// evaluated on its device in its own thread (a device listed twice runs two threads on it).
+pub fn accuracy_on<B: QuantBackend, M: QatModel<B>>(
+    model: &M,
+    items: &[crate::data::ImageItem],
+    batcher: crate::data::ImageBatcher,
+    batch_size: usize,
+    devices: &[B::Device],
+) -> f64 {
     use burn::data::dataloader::batcher::Batcher;
-    if items.is_empty() {
+    if items.is_empty() || devices.is_empty() {
         return 0.0;
     }
-    let mut correct = 0usize;
-    for chunk in items.chunks(batch_size.max(1)) {
-        let batch: ImageBatch<B> = batcher.batch(chunk.to_vec(), device);
-        correct += hits(model.forward(batch.images), batch.targets);
-    }
+    let count = |model: &M, items: &[crate::data::ImageItem], device: &B::Device| {
+        let mut correct = 0usize;
+        for chunk in items.chunks(batch_size.max(1)) {
+            let batch: ImageBatch<B> = batcher.batch(chunk.to_vec(), device);
+            correct += hits(model.forward(batch.images), batch.targets);
+        }
+        correct
+    };
+    let correct = match devices {
+        [device] => count(model, items, device),
+        _ => {
+            let share = items.len().div_ceil(devices.len());
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = items
+                    .chunks(share)
+                    .zip(devices)
+                    .map(|(items, device)| {
+                        let model = model.clone().to_device(device);
+                        scope.spawn(move || count(&model, items, device))
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .sum()
+            })
+        }
+    };
     100.0 * correct as f64 / items.len() as f64
 }
 

@@ -9,7 +9,8 @@ use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use quantnet_burn::{QuantBackend, QuantMode};
 
-use super::{classify, hits, step_clipped_in_wq};
+use super::clip::clipped_step;
+use super::{classify, hits};
 use crate::data::ImageBatch;
 use crate::models::QatModel;
 use crate::stats::{LayerStats, layer_stats};
@@ -22,8 +23,12 @@ pub struct MonitorOptions {
     pub soft_gap: bool,
     /// Report each quantizer's α, β and weight-level occupancy.
     pub layer_stats: bool,
-    /// Clip the gradient norm in the `ŵ` domain, as the official code ([`step_clipped_in_wq`]).
+    /// Clip the gradient norm in the `ŵ` domain, as the official code ([`super::step_clipped_in_wq`]).
     pub clip_in_wq: Option<f32>,
+    /// Multiplies every training gradient (after clipping): `1/N` when each of N devices runs
+    /// one batch of a step and burn-train sums their gradients, so that the optimizer sees the
+    /// mean over the step's N batches, the gradient of one device running all of them.
+    pub grad_scale: f32,
 }
 
 impl Default for MonitorOptions {
@@ -32,6 +37,7 @@ impl Default for MonitorOptions {
             soft_gap: true,
             layer_stats: true,
             clip_in_wq: None,
+            grad_scale: 1.0,
         }
     }
 }
@@ -119,12 +125,18 @@ where
         // (a loaded checkpoint gives each layer its own copy): its gradient is then every
         // layer's, found through the first copy, which is the model's own.
         let model = quantnet_burn::tie_shared_params(self.model.clone());
+        let scale = self.options.grad_scale;
         if let Some(max_norm) = self.options.clip_in_wq {
             // `Monitored` adds no parameters: the model's gradients are the wrapper's.
-            return step_clipped_in_wq(&model, batch, max_norm).0;
+            return clipped_step(&model, batch, max_norm, scale).0;
         }
         let item = classify(&model, batch.images, batch.targets);
-        TrainOutput::new(self, item.loss.backward(), item)
+        let grads = if scale == 1.0 {
+            item.loss.backward()
+        } else {
+            item.loss.clone().mul_scalar(scale).backward()
+        };
+        TrainOutput::new(self, grads, item)
     }
 }
 

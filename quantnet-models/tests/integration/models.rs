@@ -351,6 +351,65 @@ fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alik
     }
 }
 
+/// The multi-device step (`Qat::run_on`): each of two devices runs half of a step's batch with
+/// `grad_scale` 1/2 and burn-train sums their gradients (its `GradientsAccumulator`): the sum is
+/// the gradient of one device running the whole batch, for every parameter (weights, biases,
+/// both kinds of quantizer), with and without clipping in the ŵ domain (here below its
+/// threshold: each half is clipped on its own, so an active clip is per device).
+#[test]
+fn two_half_batches_at_half_scale_sum_to_the_whole_batch_gradient() {
+    let _serial = crate::backend::serial();
+    use burn::optim::GradientsAccumulator;
+    use burn::train::TrainStep;
+    use quantnet_models::data::ImageBatch;
+    use quantnet_models::train::{MonitorOptions, Monitored};
+    let device = Default::default();
+    <B as Backend>::seed(&device, 9);
+    let temps = Temperatures::default();
+    temps.weights.set(5.0);
+    temps.acts.set(5.0);
+    let policy = ternary_u2();
+    let images =
+        |n| Tensor::<Inner, 4>::random([n, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut inner = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
+    quantize_weights(&mut inner, &policy, &temps).unwrap();
+    calibrate_acts(&mut inner, &policy, &temps, [images(8)]).unwrap();
+    let model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
+    let x = Tensor::<B, 4>::from_inner(images(8));
+    let targets = Tensor::<B, 1, Int>::from_ints([1, 0, 3, 2, 9, 4, 4, 7], &device);
+    let part = |range: std::ops::Range<usize>| ImageBatch {
+        images: x.clone().slice(range.clone()),
+        targets: targets.clone().slice(range),
+    };
+    for clip_in_wq in [None, Some(1e6)] {
+        let options = |grad_scale| MonitorOptions {
+            clip_in_wq,
+            grad_scale,
+            ..MonitorOptions::default()
+        };
+        let whole = Monitored::new(model.clone(), options(1.0));
+        let whole = all_grads(&model, &TrainStep::step(&whole, part(0..8)).grads);
+        let half = Monitored::new(model.clone(), options(0.5));
+        let mut sum = GradientsAccumulator::new();
+        for range in [0..4, 4..8] {
+            sum.accumulate(&half, TrainStep::step(&half, part(range)).grads);
+        }
+        let two = all_grads(&model, &sum.grads());
+        assert_eq!(whole.len(), two.len(), "{clip_in_wq:?}");
+        assert!(whole.len() > 10, "{}", whole.len());
+        for ((id, a), (id2, b)) in whole.iter().zip(&two) {
+            assert_eq!(id, id2);
+            let peak = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * peak,
+                    "{clip_in_wq:?} {id}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
+
 /// Regression (`--gradient` was ignored with `--from`): a quantizer kept because its level set
 /// matches the policy's takes the policy's gradient rule, for weights and activations alike.
 #[test]
