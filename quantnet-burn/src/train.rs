@@ -344,7 +344,7 @@ where
 }
 
 /// A learning-rate schedule over a run: `const`, `cosine` (from the base rate down to 0 at the
-/// run's last step) or `step:E,G` (× `G` every `E` epochs).
+/// run's last step) or `step:E,G[,F]` (× `G` every `E` epochs, from epoch `F`).
 ///
 /// Serialised as that text.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -354,12 +354,17 @@ pub enum LrSchedule {
     Constant,
     /// `lr·(1 + cos(π·s/(N−1)))/2` at step `s` of `N`.
     Cosine,
-    /// `lr·gamma^⌊epoch/every⌋`.
+    /// `lr·gamma^k` after `k` decays, at epochs `first`, `first + every`, `first + 2·every`, …
+    /// (`step:EVERY,GAMMA` decays at every multiple of `every`; `step:EVERY,GAMMA,FIRST` is the
+    /// official code's `--step_size FIRST --decay_step EVERY`, and the paper's ×0.1 at epochs
+    /// 30 and 45 is `step:15,0.1,30`).
     Step {
         /// Epochs between two decays (≥ 1).
         every: usize,
         /// The decay factor (> 0).
         gamma: f64,
+        /// The (0-based) epoch of the first decay (≥ 1).
+        first: usize,
     },
 }
 
@@ -369,7 +374,16 @@ impl std::fmt::Display for LrSchedule {
         match self {
             Self::Constant => f.write_str("const"),
             Self::Cosine => f.write_str("cosine"),
-            Self::Step { every, gamma } => write!(f, "step:{every},{gamma}"),
+            Self::Step {
+                every,
+                gamma,
+                first,
+            } if first == every => write!(f, "step:{every},{gamma}"),
+            Self::Step {
+                every,
+                gamma,
+                first,
+            } => write!(f, "step:{every},{gamma},{first}"),
         }
     }
 }
@@ -403,19 +417,29 @@ impl std::str::FromStr for LrSchedule {
             other => {
                 let args = other
                     .strip_prefix("step:")
-                    .ok_or_else(|| bad("expected const, cosine or step:EPOCHS,GAMMA"))?;
-                let (every, gamma) = args
-                    .split_once(',')
-                    .ok_or_else(|| bad("step needs EPOCHS,GAMMA (e.g. step:10,0.1)"))?;
-                let every: usize = every
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad("EPOCHS: an integer"))?;
-                let gamma: f64 = gamma.trim().parse().map_err(|_| bad("GAMMA: a number"))?;
-                if every == 0 || !(gamma.is_finite() && gamma > 0.0) {
-                    return Err(bad("EPOCHS must be at least 1 and GAMMA positive"));
+                    .ok_or_else(|| bad("expected const, cosine or step:EPOCHS,GAMMA[,FIRST]"))?;
+                let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+                let (every, gamma, first) = match parts[..] {
+                    [every, gamma] => (every, gamma, None),
+                    [every, gamma, first] => (every, gamma, Some(first)),
+                    _ => return Err(bad("step needs EPOCHS,GAMMA[,FIRST] (e.g. step:10,0.1)")),
+                };
+                let every: usize = every.parse().map_err(|_| bad("EPOCHS: an integer"))?;
+                let gamma: f64 = gamma.parse().map_err(|_| bad("GAMMA: a number"))?;
+                let first: usize = match first {
+                    Some(f) => f.parse().map_err(|_| bad("FIRST: an integer"))?,
+                    None => every,
+                };
+                if every == 0 || first == 0 || !(gamma.is_finite() && gamma > 0.0) {
+                    return Err(bad(
+                        "EPOCHS and FIRST must be at least 1 and GAMMA positive",
+                    ));
                 }
-                Ok(Self::Step { every, gamma })
+                Ok(Self::Step {
+                    every,
+                    gamma,
+                    first,
+                })
             }
         }
     }
@@ -454,8 +478,17 @@ impl RunLr {
                 let f = s.min(self.total - 1) as f64 / (self.total - 1).max(1) as f64;
                 self.base * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
             }
-            LrSchedule::Step { every, gamma } => {
-                let decays = (s / self.steps_per_epoch) / every;
+            LrSchedule::Step {
+                every,
+                gamma,
+                first,
+            } => {
+                let epoch = s / self.steps_per_epoch;
+                let decays = if epoch < first {
+                    0
+                } else {
+                    (epoch - first) / every + 1
+                };
                 self.base * gamma.powi(decays.min(i32::MAX as usize) as i32)
             }
         }
@@ -639,6 +672,21 @@ mod tests {
         for (r, w) in rates.iter().zip([1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4]) {
             assert!((r - w).abs() < 1e-12, "{rates:?}");
         }
+        // step:2,0.1,3 over 8 epochs of 1 step: decays at epochs 3, 5 and 7 (the official code's
+        // step size 3, decay step 2); step:2,0.1 is step:2,0.1,2 and prints as written.
+        let late = RunLr::new(1.0, "step:2,0.1,3".parse().unwrap(), 8, 1);
+        let rates: Vec<f64> = (0..8).map(|s| late.at(s)).collect();
+        let want = [1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01, 0.001];
+        for (r, w) in rates.iter().zip(want) {
+            assert!((r - w).abs() < 1e-12, "{rates:?}");
+        }
+        let every: LrSchedule = "step:2,0.1".parse().unwrap();
+        assert_eq!(every, "step:2,0.1,2".parse().unwrap());
+        assert_eq!(every.to_string(), "step:2,0.1");
+        assert_eq!(
+            "step:15,0.1,30".parse::<LrSchedule>().unwrap().to_string(),
+            "step:15,0.1,30"
+        );
         // The record is the step count: a resumed schedule continues.
         let mut fresh = RunLr::new(1e-3, LrSchedule::Cosine, 2, 3);
         let record = LrScheduler::to_record::<Nd>(&cosine);
@@ -646,7 +694,14 @@ mod tests {
         fresh = LrScheduler::load_record::<Nd>(fresh, 4);
         assert!((fresh.step() - 1e-3 * 0.095492).abs() < 1e-9);
         assert_eq!(RunLr::new(2e-3, LrSchedule::Constant, 1, 1).at(99), 2e-3);
-        for bad in ["step:0,0.1", "step:2", "step:2,-1", "linear"] {
+        for bad in [
+            "step:0,0.1",
+            "step:2",
+            "step:2,-1",
+            "step:2,0.1,0",
+            "step:1,2,3,4",
+            "linear",
+        ] {
             assert!(bad.parse::<LrSchedule>().is_err(), "{bad}");
         }
     }

@@ -688,6 +688,84 @@ fn two_devices_train_like_one_and_resume() {
     }
 }
 
+/// Every config in configs/ (the paper's ImageNet recipes) runs: one epoch of steps of 4 on
+/// the 20 ImageNet sample images, read from disk with the training augmentation, with the
+/// config's optimizer, schedules, clipping and precisions (the quantized phases start from an
+/// untrained model here: --from is the user's previous phase), and summary.json says so.
+/// ResNet-18 W2 runs on two devices (`cpu,cpu`). Batch-norm re-estimation is off: its 200
+/// batches at 224×224 would take minutes per model on a CPU (the recipe test covers it).
+#[test]
+#[ignore = "needs the ImageNet samples in ../shared/data (not redistributable, so not a fixture); .ci/run runs it"]
+fn every_imagenet_config_runs_a_few_steps_on_the_sample_images() {
+    let _cpu = exclusive();
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/imagenet-samples");
+    assert!(
+        data.join("labels.csv").is_file(),
+        "this test needs the ImageNet samples in {} (../shared/data next to the repository)",
+        data.display()
+    );
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut files: Vec<_> = std::fs::read_dir(&configs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    let root = std::env::temp_dir().join(format!("quantnet-configs-{}", std::process::id()));
+    for file in files {
+        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+        let out = root.join(&name);
+        let mut args = vec![
+            "train",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--bn-reestimate",
+            "false",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let two_devices = name == "resnet18-w2";
+        if two_devices {
+            args.extend(["--devices", "cpu,cpu"]);
+        }
+        let run = quantnet(&args);
+        assert!(run.status.success(), "{name}: {}", stderr(&run));
+        let text = stdout(&run);
+        assert!(
+            text.contains("20 training images, 20 test images (read from disk"),
+            "{name}: {text}"
+        );
+        let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+        let config = std::fs::read_to_string(&file).unwrap();
+        for key in ["model", "weights", "acts"] {
+            let line = config
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} =")))
+                .unwrap();
+            let value = line.split('"').nth(1).unwrap();
+            assert!(
+                summary.contains(&format!("\"{key}\": \"{value}\"")),
+                "{name}: {key} {value} in {summary}"
+            );
+        }
+        let hard = json_number(&summary, "test_accuracy_hard");
+        assert!((0.0..=100.0).contains(&hard), "{name}: {summary}");
+        let steps = std::fs::read_to_string(out.join("train/train/epoch-1/Loss.log")).unwrap();
+        // 20 images in steps of 4: 5 steps, logged per device's batch.
+        let logged = if two_devices { 10 } else { 5 };
+        assert_eq!(steps.lines().count(), logged, "{name}: {steps}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// `kill -9` in the middle of the second quantized epoch, then `--resume`. A separate process
 /// is not bit-identical to the shared run under load, so this checks the resumed run's own
 /// records: epoch 1's logs kept as the killed run wrote them, epoch 2 complete (no partial

@@ -5,8 +5,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use quantnet_burn::LevelSet;
 use quantnet_models::Temperatures;
-use quantnet_models::data::{Dataset, ImageBatcher, ImageItem, Split};
+use quantnet_models::data::{Dataset, ImageBatcher, Images};
 use quantnet_models::export;
+use quantnet_models::qat::QatData;
 
 use quantnet_models::train::layer_stats;
 
@@ -21,17 +22,15 @@ struct EvalJob {
     args: EvalArgs,
 }
 
+/// The test images of `dataset` (an image folder read from disk as evaluation uses it), their
+/// batcher and the evaluation batch size.
 fn test_items(
     dataset: Dataset,
     data_dir: Option<&std::path::Path>,
-) -> Result<(Vec<ImageItem>, ImageBatcher)> {
+) -> Result<(Images, ImageBatcher, usize)> {
     let dir = super::data::locate(dataset, data_dir)?;
-    let test = dataset.load(&dir, Split::Test)?;
-    let (means, stds) = dataset.normalisation();
-    Ok((
-        test.items_normalised(usize::MAX, &means, &stds),
-        test.batcher(),
-    ))
+    let data = QatData::load(dataset, &dir, 0)?;
+    Ok((data.test.clone(), data.batcher, data.eval_batch_size()))
 }
 
 impl WithBackend for EvalJob {
@@ -84,9 +83,10 @@ impl WithBackend for EvalJob {
                     input.width
                 );
             }
-            let (items, batcher) = test_items(dataset, args.data_dir.as_deref())?;
+            let (items, batcher, batch) = test_items(dataset, args.data_dir.as_deref())?;
             let started = Instant::now();
-            let hard = quantnet_models::train::accuracy_on(&model, &items, batcher, 500, &devices);
+            let hard =
+                quantnet_models::train::accuracy_on(&model, &items, batcher, batch, &devices);
             let seconds = started.elapsed().as_secs_f64();
             return Ok(Summary {
                 model: arch.to_string(),
@@ -129,9 +129,10 @@ impl WithBackend for EvalJob {
             );
         }
         let data_dir = args.data_dir.clone().or(cfg.data_dir.clone());
-        let (items, batcher) = test_items(dataset, data_dir.as_deref())?;
-        let (hard, soft, seconds) =
-            quantnet_models::qat::hard_and_soft_accuracy(&mut model, &items, batcher, &devices);
+        let (items, batcher, batch) = test_items(dataset, data_dir.as_deref())?;
+        let (hard, soft, seconds) = quantnet_models::qat::hard_and_soft_accuracy(
+            &mut model, &items, batcher, batch, &devices,
+        );
         Ok(Summary {
             model: cfg.model.to_string(),
             dataset: dataset.to_string(),

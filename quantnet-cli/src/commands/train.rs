@@ -19,11 +19,7 @@ use crate::run::{RunConfig, Summary, load_run};
 
 /// The data set of `cfg` from `dir`, checked against the model's input, `--limit` applied.
 fn load_data(cfg: &RunConfig, dir: &Path) -> Result<QatData> {
-    let data = QatData::new(
-        cfg.dataset.load(dir, quantnet_models::data::Split::Train)?,
-        cfg.dataset.load(dir, quantnet_models::data::Split::Test)?,
-        cfg.dataset.normalisation(),
-    );
+    let data = QatData::load(cfg.dataset, dir, cfg.seed)?;
     let (b, expected) = (data.batcher, cfg.dataset.input());
     if (b.channels, b.rows, b.cols) != (expected.channels, expected.height, expected.width) {
         bail!(
@@ -42,11 +38,16 @@ fn load_data(cfg: &RunConfig, dir: &Path) -> Result<QatData> {
         None => data,
     };
     println!(
-        "{} from {}: {} training images, {} test images",
+        "{} from {}: {} training images, {} test images{}",
         cfg.dataset,
         dir.display(),
         data.train.len(),
-        data.test.len()
+        data.test.len(),
+        if data.train.is_streamed() {
+            " (read from disk as training uses them)"
+        } else {
+            ""
+        }
     );
     Ok(data)
 }

@@ -62,23 +62,28 @@ impl ImageSet {
     /// As [`ImageSet::items`] with a mean and std per channel (the last one repeats if fewer
     /// are given than there are channels).
     pub fn items_normalised(&self, n: usize, means: &[f32], stds: &[f32]) -> Vec<ImageItem> {
+        (0..n.min(self.len()))
+            .map(|i| self.item_normalised(i, means, stds))
+            .collect()
+    }
+
+    /// Image `i` as an item with pixels `(p/255 − mean)/std` per channel (the last mean and std
+    /// repeat if fewer are given than there are channels).
+    pub fn item_normalised(&self, i: usize, means: &[f32], stds: &[f32]) -> ImageItem {
         let plane = self.rows * self.cols;
         let pick = |v: &[f32], c: usize| v.get(c).or(v.last()).copied().unwrap_or(0.0);
-        (0..n.min(self.len()))
-            .map(|i| ImageItem {
-                pixels: self
-                    .image(i)
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &p)| {
-                        let c = j / plane;
-                        (f32::from(p) / 255.0 - pick(means, c))
-                            / pick(stds, c).max(f32::MIN_POSITIVE)
-                    })
-                    .collect(),
-                label: i64::from(self.labels[i]),
-            })
-            .collect()
+        ImageItem {
+            pixels: self
+                .image(i)
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| {
+                    let c = j / plane;
+                    (f32::from(p) / 255.0 - pick(means, c)) / pick(stds, c).max(f32::MIN_POSITIVE)
+                })
+                .collect(),
+            label: i64::from(self.labels[i]),
+        }
     }
 
     /// A batcher for this set's image size.

@@ -99,6 +99,18 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, u16)>> {
     Ok(out)
 }
 
+/// The size of a `w × h` image whose shorter side is resized to `side` (aspect ratio kept).
+pub(crate) fn resized(w: u32, h: u32, side: u32) -> (u32, u32) {
+    let scale = |long: u32, short: u32| {
+        (u64::from(long) * u64::from(side) / u64::from(short.max(1))) as u32
+    };
+    if w <= h {
+        (side, scale(h, w).max(side))
+    } else {
+        (scale(w, h).max(side), side)
+    }
+}
+
 /// Decodes `path` to RGB, resizes its shorter side to `resize` and centre-crops `size × size`;
 /// returns the three channel planes.
 ///
@@ -110,19 +122,7 @@ pub fn load_image(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         reason: format!("not a readable image: {e}"),
     })?;
-    let (w, h) = (img.width(), img.height());
-    let resize = resize.max(size);
-    let (nw, nh) = if w <= h {
-        (
-            resize,
-            (u64::from(h) * u64::from(resize) / u64::from(w.max(1))) as u32,
-        )
-    } else {
-        (
-            (u64::from(w) * u64::from(resize) / u64::from(h.max(1))) as u32,
-            resize,
-        )
-    };
+    let (nw, nh) = resized(img.width(), img.height(), resize.max(size));
     let resized = img.resize_exact(nw, nh, FilterType::Triangle).to_rgb8();
     let (x0, y0) = ((nw - size) / 2, (nh - size) / 2);
     let plane = (size * size) as usize;

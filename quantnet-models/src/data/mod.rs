@@ -5,6 +5,8 @@ pub mod batch;
 pub mod cifar;
 pub mod idx;
 pub mod imagefolder;
+#[cfg(feature = "train")]
+pub mod images;
 pub mod mnist;
 
 use std::fmt;
@@ -13,6 +15,8 @@ use std::str::FromStr;
 
 #[cfg(feature = "train")]
 pub use batch::{ImageBatch, ImageBatcher, ImageItem};
+#[cfg(feature = "train")]
+pub use images::{FolderSet, ImageSource, Images};
 pub use mnist::{ImageSet, MnistKind, Split};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +34,8 @@ pub enum Dataset {
     /// CIFAR-10, 32×32 RGB.
     Cifar10,
     /// An ImageNet-style image folder (`train/` and `val/` of class folders, or one folder with
-    /// `labels.csv`), 224×224 RGB, 1000 classes; held in memory, so for small folders.
+    /// `labels.csv`), 224×224 RGB, 1000 classes; read from disk as training and evaluation use
+    /// the images ([`FolderSet`]).
     Imagenet,
 }
 
@@ -121,7 +126,17 @@ impl Dataset {
         candidates.into_iter().find(|d| self.is_in(d))
     }
 
-    /// Loads one split from `dir`.
+    /// An image folder's split: `dir/train` or `dir/val` where they exist, else `dir` itself.
+    pub fn folder(dir: &Path, split: Split) -> PathBuf {
+        let sub = dir.join(match split {
+            Split::Train => "train",
+            Split::Test => "val",
+        });
+        if sub.is_dir() { sub } else { dir.to_path_buf() }
+    }
+
+    /// Loads one split from `dir` into memory (an image folder: every image decoded; training
+    /// reads folders through [`crate::qat::QatData::load`], which streams them).
     ///
     /// # Errors
     /// As the format's loader: missing, truncated or inconsistent files name the file.
@@ -129,13 +144,7 @@ impl Dataset {
         match self {
             Dataset::Mnist | Dataset::FashionMnist => mnist::load(dir, split),
             Dataset::Cifar10 => cifar::load(dir, split),
-            Dataset::Imagenet => {
-                let sub = dir.join(match split {
-                    Split::Train => "train",
-                    Split::Test => "val",
-                });
-                imagefolder::load(if sub.is_dir() { &sub } else { dir }, 224)
-            }
+            Dataset::Imagenet => imagefolder::load(&Self::folder(dir, split), 224),
         }
     }
 }

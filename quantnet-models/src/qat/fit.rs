@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
-use burn::data::dataset::InMemDataset;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::decay::WeightDecayConfig;
@@ -24,7 +23,7 @@ use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
 use super::{ClipDomain, OptimizerKind, QatConfig, QatData, QuantLrGroup, write_error};
-use crate::data::{ImageBatch, ImageBatcher, ImageItem};
+use crate::data::{ImageBatch, ImageBatcher, Images};
 use crate::error::{Error, Result};
 use crate::models::{QatModel, QatTrainModel};
 use crate::quantize::{self, Temperatures};
@@ -69,19 +68,25 @@ impl EarlyStoppingStrategy for EpochClock {
 }
 
 fn loader<B: Backend>(
-    items: Vec<ImageItem>,
+    items: Images,
     batcher: ImageBatcher,
     batch_size: usize,
     shuffle: Option<u64>,
 ) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
+    // Images read from files are decoded on the loader's worker threads: one per core.
+    let workers = if items.is_streamed() {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        1
+    };
     let builder = DataLoaderBuilder::new(batcher)
         .batch_size(batch_size)
-        .num_workers(1);
+        .num_workers(workers);
     let builder = match shuffle {
         Some(seed) => builder.shuffle(seed),
         None => builder,
     };
-    builder.build(InMemDataset::new(items))
+    builder.build(items)
 }
 
 /// A training loader that, at its first iteration, first runs the wrapped loader's shuffle for
@@ -276,7 +281,12 @@ where
             let mut training = SupervisedTraining::new(
                 dir.clone(),
                 train_loader.clone(),
-                loader::<B::InnerBackend>(data.test.clone(), data.batcher, 500, None),
+                loader::<B::InnerBackend>(
+                    data.test.clone(),
+                    data.batcher,
+                    data.eval_batch_size(),
+                    None,
+                ),
             )
             .metrics((AccuracyMetric::new(), LossMetric::new()))
             .metric_train_numeric(TemperatureMetric::new("Weight temperature", &temps.weights))

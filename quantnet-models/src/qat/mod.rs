@@ -60,6 +60,7 @@ pub mod progress;
 pub mod report;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::config::Config;
 use burn::data::dataloader::batcher::Batcher;
@@ -70,7 +71,9 @@ use quantnet_burn::train::{LrSchedule, TemperatureHook};
 use quantnet_burn::{QatBackend, QuantBackend, QuantMode, TemperatureSchedule};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{ImageBatch, ImageBatcher, ImageItem, ImageSet};
+use crate::data::{
+    Dataset, FolderSet, ImageBatch, ImageBatcher, ImageItem, ImageSet, ImageSource, Images, Split,
+};
 use crate::error::{Error, Result};
 use crate::models::{QatModel, QatTrainModel, has_batch_norm};
 use crate::quantize::{self, QuantPolicy, Temperatures};
@@ -298,25 +301,72 @@ impl QatConfig {
     }
 }
 
-/// Training and test images, normalised, with the batcher that stacks them.
+/// Training and test images, normalised as they are read, with the batcher that stacks them.
 #[derive(Clone, Debug)]
 pub struct QatData {
     /// Training images.
-    pub train: Vec<ImageItem>,
+    pub train: Images,
     /// Test images (validation runs on all of them, hard-quantized).
-    pub test: Vec<ImageItem>,
+    pub test: Images,
     /// Stacks items into batches.
     pub batcher: ImageBatcher,
 }
 
 impl QatData {
-    /// Every image of `train` and `test`, normalised with per-channel `(means, stds)`.
-    pub fn new(train: ImageSet, test: ImageSet, (means, stds): (Vec<f32>, Vec<f32>)) -> Self {
+    /// Every image of `train` and `test`, normalised with per-channel `(means, stds)` as
+    /// they are read (the sets stay bytes in memory).
+    pub fn new(train: ImageSet, test: ImageSet, normalisation: (Vec<f32>, Vec<f32>)) -> Self {
         Self {
             batcher: train.batcher(),
-            train: train.items_normalised(usize::MAX, &means, &stds),
-            test: test.items_normalised(usize::MAX, &means, &stds),
+            train: Images::bytes(train, normalisation.clone()),
+            test: Images::bytes(test, normalisation),
         }
+    }
+
+    /// Image folders read from disk as they are used ([`crate::data::FolderSet`]): the
+    /// training images with the paper's ImageNet augmentation (random crop, flip; drawn from
+    /// `seed`), the test images centre-cropped; `size × size` RGB.
+    ///
+    /// # Errors
+    /// As [`crate::data::FolderSet::open`].
+    pub fn folders(train: &Path, test: &Path, size: usize, seed: u64) -> Result<Self> {
+        let train = FolderSet::open(train, size)?.augmented(seed);
+        let test = FolderSet::open(test, size)?;
+        Ok(Self {
+            batcher: ImageBatcher {
+                channels: 3,
+                rows: size,
+                cols: size,
+            },
+            train: Images::Folder(Arc::new(train)),
+            test: Images::Folder(Arc::new(test)),
+        })
+    }
+
+    /// `dataset` from `dir`: image folders streamed from disk ([`QatData::folders`], the
+    /// images of [`Dataset::input`]'s size), the other sets decoded into memory as bytes.
+    ///
+    /// # Errors
+    /// As the data set's loader.
+    pub fn load(dataset: Dataset, dir: &Path, seed: u64) -> Result<Self> {
+        Ok(match dataset {
+            Dataset::Imagenet => Self::folders(
+                &Dataset::folder(dir, Split::Train),
+                &Dataset::folder(dir, Split::Test),
+                dataset.input().height,
+                seed,
+            )?,
+            _ => Self::new(
+                dataset.load(dir, Split::Train)?,
+                dataset.load(dir, Split::Test)?,
+                dataset.normalisation(),
+            ),
+        })
+    }
+
+    /// Images per evaluation batch: 500, or 50 for images read from files (bounded memory).
+    pub fn eval_batch_size(&self) -> usize {
+        if self.test.is_streamed() { 50 } else { 500 }
     }
 
     /// Keeps a seeded sample of `limit` training images (not the first ones: image folders are
@@ -324,7 +374,7 @@ impl QatData {
     pub fn limit_train(mut self, limit: usize, seed: u64) -> Self {
         if limit < self.train.len() {
             let keep = crate::data::sample_indices(self.train.len(), limit, seed);
-            self.train = keep.into_iter().map(|i| self.train[i].clone()).collect();
+            self.train = self.train.select(&keep);
         }
         self
     }
@@ -551,7 +601,13 @@ impl Qat {
                 let (trained, _) =
                     fit::fit::<B, M>(model, phase, cfg, data, &temps, parallel, self.quiet)?;
                 model = trained;
-                let fp = crate::train::accuracy(&model, &data.test, data.batcher, 500, device);
+                let fp = crate::train::accuracy(
+                    &model,
+                    &data.test,
+                    data.batcher,
+                    data.eval_batch_size(),
+                    device,
+                );
                 self.say(format_args!("full precision: test accuracy {fp:.2}%"));
                 report.full_precision_accuracy = Some(fp);
                 report.pretrain_epochs = cfg.pretrain_epochs;
@@ -608,7 +664,13 @@ impl Qat {
             &self.dir.join("metrics.csv"),
             report.metrics_csv().as_bytes(),
         )?;
-        let (hard, soft, _) = hard_and_soft_accuracy(&mut model, &data.test, data.batcher, devices);
+        let (hard, soft, _) = hard_and_soft_accuracy(
+            &mut model,
+            &data.test,
+            data.batcher,
+            data.eval_batch_size(),
+            devices,
+        );
         report.test_accuracy_hard = hard;
         report.test_accuracy_soft = soft;
         report.temperatures = (
@@ -639,7 +701,7 @@ impl Qat {
         let sample: Vec<ImageItem> =
             crate::data::sample_indices(data.train.len(), cfg.calibration_images, cfg.seed)
                 .into_iter()
-                .map(|i| data.train[i].clone())
+                .map(|i| data.train.item(i))
                 .collect();
         let calibration: Vec<Tensor<B::InnerBackend, 4>> = sample
             .chunks(100)
@@ -701,7 +763,7 @@ fn bn_batches<'a, B: Backend>(
     (0..order.len() / batch_size).map(move |b| {
         let items = order[b * batch_size..(b + 1) * batch_size]
             .iter()
-            .map(|&i| data.train[i].clone())
+            .map(|&i| data.train.item(i))
             .collect();
         let batch: ImageBatch<B> = data.batcher.batch(items, device);
         batch.images
@@ -709,19 +771,25 @@ fn bn_batches<'a, B: Backend>(
 }
 
 /// Test accuracy (%) hard-quantized (the model's accuracy) and with the soft quantizers at the
-/// current temperatures (a diagnostic), and the seconds the hard pass took; the items are
-/// split over `devices` ([`crate::train::accuracy_on`]).
-pub fn hard_and_soft_accuracy<B: QuantBackend, M: QatModel<B>>(
+/// current temperatures (a diagnostic), and the seconds the hard pass took; in batches of
+/// `batch_size`, the items split over `devices` ([`crate::train::accuracy_on`]).
+pub fn hard_and_soft_accuracy<B, M, S>(
     model: &mut M,
-    items: &[ImageItem],
+    items: &S,
     batcher: ImageBatcher,
+    batch_size: usize,
     devices: &[B::Device],
-) -> (f64, f64, f64) {
+) -> (f64, f64, f64)
+where
+    B: QuantBackend,
+    M: QatModel<B>,
+    S: ImageSource + ?Sized,
+{
     let started = std::time::Instant::now();
-    let hard = crate::train::accuracy_on(model, items, batcher, 500, devices);
+    let hard = crate::train::accuracy_on(model, items, batcher, batch_size, devices);
     let seconds = started.elapsed().as_secs_f64();
     quantize::set_mode(model, QuantMode::Soft);
-    let soft = crate::train::accuracy_on(model, items, batcher, 500, devices);
+    let soft = crate::train::accuracy_on(model, items, batcher, batch_size, devices);
     quantize::set_mode(model, QuantMode::Auto);
     (hard, soft, seconds)
 }

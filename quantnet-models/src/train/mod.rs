@@ -57,13 +57,18 @@ impl<B: QuantBackend> InferenceStep for Model<B> {
 }
 
 /// Accuracy (%) of `model` on `items`, in batches of `batch_size`, on `model`'s backend.
-pub fn accuracy<B: QuantBackend, M: QatModel<B>>(
+pub fn accuracy<B, M, S>(
     model: &M,
-    items: &[crate::data::ImageItem],
+    items: &S,
     batcher: crate::data::ImageBatcher,
     batch_size: usize,
     device: &B::Device,
-) -> f64 {
+) -> f64
+where
+    B: QuantBackend,
+    M: QatModel<B>,
+    S: crate::data::ImageSource + ?Sized,
+{
     accuracy_on(
         model,
         items,
@@ -75,36 +80,48 @@ pub fn accuracy<B: QuantBackend, M: QatModel<B>>(
 
 /// [`accuracy`] with the items split into one contiguous share per device, each share
 /// evaluated on its device in its own thread (a device listed twice runs two threads on it).
-pub fn accuracy_on<B: QuantBackend, M: QatModel<B>>(
+pub fn accuracy_on<B, M, S>(
     model: &M,
-    items: &[crate::data::ImageItem],
+    items: &S,
     batcher: crate::data::ImageBatcher,
     batch_size: usize,
     devices: &[B::Device],
-) -> f64 {
+) -> f64
+where
+    B: QuantBackend,
+    M: QatModel<B>,
+    S: crate::data::ImageSource + ?Sized,
+{
     use burn::data::dataloader::batcher::Batcher;
-    if items.is_empty() || devices.is_empty() {
+    let total = items.count();
+    if total == 0 || devices.is_empty() {
         return 0.0;
     }
-    let count = |model: &M, items: &[crate::data::ImageItem], device: &B::Device| {
+    let batch_size = batch_size.max(1);
+    let count = |model: &M, range: std::ops::Range<usize>, device: &B::Device| {
         let mut correct = 0usize;
-        for chunk in items.chunks(batch_size.max(1)) {
-            let batch: ImageBatch<B> = batcher.batch(chunk.to_vec(), device);
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + batch_size).min(range.end);
+            let chunk = (start..end).map(|i| items.item(i)).collect();
+            let batch: ImageBatch<B> = batcher.batch(chunk, device);
             correct += hits(model.forward(batch.images), batch.targets);
+            start = end;
         }
         correct
     };
     let correct = match devices {
-        [device] => count(model, items, device),
+        [device] => count(model, 0..total, device),
         _ => {
-            let share = items.len().div_ceil(devices.len());
+            let share = total.div_ceil(devices.len());
             std::thread::scope(|scope| {
-                let workers: Vec<_> = items
-                    .chunks(share)
-                    .zip(devices)
-                    .map(|(items, device)| {
+                let workers: Vec<_> = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(k, device)| {
+                        let range = (k * share).min(total)..((k + 1) * share).min(total);
                         let model = model.clone().to_device(device);
-                        scope.spawn(move || count(&model, items, device))
+                        scope.spawn(move || count(&model, range, device))
                     })
                     .collect();
                 workers
@@ -114,7 +131,7 @@ pub fn accuracy_on<B: QuantBackend, M: QatModel<B>>(
             })
         }
     };
-    100.0 * correct as f64 / items.len() as f64
+    100.0 * correct as f64 / total as f64
 }
 
 /// Correct predictions among `output`'s rows.
