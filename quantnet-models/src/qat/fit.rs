@@ -54,7 +54,7 @@ impl EpochClock {
 
 impl EarlyStoppingStrategy for EpochClock {
     fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
-        // DDP calls every worker's copy: the epoch is timed once.
+        // Once per epoch even if several copies are called (DDP calls every worker's).
         if let (Ok(mut start), Ok(mut seconds), Ok(mut last)) =
             (self.start.lock(), self.seconds.lock(), self.last.lock())
             && *last != Some(epoch)
@@ -141,30 +141,6 @@ pub(crate) fn checkpoint_epochs(dir: &Path) -> Vec<usize> {
     epochs
 }
 
-/// Where the training steps run: the devices, how their gradients are combined, and the
-/// burn-train strategy that does it (made once per phase: a strategy is used up by a run).
-pub(crate) struct Parallel<'a, B: Backend> {
-    pub(crate) devices: &'a [B::Device],
-    /// The devices all-reduce their mean gradient (DDP) instead of sending their gradients to
-    /// the first device, which sums them.
-    pub(crate) all_reduce: bool,
-    pub(crate) strategy: &'a dyn Fn() -> ExecutionStrategy<B>,
-}
-
-impl<B: Backend> Parallel<'_, B> {
-    /// The strategy for `devices`: one device, or several with the optimizer on the first.
-    pub(crate) fn plain(devices: &[B::Device]) -> ExecutionStrategy<B> {
-        match devices {
-            [device] => ExecutionStrategy::single(device.clone()),
-            _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
-        }
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.devices.len().max(1)
-    }
-}
-
 pub(crate) struct Phase<'a> {
     pub(crate) name: &'a str,
     pub(crate) lr: f64,
@@ -183,7 +159,7 @@ pub(crate) fn fit<B, M>(
     cfg: &QatConfig,
     data: &QatData,
     temps: &Temperatures,
-    parallel: &Parallel<'_, B>,
+    devices: &[B::Device],
     quiet: bool,
 ) -> Result<(M, Vec<f64>)>
 where
@@ -198,7 +174,7 @@ where
     let clock = EpochClock::new();
     let start = phase.resume_from.unwrap_or(0);
     // Each device runs its share of a step's images (`Qat::run_on` checked the split).
-    let n_devices = parallel.count();
+    let n_devices = devices.len().max(1);
     phase.hook.start_at(start);
     let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(SkipEpochs {
         inner: loader::<B>(
@@ -227,13 +203,8 @@ where
         soft_gap: !stats.is_empty(),
         layer_stats: !stats.is_empty(),
         clip_in_wq,
-        // Without all-reduce, burn-train sums the devices' gradients: the optimizer gets their
-        // mean all the same.
-        grad_scale: if parallel.all_reduce {
-            1.0
-        } else {
-            1.0 / n_devices as f32
-        },
+        // burn-train sums the devices' gradients; the optimizer gets their mean.
+        grad_scale: 1.0 / n_devices as f32,
     };
     let mut model = M::TrainModule::from_inner(model);
     if phase.acts_only {
@@ -271,10 +242,11 @@ where
         ids
     };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
-    // burn-train's DDP workers step their learning-rate scheduler once per device at every
-    // step (its schedules count batches, all devices'), the other strategies once per step.
-    let lr_steps_per_epoch = data.steps_per_epoch_on(cfg.batch_size, n_devices)
-        * if parallel.all_reduce { n_devices } else { 1 };
+    let steps_per_epoch = data.steps_per_epoch_on(cfg.batch_size, n_devices);
+    let strategy = match devices {
+        [device] => ExecutionStrategy::single(device.clone()),
+        _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
+    };
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
     macro_rules! launch {
         ($optimizer:expr) => {{
@@ -295,7 +267,7 @@ where
             .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
             .renderer(super::PlainRenderer::new(phase.name).quiet(quiet))
             .num_epochs(phase.epochs)
-            .with_training_strategy((parallel.strategy)().into());
+            .with_training_strategy(strategy.into());
             if monitor.soft_gap {
                 training = training.metric_valid_numeric(SoftHardGapMetric::new());
             }
@@ -313,7 +285,7 @@ where
                 .launch(Learner::new(
                     model,
                     GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
-                    RunLr::new(phase.lr, cfg.lr_schedule, phase.epochs, lr_steps_per_epoch),
+                    RunLr::new(phase.lr, cfg.lr_schedule, phase.epochs, steps_per_epoch),
                 ))
                 .model
                 .into_model()

@@ -481,61 +481,6 @@ impl Qat {
         B: QatBackend,
         M: QatTrainModel<B>,
     {
-        let strategy = || fit::Parallel::plain(devices);
-        let parallel = fit::Parallel {
-            devices,
-            all_reduce: false,
-            strategy: &strategy,
-        };
-        self.run_parallel(model, data, &parallel)
-    }
-
-    /// [`Qat::run_on`] with burn-train's distributed data parallel strategy (DDP): one worker
-    /// per device, each with its own copy of the model and optimizer, the gradients averaged
-    /// with an all-reduce after every backward pass. Burn 0.21 implements the all-reduce for
-    /// CUDA only (NCCL), between the devices of one machine (docs/distributed.md).
-    ///
-    /// # Errors
-    /// As [`Qat::run_on`].
-    #[cfg(feature = "distributed")]
-    pub fn run_ddp<B, M>(
-        &self,
-        model: M,
-        data: &QatData,
-        devices: &[B::Device],
-    ) -> Result<(M, QatReport)>
-    where
-        B: QatBackend + burn::tensor::backend::distributed::DistributedBackend,
-        M: QatTrainModel<B>,
-    {
-        use burn::tensor::backend::distributed::{DistributedConfig, ReduceOperation};
-        let strategy = || {
-            burn::train::ExecutionStrategy::ddp(
-                devices.to_vec(),
-                DistributedConfig {
-                    all_reduce_op: ReduceOperation::Mean,
-                },
-            )
-        };
-        let parallel = fit::Parallel {
-            devices,
-            all_reduce: true,
-            strategy: &strategy,
-        };
-        self.run_parallel(model, data, &parallel)
-    }
-
-    fn run_parallel<B, M>(
-        &self,
-        model: M,
-        data: &QatData,
-        parallel: &fit::Parallel<'_, B>,
-    ) -> Result<(M, QatReport)>
-    where
-        B: QatBackend,
-        M: QatTrainModel<B>,
-    {
-        let devices = parallel.devices;
         let cfg = &self.config;
         cfg.validate()?;
         let Some(device) = devices.first() else {
@@ -599,7 +544,7 @@ impl Qat {
                     acts_only: false,
                 };
                 let (trained, _) =
-                    fit::fit::<B, M>(model, phase, cfg, data, &temps, parallel, self.quiet)?;
+                    fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
                 model = trained;
                 let fp = crate::train::accuracy(
                     &model,
@@ -632,7 +577,7 @@ impl Qat {
             acts_only: cfg.phase == TrainPhase::Acts,
         };
         let (mut model, seconds) =
-            fit::fit::<B, M>(model, phase, cfg, data, &temps, parallel, self.quiet)?;
+            fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
         quantize::attach(&mut model, &temps);
         // The temperatures of the last step (the hook has already moved to the next epoch).
         cfg.hook(&temps).over(cfg.epochs, 1).finish();
