@@ -11,6 +11,8 @@
 //! - [`data`]: loaders for the real data sets in their original formats (a loader takes a
 //!   directory).
 //! - [`export`]: the `.qnet` file and Burn-native records of a quantized model.
+//! - [`detect`]: Pascal VOC annotations and mean average precision (the detector is not built
+//!   yet).
 //! - [`stats`], [`train`]: every quantizer's state; burn-train steps and metrics.
 //!
 //! A model quantized by hand (the recipe does these steps, and trains):
@@ -41,6 +43,7 @@
 #[cfg(feature = "train")]
 pub mod bench;
 pub mod data;
+pub mod detect;
 pub mod error;
 pub mod export;
 pub mod models;

@@ -5,9 +5,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use quantnet_burn::LevelSet;
 use quantnet_models::Temperatures;
-use quantnet_models::data::{Dataset, ImageBatcher, Images};
+use quantnet_models::data::{Dataset, ImageBatcher, Images, Split};
 use quantnet_models::export;
-use quantnet_models::qat::QatData;
 
 use quantnet_models::train::layer_stats;
 
@@ -29,8 +28,9 @@ fn test_items(
     data_dir: Option<&std::path::Path>,
 ) -> Result<(Images, ImageBatcher, usize)> {
     let dir = super::data::locate(dataset, data_dir)?;
-    let data = QatData::load(dataset, &dir, 0)?;
-    Ok((data.test.clone(), data.batcher, data.eval_batch_size()))
+    let (test, batcher) = Images::load(dataset, &dir, Split::Test, 0)?;
+    let batch = test.eval_batch_size();
+    Ok((test, batcher, batch))
 }
 
 impl WithBackend for EvalJob {

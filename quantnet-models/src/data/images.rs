@@ -10,13 +10,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use burn::data::dataset::Dataset;
 use image::imageops::FilterType;
 
-use super::batch::ImageItem;
-use super::{ImageSet, imagefolder};
+use super::batch::{ImageBatcher, ImageItem};
+use super::{Dataset, ImageSet, Split, imagefolder};
 use crate::error::{Error, Result};
 
 /// Images read one at a time by index.
@@ -25,6 +23,20 @@ pub trait ImageSource: Sync {
     fn count(&self) -> usize;
     /// Image `index` (`< count()`).
     fn item(&self, index: usize) -> ImageItem;
+}
+
+impl Images {
+    /// Image `index` as read in round (epoch) `round`: an error naming the file where an image
+    /// file cannot be read.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Corrupt`] for an image folder's file.
+    pub fn read(&self, index: usize, round: u64) -> Result<ImageItem> {
+        match self {
+            Images::Folder(folder) => folder.read(index, round),
+            other => Ok(other.item(index)),
+        }
+    }
 }
 
 impl ImageSource for [ImageItem] {
@@ -52,8 +64,9 @@ impl ImageSource for Vec<ImageItem> {
 /// Reading image `i` decodes its file, resizes the shorter side to `size · 256/224` and crops
 /// `size × size`: the centre for testing; for training (with [`FolderSet::augmented`]) a random
 /// crop and a random horizontal flip, the paper's ImageNet augmentation (paper-spec §6). The
-/// k-th read of image `i` draws its crop from `(seed, i, k)`, so a run's augmentation does not
-/// depend on which worker thread reads which image.
+/// read of image `i` in round (epoch) `k` draws its crop from `(seed, i, k)`, so a run's
+/// augmentation does not depend on which worker thread reads which image, and a resumed run
+/// draws what the uninterrupted one did.
 #[derive(Debug)]
 pub struct FolderSet {
     entries: Vec<(PathBuf, u16)>,
@@ -61,7 +74,6 @@ pub struct FolderSet {
     means: [f32; 3],
     stds: [f32; 3],
     augment: Option<u64>,
-    reads: Vec<AtomicU32>,
 }
 
 impl FolderSet {
@@ -76,14 +88,12 @@ impl FolderSet {
             .ok()
             .filter(|s| (1..=u32::from(u16::MAX)).contains(s))
             .ok_or_else(|| Error::Invalid(format!("image size {size}: expected 1 to 65535")))?;
-        let reads = entries.iter().map(|_| AtomicU32::new(0)).collect();
         Ok(Self {
             entries,
             size,
             means: imagefolder::IMAGENET_MEAN,
             stds: imagefolder::IMAGENET_STD,
             augment: None,
-            reads,
         })
     }
 
@@ -101,7 +111,6 @@ impl FolderSet {
             means: self.means,
             stds: self.stds,
             augment: self.augment,
-            reads: indices.iter().map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -115,16 +124,15 @@ impl FolderSet {
         &self.entries
     }
 
-    /// Reads image `index`.
+    /// Reads image `index` in round `round` (the epoch: training reads draw their crop from it).
     ///
     /// # Errors
     /// [`Error::Io`] / [`Error::Corrupt`] naming the file.
-    pub fn read(&self, index: usize) -> Result<ImageItem> {
+    pub fn read(&self, index: usize, round: u64) -> Result<ImageItem> {
         let (path, label) = &self.entries[index];
-        let draw = self.augment.map(|seed| {
-            let k = self.reads[index].fetch_add(1, Ordering::Relaxed);
-            splitmix(seed ^ splitmix((index as u64) << 32 | u64::from(k)))
-        });
+        let draw = self
+            .augment
+            .map(|seed| splitmix(seed ^ splitmix(splitmix(index as u64) ^ round)));
         let pixels = decode(path, self.size, draw)?;
         let plane = (self.size * self.size) as usize;
         Ok(ImageItem {
@@ -234,6 +242,52 @@ impl Images {
         matches!(self, Images::Folder(_))
     }
 
+    /// Images per evaluation batch: 500, or 50 for images read from files (bounded memory).
+    pub fn eval_batch_size(&self) -> usize {
+        if self.is_streamed() { 50 } else { 500 }
+    }
+
+    /// The image folder `dir` read from disk at `size × size` ([`FolderSet`]), with the
+    /// training augmentation drawn from `augment` if given, and its batcher.
+    ///
+    /// # Errors
+    /// As [`FolderSet::open`].
+    pub fn folder(dir: &Path, size: usize, augment: Option<u64>) -> Result<(Self, ImageBatcher)> {
+        let folder = FolderSet::open(dir, size)?;
+        let folder = match augment {
+            Some(seed) => folder.augmented(seed),
+            None => folder,
+        };
+        let batcher = ImageBatcher {
+            channels: 3,
+            rows: size,
+            cols: size,
+        };
+        Ok((Images::Folder(Arc::new(folder)), batcher))
+    }
+
+    /// One split of `dataset` from `dir` and its batcher: an image folder read from disk (the
+    /// images of [`Dataset::input`]'s size; training images with the paper's augmentation,
+    /// drawn from `seed`), the other sets decoded into memory as bytes.
+    ///
+    /// # Errors
+    /// As the data set's loader.
+    pub fn load(
+        dataset: Dataset,
+        dir: &Path,
+        split: Split,
+        seed: u64,
+    ) -> Result<(Self, ImageBatcher)> {
+        if dataset == Dataset::Imagenet {
+            let augment = (split == Split::Train).then_some(seed);
+            let size = dataset.input().height;
+            return Images::folder(&Dataset::folder(dir, split), size, augment);
+        }
+        let set = dataset.load(dir, split)?;
+        let batcher = set.batcher();
+        Ok((Images::bytes(set, dataset.normalisation()), batcher))
+    }
+
     /// The images at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Self {
         match self {
@@ -288,12 +342,12 @@ impl ImageSource for Images {
                 stds,
                 keep,
             } => set.item_normalised(keep.as_ref().map_or(index, |k| k[index]), means, stds),
-            Images::Folder(folder) => folder.read(index).unwrap_or_else(|e| panic!("{e}")),
+            Images::Folder(folder) => folder.read(index, 0).unwrap_or_else(|e| panic!("{e}")),
         }
     }
 }
 
-impl Dataset<ImageItem> for Images {
+impl burn::data::dataset::Dataset<ImageItem> for Images {
     fn get(&self, index: usize) -> Option<ImageItem> {
         (index < self.count()).then(|| self.item(index))
     }
@@ -354,14 +408,14 @@ mod tests {
     }
 
     #[test]
-    fn training_reads_draw_a_crop_and_flip_per_read_from_the_seed() {
+    fn training_reads_draw_a_crop_and_flip_per_round_from_the_seed() {
         // 16 → resize side 18: a 36×18 image stays 36×18 (shorter side already 18), so the
         // crop's top-left pixel holds its offset (x0, y0) in R and G unless flipped.
         let size = 16;
         let dir = folder("augment", 36, 18);
         let set = || FolderSet::open(&dir, size).unwrap().augmented(7);
         let a = set();
-        let reads: Vec<ImageItem> = (0..8).map(|_| a.read(0).unwrap()).collect();
+        let reads: Vec<ImageItem> = (0..8).map(|round| a.read(0, round).unwrap()).collect();
         let mut seen = std::collections::HashSet::new();
         let mut flips = 0;
         for item in &reads {
@@ -379,15 +433,18 @@ mod tests {
         }
         assert!(seen.len() > 3, "the reads drew different crops: {seen:?}");
         assert!((1..8).contains(&flips), "{flips} of 8 reads flipped");
-        // The k-th read of an image is the same whoever reads it and whatever was read before.
+        // An image's read in a round is the same whoever reads it and whatever was read before
+        // (a resumed run draws what the uninterrupted one did).
         let b = set();
-        let _ = b.read(1).unwrap();
-        for item in &reads {
-            assert_eq!(b.read(0).unwrap().pixels, item.pixels);
+        let _ = b.read(1, 3).unwrap();
+        for (round, item) in reads.iter().enumerate().rev() {
+            assert_eq!(b.read(0, round as u64).unwrap().pixels, item.pixels);
         }
         // Another seed draws other crops.
         let c = FolderSet::open(&dir, size).unwrap().augmented(8);
-        let other: Vec<_> = (0..8).map(|_| c.read(0).unwrap().pixels).collect();
+        let other: Vec<_> = (0..8)
+            .map(|round| c.read(0, round).unwrap().pixels)
+            .collect();
         assert_ne!(
             other,
             reads.iter().map(|r| r.pixels.clone()).collect::<Vec<_>>()
@@ -410,7 +467,7 @@ mod tests {
         // loader (item), never a wrong image.
         std::fs::write(dir.join("b").join("x.png"), b"not a png").unwrap();
         let set = FolderSet::open(&dir, 8).unwrap();
-        let err = set.read(1).unwrap_err().to_string();
+        let err = set.read(1, 0).unwrap_err().to_string();
         assert!(
             err.contains("x.png") && err.contains("not a readable image"),
             "{err}"

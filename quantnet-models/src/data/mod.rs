@@ -8,6 +8,8 @@ pub mod imagefolder;
 #[cfg(feature = "train")]
 pub mod images;
 pub mod mnist;
+#[cfg(feature = "train")]
+pub mod stream;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ pub use batch::{ImageBatch, ImageBatcher, ImageItem};
 pub use images::{FolderSet, ImageSource, Images};
 pub use mnist::{ImageSet, MnistKind, Split};
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "train")]
+pub use stream::StreamLoader;
 
 use crate::error::Result;
 use crate::models::InputShape;

@@ -23,7 +23,7 @@ use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
 use super::{ClipDomain, OptimizerKind, QatConfig, QatData, QuantLrGroup, write_error};
-use crate::data::{ImageBatch, ImageBatcher, Images};
+use crate::data::{ImageBatch, ImageBatcher, Images, StreamLoader};
 use crate::error::{Error, Result};
 use crate::models::{QatModel, QatTrainModel};
 use crate::quantize::{self, Temperatures};
@@ -34,8 +34,6 @@ use crate::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric, la
 struct EpochClock {
     start: Arc<Mutex<Instant>>,
     seconds: Arc<Mutex<Vec<f64>>>,
-    /// The last epoch timed.
-    last: Arc<Mutex<Option<usize>>>,
 }
 
 impl EpochClock {
@@ -43,7 +41,6 @@ impl EpochClock {
         Self {
             start: Arc::new(Mutex::new(Instant::now())),
             seconds: Arc::default(),
-            last: Arc::default(),
         }
     }
 
@@ -53,13 +50,8 @@ impl EpochClock {
 }
 
 impl EarlyStoppingStrategy for EpochClock {
-    fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
-        // Once per epoch even if several copies are called (DDP calls every worker's).
-        if let (Ok(mut start), Ok(mut seconds), Ok(mut last)) =
-            (self.start.lock(), self.seconds.lock(), self.last.lock())
-            && *last != Some(epoch)
-        {
-            *last = Some(epoch);
+    fn should_stop(&mut self, _epoch: usize, _store: &EventStoreClient) -> bool {
+        if let (Ok(mut start), Ok(mut seconds)) = (self.start.lock(), self.seconds.lock()) {
             seconds.push(start.elapsed().as_secs_f64());
             *start = Instant::now();
         }
@@ -73,15 +65,22 @@ fn loader<B: Backend>(
     batch_size: usize,
     shuffle: Option<u64>,
 ) -> Arc<dyn DataLoader<B, ImageBatch<B>>> {
-    // Images read from files are decoded on the loader's worker threads: one per core.
-    let workers = if items.is_streamed() {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        1
-    };
+    if items.is_streamed() {
+        // Images read from files: decoded on one thread per core, at most two batches per
+        // thread ahead of training (Burn's own loader would queue up to 100 batches).
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        return Arc::new(StreamLoader::new(
+            items,
+            batcher,
+            batch_size,
+            shuffle,
+            workers,
+            2 * workers,
+        ));
+    }
     let builder = DataLoaderBuilder::new(batcher)
         .batch_size(batch_size)
-        .num_workers(workers);
+        .num_workers(1);
     let builder = match shuffle {
         Some(seed) => builder.shuffle(seed),
         None => builder,

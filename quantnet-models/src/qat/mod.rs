@@ -60,7 +60,6 @@ pub mod progress;
 pub mod report;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use burn::config::Config;
 use burn::data::dataloader::batcher::Batcher;
@@ -71,9 +70,7 @@ use quantnet_burn::train::{LrSchedule, TemperatureHook};
 use quantnet_burn::{QatBackend, QuantBackend, QuantMode, TemperatureSchedule};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{
-    Dataset, FolderSet, ImageBatch, ImageBatcher, ImageItem, ImageSet, ImageSource, Images, Split,
-};
+use crate::data::{Dataset, ImageBatch, ImageBatcher, ImageSet, ImageSource, Images, Split};
 use crate::error::{Error, Result};
 use crate::models::{QatModel, QatTrainModel, has_batch_norm};
 use crate::quantize::{self, QuantPolicy, Temperatures};
@@ -330,16 +327,12 @@ impl QatData {
     /// # Errors
     /// As [`crate::data::FolderSet::open`].
     pub fn folders(train: &Path, test: &Path, size: usize, seed: u64) -> Result<Self> {
-        let train = FolderSet::open(train, size)?.augmented(seed);
-        let test = FolderSet::open(test, size)?;
+        let (train, batcher) = Images::folder(train, size, Some(seed))?;
+        let (test, _) = Images::folder(test, size, None)?;
         Ok(Self {
-            batcher: ImageBatcher {
-                channels: 3,
-                rows: size,
-                cols: size,
-            },
-            train: Images::Folder(Arc::new(train)),
-            test: Images::Folder(Arc::new(test)),
+            train,
+            test,
+            batcher,
         })
     }
 
@@ -349,24 +342,18 @@ impl QatData {
     /// # Errors
     /// As the data set's loader.
     pub fn load(dataset: Dataset, dir: &Path, seed: u64) -> Result<Self> {
-        Ok(match dataset {
-            Dataset::Imagenet => Self::folders(
-                &Dataset::folder(dir, Split::Train),
-                &Dataset::folder(dir, Split::Test),
-                dataset.input().height,
-                seed,
-            )?,
-            _ => Self::new(
-                dataset.load(dir, Split::Train)?,
-                dataset.load(dir, Split::Test)?,
-                dataset.normalisation(),
-            ),
+        let (train, batcher) = Images::load(dataset, dir, Split::Train, seed)?;
+        let (test, _) = Images::load(dataset, dir, Split::Test, seed)?;
+        Ok(Self {
+            train,
+            test,
+            batcher,
         })
     }
 
-    /// Images per evaluation batch: 500, or 50 for images read from files (bounded memory).
+    /// Images per evaluation batch ([`Images::eval_batch_size`] of the test images).
     pub fn eval_batch_size(&self) -> usize {
-        if self.test.is_streamed() { 50 } else { 500 }
+        self.test.eval_batch_size()
     }
 
     /// Keeps a seeded sample of `limit` training images (not the first ones: image folders are
@@ -643,18 +630,14 @@ impl Qat {
         let quantized = !policy.is_float();
         let w = quantize::quantize_weights(&mut model, policy, temps)?;
         // A seeded sample of the training images (the paper: 1000 at random).
-        let sample: Vec<ImageItem> =
-            crate::data::sample_indices(data.train.len(), cfg.calibration_images, cfg.seed)
-                .into_iter()
-                .map(|i| data.train.item(i))
-                .collect();
-        let calibration: Vec<Tensor<B::InnerBackend, 4>> = sample
-            .chunks(100)
-            .map(|c| {
-                let batch: ImageBatch<B::InnerBackend> = data.batcher.batch(c.to_vec(), device);
-                batch.images
-            })
-            .collect();
+        // Read a batch at a time as calibration runs (an image folder is decoded per image).
+        let sample =
+            crate::data::sample_indices(data.train.len(), cfg.calibration_images, cfg.seed);
+        let calibration = sample.chunks(100).map(|c| {
+            let items = c.iter().map(|&i| data.train.item(i)).collect();
+            let batch: ImageBatch<B::InnerBackend> = data.batcher.batch(items, device);
+            batch.images
+        });
         // Soft calibration: the weights as training's first step will see them.
         let soft = cfg.calibrate == CalibrationWeights::Soft;
         if soft {
