@@ -303,7 +303,7 @@ pub(crate) struct RunOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) pretrain_lr: Option<f64>,
     /// Learning-rate schedule of each phase, per step: const, cosine (down to 0 at the last
-    /// step) or step:EPOCHS,GAMMA[,FIRST] (times GAMMA every EPOCHS epochs, from epoch FIRST;
+    /// step) or `step:EPOCHS,GAMMA[,FIRST]` (times GAMMA every EPOCHS epochs, from epoch FIRST;
     /// default FIRST = EPOCHS). Default: const.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,8 @@
-//! Object detection (issue 15, in progress): Pascal VOC annotations ([`voc`]) and the VOC mean
-//! average precision ([`map`]). The detector itself (SSD) is not built yet.
+//! Object detection (issue 15, in progress): Pascal VOC annotations ([`voc`]), the VOC mean
+//! average precision ([`map`]) and SSD's box arithmetic ([`boxes`]: default boxes, encoding,
+//! matching, hard negatives, NMS). The detector itself (SSD) is not built yet.
 
+pub mod boxes;
 pub mod map;
 pub mod voc;
 
