@@ -82,6 +82,9 @@ impl std::str::FromStr for DeviceList {
         let mut backend = None;
         let mut indices = Vec::new();
         for entry in text.split(',').map(str::trim) {
+            if entry.is_empty() {
+                return Err(format!("`{text}`: an empty entry in the device list"));
+            }
             let (name, index) = match entry.split_once(':') {
                 Some((name, index)) => {
                     let index = index.parse::<usize>().map_err(|_| {

@@ -1112,6 +1112,10 @@ fn train_errors_are_one_clear_line() {
             "the device index must be a number",
         ),
         (
+            &["train", "--devices", "cpu,"],
+            "an empty entry in the device list",
+        ),
+        (
             &["train", "--devices", "cpu,cpu", "--backend", "wgpu"],
             "cannot be used with",
         ),

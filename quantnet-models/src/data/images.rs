@@ -267,8 +267,9 @@ impl Images {
     }
 
     /// One split of `dataset` from `dir` and its batcher: an image folder read from disk (the
-    /// images of [`Dataset::input`]'s size; training images with the paper's augmentation,
-    /// drawn from `seed`), the other sets decoded into memory as bytes.
+    /// images of [`Dataset::input`]'s size; training images in a `seed`ed random order, with the
+    /// paper's augmentation drawn from `seed`: calibration and batch-norm re-estimation read them
+    /// augmented too, at round 0), the other sets decoded into memory as bytes.
     ///
     /// # Errors
     /// As the data set's loader.
@@ -281,7 +282,17 @@ impl Images {
         if dataset == Dataset::Imagenet {
             let augment = (split == Split::Train).then_some(seed);
             let size = dataset.input().height;
-            return Images::folder(&Dataset::folder(dir, split), size, augment);
+            let (images, batcher) = Images::folder(&Dataset::folder(dir, split), size, augment)?;
+            // Folders list their images class by class; the training loaders give each device a
+            // contiguous share, so the training images are put in a seeded random order once
+            // (every device then sees every class).
+            let images = match split {
+                Split::Train => {
+                    images.select(&super::shuffled_indices(images.len(), images.len(), seed))
+                }
+                Split::Test => images,
+            };
+            return Ok((images, batcher));
         }
         let set = dataset.load(dir, split)?;
         let batcher = set.batcher();

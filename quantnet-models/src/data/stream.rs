@@ -175,10 +175,15 @@ fn decode(
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let items = batches[j]
-            .iter()
-            .map(|&i| images.read(i, epoch).map_err(|e| e.to_string()))
-            .collect();
+        // A panic while decoding (a decoder bug) is sent as an error too: the other workers
+        // would otherwise wait forever for this batch to be consumed.
+        let items = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batches[j]
+                .iter()
+                .map(|&i| images.read(i, epoch).map_err(|e| e.to_string()))
+                .collect::<std::result::Result<Vec<_>, String>>()
+        }))
+        .unwrap_or_else(|_| Err(format!("decoding batch {j} panicked")));
         if sender.send((j, items)).is_err() {
             return;
         }
@@ -237,8 +242,11 @@ impl<B: Backend> DataLoaderIterator<ImageBatch<B>> for StreamIter<B> {
 
 impl<B: Backend> Drop for StreamIter<B> {
     fn drop(&mut self) {
-        // Workers waiting for room stop; one decoding finds the channel closed.
+        // Workers waiting for room stop; one decoding finds the channel closed. The flag is set
+        // under the lock the workers test it under, so none misses the wake-up.
+        let guard = self.shared.consumed.lock();
         self.shared.stop.store(true, Ordering::SeqCst);
+        drop(guard);
         self.shared.moved.notify_all();
     }
 }

@@ -124,11 +124,13 @@ pub fn average_precision(
     Some(match interpolation {
         Interpolation::ElevenPoint => {
             (0..=10)
-                .map(|t| {
-                    let t = f64::from(t) / 10.0;
+                .map(|k| {
+                    // The devkit's thresholds 0:0.1:1, computed as it does (0.1·3 is slightly
+                    // above 0.3: a recall of exactly 0.3 does not reach it).
+                    let t = f64::from(k) * 0.1;
                     points
                         .iter()
-                        .filter(|(r, _)| *r >= t - 1e-12)
+                        .filter(|(r, _)| *r >= t)
                         .map(|(_, p)| *p)
                         .fold(0.0, f64::max)
                 })

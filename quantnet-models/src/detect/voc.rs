@@ -188,7 +188,9 @@ fn find_image(dirs: &[PathBuf], filename: &str) -> Option<PathBuf> {
             return Some(exact);
         }
         for ext in ["jpg", "jpeg", "png", "JPG", "JPEG", "PNG"] {
-            let other = dir.join(&stem).with_extension(ext);
+            let mut name = stem.clone();
+            name.push(format!(".{ext}"));
+            let other = dir.join(name);
             if other.is_file() {
                 return Some(other);
             }
@@ -218,6 +220,16 @@ fn field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     Some(xml[start..end].trim())
 }
 
+/// The outer `<annotation …>…</annotation>` element's text: from the first opening tag (with
+/// or without attributes) to the *last* closing one, since VOC's own files nest
+/// `<source><annotation>PASCAL VOC2007</annotation></source>` inside it.
+fn root(xml: &str) -> Option<&str> {
+    let open = xml.find("<annotation")?;
+    let start = open + xml[open..].find('>')? + 1;
+    let end = xml.rfind("</annotation>")?;
+    (end >= start).then(|| &xml[start..end])
+}
+
 fn parse(file: &Path) -> Result<Parsed> {
     let corrupt = |reason: String| Error::Corrupt {
         path: file.to_path_buf(),
@@ -227,7 +239,7 @@ fn parse(file: &Path) -> Result<Parsed> {
         path: file.to_path_buf(),
         source,
     })?;
-    let root = field(&text, "annotation")
+    let root = root(&text)
         .ok_or_else(|| corrupt("no <annotation> element: not a VOC annotation".into()))?;
     let number = |xml: &str, tag: &str, what: &str| -> Result<f32> {
         let value = field(xml, tag).ok_or_else(|| corrupt(format!("{what}: no <{tag}>")))?;
@@ -342,9 +354,19 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("JPEGImages/b.png"), b"").unwrap();
+        // VOC's own files nest an <annotation> in <source> before <size>, and some tools
+        // write attributes on the root; a dotted stem keeps its dots when the extension is
+        // swapped.
+        let voc = xml("c.v2.tif", &object("car", [1, 1, 4, 4], 0)).replace(
+            "<annotation><filename>",
+            "<annotation verified=\"yes\"><source><database>The VOC2007 Database</database>\
+             <annotation>PASCAL VOC2007</annotation></source><filename>",
+        );
+        std::fs::write(dir.join("Annotations/c.xml"), voc).unwrap();
+        std::fs::write(dir.join("JPEGImages/c.v2.jpg"), b"").unwrap();
         let set = VocSet::load(&dir, None).unwrap();
         assert_eq!(set.classes, vec!["car", "tree"]);
-        assert_eq!(set.images.len(), 2);
+        assert_eq!(set.images.len(), 3);
         let a = &set.images[0];
         assert_eq!(a.image, dir.join("JPEGImages/a.jpg"));
         assert_eq!(a.size, (100, 50));
@@ -367,7 +389,9 @@ mod tests {
         );
         assert_eq!((set.clipped, set.skipped), (2, 1));
         assert_eq!(set.images[1].image, dir.join("JPEGImages/b.png"));
-        assert_eq!(set.boxes(), 3);
+        assert_eq!(set.images[2].image, dir.join("JPEGImages/c.v2.jpg"));
+        assert_eq!(set.images[2].size, (100, 50));
+        assert_eq!(set.boxes(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

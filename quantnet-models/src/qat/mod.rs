@@ -451,8 +451,11 @@ impl Qat {
     /// so a step is one device's step over `batch_size` images (up to batch norm, whose batch
     /// statistics are per device). The step count, the learning-rate and temperature schedules,
     /// clipping (per device, then averaged), checkpoints and resume are those of one device.
-    /// Everything but the training steps (quantization, calibration, validation, the final
-    /// evaluation) runs on the first device. A device may be listed twice: on the CPU this runs
+    /// Quantization, calibration and validation run on the first device; the final evaluation
+    /// splits the test set over all of them. burn-train gives each device a contiguous share
+    /// of the training set, the last one the remainder: when that leaves the last share with
+    /// more batches, the epoch's last steps run on fewer devices (their gradient is then scaled
+    /// down by the missing devices' share). A device may be listed twice: on the CPU this runs
     /// the multi-device code path with one device.
     ///
     /// # Errors
