@@ -426,19 +426,28 @@ pub(crate) struct TrainArgs {
     /// Run directory (default: runs/MODEL-DATASET-PRECISION-TIMESTAMP).
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Backend to train on.
+    /// Where it runs.
+    #[command(flatten)]
+    pub(crate) target: DeviceArgs,
+}
+
+/// `--backend` or `--devices`: where `train` and `eval` run.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeviceArgs {
+    /// Backend to run on.
     #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     pub(crate) backend: BackendName,
-    /// Train on several devices of one backend (`cuda:0,cuda:1`, `wgpu:0,wgpu:1`, `cpu,cpu`):
-    /// each step's batch is split evenly over them and the optimizer steps with the mean
-    /// gradient (docs/distributed.md). Names the backend, so it replaces --backend.
+    /// Run on several devices of one backend (`cuda:0,cuda:1`, `wgpu:0,wgpu:1`, `cpu,cpu`):
+    /// training splits each step's batch evenly over them and steps with the mean gradient,
+    /// evaluation splits the test set (docs/distributed.md). Names the backend, so it replaces
+    /// --backend.
     #[arg(long, value_name = "LIST", conflicts_with = "backend")]
     pub(crate) devices: Option<DeviceList>,
 }
 
-impl TrainArgs {
+impl DeviceArgs {
     /// The backend and its devices: `--devices`, or `--backend`'s default device.
-    pub(crate) fn device_list(&self) -> DeviceList {
+    pub(crate) fn list(&self) -> DeviceList {
         self.devices
             .clone()
             .unwrap_or_else(|| DeviceList::single(self.backend))
@@ -466,22 +475,9 @@ pub(crate) struct EvalArgs {
     /// Write summary.json (the same fields as a training run) into this folder.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Backend to evaluate on.
-    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
-    pub(crate) backend: BackendName,
-    /// Evaluate on several devices of one backend (`cuda:0,cuda:1`), the test set split over
-    /// them. Names the backend, so it replaces --backend.
-    #[arg(long, value_name = "LIST", conflicts_with = "backend")]
-    pub(crate) devices: Option<DeviceList>,
-}
-
-impl EvalArgs {
-    /// The backend and its devices: `--devices`, or `--backend`'s default device.
-    pub(crate) fn device_list(&self) -> DeviceList {
-        self.devices
-            .clone()
-            .unwrap_or_else(|| DeviceList::single(self.backend))
-    }
+    /// Where it runs.
+    #[command(flatten)]
+    pub(crate) target: DeviceArgs,
 }
 
 #[derive(Debug, clap::Args)]

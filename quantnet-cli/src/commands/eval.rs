@@ -12,13 +12,15 @@ use quantnet_models::train::layer_stats;
 
 use quantnet_burn::QatBackend;
 
-use crate::backend::{WithBackend, dispatch};
+use crate::backend::{DeviceList, WithBackend, dispatch};
 use crate::cli::{EvalArgs, ExportArgs, InfoArgs};
 use crate::run::load_run;
 use crate::run::{Summary, write_atomic};
 
 struct EvalJob {
     args: EvalArgs,
+    /// `args`' devices, as dispatched.
+    list: DeviceList,
 }
 
 /// The test images of `dataset` (an image folder read from disk as evaluation uses it), their
@@ -41,8 +43,7 @@ impl WithBackend for EvalJob {
     }
 
     fn run_on<B: QatBackend>(self, devices: Vec<B::Device>) -> Result<Summary> {
-        let args = self.args;
-        let list = args.device_list();
+        let Self { args, list } = self;
         let backend = list.backend.name().to_string();
         let device = devices.first().context("no device")?.clone();
         if let Some(file) = &args.model_file {
@@ -158,14 +159,20 @@ impl WithBackend for EvalJob {
 }
 
 pub(crate) fn run(args: EvalArgs) -> Result<()> {
-    let list = args.device_list();
+    let list = args.target.list();
     let out = args.out.clone();
     let what = args
         .model_file
         .clone()
         .or(args.run.clone())
         .unwrap_or_default();
-    let summary = dispatch(list.clone(), EvalJob { args })?;
+    let summary = dispatch(
+        list.clone(),
+        EvalJob {
+            args,
+            list: list.clone(),
+        },
+    )?;
     let soft = summary
         .test_accuracy_soft
         .map_or(String::new(), |s| format!("   (soft, diagnostic: {s:.2}%)"));

@@ -177,7 +177,7 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         }
     };
     cfg.validate()?;
-    let list = args.device_list();
+    let list = args.target.list();
     let n = list.names().len();
     if !cfg.batch_size.is_multiple_of(n) {
         bail!(

@@ -117,6 +117,17 @@ pub(crate) fn resized(w: u32, h: u32, side: u32) -> (u32, u32) {
 /// # Errors
 /// [`Error::Io`] / [`Error::Corrupt`] naming the file.
 pub fn load_image(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
+    load_image_cropped(path, resize, size, None)
+}
+
+/// [`load_image`] with the crop drawn from `draw` when given (the training transform): its low
+/// bits place the crop, bit 63 flips it horizontally.
+pub(crate) fn load_image_cropped(
+    path: &Path,
+    resize: u32,
+    size: u32,
+    draw: Option<u64>,
+) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let img = image::load_from_memory(&bytes).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
@@ -124,12 +135,22 @@ pub fn load_image(path: &Path, resize: u32, size: u32) -> Result<Vec<u8>> {
     })?;
     let (nw, nh) = resized(img.width(), img.height(), resize.max(size));
     let resized = img.resize_exact(nw, nh, FilterType::Triangle).to_rgb8();
-    let (x0, y0) = ((nw - size) / 2, (nh - size) / 2);
+    let ((x0, y0), flip) = match draw {
+        None => (((nw - size) / 2, (nh - size) / 2), false),
+        Some(bits) => (
+            (
+                (bits % u64::from(nw - size + 1)) as u32,
+                ((bits >> 24) % u64::from(nh - size + 1)) as u32,
+            ),
+            bits >> 63 == 1,
+        ),
+    };
     let plane = (size * size) as usize;
     let mut out = vec![0u8; 3 * plane];
     for y in 0..size {
         for x in 0..size {
-            let p = resized.get_pixel(x0 + x, y0 + y);
+            let sx = if flip { size - 1 - x } else { x };
+            let p = resized.get_pixel(x0 + sx, y0 + y);
             let i = (y * size + x) as usize;
             for c in 0..3 {
                 out[c * plane + i] = p[c];

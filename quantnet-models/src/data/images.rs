@@ -11,10 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use image::imageops::FilterType;
-
 use super::batch::{ImageBatcher, ImageItem};
-use super::{Dataset, ImageSet, Split, imagefolder};
+use super::{Dataset, ImageSet, Split, imagefolder, splitmix64};
 use crate::error::{Error, Result};
 
 /// Images read one at a time by index.
@@ -132,8 +130,8 @@ impl FolderSet {
         let (path, label) = &self.entries[index];
         let draw = self
             .augment
-            .map(|seed| splitmix(seed ^ splitmix(splitmix(index as u64) ^ round)));
-        let pixels = decode(path, self.size, draw)?;
+            .map(|seed| splitmix64(seed ^ splitmix64(splitmix64(index as u64) ^ round)));
+        let pixels = imagefolder::load_image_cropped(path, self.size * 256 / 224, self.size, draw)?;
         let plane = (self.size * self.size) as usize;
         Ok(ImageItem {
             pixels: pixels
@@ -147,53 +145,6 @@ impl FolderSet {
             label: i64::from(*label),
         })
     }
-}
-
-/// SplitMix64's output function (Steele, Lea, Flood 2014) of `x + γ`.
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Decodes `path` to RGB, resizes its shorter side to `size · 256/224` and crops `size × size`:
-/// the centre, or with `draw` a crop position and a flip taken from its bits. Channel planes.
-fn decode(path: &Path, size: u32, draw: Option<u64>) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::Corrupt {
-        path: path.to_path_buf(),
-        reason: format!("not a readable image: {e}"),
-    })?;
-    let resize = size * 256 / 224;
-    let (nw, nh) = imagefolder::resized(img.width(), img.height(), resize.max(size));
-    let resized = img.resize_exact(nw, nh, FilterType::Triangle).to_rgb8();
-    let ((x0, y0), flip) = match draw {
-        None => (((nw - size) / 2, (nh - size) / 2), false),
-        Some(bits) => (
-            (
-                (bits % u64::from(nw - size + 1)) as u32,
-                ((bits >> 24) % u64::from(nh - size + 1)) as u32,
-            ),
-            bits >> 63 == 1,
-        ),
-    };
-    let plane = (size * size) as usize;
-    let mut out = vec![0u8; 3 * plane];
-    for y in 0..size {
-        for x in 0..size {
-            let sx = if flip { size - 1 - x } else { x };
-            let p = resized.get_pixel(x0 + sx, y0 + y);
-            let i = (y * size + x) as usize;
-            for c in 0..3 {
-                out[c * plane + i] = p[c];
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The images of a run: see the [module docs](self). Cloning shares them.

@@ -174,6 +174,15 @@ impl FromStr for Dataset {
     }
 }
 
+/// SplitMix64 (Steele, Lea, Flood 2014): the output for the state `x + γ`; the generator's
+/// `n`-th output from seed `s` is `splitmix64(s + n·γ)`.
+pub(crate) fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// `k` distinct indices of `0..len`, drawn uniformly with `seed` (a partial Fisher–Yates
 /// shuffle driven by SplitMix64), in increasing order; all of them when `k ≥ len`. Calibration
 /// images and `--limit` subsets are drawn with it: image folders are sorted by class, so the first
@@ -188,12 +197,9 @@ pub fn sample_indices(len: usize, k: usize, seed: u64) -> Vec<usize> {
 pub fn shuffled_indices(len: usize, k: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
     let mut next = move || {
-        // SplitMix64 (Steele, Lea, Flood 2014).
+        let z = splitmix64(state);
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        z
     };
     let mut all: Vec<usize> = (0..len).collect();
     let k = k.min(len);

@@ -368,7 +368,7 @@ impl QatData {
 
     /// Steps per epoch at `batch_size`.
     pub fn steps_per_epoch(&self, batch_size: usize) -> usize {
-        self.train.len().div_ceil(batch_size.max(1))
+        self.steps_per_epoch_on(batch_size, 1)
     }
 
     /// Optimizer steps per epoch at `batch_size` images per step split over `devices` devices

@@ -262,23 +262,30 @@ fn all_grads(model: &Model<B>, grads: &GradientsParams) -> Vec<(String, Vec<f32>
     c.out
 }
 
+/// LeNet-5 on the autodiff backend with ternary weights and 2-bit activations (calibrated on 8
+/// random images) at temperature 5, after seeding the backend with `seed`.
+fn quantized_lenet(seed: u64) -> Model<B> {
+    let device = Default::default();
+    <B as Backend>::seed(&device, seed);
+    let temps = Temperatures::default();
+    temps.weights.set(5.0);
+    temps.acts.set(5.0);
+    let policy = ternary_u2();
+    let images =
+        Tensor::<Inner, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+    let mut inner = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
+    quantize_weights(&mut inner, &policy, &temps).unwrap();
+    calibrate_acts(&mut inner, &policy, &temps, [images]).unwrap();
+    <Model<B> as AutodiffModule<B>>::from_inner(inner)
+}
+
 #[test]
 fn clipping_in_the_wq_domain_reproduces_plain_gradients_and_scales_them_all_alike() {
     let _serial = crate::backend::serial();
     use quantnet_models::data::ImageBatch;
     use quantnet_models::train::step_clipped_in_wq;
     let device = Default::default();
-    <B as Backend>::seed(&device, 5);
-    let temps = Temperatures::default();
-    temps.weights.set(5.0);
-    temps.acts.set(5.0);
-    let policy = ternary_u2();
-    let images =
-        || Tensor::<Inner, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-    let mut inner = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
-    quantize_weights(&mut inner, &policy, &temps).unwrap();
-    calibrate_acts(&mut inner, &policy, &temps, [images()]).unwrap();
-    let model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
+    let model = quantized_lenet(5);
     let x = Tensor::<B, 4>::random([8, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
     let targets = Tensor::<B, 1, Int>::from_ints([1, 0, 3, 2, 9, 4, 4, 7], &device);
     let batch = || ImageBatch {
@@ -364,18 +371,12 @@ fn two_half_batches_at_half_scale_sum_to_the_whole_batch_gradient() {
     use quantnet_models::data::ImageBatch;
     use quantnet_models::train::{MonitorOptions, Monitored};
     let device = Default::default();
-    <B as Backend>::seed(&device, 9);
-    let temps = Temperatures::default();
-    temps.weights.set(5.0);
-    temps.acts.set(5.0);
-    let policy = ternary_u2();
-    let images =
-        |n| Tensor::<Inner, 4>::random([n, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
-    let mut inner = Model::<Inner>::new(Arch::Lenet5, input(1, 28, 10), &device);
-    quantize_weights(&mut inner, &policy, &temps).unwrap();
-    calibrate_acts(&mut inner, &policy, &temps, [images(8)]).unwrap();
-    let model = <Model<B> as AutodiffModule<B>>::from_inner(inner);
-    let x = Tensor::<B, 4>::from_inner(images(8));
+    let model = quantized_lenet(9);
+    let x = Tensor::<B, 4>::from_inner(Tensor::<Inner, 4>::random(
+        [8, 1, 28, 28],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    ));
     let targets = Tensor::<B, 1, Int>::from_ints([1, 0, 3, 2, 9, 4, 4, 7], &device);
     let part = |range: std::ops::Range<usize>| ImageBatch {
         images: x.clone().slice(range.clone()),
