@@ -52,6 +52,35 @@ pub(crate) enum Command {
     /// temperature) and weights.png (each quantized weight layer's histogram with its levels
     /// and thresholds, at initialisation and at the end).
     Plot(PlotArgs),
+    /// Run a trained detector (ssd-small, ssd300) on images and write each with its detected
+    /// boxes drawn (NAME.detections.png) and listed (NAME.detections.csv, pixels).
+    Detect(DetectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DetectArgs {
+    /// The images (any size: each is resized to the detector's input).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub(crate) images: Vec<PathBuf>,
+    /// The detector run directory whose model.mpk runs.
+    #[arg(
+        long = "from",
+        value_name = "RUN_DIR",
+        required_unless_present = "model_file"
+    )]
+    pub(crate) run: Option<PathBuf>,
+    /// An exported detector (.qnet, or a Burn-native .mpk) to run instead.
+    #[arg(long, conflicts_with = "run")]
+    pub(crate) model_file: Option<PathBuf>,
+    /// Boxes scoring below this are not drawn.
+    #[arg(long, default_value_t = 0.3)]
+    pub(crate) min_score: f32,
+    /// Folder for the pictures and lists.
+    #[arg(long, default_value = "detections")]
+    pub(crate) out: PathBuf,
+    /// Where it runs.
+    #[command(flatten)]
+    pub(crate) target: DeviceArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -397,6 +426,27 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) from: Option<PathBuf>,
+    /// Detectors: train and evaluate every box as this one class (e.g. tree, for the
+    /// neon-trees tiles labelled Tree, Alive and Dead).
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) merge_classes: Option<String>,
+    /// Detectors: read each training image N times per epoch, each with a new augmentation
+    /// draw (a few large images give many crops). Default: 1.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) repeats: Option<usize>,
+    /// Detectors: cut every image into PIXELS × PIXELS windows, each a sample resized to the
+    /// detector's input (large aerial tiles with small objects); boxes go to the window holding
+    /// their centre.
+    #[arg(long, value_name = "PIXELS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tile: Option<u32>,
+    /// Detectors: the training transform zooms out up to this factor (SSD: 4, the default;
+    /// 1 turns zooming out off, for small objects).
+    #[arg(long, value_name = "FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_expand: Option<f32>,
 }
 
 /// [`crate::run::text`] for optional fields (only `Some` is serialised).

@@ -221,6 +221,16 @@ pub(crate) struct RunConfig {
     pub(crate) limit: Option<usize>,
     /// A run directory to start from (its final model).
     pub(crate) from: Option<PathBuf>,
+    /// Detectors: every box as this one class (e.g. "tree").
+    pub(crate) merge_classes: Option<String>,
+    /// Detectors: each training image read this many times per epoch (new augmentation draws).
+    pub(crate) repeats: usize,
+    /// Detectors: the object classes, as read from the data (written by `train`).
+    pub(crate) classes: Option<Vec<String>>,
+    /// Detectors: cut every image into windows of this many pixels a side.
+    pub(crate) tile: Option<u32>,
+    /// Detectors: the largest zoom-out of the training transform (SSD: 4; 1: none).
+    pub(crate) max_expand: f32,
 }
 
 impl Default for RunConfig {
@@ -266,6 +276,11 @@ impl Default for RunConfig {
             seed: recipe.seed,
             limit: None,
             from: None,
+            merge_classes: None,
+            repeats: 1,
+            classes: None,
+            tile: None,
+            max_expand: 4.0,
         }
     }
 }
@@ -379,9 +394,52 @@ impl RunConfig {
             other => other.into(),
         })?;
         self.model
-            .check_input(self.dataset.input())
+            .check_input(self.input())
             .map_err(anyhow::Error::msg)?;
+        match (self.model.detector(), self.dataset) {
+            (Some(_), Dataset::Voc) => {
+                if self.limit.is_some() || self.phase == TrainPhase::Acts {
+                    bail!("--limit and --phase acts are for classifiers, not detectors");
+                }
+                if self.repeats == 0 {
+                    bail!("--repeats must be at least 1");
+                }
+                if self.tile == Some(0) {
+                    bail!("--tile must be at least 1 pixel");
+                }
+                if !(self.max_expand >= 1.0 && self.max_expand.is_finite()) {
+                    bail!("--max-expand must be at least 1, got {}", self.max_expand);
+                }
+            }
+            (Some(_), other) => bail!(
+                "{} is a detector: it trains on --dataset voc (VOC annotations), not {other}",
+                self.model
+            ),
+            (None, Dataset::Voc) => bail!(
+                "voc is a detection data set: train a detector on it (--model ssd-small or ssd300), \
+                 not {}",
+                self.model
+            ),
+            (None, _) => {}
+        }
         Ok(())
+    }
+
+    /// The model's input: the data set's for a classifier; a detector's own size with the
+    /// run's classes (VOC's 20 until the data is read).
+    pub(crate) fn input(&self) -> quantnet_models::InputShape {
+        match self.model.detector() {
+            Some(kind) => quantnet_models::InputShape {
+                channels: 3,
+                height: kind.image_size(),
+                width: kind.image_size(),
+                classes: self
+                    .classes
+                    .as_ref()
+                    .map_or(self.dataset.input().classes, Vec::len),
+            },
+            None => self.dataset.input(),
+        }
     }
 
     /// Reads a TOML config file.
@@ -431,7 +489,7 @@ pub(crate) fn load_run_file<B: burn::tensor::backend::Backend>(
     let cfg = RunConfig::read(&dir.join("config.toml"))
         .with_context(|| format!("{} is not a quantnet run directory", dir.display()))?;
     let policy = cfg.policy()?;
-    let mut model = quantnet_models::Model::new(cfg.model, cfg.dataset.input(), device);
+    let mut model = quantnet_models::Model::new(cfg.model, cfg.input(), device);
     quantize::skeleton(&mut model, &policy, temps, device)?;
     let path = dir.join(file);
     if !path.is_file() {

@@ -137,12 +137,14 @@ impl<B: QatBackend> TrainCase<B> {
 }
 
 /// The input shape a model is benchmarked at: MNIST's for LeNet-5 and the FC nets, CIFAR-10's
-/// for VGG-small and ResNet-20, ImageNet's for the rest.
+/// for VGG-small and ResNet-20, ImageNet's for the other classifiers, VOC's for the detectors.
 pub fn default_input(arch: Arch) -> InputShape {
     let (channels, size, classes) = match arch {
         Arch::Lenet5 | Arch::Tfc | Arch::Sfc | Arch::Lfc => (1, 28, 10),
         Arch::VggSmall | Arch::Resnet20 => (3, 32, 10),
         Arch::Resnet18 | Arch::Resnet50 | Arch::AlexnetBn => (3, 224, 1000),
+        // VOC's 20 classes.
+        Arch::SsdSmall | Arch::Ssd300 => (3, arch.detector().map_or(0, |k| k.image_size()), 20),
     };
     InputShape {
         channels,

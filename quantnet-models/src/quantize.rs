@@ -143,9 +143,16 @@ impl QuantPolicy {
         }
     }
 
-    /// Whether weight layer `i` of `n` (forward order) is quantized.
+    /// Whether weight layer `i` of `n` (forward order) is quantized, when the first and the
+    /// last are kept full precision (classifiers).
     pub fn quantizes_weight(&self, i: usize, n: usize) -> bool {
-        self.weights.is_some() && (self.quantize_all || (i != 0 && i + 1 != n))
+        self.quantizes_layer(i, &[0, n.saturating_sub(1)])
+    }
+
+    /// Whether weight layer `i` is quantized, when the model keeps the layers `float` full
+    /// precision ([`QatModel::float_layers`]).
+    pub fn quantizes_layer(&self, i: usize, float: &[usize]) -> bool {
+        self.weights.is_some() && (self.quantize_all || !float.contains(&i))
     }
 
     /// Whether anything is quantized.
@@ -180,6 +187,12 @@ pub(crate) fn read_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
         })
 }
 
+/// The weight layers `model` keeps full precision by default ([`QatModel::float_layers`]).
+fn float_layers<B: Backend, M: QatModel<B>>(model: &mut M) -> Vec<usize> {
+    let n = model.slots().weights.len();
+    model.float_layers(n)
+}
+
 /// Gives the policy's weight layers quantizers initialised from their current weights
 /// (`β = 5p/4q`, thresholds by k-means or as configured; [`Granularity::Shared`]: one quantizer
 /// from all their weights, in every layer). A layer that already has a quantizer with the
@@ -200,12 +213,12 @@ pub fn quantize_weights<B: Backend, M: QatModel<B>>(
     if config.granularity == Granularity::Shared {
         return share_weight_quantizer(model, policy, config, temperatures);
     }
+    let float = float_layers(model);
     let mut slots = model.slots();
-    let n = slots.weights.len();
     let mut count = 0;
     let mut seen = std::collections::HashSet::new();
     for (i, (name, layer)) in slots.weights.iter_mut().enumerate() {
-        if !policy.quantizes_weight(i, n) {
+        if !policy.quantizes_layer(i, &float) {
             continue;
         }
         if let Some(q) = layer.quantizer().as_mut()
@@ -248,13 +261,13 @@ fn share_weight_quantizer<B: Backend, M: QatModel<B>>(
     config: &QuantizerConfig,
     temperatures: &Temperatures,
 ) -> Result<usize> {
+    let float = float_layers(model);
     let mut slots = model.slots();
-    let n = slots.weights.len();
     let mut layers: Vec<_> = slots
         .weights
         .iter_mut()
         .enumerate()
-        .filter(|(i, _)| policy.quantizes_weight(*i, n))
+        .filter(|(i, _)| policy.quantizes_layer(*i, &float))
         .map(|(_, layer)| layer)
         .collect();
     let mut alphas = std::collections::HashSet::new();
@@ -460,11 +473,11 @@ pub fn skeleton<B: Backend, M: QatModel<B>>(
             .init_with(1.0, 1.0, &config.levels.midpoint_thresholds(), t, device)
             .map_err(|e| layer_error(name, e))
     };
+    let float = float_layers(model);
     let mut slots = model.slots();
-    let n = slots.weights.len();
     if let Some(config) = &policy.weights {
         for (i, (name, layer)) in slots.weights.iter_mut().enumerate() {
-            if policy.quantizes_weight(i, n) {
+            if policy.quantizes_layer(i, &float) {
                 layer.materialise();
                 let q = match config.granularity {
                     // Shared: the record gives every layer the same parameters (one id each),

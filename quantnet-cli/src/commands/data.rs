@@ -60,6 +60,7 @@ const FASHION_MNIST: [(&str, &str); 4] = [
 const CIFAR_ARCHIVE: &str = "cifar-10-binary.tar.gz";
 const CIFAR_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 const CIFAR_URL: &str = "https://www.cs.toronto.edu/~kriz/";
+const VOC_URL: &str = "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/";
 
 fn mirrors(dataset: Dataset) -> Vec<&'static str> {
     match dataset {
@@ -71,7 +72,7 @@ fn mirrors(dataset: Dataset) -> Vec<&'static str> {
             vec!["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
         }
         Dataset::Cifar10 => vec![CIFAR_URL],
-        Dataset::Imagenet => Vec::new(),
+        Dataset::Imagenet | Dataset::Voc => Vec::new(),
     }
 }
 
@@ -121,6 +122,11 @@ fn hint(dataset: Dataset) -> String {
             "Point --data-dir at a folder with train/ and val/ class folders (or labels.csv)."
                 .into()
         }
+        Dataset::Voc => format!(
+            "Point --data-dir at a folder with Annotations/ and JPEGImages/ (VOC2007: extract \
+             {VOC_URL}VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar, then pass \
+             VOCdevkit/VOC2007) or annotations/ and images/."
+        ),
     }
 }
 
@@ -279,6 +285,11 @@ pub(crate) fn fetch(dataset: Dataset, dir: Option<&Path>, mirror: Option<&str>) 
         Dataset::Imagenet => bail!(
             "ImageNet cannot be downloaded automatically (it needs an account at image-net.org); \
              put train/ and val/ class folders in a folder and pass --data-dir"
+        ),
+        Dataset::Voc => bail!(
+            "VOC is not downloaded by quantnet (two archives of 440 MB): extract \
+             {VOC_URL}VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar into one folder \
+             and pass --data-dir FOLDER/VOCdevkit/VOC2007"
         ),
     }
     Ok(dir)

@@ -67,6 +67,13 @@ impl WithBackend for EvalJob {
                 dataset: file_dataset,
                 acts,
             } = header;
+            if arch.detector().is_some() {
+                bail!(
+                    "{} is a detector ({arch}): evaluate its run with `quantnet eval --from \
+                     RUN_DIR`, or run it on images with `quantnet detect --model-file`",
+                    file.display()
+                );
+            }
             let dataset = match (args.dataset, &file_dataset) {
                 (Some(d), _) => d,
                 (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,
@@ -160,6 +167,15 @@ impl WithBackend for EvalJob {
 
 pub(crate) fn run(args: EvalArgs) -> Result<()> {
     let list = args.target.list();
+    if let Some(run) = &args.run
+        && crate::run::RunConfig::read(&run.join("config.toml"))
+            .is_ok_and(|cfg| cfg.model.detector().is_some())
+    {
+        if args.out.is_some() || args.dataset.is_some() {
+            bail!("a detector run is evaluated on its own data: --out and --dataset are for classifiers");
+        }
+        return super::detect::eval_run(run, args.data_dir.as_deref(), list);
+    }
     let out = args.out.clone();
     let what = args
         .model_file
@@ -209,7 +225,7 @@ pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
     let exported = export::export(
         &mut model,
         cfg.model,
-        cfg.dataset.input(),
+        cfg.input(),
         Some(cfg.dataset.to_string()),
     )?;
     write_atomic(&args.out, &exported.bytes)?;
@@ -252,7 +268,7 @@ fn export_native(
     let manifest = export::write_native(
         model,
         cfg.model,
-        cfg.dataset.input(),
+        cfg.input(),
         Some(cfg.dataset.to_string()),
         &args.out,
     )?;

@@ -3,6 +3,7 @@
 mod bench;
 mod chart;
 mod data;
+mod detect;
 mod eval;
 mod fit;
 mod plot;
@@ -26,5 +27,6 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Data(args) => data::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Detect(args) => detect::run(args),
     }
 }

@@ -199,9 +199,30 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
     // Check the devices and find (or download) the data before creating anything, so that a
     // device that does not exist or a missing data set leaves no run behind.
     crate::backend::check_devices(&list)?;
+    if cfg.model.detector().is_some() {
+        if resume {
+            bail!("detector runs cannot be resumed yet: start a new run");
+        }
+        if n > 1 {
+            bail!("detectors train on one device (--devices is for classifiers)");
+        }
+    }
     let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     cfg.write(&out)?;
+    if cfg.model.detector().is_some() {
+        println!(
+            "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}",
+            out.display(),
+            cfg.model,
+            cfg.dataset,
+            cfg.weights,
+            cfg.acts,
+            cfg.epochs,
+            list.names().join(",")
+        );
+        return super::detect::train(cfg, &out, &data_dir, list);
+    }
     println!(
         "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}",
         out.display(),

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "train")]
 pub use stream::StreamLoader;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::InputShape;
 
 /// The image-classification data sets the CLI trains on.
@@ -41,15 +41,19 @@ pub enum Dataset {
     /// `labels.csv`), 224×224 RGB, 1000 classes; read from disk as training and evaluation use
     /// the images ([`FolderSet`]).
     Imagenet,
+    /// Pascal VOC detection data (`Annotations/` + `JPEGImages/`, or the plain `annotations/` +
+    /// `images/` layout), for the SSD detectors; read with [`crate::detect::DetectData::load`].
+    Voc,
 }
 
 impl Dataset {
     /// Every data set.
-    pub const ALL: [Dataset; 4] = [
+    pub const ALL: [Dataset; 5] = [
         Dataset::Mnist,
         Dataset::FashionMnist,
         Dataset::Cifar10,
         Dataset::Imagenet,
+        Dataset::Voc,
     ];
 
     /// The name on the command line and in files.
@@ -59,6 +63,7 @@ impl Dataset {
             Dataset::FashionMnist => "fashion-mnist",
             Dataset::Cifar10 => "cifar10",
             Dataset::Imagenet => "imagenet",
+            Dataset::Voc => "voc",
         }
     }
 
@@ -83,6 +88,14 @@ impl Dataset {
                 width: 224,
                 classes: 1000,
             },
+            // SSD300's input and VOC's 20 classes (a detector's input is its own size and the
+            // data's classes).
+            Dataset::Voc => InputShape {
+                channels: 3,
+                height: 300,
+                width: 300,
+                classes: 20,
+            },
         }
     }
 
@@ -92,7 +105,7 @@ impl Dataset {
             Dataset::Mnist => (vec![0.1307], vec![0.3081]),
             Dataset::FashionMnist => (vec![0.2860], vec![0.3530]),
             Dataset::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
-            Dataset::Imagenet => (
+            Dataset::Imagenet | Dataset::Voc => (
                 imagefolder::IMAGENET_MEAN.to_vec(),
                 imagefolder::IMAGENET_STD.to_vec(),
             ),
@@ -116,6 +129,7 @@ impl Dataset {
                     || dir.join("val").is_dir()
                     || dir.join("labels.csv").is_file()
             }
+            Dataset::Voc => dir.join("Annotations").is_dir() || dir.join("annotations").is_dir(),
         }
     }
 
@@ -123,6 +137,9 @@ impl Dataset {
     /// name (`dir/fashion-mnist`), or the archive's own folder (`dir/cifar-10-batches-bin`).
     pub fn find_in(self, dir: &Path) -> Option<PathBuf> {
         let mut candidates = vec![dir.to_path_buf(), dir.join(self.name())];
+        if self == Dataset::Voc {
+            candidates.push(dir.join("VOCdevkit").join("VOC2007"));
+        }
         if self == Dataset::Cifar10 {
             candidates.push(dir.join("cifar-10-batches-bin"));
             candidates.push(dir.join(self.name()).join("cifar-10-batches-bin"));
@@ -149,6 +166,12 @@ impl Dataset {
             Dataset::Mnist | Dataset::FashionMnist => mnist::load(dir, split),
             Dataset::Cifar10 => cifar::load(dir, split),
             Dataset::Imagenet => imagefolder::load(&Self::folder(dir, split), 224),
+            Dataset::Voc => Err(Error::Config {
+                field: "dataset",
+                reason: "voc is a detection data set: read it with detect::DetectData::load \
+                         (a detector, ssd-small or ssd300)"
+                    .into(),
+            }),
         }
     }
 }
@@ -168,7 +191,7 @@ impl FromStr for Dataset {
             .find(|d| d.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown data set `{s}` (expected mnist, fashion-mnist, cifar10 or imagenet)"
+                    "unknown data set `{s}` (expected mnist, fashion-mnist, cifar10, imagenet or voc)"
                 )
             })
     }

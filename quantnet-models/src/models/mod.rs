@@ -52,11 +52,30 @@ pub enum Arch {
     Resnet50,
     /// torchvision's AlexNet with batch norm after every conv and hidden linear (paper-spec §5).
     AlexnetBn,
+    /// The small SSD detector (192×192 inputs; [`crate::detect::SsdKind::Small`]).
+    SsdSmall,
+    /// SSD300 on VGG-16 ([`crate::detect::SsdKind::Ssd300`]).
+    Ssd300,
 }
 
 impl Arch {
     /// Every architecture, in the order of the docs.
-    pub const ALL: [Arch; 9] = [
+    pub const ALL: [Arch; 11] = [
+        Arch::Lenet5,
+        Arch::Tfc,
+        Arch::Sfc,
+        Arch::Lfc,
+        Arch::VggSmall,
+        Arch::Resnet20,
+        Arch::Resnet18,
+        Arch::Resnet50,
+        Arch::AlexnetBn,
+        Arch::SsdSmall,
+        Arch::Ssd300,
+    ];
+
+    /// The classifiers (every architecture but the detectors).
+    pub const CLASSIFIERS: [Arch; 9] = [
         Arch::Lenet5,
         Arch::Tfc,
         Arch::Sfc,
@@ -67,6 +86,15 @@ impl Arch {
         Arch::Resnet50,
         Arch::AlexnetBn,
     ];
+
+    /// The SSD this architecture is, if it is a detector.
+    pub fn detector(self) -> Option<crate::detect::SsdKind> {
+        match self {
+            Arch::SsdSmall => Some(crate::detect::SsdKind::Small),
+            Arch::Ssd300 => Some(crate::detect::SsdKind::Ssd300),
+            _ => None,
+        }
+    }
 
     /// Whether `input` is large enough for this architecture (its pools and strides leave at
     /// least one pixel); the error says what the smallest input is.
@@ -80,6 +108,19 @@ impl Arch {
             Arch::VggSmall | Arch::Resnet20 => 8,
             Arch::Resnet18 | Arch::Resnet50 => 32,
             Arch::AlexnetBn => 63,
+            Arch::SsdSmall | Arch::Ssd300 => {
+                let side = self.detector().map_or(0, |k| k.image_size());
+                if (input.channels, input.height, input.width) != (3, side, side)
+                    || input.classes < 1
+                {
+                    return Err(format!(
+                        "{self} needs 3×{side}×{side} images and 1+ object classes; got \
+                         {}×{}×{} with {} classes",
+                        input.channels, input.height, input.width, input.classes
+                    ));
+                }
+                return Ok(());
+            }
         };
         if input.height < min || input.width < min || input.channels == 0 || input.classes < 2 {
             return Err(format!(
@@ -103,6 +144,8 @@ impl Arch {
             Arch::Resnet18 => "resnet18",
             Arch::Resnet50 => "resnet50",
             Arch::AlexnetBn => "alexnet-bn",
+            Arch::SsdSmall => "ssd-small",
+            Arch::Ssd300 => "ssd300",
         }
     }
 }
@@ -333,13 +376,20 @@ pub trait QatModel<B: Backend>: Module<B> + burn::module::ModuleDisplay + 'stati
     /// keeps the first and the last weight layer full precision).
     fn slots(&mut self) -> Slots<'_, B>;
 
-    /// Class scores.
+    /// Class scores (a detector: its raw outputs, one row per image).
     ///
     /// # Shapes
     /// `[batch, channels, height, width] -> [batch, classes]`.
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
         B: QuantBackend;
+
+    /// The weight layers (indices into [`QatModel::slots`]' weights, of `n`) that the precision
+    /// policy keeps full precision unless it quantizes everything: by default the first and the
+    /// last, as the paper does for classifiers.
+    fn float_layers(&self, n: usize) -> Vec<usize> {
+        vec![0, n.saturating_sub(1)]
+    }
 }
 
 /// A [`QatModel`] on the inner backend of `B` whose autodiff twin (Burn's module derive makes
@@ -455,6 +505,8 @@ pub enum Model<B: Backend> {
     ResNet(ResNet<B>),
     /// AlexNet with batch norm.
     AlexNetBn(AlexNetBn<B>),
+    /// An SSD detector.
+    Ssd(crate::detect::Ssd<B>),
 }
 
 impl<B: Backend> Model<B> {
@@ -470,6 +522,12 @@ impl<B: Backend> Model<B> {
             Arch::Resnet18 => Model::ResNet(ResNet::resnet18(input, device)),
             Arch::Resnet50 => Model::ResNet(ResNet::resnet50(input, device)),
             Arch::AlexnetBn => Model::AlexNetBn(AlexNetBn::new(input, device)),
+            Arch::SsdSmall => {
+                Model::Ssd(crate::detect::Ssd::new(crate::detect::SsdKind::Small, input, device))
+            }
+            Arch::Ssd300 => {
+                Model::Ssd(crate::detect::Ssd::new(crate::detect::SsdKind::Ssd300, input, device))
+            }
         }
     }
 
@@ -487,6 +545,7 @@ impl<B: Backend> Model<B> {
             Model::VggSmall(m) => m.slots(&mut slots),
             Model::ResNet(m) => m.slots(&mut slots),
             Model::AlexNetBn(m) => m.slots(&mut slots),
+            Model::Ssd(m) => m.slots(&mut slots),
         }
         slots
     }
@@ -504,6 +563,7 @@ impl<B: QuantBackend> Model<B> {
             Model::VggSmall(m) => m.forward(x),
             Model::ResNet(m) => m.forward(x),
             Model::AlexNetBn(m) => m.forward(x),
+            Model::Ssd(m) => m.forward(x),
         }
     }
 }
@@ -518,6 +578,13 @@ impl<B: Backend> QatModel<B> for Model<B> {
         B: QuantBackend,
     {
         Model::forward(self, images)
+    }
+
+    fn float_layers(&self, n: usize) -> Vec<usize> {
+        match self {
+            Model::Ssd(m) => m.float_layers(),
+            _ => vec![0, n.saturating_sub(1)],
+        }
     }
 }
 

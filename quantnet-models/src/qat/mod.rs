@@ -731,7 +731,7 @@ fn save_model<B: Backend, M: burn::module::Module<B>>(model: &M, dir: &Path) -> 
 }
 
 /// Writes `NAME.mpk` into `dir` (through `NAME-partial.mpk` and a rename).
-fn save_model_as<B: Backend, M: burn::module::Module<B>>(
+pub(crate) fn save_model_as<B: Backend, M: burn::module::Module<B>>(
     model: &M,
     dir: &Path,
     name: &str,
