@@ -19,3 +19,7 @@ for name in ["mnist", "fashion-mnist"]:
         with gzip.GzipFile(f"fixtures/{name}/{split}-labels-idx1-ubyte.gz", "wb", 9, mtime=0) as f:
             f.write(struct.pack(">II", magic, n) + data[8 : 8 + n])
 shutil.copy(f"{SHARED}/cifar10-samples/test_batch_first20.bin", "fixtures/cifar10/")
+# Two of the three neon-trees tiles (400×400 PNG) with their VOC annotations, byte for byte.
+for stem in ["OSBS_029", "SOAP_061"]:
+    shutil.copy(f"{SHARED}/detection-neon-trees/images/{stem}.png", "fixtures/neon-trees/images/")
+    shutil.copy(f"{SHARED}/detection-neon-trees/annotations/{stem}.xml", "fixtures/neon-trees/annotations/")

@@ -75,6 +75,10 @@ pub(crate) struct DetectArgs {
     /// Boxes scoring below this are not drawn.
     #[arg(long, default_value_t = 0.3)]
     pub(crate) min_score: f32,
+    /// Cut each image into PIXELS × PIXELS windows, each run through the detector, their boxes
+    /// merged by NMS (default: the run's --tile; none for an exported model).
+    #[arg(long, value_name = "PIXELS")]
+    pub(crate) tile: Option<u32>,
     /// Folder for the pictures and lists.
     #[arg(long, default_value = "detections")]
     pub(crate) out: PathBuf,

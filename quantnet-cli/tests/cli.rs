@@ -812,7 +812,9 @@ fn the_ssd300_configs_run_a_step_on_the_neon_tiles() {
         let text = stdout(&run);
         assert!(run.status.success(), "{name}: {text}\n{}", stderr(&run));
         assert!(
-            text.contains("2 training images (340 boxes), 1 test images (37 boxes), classes Alive, Dead, Tree"),
+            text.contains(
+                "2 training images (340 boxes), 1 test images (37 boxes), classes Alive, Dead, Tree"
+            ),
             "{name}: {text}"
         );
         let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
@@ -824,7 +826,10 @@ fn the_ssd300_configs_run_a_step_on_the_neon_tiles() {
         assert_eq!(steps.lines().count(), 1, "{name}: {steps}");
         if name != "ssd300-fp" {
             // Quantized: VGG-16's 22 convolutions after the first (the heads stay full precision).
-            assert!(text.contains("quantized 22 weight layer(s)"), "{name}: {text}");
+            assert!(
+                text.contains("quantized 22 weight layer(s)"),
+                "{name}: {text}"
+            );
         }
     }
     std::fs::remove_dir_all(&root).unwrap();
@@ -1421,14 +1426,25 @@ fn a_detector_trains_evaluates_detects_and_exports() {
         "{text}"
     );
     assert!(text.contains("quantized 7 weight layer(s), calibrated 8 activation quantizer(s)"));
-    assert!(text.contains("test mAP (VOC07, IoU 0.5, hard-quantized)"), "{text}");
+    assert!(
+        text.contains("test mAP (VOC07, IoU 0.5, hard-quantized)"),
+        "{text}"
+    );
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
-    for key in ["test_map_fp", "test_map_hard", "test_map_soft", "test_map_hard_all_points"] {
+    for key in [
+        "test_map_fp",
+        "test_map_hard",
+        "test_map_soft",
+        "test_map_hard_all_points",
+    ] {
         let map = json_number(&summary, key);
         assert!((0.0..=100.0).contains(&map), "{key} {map}");
     }
     assert!(summary.contains("\"test_boxes\": 37"), "{summary}");
-    assert!(summary.contains("\"classes\": [\n    \"tree\"\n  ]"), "{summary}");
+    assert!(
+        summary.contains("\"classes\": [\n    \"tree\"\n  ]"),
+        "{summary}"
+    );
     assert_eq!(json_number(&summary, "weights"), 500.0);
     assert!(run.join("model.mpk").is_file() && run.join("init.mpk").is_file());
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
@@ -1461,11 +1477,19 @@ fn a_detector_trains_evaluates_detects_and_exports() {
     let picture = image::open(pictures.join("SOAP_061.detections.png")).unwrap();
     assert_eq!((picture.width(), picture.height()), (400, 400));
     let listed = std::fs::read_to_string(pictures.join("SOAP_061.detections.csv")).unwrap();
-    assert!(listed.starts_with("class,score,xmin,ymin,xmax,ymax\n"), "{listed}");
+    assert!(
+        listed.starts_with("class,score,xmin,ymin,xmax,ymax\n"),
+        "{listed}"
+    );
 
     // The exported detector finds the same boxes with the same scores.
     let file = root.join("ssd.qnet");
-    let out = quantnet(&["export", run.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    let out = quantnet(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let exported = root.join("exported");
     let out = quantnet(&[
@@ -1491,7 +1515,13 @@ fn detector_errors_are_one_clear_line() {
     let data = fixtures().join("neon-trees");
     let cases: [(&[&str], &str); 4] = [
         (
-            &["train", "--model", "ssd-small", "--dataset", "fashion-mnist"],
+            &[
+                "train",
+                "--model",
+                "ssd-small",
+                "--dataset",
+                "fashion-mnist",
+            ],
             "ssd-small is a detector: it trains on --dataset voc",
         ),
         (
@@ -1499,7 +1529,15 @@ fn detector_errors_are_one_clear_line() {
             "voc is a detection data set",
         ),
         (
-            &["train", "--model", "ssd300", "--dataset", "voc", "--devices", "cpu,cpu"],
+            &[
+                "train",
+                "--model",
+                "ssd300",
+                "--dataset",
+                "voc",
+                "--devices",
+                "cpu,cpu",
+            ],
             "detectors train on one device",
         ),
         (
@@ -1510,7 +1548,12 @@ fn detector_errors_are_one_clear_line() {
     for (args, expected) in cases {
         let mut args = args.to_vec();
         if args[0] == "train" {
-            args.extend(["--data-dir", data.to_str().unwrap(), "--out", "/nonexistent/run"]);
+            args.extend([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--out",
+                "/nonexistent/run",
+            ]);
         }
         let out = quantnet(&args);
         let err = stderr(&out);

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use quantnet_burn::{QatBackend, QuantBackend, QuantMode};
+use quantnet_models::Model;
+use quantnet_models::detect::boxes::nms;
 use quantnet_models::detect::{
     DetectData, DetectParams, DetectQat, DetectSet, Detector, MapScores, VocImage, detect_set,
     evaluate_map,
 };
 use quantnet_models::quantize::{self, Temperatures};
-use quantnet_models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DeviceList, WithBackend, dispatch};
@@ -42,6 +43,11 @@ pub(crate) struct DetectSummary {
     pub(crate) test_map_soft: Option<f64>,
     /// All-point mAP (%) of the same detections, hard-quantized.
     pub(crate) test_map_hard_all_points: f64,
+    /// 11-point mAP (%) on the training samples (whole, not augmented), hard-quantized: how
+    /// well the detector fits what it trained on.
+    pub(crate) train_map_hard: Option<f64>,
+    /// The same for the pretrained full-precision detector.
+    pub(crate) train_map_fp: Option<f64>,
     /// 11-point AP (%) of each class, hard-quantized (`null`: no box of the class).
     pub(crate) test_ap_hard: Vec<Option<f64>>,
     /// The full scores of each evaluated network.
@@ -149,7 +155,11 @@ impl WithBackend for TrainJob {
                         cfg.classes.clone().unwrap_or_default()
                     );
                 }
-                println!("starting from {} ({})", from.display(), from_cfg.precision_tag());
+                println!(
+                    "starting from {} ({})",
+                    from.display(),
+                    from_cfg.precision_tag()
+                );
                 model
             }
             None => Model::<B::InnerBackend>::new(cfg.model, cfg.input(), &device),
@@ -179,6 +189,8 @@ impl WithBackend for TrainJob {
             test_map_hard: hard.map,
             test_map_soft: report.map_soft.as_ref().map(|s| s.map),
             test_map_hard_all_points: hard.map_all_points,
+            train_map_hard: report.train_map_hard.as_ref().map(|s| s.map),
+            train_map_fp: report.train_map_fp.as_ref().map(|s| s.map),
             test_ap_hard: hard.per_class.clone(),
             scores: Scores {
                 fp: report.map_fp,
@@ -205,7 +217,12 @@ impl WithBackend for TrainJob {
 }
 
 /// `quantnet train` for a detector: the run directory is `out` (config.toml already written).
-pub(crate) fn train(mut cfg: RunConfig, out: &Path, data_dir: &Path, list: DeviceList) -> Result<()> {
+pub(crate) fn train(
+    mut cfg: RunConfig,
+    out: &Path,
+    data_dir: &Path,
+    list: DeviceList,
+) -> Result<()> {
     let data = load_data(&cfg, data_dir)?;
     // The classes are the model's output: recorded so that the run's model can be rebuilt.
     cfg.classes = Some(data.train.classes.clone());
@@ -234,10 +251,7 @@ pub(crate) fn train(mut cfg: RunConfig, out: &Path, data_dir: &Path, list: Devic
             .map_or("-".into(), |m| format!("{m:.2}%")),
         per_epoch
     );
-    println!(
-        "wrote {}/{{model.mpk,summary.json}}",
-        out.display()
-    );
+    println!("wrote {}/{{model.mpk,summary.json}}", out.display());
     Ok(())
 }
 
@@ -303,7 +317,7 @@ impl WithBackend for DrawJob {
 
     fn run<B: QatBackend>(self, device: B::Device) -> Result<()> {
         let args = self.args;
-        let (model, classes) = load_detector::<B::InnerBackend>(&args, &device)?;
+        let (model, classes, tile) = load_detector::<B::InnerBackend>(&args, &device)?;
         let Some(kind) = model.kind() else {
             bail!("the model is a classifier, not a detector (ssd-small, ssd300)");
         };
@@ -321,35 +335,73 @@ impl WithBackend for DrawJob {
                 })
             })
             .collect::<Result<_>>()?;
+        let tile = args.tile.or(tile);
         let set = DetectSet::new(classes.clone(), images);
+        let set = match tile {
+            Some(side) => set.tiled(side),
+            None => set,
+        };
         let params = DetectParams {
             min_score: args.min_score,
             ..DetectParams::default()
         };
         let detections = detect_set(&model, &set, 1, params, &device)?;
         println!(
-            "{} on {} image(s) of {}×{} input, boxes scoring at least {}:",
-            model.kind().map_or("?", |k| match k {
+            "{} on {} image(s){} at {}×{}, boxes scoring at least {}:",
+            match kind {
                 quantnet_models::detect::SsdKind::Small => "ssd-small",
                 quantnet_models::detect::SsdKind::Ssd300 => "ssd300",
-            }),
-            set.len(),
+            },
+            set.images.len(),
+            tile.map_or(String::new(), |t| format!(
+                " in {} windows of {t}×{t}",
+                set.len()
+            )),
             kind.image_size(),
             kind.image_size(),
             args.min_score
         );
+        // Each sample's boxes in its image's pixels; windows' boxes merged by NMS per class.
+        let mut per_image: Vec<Vec<(usize, f32, [f32; 4])>> = vec![Vec::new(); set.images.len()];
+        for d in &detections {
+            let sample = &set.samples[d.image];
+            let [x0, y0, x1, y1] = sample.window;
+            let (w, h) = (x1 - x0, y1 - y0);
+            per_image[sample.image].push((
+                d.class,
+                d.score,
+                [
+                    x0 + d.bbox[0] * w,
+                    y0 + d.bbox[1] * h,
+                    x0 + d.bbox[2] * w,
+                    y0 + d.bbox[3] * h,
+                ],
+            ));
+        }
+        if tile.is_some() {
+            for found in &mut per_image {
+                let mut merged = Vec::new();
+                for class in 0..classes.len() {
+                    let of: Vec<_> = found.iter().filter(|f| f.0 == class).copied().collect();
+                    let boxes: Vec<_> = of.iter().map(|f| f.2).collect();
+                    let scores: Vec<_> = of.iter().map(|f| f.1).collect();
+                    for k in nms(&boxes, &scores, params.nms, usize::MAX) {
+                        merged.push(of[k]);
+                    }
+                }
+                merged.sort_by(|a, b| b.1.total_cmp(&a.1));
+                *found = merged;
+            }
+        }
         for (i, entry) in set.images.iter().enumerate() {
             let mut img = set.pixels(i)?.as_ref().clone();
-            let (w, h) = (img.width() as f32, img.height() as f32);
-            let mine: Vec<_> = detections.iter().filter(|d| d.image == i).collect();
             let mut csv = String::from("class,score,xmin,ymin,xmax,ymax\n");
-            for d in &mine {
-                let b = [d.bbox[0] * w, d.bbox[1] * h, d.bbox[2] * w, d.bbox[3] * h];
-                draw_box(&mut img, b, PALETTE[d.class % PALETTE.len()]);
-                let name = classes.get(d.class).map_or("?", String::as_str);
+            for &(class, score, b) in &per_image[i] {
+                draw_box(&mut img, b, PALETTE[class % PALETTE.len()]);
+                let name = classes.get(class).map_or("?", String::as_str);
                 csv.push_str(&format!(
-                    "{name},{:.4},{:.1},{:.1},{:.1},{:.1}\n",
-                    d.score, b[0], b[1], b[2], b[3]
+                    "{name},{score:.4},{:.1},{:.1},{:.1},{:.1}\n",
+                    b[0], b[1], b[2], b[3]
                 ));
             }
             let stem = entry
@@ -359,11 +411,14 @@ impl WithBackend for DrawJob {
             let png = args.out.join(format!("{stem}.detections.png"));
             img.save(&png)
                 .with_context(|| format!("writing {}", png.display()))?;
-            write_atomic(&args.out.join(format!("{stem}.detections.csv")), csv.as_bytes())?;
+            write_atomic(
+                &args.out.join(format!("{stem}.detections.csv")),
+                csv.as_bytes(),
+            )?;
             println!(
                 "  {}: {} box(es) -> {}",
                 entry.image.display(),
-                mine.len(),
+                per_image[i].len(),
                 png.display()
             );
         }
@@ -385,7 +440,12 @@ const PALETTE: [[u8; 3]; 6] = [
 fn draw_box(img: &mut image::RgbImage, b: [f32; 4], colour: [u8; 3]) {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let clamp = |v: f32, max: i64| (v.round() as i64).clamp(0, max - 1);
-    let (x0, y0, x1, y1) = (clamp(b[0], w), clamp(b[1], h), clamp(b[2], w), clamp(b[3], h));
+    let (x0, y0, x1, y1) = (
+        clamp(b[0], w),
+        clamp(b[1], h),
+        clamp(b[2], w),
+        clamp(b[3], h),
+    );
     let mut put = |x: i64, y: i64| {
         if (0..w).contains(&x) && (0..h).contains(&y) {
             img.put_pixel(x as u32, y as u32, image::Rgb(colour));
@@ -403,12 +463,12 @@ fn draw_box(img: &mut image::RgbImage, b: [f32; 4], colour: [u8; 3]) {
     }
 }
 
-/// The detector of `--from RUN_DIR` (its final model and classes) or `--model-file` (an
-/// exported `.qnet` or Burn-native `.mpk`; classes named by number).
+/// The detector of `--from RUN_DIR` (its final model, classes and window size) or
+/// `--model-file` (an exported `.qnet` or Burn-native `.mpk`; classes named by number).
 fn load_detector<B: QuantBackend>(
     args: &DetectArgs,
     device: &B::Device,
-) -> Result<(Model<B>, Vec<String>)> {
+) -> Result<(Model<B>, Vec<String>, Option<u32>)> {
     if let Some(file) = &args.model_file {
         let native = file.extension().is_some_and(|e| e == "mpk");
         let (header, model) = if native {
@@ -418,15 +478,21 @@ fn load_detector<B: QuantBackend>(
             let (m, model) = quantnet_models::export::load::<B>(file, device)?;
             (m.header, model)
         };
-        let classes = (0..header.input.classes).map(|c| format!("class{c}")).collect();
-        return Ok((model, classes));
+        let classes = (0..header.input.classes)
+            .map(|c| format!("class{c}"))
+            .collect();
+        return Ok((model, classes, None));
     }
-    let run = args.run.as_deref().context("--from RUN_DIR or --model-file FILE")?;
+    let run = args
+        .run
+        .as_deref()
+        .context("--from RUN_DIR or --model-file FILE")?;
     let temps = Temperatures::default();
     let (cfg, model) = load_run::<B>(run, &temps, device)?;
-    let classes = cfg
-        .classes
-        .clone()
-        .unwrap_or_else(|| (0..cfg.input().classes).map(|c| format!("class{c}")).collect());
-    Ok((model, classes))
+    let classes = cfg.classes.clone().unwrap_or_else(|| {
+        (0..cfg.input().classes)
+            .map(|c| format!("class{c}"))
+            .collect()
+    });
+    Ok((model, classes, cfg.tile))
 }

@@ -172,7 +172,9 @@ pub(crate) fn run(args: EvalArgs) -> Result<()> {
             .is_ok_and(|cfg| cfg.model.detector().is_some())
     {
         if args.out.is_some() || args.dataset.is_some() {
-            bail!("a detector run is evaluated on its own data: --out and --dataset are for classifiers");
+            bail!(
+                "a detector run is evaluated on its own data: --out and --dataset are for classifiers"
+            );
         }
         return super::detect::eval_run(run, args.data_dir.as_deref(), list);
     }

@@ -134,8 +134,12 @@ impl DetectSet {
                             .objects
                             .iter()
                             .filter(|o| {
-                                let (cx, cy) = ((o.bbox[0] + o.bbox[2]) / 2.0, (o.bbox[1] + o.bbox[3]) / 2.0);
-                                cx >= window[0] && cx < window[2] && cy >= window[1] && cy < window[3]
+                                let (cx, cy) =
+                                    ((o.bbox[0] + o.bbox[2]) / 2.0, (o.bbox[1] + o.bbox[3]) / 2.0);
+                                cx >= window[0]
+                                    && cx < window[2]
+                                    && cy >= window[1]
+                                    && cy < window[3]
                             })
                             .map(|o| VocObject {
                                 bbox: [
@@ -264,7 +268,12 @@ impl DetectSet {
             .iter()
             .map(|o| {
                 (
-                    [o.bbox[0] * sx, o.bbox[1] * sy, o.bbox[2] * sx, o.bbox[3] * sy],
+                    [
+                        o.bbox[0] * sx,
+                        o.bbox[1] * sy,
+                        o.bbox[2] * sx,
+                        o.bbox[3] * sy,
+                    ],
                     o.class,
                     o.difficult,
                 )
@@ -458,7 +467,11 @@ fn augment(
 ) -> (View, Vec<(BoxXyxy, usize, bool)>, Option<Colour>) {
     let mut d = Draws(splitmix64(seed));
     let colour = Colour {
-        brightness: if d.coin() { d.uniform(-32.0, 32.0) } else { 0.0 },
+        brightness: if d.coin() {
+            d.uniform(-32.0, 32.0)
+        } else {
+            0.0
+        },
         contrast: if d.coin() { d.uniform(0.5, 1.5) } else { 1.0 },
         saturation: if d.coin() { d.uniform(0.5, 1.5) } else { 1.0 },
     };
@@ -476,7 +489,15 @@ fn augment(
     } else {
         (window.x0, window.y0, w, h)
     };
-    let modes = [None, Some(0.1), Some(0.3), Some(0.5), Some(0.7), Some(0.9), Some(f32::MIN)];
+    let modes = [
+        None,
+        Some(0.1),
+        Some(0.3),
+        Some(0.5),
+        Some(0.7),
+        Some(0.9),
+        Some(f32::MIN),
+    ];
     let mut view = View {
         x0: cx0,
         y0: cy0,
@@ -676,9 +697,18 @@ mod tests {
             flip: false,
         };
         // Same size: every sample point is a pixel centre.
-        assert_eq!(&resample(&img, &whole, all, 2)[..4], &[10.0, 20.0, 30.0, 40.0]);
-        let flipped = View { flip: true, ..whole };
-        assert_eq!(&resample(&img, &flipped, all, 2)[..4], &[20.0, 10.0, 40.0, 30.0]);
+        assert_eq!(
+            &resample(&img, &whole, all, 2)[..4],
+            &[10.0, 20.0, 30.0, 40.0]
+        );
+        let flipped = View {
+            flip: true,
+            ..whole
+        };
+        assert_eq!(
+            &resample(&img, &flipped, all, 2)[..4],
+            &[20.0, 10.0, 40.0, 30.0]
+        );
         // The image in the right half of a 4×2 canvas, sampled at 4×4: the left half of each
         // row is outside (the mean, 0.485·255 in red), the right half the image's pixels.
         let expanded = View {
@@ -734,5 +764,65 @@ mod tests {
             }
         }
         assert_eq!(differ, 10);
+    }
+
+    #[test]
+    fn tiling_cuts_windows_aligned_to_the_edges_and_gives_each_box_its_centres_window() {
+        let data = DetectData::load(&fixture(), None).unwrap();
+        // 400 pixels in windows of 250: starts 0 and 150 (the last aligned with the edge).
+        let tiled = data.test.clone().tiled(250);
+        let windows: Vec<BoxXyxy> = tiled.samples.iter().map(|s| s.window).collect();
+        assert_eq!(
+            windows,
+            [
+                [0.0, 0.0, 250.0, 250.0],
+                [150.0, 0.0, 400.0, 250.0],
+                [0.0, 150.0, 250.0, 400.0],
+                [150.0, 150.0, 400.0, 400.0]
+            ]
+        );
+        let image = &data.test.images[0];
+        for o in &image.objects {
+            let (cx, cy) = ((o.bbox[0] + o.bbox[2]) / 2.0, (o.bbox[1] + o.bbox[3]) / 2.0);
+            let holding: Vec<_> = tiled
+                .samples
+                .iter()
+                .filter(|s| {
+                    cx >= s.window[0] && cx < s.window[2] && cy >= s.window[1] && cy < s.window[3]
+                })
+                .collect();
+            assert!(!holding.is_empty());
+            for s in holding {
+                // The box, clipped to the window, is in the window's list.
+                let clipped = [
+                    o.bbox[0].max(s.window[0]),
+                    o.bbox[1].max(s.window[1]),
+                    o.bbox[2].min(s.window[2]),
+                    o.bbox[3].min(s.window[3]),
+                ];
+                assert!(s.objects.iter().any(|x| x.bbox == clipped));
+            }
+        }
+        // A window's read: its boxes as fractions of the window.
+        let item = tiled.read(3, 50, None).unwrap();
+        for ((b, _, _), o) in item.boxes.iter().zip(&tiled.samples[3].objects) {
+            let expected = [
+                (o.bbox[0] - 150.0) / 250.0,
+                (o.bbox[1] - 150.0) / 250.0,
+                (o.bbox[2] - 150.0) / 250.0,
+                (o.bbox[3] - 150.0) / 250.0,
+            ];
+            assert_eq!(*b, expected);
+        }
+        assert_eq!(tiled.truths(3, 0).len(), tiled.samples[3].objects.len());
+        // Windows at least as large as the image: the image itself.
+        let whole = data.test.clone().tiled(400);
+        assert_eq!(whole.samples, data.test.samples);
+        // 1249 pixels in windows of 400: 0, 400, 800 and 849.
+        let mut wide = data.test.images[0].clone();
+        wide.size = (1249, 400);
+        let set = DetectSet::new(vec!["tree".into()], vec![wide]).tiled(400);
+        let starts: Vec<f32> = set.samples.iter().map(|s| s.window[0]).collect();
+        assert_eq!(starts, [0.0, 400.0, 800.0, 849.0]);
     }
 }

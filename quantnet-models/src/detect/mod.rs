@@ -10,11 +10,11 @@ pub mod ssd;
 pub mod train;
 pub mod voc;
 
+pub use data::{Augment, DetectData, DetectItem, DetectSet, Sample};
 pub use map::{
     Detection, GroundTruth, Interpolation, MapReport, average_precision, iou,
     mean_average_precision,
 };
-pub use data::{Augment, DetectData, DetectItem, DetectSet, Sample};
 pub use ssd::{Ssd, SsdKind};
 #[cfg(feature = "train")]
 pub use train::{

@@ -79,7 +79,7 @@ impl SsdKind {
 }
 
 /// One backbone block: a convolution, batch norm, ReLU, an activation slot, then an optional
-/// max pool.
+/// max pool (after the block's output is taken as a source).
 #[derive(Module, Debug)]
 struct Block<B: Backend> {
     conv: QuantConv2d<B>,
@@ -89,8 +89,13 @@ struct Block<B: Backend> {
 }
 
 impl<B: QuantBackend> Block<B> {
+    /// The block's output before its pool (a source feeds the heads from here).
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.act.forward(relu(batch_norm(&self.norm, self.conv.forward(x))));
+        self.act
+            .forward(relu(batch_norm(&self.norm, self.conv.forward(x))))
+    }
+
+    fn pool(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match &self.pool {
             Some(pool) => pool.forward(x),
             None => x,
@@ -143,11 +148,11 @@ const SSD300: [Spec; 23] = [
     spec(256, 256, 3, 1, 1, Pool::HalfCeil),
     spec(256, 512, 3, 1, 1, Pool::None),
     spec(512, 512, 3, 1, 1, Pool::None),
-    spec(512, 512, 3, 1, 1, Pool::None), // conv4_3: source 0 (38×38), pool4 follows
+    spec(512, 512, 3, 1, 1, Pool::Half), // conv4_3: source 0 (38×38), before pool4
     spec(512, 512, 3, 1, 1, Pool::None),
     spec(512, 512, 3, 1, 1, Pool::None),
     spec(512, 512, 3, 1, 1, Pool::Same),
-    spec(512, 1024, 3, 1, 1, Pool::None), // conv6
+    spec(512, 1024, 3, 1, 1, Pool::None),  // conv6
     spec(1024, 1024, 1, 1, 0, Pool::None), // conv7: source 1 (19×19)
     spec(1024, 256, 1, 1, 0, Pool::None),
     spec(256, 512, 3, 2, 1, Pool::None), // source 2 (10×10)
@@ -166,7 +171,7 @@ const SMALL: [Spec; 8] = [
     spec(16, 32, 3, 1, 1, Pool::Half),
     spec(32, 64, 3, 1, 1, Pool::None),
     spec(64, 64, 3, 1, 1, Pool::Half),
-    spec(64, 128, 3, 1, 1, Pool::None), // source 0 (24×24)
+    spec(64, 128, 3, 1, 1, Pool::None),  // source 0 (24×24)
     spec(128, 128, 3, 2, 1, Pool::None), // source 1 (12×12)
     spec(128, 128, 3, 2, 1, Pool::None), // source 2 (6×6)
     spec(128, 128, 3, 2, 1, Pool::None), // source 3 (3×3)
@@ -309,6 +314,7 @@ impl<B: QuantBackend> Ssd<B> {
                 ));
                 next += 1;
             }
+            x = block.pool(x);
         }
         (Tensor::cat(locs, 1), Tensor::cat(confs, 1))
     }
@@ -426,12 +432,13 @@ mod tests {
         let quantized: Vec<&str> = slots
             .weights
             .iter_mut()
-            .filter(|(_, l)| l.quantizer().is_some())
-            .map(|(name, _)| name.as_str())
+            .filter_map(|(name, l)| l.quantizer().is_some().then_some(name.as_str()))
             .collect();
         assert_eq!(
             quantized,
-            ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7"]
+            [
+                "conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7"
+            ]
         );
         let all = QuantPolicy {
             quantize_all: true,

@@ -22,8 +22,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
-    Adaptor, ItemLazy, LossInput, LossMetric, Metric, MetricAttributes, MetricMetadata,
-    MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+    Adaptor, ItemLazy, LossInput, LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName,
+    Numeric, NumericAttributes, NumericEntry, SerializedEntry,
 };
 use burn::train::{
     ExecutionStrategy, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
@@ -161,9 +161,7 @@ impl<B: Backend> Batcher<B, DetectItem, DetectBatch<B>> for DetectBatcher {
             let t = item.targets(&self.priors);
             for (k, target) in t.iter().enumerate() {
                 if let Target::Object {
-                    label,
-                    offsets: o,
-                    ..
+                    label, offsets: o, ..
                 } = target
                 {
                     labels[b * p + k] = *label as i64;
@@ -171,12 +169,16 @@ impl<B: Backend> Batcher<B, DetectItem, DetectBatch<B>> for DetectBatcher {
                 }
             }
             targets.push(t);
-            truths.extend(item.boxes.iter().map(|&(bbox, class, difficult)| GroundTruth {
-                image: item.index,
-                class,
-                bbox,
-                difficult,
-            }));
+            truths.extend(
+                item.boxes
+                    .iter()
+                    .map(|&(bbox, class, difficult)| GroundTruth {
+                        image: item.index,
+                        class,
+                        bbox,
+                        difficult,
+                    }),
+            );
             ids.push(item.index);
         }
         DetectBatch {
@@ -218,7 +220,9 @@ impl Dataset<DetectItem> for DetectReads {
     fn get(&self, index: usize) -> Option<DetectItem> {
         let i = index % self.set.len().max(1);
         let draw = self.seed.map(|seed| {
-            crate::data::splitmix64(seed ^ self.draws.fetch_add(1, Ordering::Relaxed).rotate_left(17))
+            crate::data::splitmix64(
+                seed ^ self.draws.fetch_add(1, Ordering::Relaxed).rotate_left(17),
+            )
         });
         match self.set.read(i, self.side, draw) {
             Ok(item) => Some(item),
@@ -328,7 +332,10 @@ pub fn detections<B: Backend>(
                 .filter(|&j| scores[(b * p + j) * k + class] > params.min_score)
                 .collect();
             candidates.sort_by(|&x, &y| {
-                let (sx, sy) = (scores[(b * p + x) * k + class], scores[(b * p + y) * k + class]);
+                let (sx, sy) = (
+                    scores[(b * p + x) * k + class],
+                    scores[(b * p + y) * k + class],
+                );
                 sy.total_cmp(&sx).then(x.cmp(&y))
             });
             candidates.truncate(params.top_k);
@@ -454,8 +461,11 @@ impl Metric for MapMetric {
 
     fn update(&mut self, item: &MapInput, _metadata: &MetricMetadata) -> SerializedEntry {
         let entry = self.push(item);
-        self.state
-            .update(entry, 1, FormatOptions::new(self.name()).unit("%").precision(2))
+        self.state.update(
+            entry,
+            1,
+            FormatOptions::new(self.name()).unit("%").precision(2),
+        )
     }
 
     fn clear(&mut self) {
@@ -561,13 +571,7 @@ impl<B: QuantBackend, M: Detector<B>> InferenceStep for DetectStep<B, M> {
     fn step(&self, batch: DetectBatch<B>) -> DetectOutput<B> {
         let (loc, conf) = self.model.heads(batch.images.clone());
         let loss = multibox_loss(loc.clone(), conf.clone(), &batch);
-        let detections = detections(
-            loc,
-            conf,
-            &self.priors,
-            &batch.ids,
-            DetectParams::default(),
-        );
+        let detections = detections(loc, conf, &self.priors, &batch.ids, DetectParams::default());
         DetectOutput {
             loss,
             map: Some(MapInput {
@@ -595,7 +599,11 @@ impl MapScores {
         Self {
             map: 100.0 * eleven.map,
             map_all_points: 100.0 * all.map,
-            per_class: eleven.per_class.iter().map(|a| a.map(|a| 100.0 * a)).collect(),
+            per_class: eleven
+                .per_class
+                .iter()
+                .map(|a| a.map(|a| 100.0 * a))
+                .collect(),
         }
     }
 }
@@ -645,7 +653,13 @@ pub fn evaluate_map<B: QuantBackend, M: Detector<B>>(
     let truths: Vec<GroundTruth> = (0..set.len()).flat_map(|i| set.truths(i, i)).collect();
     let classes = set.classes.len();
     Ok(MapScores::from_reports(
-        mean_average_precision(&detections, &truths, classes, 0.5, Interpolation::ElevenPoint),
+        mean_average_precision(
+            &detections,
+            &truths,
+            classes,
+            0.5,
+            Interpolation::ElevenPoint,
+        ),
         mean_average_precision(&detections, &truths, classes, 0.5, Interpolation::AllPoints),
     ))
 }
@@ -672,6 +686,11 @@ pub struct DetectReport {
     pub map_hard: Option<MapScores>,
     /// With the soft quantizers at the final temperatures (a diagnostic).
     pub map_soft: Option<MapScores>,
+    /// The pretrained full-precision detector's mAP on the training samples (whole, not
+    /// augmented): how well it fits what it saw.
+    pub train_map_fp: Option<MapScores>,
+    /// The detector's mAP on the training samples, hard-quantized.
+    pub train_map_hard: Option<MapScores>,
     /// Quantized weight layers and calibrated activation slots.
     pub quantized: (usize, usize),
     /// Final weight and activation temperatures (quantized runs).
@@ -792,11 +811,17 @@ impl DetectQat {
                 epochs: cfg.pretrain_epochs,
                 hook: TemperatureHook::new(),
             };
-            let (trained, _) = self.fit::<B, M>(model, phase, train, test, &priors, &temps, device)?;
+            let (trained, _) =
+                self.fit::<B, M>(model, phase, train, test, &priors, &temps, device)?;
             model = trained;
             let fp = evaluate_map(&model, test, eval_batch, device)?;
-            self.say(format_args!("full precision: test mAP {:.2}%", fp.map));
+            let fit = evaluate_map(&model, train, eval_batch, device)?;
+            self.say(format_args!(
+                "full precision: test mAP {:.2}% (training samples: {:.2}%)",
+                fp.map, fit.map
+            ));
             report.map_fp = Some(fp);
+            report.train_map_fp = Some(fit);
         }
         // Quantize: weights from the trained weights, batch norm for them (soft, at the first
         // step's temperature), activations calibrated on the training images.
@@ -823,11 +848,8 @@ impl DetectQat {
             let order: Vec<usize> = (0..quantize::BN_REESTIMATION_BATCHES * cfg.batch_size)
                 .map(|k| k % train.len())
                 .collect();
-            model = quantize::reestimate_batch_norm_with::<B, M>(
-                model,
-                QuantMode::Soft,
-                reads(order)?,
-            );
+            model =
+                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Soft, reads(order)?);
         }
         quantize::set_weight_mode(&mut model, QuantMode::Soft);
         let a = quantize::calibrate_acts(&mut model, policy, &temps, reads(sample)?)?;
@@ -858,11 +880,8 @@ impl DetectQat {
             let order: Vec<usize> = (0..quantize::BN_REESTIMATION_BATCHES * cfg.batch_size)
                 .map(|k| k % train.len())
                 .collect();
-            model = quantize::reestimate_batch_norm_with::<B, M>(
-                model,
-                QuantMode::Hard,
-                reads(order)?,
-            );
+            model =
+                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Hard, reads(order)?);
         }
         quantize::settle(&mut model);
         save(&model, &self.dir, "model")?;
@@ -870,6 +889,7 @@ impl DetectQat {
         report.train_loss = epoch_values(&main_dir.join("train"), "Loss", cfg.epochs);
         report.valid_map = epoch_values(&main_dir.join("valid"), "mAP", cfg.epochs);
         report.map_hard = Some(evaluate_map(&model, test, eval_batch, device)?);
+        report.train_map_hard = Some(evaluate_map(&model, train, eval_batch, device)?);
         if quantized {
             quantize::set_mode(&mut model, QuantMode::Soft);
             report.map_soft = Some(evaluate_map(&model, test, eval_batch, device)?);
@@ -971,7 +991,8 @@ impl DetectQat {
                     .into_model()
             }};
         }
-        let decay = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
+        let decay =
+            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
         let trained = match cfg.optimizer {
             OptimizerKind::Sgd => launch!(
                 SgdConfig::new()
@@ -1040,13 +1061,17 @@ impl burn::train::EarlyStoppingStrategy for EpochClock {
 fn epoch_values(dir: &Path, name: &str, epochs: usize) -> Vec<f64> {
     (1..=epochs)
         .filter_map(|e| {
-            let text = std::fs::read_to_string(dir.join(format!("epoch-{e}")).join(format!("{name}.log")))
-                .ok()?;
+            let text =
+                std::fs::read_to_string(dir.join(format!("epoch-{e}")).join(format!("{name}.log")))
+                    .ok()?;
             let (mut sum, mut count) = (0.0, 0.0);
             for line in text.lines() {
                 let mut parts = line.split(',');
                 let value: f64 = parts.next()?.trim().parse().ok()?;
-                let n: f64 = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(1.0);
+                let n: f64 = parts
+                    .next()
+                    .and_then(|c| c.trim().parse().ok())
+                    .unwrap_or(1.0);
                 sum += value * n;
                 count += n;
             }
@@ -1139,10 +1164,20 @@ mod tests {
         .require_grad();
         let grads = multibox_loss(loc.clone(), conf.clone(), &b).backward();
         // d/dloc of smooth L1: d below 1, sign(d) above; background priors get nothing.
-        let g = loc.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let g = loc
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert_eq!(g, [0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         // d/dlogits of cross-entropy: softmax − one-hot = ∓½ for each kept prior.
-        let g = conf.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let g = conf
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert_eq!(g, [0.5, -0.5, -0.5, 0.5]);
     }
 
@@ -1171,7 +1206,10 @@ mod tests {
         assert_eq!(found[0].class, 0);
         assert!((found[0].score - 0.9).abs() < 1e-6);
         let b = found[0].bbox;
-        assert!((b[0] - 0.2).abs() < 1e-6 && (b[2] - 0.4).abs() < 1e-6, "{b:?}");
+        assert!(
+            (b[0] - 0.2).abs() < 1e-6 && (b[2] - 0.4).abs() < 1e-6,
+            "{b:?}"
+        );
         assert!((found[1].score - 0.7).abs() < 1e-6);
         // A score threshold above 0.7 drops the last.
         let params = DetectParams {
@@ -1185,7 +1223,13 @@ mod tests {
             ),
             &device,
         );
-        let found = detections(Tensor::zeros([1, 3, 4], &device), conf, &priors, &[0], params);
+        let found = detections(
+            Tensor::zeros([1, 3, 4], &device),
+            conf,
+            &priors,
+            &[0],
+            params,
+        );
         assert_eq!(found.len(), 1);
     }
 
@@ -1221,8 +1265,8 @@ mod tests {
         let entries: Vec<f64> = batches.iter().map(|b| metric.push(b)).collect();
         let all_d: Vec<_> = batches.iter().flat_map(|b| b.detections.clone()).collect();
         let all_t: Vec<_> = batches.iter().flat_map(|b| b.truths.clone()).collect();
-        let whole = 100.0
-            * mean_average_precision(&all_d, &all_t, 1, 0.5, Interpolation::ElevenPoint).map;
+        let whole =
+            100.0 * mean_average_precision(&all_d, &all_t, 1, 0.5, Interpolation::ElevenPoint).map;
         // Ranked 0.95 (TP), 0.9 (TP), 0.8 (FP), 0.3 (TP) against 3 boxes: precision 1 up to
         // recall 2/3, then 3/4 at recall 1: 11-point AP (7·1 + 4·0.75)/11.
         assert!((whole - 100.0 * 10.0 / 11.0).abs() < 1e-9, "{whole}");

@@ -522,12 +522,16 @@ impl<B: Backend> Model<B> {
             Arch::Resnet18 => Model::ResNet(ResNet::resnet18(input, device)),
             Arch::Resnet50 => Model::ResNet(ResNet::resnet50(input, device)),
             Arch::AlexnetBn => Model::AlexNetBn(AlexNetBn::new(input, device)),
-            Arch::SsdSmall => {
-                Model::Ssd(crate::detect::Ssd::new(crate::detect::SsdKind::Small, input, device))
-            }
-            Arch::Ssd300 => {
-                Model::Ssd(crate::detect::Ssd::new(crate::detect::SsdKind::Ssd300, input, device))
-            }
+            Arch::SsdSmall => Model::Ssd(crate::detect::Ssd::new(
+                crate::detect::SsdKind::Small,
+                input,
+                device,
+            )),
+            Arch::Ssd300 => Model::Ssd(crate::detect::Ssd::new(
+                crate::detect::SsdKind::Ssd300,
+                input,
+                device,
+            )),
         }
     }
 
