@@ -78,7 +78,10 @@ impl DetectSummary {
 
 /// The detection data of `cfg` from `dir`, classes merged as asked; prints what it read.
 fn load_data(cfg: &RunConfig, dir: &Path) -> Result<DetectData> {
-    let data = DetectData::load(dir, None)?;
+    // A finished run's class list (its model's outputs) is fixed: another folder's names then
+    // must be among them, in the run's order.
+    let fixed = cfg.classes.as_deref().filter(|_| cfg.merge_classes.is_none());
+    let data = DetectData::load(dir, fixed)?;
     let data = match &cfg.merge_classes {
         Some(name) => data.merge_classes(name),
         None => data,

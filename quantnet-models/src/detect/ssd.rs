@@ -34,7 +34,7 @@ pub enum SsdKind {
     /// SSD300: VGG-16 (with batch norm) and SSD's extra layers, 300×300 inputs, six sources
     /// (38, 19, 10, 5, 3, 1), 8732 default boxes.
     Ssd300,
-    /// A small SSD for 192×192 inputs: seven convolutions of 16–128 channels, four sources
+    /// A small SSD for 192×192 inputs: eight convolutions of 16–128 channels, four sources
     /// (24, 12, 6, 3), four default boxes per cell, 3060 in all.
     Small,
 }

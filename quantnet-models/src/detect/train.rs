@@ -48,6 +48,9 @@ pub trait Detector<B: Backend>: QatModel<B> {
     /// The SSD it is; `None` for a model that is not a detector ([`Model`] of a classifier).
     fn kind(&self) -> Option<SsdKind>;
 
+    /// Object classes it scores (without the background; 0 for a classifier).
+    fn classes(&self) -> usize;
+
     /// Box offsets `[batch, priors, 4]` and class scores `[batch, priors, classes + 1]`.
     ///
     /// # Panics
@@ -81,6 +84,10 @@ impl<B: Backend> Detector<B> for Ssd<B> {
         Some(Ssd::kind(self))
     }
 
+    fn classes(&self) -> usize {
+        Ssd::classes(self)
+    }
+
     fn heads(&self, images: Tensor<B, 4>) -> (Tensor<B, 3>, Tensor<B, 3>)
     where
         B: QuantBackend,
@@ -94,6 +101,13 @@ impl<B: Backend> Detector<B> for Model<B> {
         match self {
             Model::Ssd(m) => Some(m.kind()),
             _ => None,
+        }
+    }
+
+    fn classes(&self) -> usize {
+        match self {
+            Model::Ssd(m) => m.classes(),
+            _ => 0,
         }
     }
 
@@ -399,19 +413,19 @@ impl<B: Backend> Adaptor<MapInput> for DetectOutput<B> {
     }
 }
 
-/// VOC07 mAP (%, IoU 0.5, 11-point) over every validation batch of the epoch so far.
+/// VOC07 mAP (%, IoU 0.5, 11-point) of a validation epoch: the detections and boxes of every
+/// batch are gathered, and the mAP is computed once, at the epoch's last batch (recomputing it at
+/// every batch would cost the square of the batches).
 ///
-/// burn-train's epoch value of a numeric metric is the mean of its per-batch entries; the mAP
-/// is not a mean over batches, so the `k`-th entry is `k·m_k − (k−1)·m_(k−1)` (`m_k` the mAP of
-/// the first `k` batches): the mean of the entries is then the mAP of the whole epoch.
+/// burn-train's epoch value of a numeric metric is the count-weighted mean of its per-batch
+/// entries: the earlier batches' entries have count 0, the last one the mAP with count 1, so the
+/// epoch value is the mAP of the whole epoch.
 #[derive(Clone)]
 pub struct MapMetric {
     name: MetricName,
     detections: Vec<Detection>,
     truths: Vec<GroundTruth>,
-    batches: usize,
     current: f64,
-    state: NumericMetricState,
 }
 
 impl MapMetric {
@@ -421,19 +435,19 @@ impl MapMetric {
             name: Arc::new("mAP".to_string()),
             detections: Vec::new(),
             truths: Vec::new(),
-            batches: 0,
             current: 0.0,
-            state: NumericMetricState::new(),
         }
     }
-}
 
-impl MapMetric {
-    /// Adds a batch; returns its entry (see the type's docs).
-    fn push(&mut self, item: &MapInput) -> f64 {
+    /// Adds a batch; at the epoch's `last` batch, computes the mAP. Returns the entry's value
+    /// and count (see the type's docs).
+    fn push(&mut self, item: &MapInput, last: bool) -> (f64, usize) {
         self.detections.extend_from_slice(&item.detections);
         self.truths.extend_from_slice(&item.truths);
-        let map = 100.0
+        if !last {
+            return (0.0, 0);
+        }
+        self.current = 100.0
             * mean_average_precision(
                 &self.detections,
                 &self.truths,
@@ -442,11 +456,7 @@ impl MapMetric {
                 Interpolation::ElevenPoint,
             )
             .map;
-        self.batches += 1;
-        let k = self.batches as f64;
-        let entry = k * map - (k - 1.0) * self.current;
-        self.current = map;
-        entry
+        (self.current, 1)
     }
 }
 
@@ -459,21 +469,29 @@ impl Default for MapMetric {
 impl Metric for MapMetric {
     type Input = MapInput;
 
-    fn update(&mut self, item: &MapInput, _metadata: &MetricMetadata) -> SerializedEntry {
-        let entry = self.push(item);
-        self.state.update(
-            entry,
-            1,
-            FormatOptions::new(self.name()).unit("%").precision(2),
-        )
+    fn update(&mut self, item: &MapInput, metadata: &MetricMetadata) -> SerializedEntry {
+        let progress = &metadata.progress;
+        let (value, count) = self.push(item, progress.items_processed >= progress.items_total);
+        let formatted = if count > 0 {
+            format!("{value:.2} %")
+        } else {
+            format!(
+                "at the epoch's end ({}/{} images)",
+                progress.items_processed, progress.items_total
+            )
+        };
+        let serialized = NumericEntry::Aggregated {
+            aggregated_value: value,
+            count,
+        }
+        .serialize();
+        SerializedEntry::new(formatted, serialized)
     }
 
     fn clear(&mut self) {
         self.detections.clear();
         self.truths.clear();
-        self.batches = 0;
         self.current = 0.0;
-        self.state.reset();
     }
 
     fn name(&self) -> MetricName {
@@ -772,6 +790,19 @@ impl DetectQat {
         let cfg = &self.config;
         cfg.validate()?;
         let kind = model.kind().ok_or_else(not_a_detector)?;
+        for set in [train, test] {
+            if set.classes.len() != model.classes() {
+                return Err(Error::Config {
+                    field: "data",
+                    reason: format!(
+                        "has {} classes ({}); the detector scores {}",
+                        set.classes.len(),
+                        set.classes.join(", "),
+                        model.classes()
+                    ),
+                });
+            }
+        }
         if train.is_empty() || test.is_empty() {
             return Err(Error::Config {
                 field: "data",
@@ -828,31 +859,46 @@ impl DetectQat {
         let w = quantize::quantize_weights(&mut model, policy, &temps)?;
         cfg.hook(&temps).over(cfg.epochs, steps).start_at(0);
         let sample = crate::data::sample_indices(train.len(), cfg.calibration_images, cfg.seed);
+        // Batches of whole training samples, read as the passes take them (a failed read ends
+        // the stream and is returned after the pass).
+        let failed: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
         let reads = |indices: Vec<usize>| {
             let batcher = DetectBatcher {
                 priors: priors.clone(),
             };
-            indices
-                .chunks(cfg.batch_size)
-                .map(|c| {
-                    let items = c
-                        .iter()
-                        .map(|&i| train.read(i, side, None))
-                        .collect::<Result<Vec<_>>>()?;
-                    let batch: DetectBatch<B::InnerBackend> = batcher.batch(items, device);
-                    Ok(batch.images)
-                })
-                .collect::<Result<Vec<_>>>()
+            let failed = &failed;
+            let batches: Vec<Vec<usize>> =
+                indices.chunks(cfg.batch_size).map(<[usize]>::to_vec).collect();
+            batches.into_iter().map_while(move |c| {
+                let items = c
+                    .iter()
+                    .map(|&i| train.read(i, side, None))
+                    .collect::<Result<Vec<_>>>();
+                match items {
+                    Ok(items) => {
+                        let batch: DetectBatch<B::InnerBackend> = batcher.batch(items, device);
+                        Some(batch.images)
+                    }
+                    Err(e) => {
+                        *failed.borrow_mut() = Some(e);
+                        None
+                    }
+                }
+            })
         };
+        let check = || failed.borrow_mut().take().map_or(Ok(()), Err);
         if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
             let order: Vec<usize> = (0..quantize::BN_REESTIMATION_BATCHES * cfg.batch_size)
                 .map(|k| k % train.len())
                 .collect();
             model =
-                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Soft, reads(order)?);
+                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Soft, reads(order));
+            check()?;
         }
         quantize::set_weight_mode(&mut model, QuantMode::Soft);
-        let a = quantize::calibrate_acts(&mut model, policy, &temps, reads(sample)?)?;
+        let a = quantize::calibrate_acts(&mut model, policy, &temps, reads(sample));
+        check()?;
+        let a = a?;
         quantize::set_weight_mode(&mut model, QuantMode::Auto);
         report.quantized = (w, a);
         if quantized {
@@ -881,7 +927,8 @@ impl DetectQat {
                 .map(|k| k % train.len())
                 .collect();
             model =
-                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Hard, reads(order)?);
+                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Hard, reads(order));
+            check()?;
         }
         quantize::settle(&mut model);
         save(&model, &self.dir, "model")?;
@@ -1200,7 +1247,7 @@ mod tests {
         );
         let loc = Tensor::<B, 3>::zeros([1, 3, 4], &device);
         let found = detections(loc, conf, &priors, &[5], DetectParams::default());
-        // Prior 1 overlaps prior 0 by IoU 0.18/0.22 > 0.45: suppressed.
+        // Prior 1 overlaps prior 0 by IoU 0.038/0.042 ≈ 0.90 > 0.45: suppressed.
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].image, 5);
         assert_eq!(found[0].class, 0);
@@ -1262,20 +1309,44 @@ mod tests {
             },
         ];
         let mut metric = MapMetric::new();
-        let entries: Vec<f64> = batches.iter().map(|b| metric.push(b)).collect();
+        let entries: Vec<(f64, usize)> = batches
+            .iter()
+            .enumerate()
+            .map(|(k, b)| metric.push(b, k + 1 == batches.len()))
+            .collect();
         let all_d: Vec<_> = batches.iter().flat_map(|b| b.detections.clone()).collect();
         let all_t: Vec<_> = batches.iter().flat_map(|b| b.truths.clone()).collect();
-        let whole =
-            100.0 * mean_average_precision(&all_d, &all_t, 1, 0.5, Interpolation::ElevenPoint).map;
+        let whole = 100.0
+            * mean_average_precision(&all_d, &all_t, 1, 0.5, Interpolation::ElevenPoint).map;
         // Ranked 0.95 (TP), 0.9 (TP), 0.8 (FP), 0.3 (TP) against 3 boxes: precision 1 up to
         // recall 2/3, then 3/4 at recall 1: 11-point AP (7·1 + 4·0.75)/11.
         assert!((whole - 100.0 * 10.0 / 11.0).abs() < 1e-9, "{whole}");
         assert!((metric.value().current() - whole).abs() < 1e-9);
-        // burn-train's epoch value, the mean of the entries, is the whole epoch's mAP; the
-        // first entry is the first batch's own (1 box, found first: 100 %).
-        assert!((entries[0] - 100.0).abs() < 1e-9);
-        let mean = entries.iter().sum::<f64>() / entries.len() as f64;
-        assert!((mean - whole).abs() < 1e-9, "{mean} vs {whole}");
+        // burn-train's epoch value, the count-weighted mean of the entries, is the whole
+        // epoch's mAP (the first batch alone would score 100 %).
+        assert_eq!(entries[0], (0.0, 0));
+        let (sum, count) = entries
+            .iter()
+            .fold((0.0, 0), |(s, n), &(v, c)| (s + v * c as f64, n + c));
+        assert!((sum / count as f64 - whole).abs() < 1e-9);
+        // Through burn-train's entry: the last batch (progress at its total) carries it.
+        let meta = |done| MetricMetadata {
+            progress: burn::data::dataloader::Progress {
+                items_processed: done,
+                items_total: 2,
+            },
+            global_progress: burn::data::dataloader::Progress {
+                items_processed: 1,
+                items_total: 1,
+            },
+            iteration: None,
+            lr: None,
+        };
+        metric.clear();
+        let first = metric.update(&batches[0], &meta(1));
+        assert_eq!(first.serialized, "0,0");
+        let last = metric.update(&batches[1], &meta(2));
+        assert_eq!(last.serialized, format!("{whole},1"));
         metric.clear();
         assert_eq!(metric.value().current(), 0.0);
     }
