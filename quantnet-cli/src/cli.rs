@@ -451,6 +451,12 @@ pub(crate) struct RunOptions {
     #[arg(long, value_name = "FACTOR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_expand: Option<f32>,
+    /// Detectors: cut the images into disjoint --tile windows and put every third window in
+    /// the test set (a split inside each image, for a few large images), instead of splitting
+    /// images.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) split_windows: Option<bool>,
 }
 
 /// [`crate::run::text`] for optional fields (only `Some` is serialised).

@@ -231,6 +231,8 @@ pub(crate) struct RunConfig {
     pub(crate) tile: Option<u32>,
     /// Detectors: the largest zoom-out of the training transform (SSD: 4; 1: none).
     pub(crate) max_expand: f32,
+    /// Detectors: split disjoint `tile` windows (every third a test window) instead of images.
+    pub(crate) split_windows: bool,
 }
 
 impl Default for RunConfig {
@@ -281,6 +283,7 @@ impl Default for RunConfig {
             classes: None,
             tile: None,
             max_expand: 4.0,
+            split_windows: false,
         }
     }
 }
@@ -406,6 +409,9 @@ impl RunConfig {
                 }
                 if self.tile == Some(0) {
                     bail!("--tile must be at least 1 pixel");
+                }
+                if self.split_windows && self.tile.is_none() {
+                    bail!("--split-windows splits --tile windows: give --tile PIXELS");
                 }
                 if !(self.max_expand >= 1.0 && self.max_expand.is_finite()) {
                     bail!("--max-expand must be at least 1, got {}", self.max_expand);

@@ -80,14 +80,17 @@ impl DetectSummary {
 fn load_data(cfg: &RunConfig, dir: &Path) -> Result<DetectData> {
     // A finished run's class list (its model's outputs) is fixed: another folder's names then
     // must be among them, in the run's order.
-    let fixed = cfg.classes.as_deref().filter(|_| cfg.merge_classes.is_none());
-    let data = DetectData::load(dir, fixed)?;
+    let fixed = cfg
+        .classes
+        .as_deref()
+        .filter(|_| cfg.merge_classes.is_none());
+    let data = match (cfg.split_windows, cfg.tile) {
+        (true, Some(side)) => DetectData::load_windows(dir, fixed, side)?,
+        (_, Some(side)) => DetectData::load(dir, fixed)?.tiled(side),
+        (_, None) => DetectData::load(dir, fixed)?,
+    };
     let data = match &cfg.merge_classes {
         Some(name) => data.merge_classes(name),
-        None => data,
-    };
-    let data = match cfg.tile {
-        Some(side) => data.tiled(side),
         None => data,
     };
     let augment = quantnet_models::detect::Augment {
@@ -99,7 +102,11 @@ fn load_data(cfg: &RunConfig, dir: &Path) -> Result<DetectData> {
         ..data
     };
     let windows = |set: &DetectSet| match cfg.tile {
-        Some(side) => format!(" in {} windows of {side}×{side}", set.len()),
+        Some(side) => format!(
+            " in {} {}windows of {side}×{side}",
+            set.len(),
+            if cfg.split_windows { "disjoint " } else { "" }
+        ),
         None => String::new(),
     };
     println!(

@@ -104,14 +104,27 @@ impl DetectSet {
     /// cover the image in rows and columns, the last of each aligned with the image's edge (so
     /// they may overlap); an image no larger than `side` is one window. A box belongs to the
     /// window holding its centre, clipped to it (a box on an overlap, to each such window).
-    pub fn tiled(mut self, side: u32) -> Self {
+    pub fn tiled(self, side: u32) -> Self {
+        self.windows(side, false)
+    }
+
+    /// [`DetectSet::tiled`] without overlaps: windows at multiples of `side` only, the strip
+    /// beyond the last whole window left out (an image side shorter than `side` is one window).
+    pub fn tiled_disjoint(self, side: u32) -> Self {
+        self.windows(side, true)
+    }
+
+    fn windows(mut self, side: u32, disjoint: bool) -> Self {
+        let side = side.max(1);
         let starts = |len: u32| -> Vec<u32> {
             if len <= side {
                 return vec![0];
             }
-            let mut v: Vec<u32> = (0..len - side).step_by(side as usize).collect();
-            v.push(len - side);
-            v.dedup();
+            let mut v: Vec<u32> = (0..=len - side).step_by(side as usize).collect();
+            if !disjoint {
+                v.push(len - side);
+                v.dedup();
+            }
             v
         };
         self.samples = self
@@ -642,6 +655,45 @@ impl DetectData {
         })
     }
 
+    /// Every image of `dir` cut into disjoint `side × side` windows
+    /// ([`DetectSet::tiled_disjoint`]), every third window (the 3rd, 6th, … in file order, each
+    /// image's windows row by row) a test sample: a split inside each image, for a few large
+    /// images (VOC's split files are not used).
+    ///
+    /// # Errors
+    /// As [`DetectData::load`].
+    pub fn load_windows(dir: &Path, classes: Option<&[String]>, side: u32) -> Result<Self> {
+        let set = VocSet::load(dir, classes)?;
+        let all = DetectSet::new(set.classes.clone(), set.images).tiled_disjoint(side);
+        let mut train = all.clone();
+        let mut test = all;
+        let samples = std::mem::take(&mut train.samples);
+        test.samples.clear();
+        for (i, sample) in samples.into_iter().enumerate() {
+            if i % 3 == 2 {
+                test.samples.push(sample);
+            } else {
+                train.samples.push(sample);
+            }
+        }
+        if train.is_empty() || test.is_empty() {
+            return Err(Error::Config {
+                field: "data",
+                reason: format!(
+                    "{}: {} windows of {side}×{side}: too few to split",
+                    dir.display(),
+                    train.len() + test.len()
+                ),
+            });
+        }
+        Ok(Self {
+            train,
+            test,
+            clipped: set.clipped,
+            skipped: set.skipped,
+        })
+    }
+
     /// Both sets cut into `side × side` windows ([`DetectSet::tiled`]).
     pub fn tiled(self, side: u32) -> Self {
         Self {
@@ -824,5 +876,28 @@ mod tests {
         let set = DetectSet::new(vec!["tree".into()], vec![wide]).tiled(400);
         let starts: Vec<f32> = set.samples.iter().map(|s| s.window[0]).collect();
         assert_eq!(starts, [0.0, 400.0, 800.0, 849.0]);
+    }
+
+    #[test]
+    fn a_window_split_puts_every_third_disjoint_window_in_the_test_set() {
+        // OSBS_029 and SOAP_061 (400×400) in windows of 200: four each, row by row; windows
+        // 2 and 5 (OSBS's bottom left, SOAP's top right) are the test samples.
+        let data = DetectData::load_windows(&fixture(), None, 200).unwrap();
+        let place = |s: &Sample| (s.image, s.window);
+        assert_eq!(
+            data.test.samples.iter().map(place).collect::<Vec<_>>(),
+            [
+                (0, [0.0, 200.0, 200.0, 400.0]),
+                (1, [200.0, 0.0, 400.0, 200.0])
+            ]
+        );
+        assert_eq!(data.train.len(), 6);
+        // Disjoint windows: every box is in exactly one sample of the two sets.
+        assert_eq!(data.train.boxes() + data.test.boxes(), 61 + 37);
+        // The strip beyond the last whole window is left out: 400 in windows of 150 gives 0
+        // and 150 (300 pixels), not a third window aligned with the edge.
+        let set = data.test.clone().tiled_disjoint(150);
+        let starts: Vec<f32> = set.samples.iter().map(|s| s.window[0]).collect();
+        assert_eq!(starts, [0.0, 150.0, 0.0, 150.0, 0.0, 150.0, 0.0, 150.0]);
     }
 }

@@ -20,7 +20,6 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
     Adaptor, ItemLazy, LossInput, LossMetric, Metric, MetricAttributes, MetricMetadata, MetricName,
     Numeric, NumericAttributes, NumericEntry, SerializedEntry,
@@ -867,8 +866,10 @@ impl DetectQat {
                 priors: priors.clone(),
             };
             let failed = &failed;
-            let batches: Vec<Vec<usize>> =
-                indices.chunks(cfg.batch_size).map(<[usize]>::to_vec).collect();
+            let batches: Vec<Vec<usize>> = indices
+                .chunks(cfg.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect();
             batches.into_iter().map_while(move |c| {
                 let items = c
                     .iter()
@@ -1316,8 +1317,8 @@ mod tests {
             .collect();
         let all_d: Vec<_> = batches.iter().flat_map(|b| b.detections.clone()).collect();
         let all_t: Vec<_> = batches.iter().flat_map(|b| b.truths.clone()).collect();
-        let whole = 100.0
-            * mean_average_precision(&all_d, &all_t, 1, 0.5, Interpolation::ElevenPoint).map;
+        let whole =
+            100.0 * mean_average_precision(&all_d, &all_t, 1, 0.5, Interpolation::ElevenPoint).map;
         // Ranked 0.95 (TP), 0.9 (TP), 0.8 (FP), 0.3 (TP) against 3 boxes: precision 1 up to
         // recall 2/3, then 3/4 at recall 1: 11-point AP (7·1 + 4·0.75)/11.
         assert!((whole - 100.0 * 10.0 / 11.0).abs() < 1e-9, "{whole}");
