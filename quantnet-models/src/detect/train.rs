@@ -40,6 +40,12 @@ use crate::models::{Model, QatModel};
 use crate::qat::{OptimizerKind, QatConfig};
 use crate::quantize::{self, Temperatures};
 
+/// Batches of training samples the detector recipe re-estimates batch-norm statistics with
+/// (before calibration and before the hard evaluation): fewer than the classifiers'
+/// [`quantize::BN_REESTIMATION_BATCHES`] (200), as a detector's pass costs tens of a small
+/// classifier's; with Burn's momentum 0.1, 0.9⁵⁰ ≈ 0.5 % of the old statistics remain.
+pub const BN_BATCHES: usize = 50;
+
 /// A detector the recipe trains: a [`QatModel`] (its `forward` is the raw outputs, for
 /// calibration) whose heads give box offsets and class scores for the default boxes of an
 /// [`SsdKind`].
@@ -889,7 +895,7 @@ impl DetectQat {
         };
         let check = || failed.borrow_mut().take().map_or(Ok(()), Err);
         if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
-            let order: Vec<usize> = (0..quantize::BN_REESTIMATION_BATCHES * cfg.batch_size)
+            let order: Vec<usize> = (0..BN_BATCHES * cfg.batch_size)
                 .map(|k| k % train.len())
                 .collect();
             model =
@@ -924,7 +930,7 @@ impl DetectQat {
         quantize::attach(&mut model, &temps);
         cfg.hook(&temps).over(cfg.epochs, 1).finish();
         if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
-            let order: Vec<usize> = (0..quantize::BN_REESTIMATION_BATCHES * cfg.batch_size)
+            let order: Vec<usize> = (0..BN_BATCHES * cfg.batch_size)
                 .map(|k| k % train.len())
                 .collect();
             model =
