@@ -101,6 +101,12 @@ fn load_data(cfg: &RunConfig, dir: &Path) -> Result<DetectData> {
         train: data.train.with_augment(augment),
         ..data
     };
+    // The images the samples come from.
+    let images = |set: &DetectSet| {
+        let mut of: Vec<usize> = set.samples.iter().map(|s| s.image).collect();
+        of.dedup();
+        of.len()
+    };
     let windows = |set: &DetectSet| match cfg.tile {
         Some(side) => format!(
             " in {} {}windows of {side}×{side}",
@@ -113,10 +119,10 @@ fn load_data(cfg: &RunConfig, dir: &Path) -> Result<DetectData> {
         "{} from {}: {} training images{} ({} boxes), {} test images{} ({} boxes), classes {}{}",
         cfg.dataset,
         dir.display(),
-        data.train.images.len(),
+        images(&data.train),
         windows(&data.train),
         data.train.boxes(),
-        data.test.images.len(),
+        images(&data.test),
         windows(&data.test),
         data.test.boxes(),
         data.train.classes.join(", "),
