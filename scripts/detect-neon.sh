@@ -44,7 +44,7 @@ for SEED in $SEEDS; do
   F=$(field "$RUN" test_map_fp); H=$(field "$RUN" test_map_hard)
   S=$(field "$RUN" test_map_soft); A=$(field "$RUN" test_map_hard_all_points)
   TF=$(field "$RUN" train_map_fp); TH=$(field "$RUN" train_map_hard)
-  SEC=$(grep -o '"seconds_per_epoch": \[[^]]*' "$RUN/summary.json" | sed 's/.*\[//' |
+  SEC=$(tr -d ' \n' < "$RUN/summary.json" | grep -o '"seconds_per_epoch":\[[^]]*' | sed 's/.*\[//' |
         tr ',' '\n' | awk '{s += $1; n++} END {printf "%.1f", s / n}')
   printf "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %s |\n" "$SPLIT" "$SEED" \
     "$F" "$H" "$S" "$A" "$TF" "$TH" "$SEC" "$(cat "$RUN.wall" 2>/dev/null || echo -)"
