@@ -894,12 +894,16 @@ impl DetectQat {
             })
         };
         let check = || failed.borrow_mut().take().map_or(Ok(()), Err);
+        // The batch-norm passes' samples: the training samples in turn.
+        let bn_order: Vec<usize> = (0..BN_BATCHES * cfg.batch_size)
+            .map(|k| k % train.len())
+            .collect();
         if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
-            let order: Vec<usize> = (0..BN_BATCHES * cfg.batch_size)
-                .map(|k| k % train.len())
-                .collect();
-            model =
-                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Soft, reads(order));
+            model = quantize::reestimate_batch_norm_with::<B, M>(
+                model,
+                QuantMode::Soft,
+                reads(bn_order.clone()),
+            );
             check()?;
         }
         quantize::set_weight_mode(&mut model, QuantMode::Soft);
@@ -930,11 +934,11 @@ impl DetectQat {
         quantize::attach(&mut model, &temps);
         cfg.hook(&temps).over(cfg.epochs, 1).finish();
         if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
-            let order: Vec<usize> = (0..BN_BATCHES * cfg.batch_size)
-                .map(|k| k % train.len())
-                .collect();
-            model =
-                quantize::reestimate_batch_norm_with::<B, M>(model, QuantMode::Hard, reads(order));
+            model = quantize::reestimate_batch_norm_with::<B, M>(
+                model,
+                QuantMode::Hard,
+                reads(bn_order),
+            );
             check()?;
         }
         quantize::settle(&mut model);
@@ -1001,7 +1005,7 @@ impl DetectQat {
                 .batch_size(cfg.batch_size)
                 .num_workers(1)
                 .build(DetectReads::new(test.clone(), side, None, 1));
-        let clock = EpochClock::default();
+        let clock = crate::qat::fit::EpochClock::new();
         phase.hook.start_at(0);
         let model = DetectStep::new(
             M::TrainModule::from_inner(model),
@@ -1072,42 +1076,6 @@ struct Phase<'a> {
     dir: PathBuf,
     epochs: usize,
     hook: TemperatureHook,
-}
-
-/// Wall time per epoch, taken at burn-train's per-epoch call (after validation).
-#[derive(Clone)]
-struct EpochClock {
-    start: Arc<std::sync::Mutex<std::time::Instant>>,
-    seconds: Arc<std::sync::Mutex<Vec<f64>>>,
-}
-
-impl Default for EpochClock {
-    fn default() -> Self {
-        Self {
-            start: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
-            seconds: Arc::default(),
-        }
-    }
-}
-
-impl EpochClock {
-    fn seconds(&self) -> Vec<f64> {
-        self.seconds.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl burn::train::EarlyStoppingStrategy for EpochClock {
-    fn should_stop(
-        &mut self,
-        _epoch: usize,
-        _store: &burn::train::metric::store::EventStoreClient,
-    ) -> bool {
-        if let (Ok(mut start), Ok(mut seconds)) = (self.start.lock(), self.seconds.lock()) {
-            seconds.push(start.elapsed().as_secs_f64());
-            *start = std::time::Instant::now();
-        }
-        false
-    }
 }
 
 /// The epoch values of metric `name` from burn-train's logs in `dir` (`epoch-N/NAME.log`, one

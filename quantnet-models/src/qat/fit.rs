@@ -31,20 +31,20 @@ use crate::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric, la
 
 /// Wall time per epoch, taken at burn-train's per-epoch call (after validation).
 #[derive(Clone)]
-struct EpochClock {
+pub(crate) struct EpochClock {
     start: Arc<Mutex<Instant>>,
     seconds: Arc<Mutex<Vec<f64>>>,
 }
 
 impl EpochClock {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             start: Arc::new(Mutex::new(Instant::now())),
             seconds: Arc::default(),
         }
     }
 
-    fn seconds(&self) -> Vec<f64> {
+    pub(crate) fn seconds(&self) -> Vec<f64> {
         self.seconds.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }

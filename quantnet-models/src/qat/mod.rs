@@ -55,7 +55,7 @@
 //! # }
 //! ```
 
-mod fit;
+pub(crate) mod fit;
 pub mod progress;
 pub mod report;
 
