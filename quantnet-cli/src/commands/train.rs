@@ -210,19 +210,6 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
     let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     cfg.write(&out)?;
-    if cfg.model.detector().is_some() {
-        println!(
-            "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}",
-            out.display(),
-            cfg.model,
-            cfg.dataset,
-            cfg.weights,
-            cfg.acts,
-            cfg.epochs,
-            list.names().join(",")
-        );
-        return super::detect::train(cfg, &out, &data_dir, list);
-    }
     println!(
         "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}",
         out.display(),
@@ -233,6 +220,9 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
         cfg.epochs,
         list.names().join(",")
     );
+    if cfg.model.detector().is_some() {
+        return super::detect::train(cfg, &out, &data_dir, list);
+    }
     let summary = dispatch(
         list.clone(),
         TrainJob {
