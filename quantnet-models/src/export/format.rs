@@ -1,139 +1,28 @@
 //! The `.qnet` file format: framing, manifest, code packing, checksum; bytes only (documented
-//! in `docs/qnet-format.md`).
-//!
-//! ```text
-//! offset  size  content
-//! 0       4     magic "QNET"
-//! 4       4     format version, u32 little-endian (1)
-//! 8       8     manifest length M, u64 little-endian
-//! 16      M     manifest, UTF-8 JSON (Manifest)
-//! 16+M    P     payload: the tensors' bytes, at the offsets the manifest gives
-//! end-4   4     CRC-32 (IEEE) of every byte before it, u32 little-endian
-//! ```
-//!
-//! A quantized weight is stored as one code `k` per weight, `bits = ceil(log2 |Y|)` bits each,
-//! packed least-significant bit first; it decodes to `α · Y[k]`, which is bit for bit what
-//! `hard_quantize` computes in training (`fl(α·y_k)`). Float tensors (the first and last layer,
-//! biases, batch norm, activation quantizers) are little-endian f32. Tensors are keyed by their
-//! module path (`Lenet5.conv2.conv.weight`), so a file only loads into the model it was made from.
+//! in `docs/qnet-format.md`). The bytes are read and written by [`quantnet_infer::format`],
+//! which the integer engine shares; this module gives it the training side's typed header
+//! ([`ModelHeader`]) and error type.
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+pub use quantnet_infer::format::{
+    ChannelScales, CodedEntry, FloatEntry, MAGIC, VERSION, VERSION_CHANNEL_SCALES, crc32, pack,
+    unpack,
+};
 
-use quantnet_burn::ChannelLayout;
-
-use super::{ModelHeader, corrupt};
+use super::ModelHeader;
 use crate::error::{Error, Result};
 
-/// The magic bytes.
-pub const MAGIC: &[u8; 4] = b"QNET";
-/// The format version this code writes for files with per-tensor scales only (what every
-/// reader of the format reads).
-pub const VERSION: u32 = 1;
-/// The format version of files with per-channel weight scales (`channel_scales`): version 1
-/// readers would ignore those scales, so such files say so and version 1 readers refuse them.
-pub const VERSION_CHANNEL_SCALES: u32 = 2;
+/// What the file holds: [`quantnet_infer::format::Manifest`] with the training side's header.
+pub type Manifest = quantnet_infer::format::Manifest<ModelHeader>;
 
-/// What the file holds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// The model.
-    #[serde(flatten)]
-    pub header: ModelHeader,
-    /// Tensors stored as float32.
-    pub floats: Vec<FloatEntry>,
-    /// Quantized weights stored as codes.
-    pub coded: Vec<CodedEntry>,
-    /// Payload length in bytes.
-    pub payload_len: u64,
-}
-
-/// A float32 tensor.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FloatEntry {
-    /// Module path.
-    pub path: String,
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Byte offset in the payload.
-    pub offset: u64,
-}
-
-/// A quantized weight.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CodedEntry {
-    /// Module path of the (float) weight it replaces.
-    pub path: String,
-    /// The layer's name in the model (`conv2`).
-    pub layer: String,
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Bits per code.
-    pub bits: u32,
-    /// The level table `Y` (code `k` means `α·Y[k]`).
-    pub levels: Vec<f32>,
-    /// The output scale `α` (`0` when `channel_scales` holds one per output channel).
-    pub alpha: f32,
-    /// One output scale per output channel, instead of `alpha` (format version 2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel_scales: Option<ChannelScales>,
-    /// Byte offset in the payload.
-    pub offset: u64,
-    /// Bytes of packed codes.
-    pub len: u64,
-}
-
-/// Per-channel output scales: element `i` of a coded weight decodes to
-/// `alpha[c]·Y[k]`, with `c` its index along `axis` (row-major).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChannelScales {
-    /// The output-channel axis of the weight's shape.
-    pub axis: usize,
-    /// One `α` per output channel (`shape[axis]` values).
-    pub alpha: Vec<f32>,
-}
-
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as zlib and PNG.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
+/// This crate's error for one of the format's.
+pub(crate) fn from_infer(e: quantnet_infer::Error) -> Error {
+    match e {
+        quantnet_infer::Error::Io { path, source } => Error::Io { path, source },
+        quantnet_infer::Error::Corrupt { path, reason } => Error::Corrupt { path, reason },
+        other => Error::Invalid(other.to_string()),
     }
-    !crc
-}
-
-/// Packs `codes` at `bits` bits each, least-significant bit first.
-pub fn pack(codes: &[u32], bits: u32) -> Vec<u8> {
-    let mut out = vec![0u8; (codes.len() * bits as usize).div_ceil(8)];
-    for (i, &c) in codes.iter().enumerate() {
-        for b in 0..bits as usize {
-            if (c >> b) & 1 == 1 {
-                let at = i * bits as usize + b;
-                out[at / 8] |= 1 << (at % 8);
-            }
-        }
-    }
-    out
-}
-
-/// Unpacks `n` codes of `bits` bits.
-pub fn unpack(bytes: &[u8], bits: u32, n: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| {
-            (0..bits as usize).fold(0u32, |c, b| {
-                let at = i * bits as usize + b;
-                c | (u32::from((bytes[at / 8] >> (at % 8)) & 1) << b)
-            })
-        })
-        .collect()
 }
 
 /// Checks a `.qnet` file's framing and checksum and returns its manifest and payload.
@@ -142,92 +31,7 @@ pub fn unpack(bytes: &[u8], bits: u32, n: usize) -> Vec<u32> {
 /// [`Error::Corrupt`] naming `path` for a truncated file, bad magic, another format version, a
 /// checksum mismatch, or a manifest that does not describe the payload.
 pub fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(Manifest, &'a [u8])> {
-    if bytes.len() < 20 {
-        return Err(corrupt(
-            path,
-            format!(
-                "{} bytes is too short for a .qnet file (truncated?)",
-                bytes.len()
-            ),
-        ));
-    }
-    if &bytes[..4] != MAGIC {
-        return Err(corrupt(path, "not a .qnet file (bad magic)"));
-    }
-    let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if version != VERSION && version != VERSION_CHANNEL_SCALES {
-        return Err(corrupt(
-            path,
-            format!(
-                "format version {version}; this quantnet reads versions {VERSION} and \
-                 {VERSION_CHANNEL_SCALES}"
-            ),
-        ));
-    }
-    let body = &bytes[..bytes.len() - 4];
-    let stored = u32::from_le_bytes([
-        bytes[bytes.len() - 4],
-        bytes[bytes.len() - 3],
-        bytes[bytes.len() - 2],
-        bytes[bytes.len() - 1],
-    ]);
-    if crc32(body) != stored {
-        return Err(corrupt(
-            path,
-            "checksum mismatch (the file is truncated or corrupted)",
-        ));
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[8..16]);
-    let m = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
-    if m > body.len() - 16 {
-        return Err(corrupt(path, "manifest length past the end of the file"));
-    }
-    let manifest: Manifest = serde_json::from_slice(&body[16..16 + m])
-        .map_err(|e| corrupt(path, format!("bad manifest: {e}")))?;
-    let payload = &body[16 + m..];
-    if manifest.payload_len != payload.len() as u64 {
-        return Err(corrupt(path, "payload length disagrees with the manifest"));
-    }
-    for f in &manifest.floats {
-        let n: usize = f.shape.iter().product();
-        if f.offset.saturating_add(4 * n as u64) > payload.len() as u64 {
-            return Err(corrupt(
-                path,
-                format!("{} lies past the end of the payload", f.path),
-            ));
-        }
-    }
-    for c in &manifest.coded {
-        let n: usize = c.shape.iter().product();
-        if c.levels.is_empty()
-            || c.levels.len() > 1 << c.bits.min(16)
-            || c.len != (n as u64 * u64::from(c.bits)).div_ceil(8)
-            || c.offset.saturating_add(c.len) > payload.len() as u64
-        {
-            return Err(corrupt(
-                path,
-                format!("{}: inconsistent code table or length", c.path),
-            ));
-        }
-        if let Some(s) = &c.channel_scales {
-            let fits = version == VERSION_CHANNEL_SCALES
-                && s.axis < c.shape.len()
-                && s.alpha.len() == c.shape[s.axis]
-                && s.alpha.iter().all(|a| a.is_finite());
-            if !fits {
-                return Err(corrupt(
-                    path,
-                    format!(
-                        "{}: per-channel scales that do not fit its shape {:?} (or in a version \
-                         {version} file)",
-                        c.path, c.shape
-                    ),
-                ));
-            }
-        }
-    }
-    Ok((manifest, payload))
+    quantnet_infer::format::parse(bytes, path).map_err(from_infer)
 }
 
 /// Decodes the codes of `entry` to `α·Y[k]` (`α_c·Y[k]` with per-channel scales).
@@ -235,33 +39,5 @@ pub fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(Manifest, &'a [u8])> {
 /// # Errors
 /// [`Error::Corrupt`] for a code outside the level table.
 pub fn decode(entry: &CodedEntry, payload: &[u8]) -> Result<Vec<f32>> {
-    let n: usize = entry.shape.iter().product();
-    let start = usize::try_from(entry.offset).unwrap_or(usize::MAX);
-    let bytes = &payload[start..start + usize::try_from(entry.len).unwrap_or(0)];
-    // The α of each element: one, or its output channel's (the rule training uses).
-    let channels = match &entry.channel_scales {
-        Some(c) if n > 0 => Some((
-            &c.alpha,
-            ChannelLayout::new(&entry.shape, c.axis, n).map_err(|e| Error::Corrupt {
-                path: entry.path.clone().into(),
-                reason: e.to_string(),
-            })?,
-        )),
-        _ => None,
-    };
-    let alpha_of = |i: usize| channels.map_or(entry.alpha, |(alpha, layout)| alpha[layout.of(i)]);
-    unpack(bytes, entry.bits, n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| {
-            entry
-                .levels
-                .get(k as usize)
-                .map(|y| alpha_of(i) * y)
-                .ok_or_else(|| Error::Corrupt {
-                    path: entry.path.clone().into(),
-                    reason: format!("code {k} has no level"),
-                })
-        })
-        .collect()
+    quantnet_infer::format::decode(entry, payload).map_err(from_infer)
 }

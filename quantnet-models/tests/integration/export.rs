@@ -60,7 +60,7 @@ fn quantized_with(
 
 /// A model of `arch` quantized by `policy`: weight quantizers from its (seeded) initial weights,
 /// activation quantizers calibrated on one random batch.
-fn quantized_by(arch: Arch, input: InputShape, policy: &QuantPolicy) -> Model<B> {
+pub(crate) fn quantized_by(arch: Arch, input: InputShape, policy: &QuantPolicy) -> Model<B> {
     let device = Default::default();
     let policy = policy.clone();
     let temps = Temperatures::default();

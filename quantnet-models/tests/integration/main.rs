@@ -9,6 +9,7 @@
 //!   ([`quantnet_models::qat`]) on a user-defined model, on the MNIST fixture.
 
 mod export;
+mod infer;
 mod models;
 mod train;
 

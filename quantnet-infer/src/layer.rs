@@ -1,0 +1,761 @@
+//! Layers: a convolution (every linear layer is one, with a kernel as large as its input map),
+//! run on integer codes or on floats, with its fused epilogue; max and average pooling.
+
+use crate::kernels::{
+    self, EpiOut, F32Block, FloatEpi, IntBlock, Isa, LANES, QuantEpi, ROWS, Thresholds,
+};
+
+/// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
+/// padding).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Map<T> {
+    /// Images.
+    pub n: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// Values per pixel.
+    pub cs: usize,
+    /// `n·h·w·cs` values.
+    pub data: Vec<T>,
+}
+
+impl<T: Copy + Default> Map<T> {
+    /// A map of `T::default()`.
+    pub fn zeros(n: usize, h: usize, w: usize, c: usize, cs: usize) -> Self {
+        Self {
+            n,
+            h,
+            w,
+            c,
+            cs,
+            data: vec![T::default(); n * h * w * cs],
+        }
+    }
+
+    /// This map with `pad` pixels of `T::default()` around each image.
+    fn padded(&self, pad: usize) -> std::borrow::Cow<'_, Self> {
+        if pad == 0 {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let (hp, wp) = (self.h + 2 * pad, self.w + 2 * pad);
+        let mut out = Self::zeros(self.n, hp, wp, self.c, self.cs);
+        let row = self.w * self.cs;
+        for n in 0..self.n {
+            for y in 0..self.h {
+                let src = ((n * self.h + y) * self.w) * self.cs;
+                let dst = ((n * hp + y + pad) * wp + pad) * self.cs;
+                out.data[dst..dst + row].copy_from_slice(&self.data[src..src + row]);
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// An activation quantizer's hard function: `y = Σ_i s_i·[|β|·x ≥ b_i] − o`, value `|α|·y`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActQuant {
+    /// `|α|`.
+    pub alpha: f32,
+    /// `|β|`.
+    pub beta: f32,
+    /// Thresholds `b_i`.
+    pub thresholds: Vec<f32>,
+    /// The levels `Y`.
+    pub levels: Vec<f32>,
+}
+
+impl ActQuant {
+    fn steps(&self) -> Vec<f32> {
+        self.levels.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Whether its levels are `0, 1, …, n` (n ≤ 255): the codes are the levels, and the
+    /// integer path can carry them.
+    pub fn is_unsigned_grid(&self) -> bool {
+        self.levels.len() <= 256 && self.levels.iter().enumerate().all(|(i, &y)| y == i as f32)
+    }
+}
+
+/// Batch norm (inference): `(x − μ)·γ/√(σ² + ε) + β` in f64, as quantnet's flex kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// `γ`.
+    pub gamma: Vec<f32>,
+    /// `β`.
+    pub beta: Vec<f32>,
+    /// Running mean.
+    pub mean: Vec<f32>,
+    /// Running variance.
+    pub var: Vec<f32>,
+    /// `ε`.
+    pub epsilon: f64,
+}
+
+/// What follows a convolution, per output channel, in order: scale, bias, batch norm, residual
+/// add, ReLU, activation quantizer.
+#[derive(Clone, Debug, Default)]
+pub struct Epilogue {
+    /// Bias.
+    pub bias: Option<Vec<f32>>,
+    /// Batch norm.
+    pub bn: Option<BatchNorm>,
+    /// Whether a shortcut is added (after batch norm, before ReLU).
+    pub residual: bool,
+    /// ReLU.
+    pub relu: bool,
+    /// The activation quantizer.
+    pub quant: Option<ActQuant>,
+}
+
+/// A convolution's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+/// Weights as the file holds them, `[cout][cin][kh][kw]`.
+#[derive(Clone, Debug)]
+pub enum Weights {
+    /// Float values.
+    Float(Vec<f32>),
+    /// Integer levels and one scale per output channel (value `α_c·y`).
+    Levels {
+        /// Levels `y`, integers in −128..=127.
+        levels: Vec<i8>,
+        /// `α_c`.
+        alpha: Vec<f32>,
+    },
+}
+
+impl Weights {
+    /// The float values (`fl(α_c·y)` for levels, as the file decodes them).
+    pub fn values(&self, g: &Geometry) -> Vec<f32> {
+        match self {
+            Weights::Float(v) => v.clone(),
+            Weights::Levels { levels, alpha } => {
+                let per = g.cin * g.kh * g.kw;
+                levels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &y)| alpha[i / per] * f32::from(y))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Per output channel, padded to whole blocks of 16.
+fn lanes<T: Copy + Default>(v: &[T], blocks: usize) -> Vec<[T; LANES]> {
+    (0..blocks)
+        .map(|b| std::array::from_fn(|j| v.get(b * LANES + j).copied().unwrap_or_default()))
+        .collect()
+}
+
+/// The epilogue's per-channel tables, in blocks of 16.
+#[derive(Clone, Debug)]
+struct EpiTables {
+    scale: Option<Vec<[f32; LANES]>>,
+    bias: Option<Vec<[f32; LANES]>>,
+    bn: Option<[Vec<[f64; LANES]>; 3]>,
+    relu: bool,
+    quant: Option<(ActQuant, Vec<f32>, f32)>,
+}
+
+impl EpiTables {
+    fn new(e: &Epilogue, scale: Option<&[f32]>, blocks: usize) -> Self {
+        let bn = e.bn.as_ref().map(|bn| {
+            let k: Vec<f64> = bn
+                .gamma
+                .iter()
+                .zip(&bn.var)
+                .map(|(&g, &v)| f64::from(g) / (f64::from(v) + bn.epsilon).sqrt())
+                .collect();
+            let mean: Vec<f64> = bn.mean.iter().map(|&m| f64::from(m)).collect();
+            let beta: Vec<f64> = bn.beta.iter().map(|&b| f64::from(b)).collect();
+            [
+                lanes(&mean, blocks),
+                lanes(&k, blocks),
+                lanes(&beta, blocks),
+            ]
+        });
+        Self {
+            scale: scale.map(|s| lanes(s, blocks)),
+            bias: e.bias.as_ref().map(|b| lanes(b, blocks)),
+            bn,
+            relu: e.relu,
+            quant: e.quant.as_ref().map(|q| {
+                let o = -q.levels[0];
+                (q.clone(), q.steps(), o)
+            }),
+        }
+    }
+
+    fn block(&self, b: usize) -> FloatEpi<'_> {
+        FloatEpi {
+            scale: self.scale.as_ref().map(|s| &s[b]),
+            bias: self.bias.as_ref().map(|s| &s[b]),
+            bn: self.bn.as_ref().map(|[m, k, s]| [&m[b], &k[b], &s[b]]),
+            relu: self.relu,
+            quant: self.quant.as_ref().map(|(q, steps, o)| QuantEpi {
+                beta: q.beta,
+                alpha: q.alpha,
+                thresholds: &q.thresholds,
+                steps,
+                offset: *o,
+            }),
+        }
+    }
+}
+
+/// Integer thresholds equivalent to a non-residual epilogue ending in an unsigned-grid
+/// quantizer: per channel, `code = base + ±#{t : z ≥ thr_t}` for every reachable sum `z`.
+#[derive(Clone, Debug)]
+struct IntThresholds {
+    /// `[block][t][16]`.
+    thr: Vec<i32>,
+    mask: Vec<[i32; LANES]>,
+    base: Vec<[i32; LANES]>,
+    n: usize,
+}
+
+/// How a layer computes.
+#[derive(Clone, Debug)]
+enum Kernel {
+    /// Codes in, packed s8 levels `[block][G][16][4]`.
+    Int {
+        w: Vec<i8>,
+        /// Input channels per pixel in the codes (a multiple of 4).
+        cs: usize,
+        thresholds: Option<IntThresholds>,
+    },
+    /// Floats in, packed `[block][K][16]`.
+    Float { w: Vec<f32>, cs: usize },
+}
+
+/// A convolution (or linear layer) with its epilogue, packed for one input layout.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    /// Its shape.
+    pub geo: Geometry,
+    kernel: Kernel,
+    tables: EpiTables,
+    /// Whether it writes codes (an unsigned-grid quantizer and the integer path) or floats.
+    codes_out: bool,
+    /// The path its integer sums run on.
+    isa: Isa,
+    has_residual: bool,
+}
+
+/// A layer's input or output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Act {
+    /// Codes (level values `y`) of an unsigned-grid quantizer, with its `|α|`.
+    Codes(Map<u8>, f32),
+    /// Float values.
+    Floats(Map<f32>),
+}
+
+impl Act {
+    /// The values as floats (`fl(α·y)` for codes).
+    pub fn floats(&self) -> std::borrow::Cow<'_, Map<f32>> {
+        match self {
+            Act::Floats(m) => std::borrow::Cow::Borrowed(m),
+            Act::Codes(m, alpha) => std::borrow::Cow::Owned(Map {
+                n: m.n,
+                h: m.h,
+                w: m.w,
+                c: m.c,
+                cs: m.cs,
+                data: m.data.iter().map(|&y| alpha * f32::from(y)).collect(),
+            }),
+        }
+    }
+
+    /// Its shape `(n, h, w, c)`.
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        match self {
+            Act::Codes(m, _) => (m.n, m.h, m.w, m.c),
+            Act::Floats(m) => (m.n, m.h, m.w, m.c),
+        }
+    }
+}
+
+/// The input a layer is packed for.
+#[derive(Clone, Copy, Debug)]
+pub enum Input {
+    /// Codes of an unsigned-grid quantizer with levels `0..=max`, `|α| = alpha`, `cs` bytes
+    /// per pixel.
+    Codes {
+        /// `|α|` of the quantizer that made them.
+        alpha: f32,
+        /// The largest code.
+        max: u8,
+        /// Bytes per pixel.
+        cs: usize,
+    },
+    /// Floats, `cs` per pixel.
+    Floats {
+        /// Values per pixel.
+        cs: usize,
+    },
+}
+
+/// The largest `|z|` for which every partial sum is an exactly representable f32 integer.
+const EXACT: i64 = 1 << 24;
+
+impl Conv {
+    /// Packs a layer for `input`: the integer path when the input is codes, the weights are
+    /// levels and every sum stays exact (`|z| < 2²⁴`), the float path otherwise (weights decoded
+    /// to `fl(α_c·y)`, codes to `fl(α·y)`). With `isa` AVX2 and sums that could saturate its
+    /// i16 pairs the layer's integer sums run on the scalar path. With `int` false (the
+    /// engine's f32 mode) every layer runs on floats and writes floats.
+    pub fn new(
+        geo: Geometry,
+        weights: &Weights,
+        epi: &Epilogue,
+        input: Input,
+        isa: Isa,
+        int: bool,
+    ) -> Self {
+        let blocks = geo.cout.div_ceil(LANES);
+        let k = geo.kh * geo.kw;
+        let int_in = match (input, weights) {
+            (Input::Codes { alpha, max, cs }, Weights::Levels { levels, alpha: wa }) if int => {
+                let reach = zrange(geo, levels, max);
+                let exact = reach.iter().all(|&(lo, hi)| lo > -EXACT && hi < EXACT);
+                exact.then_some((alpha, max, cs, levels, wa, reach))
+            }
+            _ => None,
+        };
+        let quant_codes = int && epi.quant.as_ref().is_some_and(ActQuant::is_unsigned_grid);
+        if let Some((alpha_in, max, cs, levels, wa, reach)) = int_in {
+            let mut w = vec![0i8; blocks * k * cs / 4 * LANES * 4];
+            let groups = k * cs / 4;
+            for co in 0..geo.cout {
+                for ci in 0..geo.cin {
+                    for t in 0..k {
+                        let y = levels[(co * geo.cin + ci) * k + t];
+                        let g = t * cs / 4 + ci / 4;
+                        w[(((co / LANES) * groups + g) * LANES + co % LANES) * 4 + ci % 4] = y;
+                    }
+                }
+            }
+            let scale: Vec<f32> = wa.iter().map(|a| a * alpha_in).collect();
+            let tables = EpiTables::new(epi, Some(&scale), blocks);
+            let wmax = levels
+                .iter()
+                .map(|y| i32::from(*y).abs())
+                .max()
+                .unwrap_or(0);
+            let isa = if isa == Isa::Avx2 && 2 * wmax * i32::from(max) > i32::from(i16::MAX) {
+                Isa::Scalar
+            } else {
+                isa
+            };
+            let thresholds = (quant_codes && !epi.residual)
+                .then(|| int_thresholds(&tables, &reach, blocks, isa));
+            Self {
+                geo,
+                kernel: Kernel::Int { w, cs, thresholds },
+                tables,
+                codes_out: quant_codes,
+                isa,
+                has_residual: epi.residual,
+            }
+        } else {
+            let cs = match input {
+                Input::Codes { cs, .. } | Input::Floats { cs } => cs,
+            };
+            let values = weights.values(&geo);
+            let mut w = vec![0f32; blocks * k * geo.cin * LANES];
+            for co in 0..geo.cout {
+                for ci in 0..geo.cin {
+                    for t in 0..k {
+                        let kk = t * geo.cin + ci;
+                        w[((co / LANES) * k * geo.cin + kk) * LANES + co % LANES] =
+                            values[(co * geo.cin + ci) * k + t];
+                    }
+                }
+            }
+            Self {
+                geo,
+                kernel: Kernel::Float { w, cs },
+                tables: EpiTables::new(epi, None, blocks),
+                codes_out: quant_codes,
+                isa,
+                has_residual: epi.residual,
+            }
+        }
+    }
+
+    /// Whether the layer runs on integer codes.
+    pub fn is_int(&self) -> bool {
+        matches!(self.kernel, Kernel::Int { .. })
+    }
+
+    /// The instruction-set path of its integer sums.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Output channels per pixel in its output (`cout` rounded up to 16).
+    pub fn out_stride(&self) -> usize {
+        self.geo.cout.div_ceil(LANES) * LANES
+    }
+
+    /// What the next layer is packed for, given this layer's quantizer.
+    pub fn output(&self) -> Input {
+        match (&self.tables.quant, self.codes_out) {
+            (Some((q, _, _)), true) => Input::Codes {
+                alpha: q.alpha,
+                max: (q.levels.len() - 1) as u8,
+                cs: self.out_stride(),
+            },
+            _ => Input::Floats {
+                cs: self.out_stride(),
+            },
+        }
+    }
+
+    /// Multiply-adds per image for an `h × w` input.
+    pub fn macs(&self, h: usize, w: usize) -> usize {
+        let (oh, ow) = self.out_hw(h, w);
+        oh * ow * self.geo.cout * self.geo.cin * self.geo.kh * self.geo.kw
+    }
+
+    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let g = &self.geo;
+        (
+            (h + 2 * g.pad - g.kh) / g.stride + 1,
+            (w + 2 * g.pad - g.kw) / g.stride + 1,
+        )
+    }
+
+    /// Runs the layer; `residual` (floats of the output's shape) is added when the epilogue
+    /// has a residual add.
+    ///
+    /// # Panics
+    /// If the input is not what the layer was packed for (an engine bug).
+    pub fn forward(&self, x: &Act, residual: Option<&Map<f32>>) -> Act {
+        let g = &self.geo;
+        let (n, h, w, _) = x.dims();
+        let (oh, ow) = self.out_hw(h, w);
+        let (hp, wp) = (h + 2 * g.pad, w + 2 * g.pad);
+        let stride = self.out_stride();
+        assert_eq!(self.has_residual, residual.is_some(), "residual input");
+        if let Some(r) = residual {
+            assert_eq!((r.n, r.h, r.w, r.cs), (n, oh, ow, stride), "residual shape");
+        }
+        let pixels = n * oh * ow;
+        let base_of = |q: usize, cs: usize| {
+            let (img, rest) = (q / (oh * ow), q % (oh * ow));
+            let (oy, ox) = (rest / ow, rest % ow);
+            ((img * hp + oy * g.stride) * wp + ox * g.stride) * cs
+        };
+        let mut codes = self
+            .codes_out
+            .then(|| Map::<u8>::zeros(n, oh, ow, g.cout, stride));
+        let mut floats = (!self.codes_out).then(|| Map::<f32>::zeros(n, oh, ow, g.cout, stride));
+        let blocks = g.cout.div_ceil(LANES);
+        let mut acc_f = [0f32; ROWS * LANES];
+        match (&self.kernel, x) {
+            (Kernel::Int { w, cs, thresholds }, Act::Codes(m, _)) => {
+                assert_eq!(m.cs, *cs, "input channel stride");
+                let input = m.padded(g.pad);
+                let offs: Vec<usize> = (0..g.kh * g.kw)
+                    .flat_map(|t| {
+                        let (ky, kx) = (t / g.kw, t % g.kw);
+                        (0..cs / 4).map(move |c4| (ky * wp + kx) * cs + c4 * 4)
+                    })
+                    .collect();
+                let per_block = offs.len() * LANES * 4;
+                let mut acc = [0i32; ROWS * LANES];
+                for q0 in (0..pixels).step_by(ROWS) {
+                    let rows = ROWS.min(pixels - q0);
+                    let bases: Vec<usize> = (q0..q0 + rows).map(|q| base_of(q, *cs)).collect();
+                    for b in 0..blocks {
+                        let block = IntBlock {
+                            acts: &input.data,
+                            bases: &bases,
+                            offs: &offs,
+                            w: &w[b * per_block..(b + 1) * per_block],
+                        };
+                        kernels::int_block(self.isa, &block, &mut acc);
+                        let width = LANES.min(g.cout - b * LANES);
+                        let at = q0 * stride + b * LANES;
+                        match (thresholds, &mut codes) {
+                            (Some(t), Some(out)) => {
+                                let th = Thresholds {
+                                    thr: &t.thr[b * t.n * LANES..(b + 1) * t.n * LANES],
+                                    mask: &t.mask[b],
+                                    base: &t.base[b],
+                                };
+                                kernels::threshold_block(
+                                    self.isa,
+                                    &th,
+                                    &acc,
+                                    rows,
+                                    &mut out.data[at..],
+                                    stride,
+                                    width,
+                                );
+                            }
+                            _ => {
+                                for (f, z) in acc_f.iter_mut().zip(&acc) {
+                                    *f = *z as f32;
+                                }
+                                self.epilogue(
+                                    b,
+                                    &acc_f,
+                                    rows,
+                                    residual,
+                                    at,
+                                    &mut codes,
+                                    &mut floats,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            (Kernel::Float { w, cs }, x) => {
+                let values = x.floats();
+                assert_eq!(values.cs, *cs, "input channel stride");
+                let input = values.padded(g.pad);
+                let offs: Vec<usize> = (0..g.kh * g.kw)
+                    .flat_map(|t| {
+                        let (ky, kx) = (t / g.kw, t % g.kw);
+                        (0..g.cin).map(move |c| (ky * wp + kx) * cs + c)
+                    })
+                    .collect();
+                let per_block = offs.len() * LANES;
+                for q0 in (0..pixels).step_by(ROWS) {
+                    let rows = ROWS.min(pixels - q0);
+                    let bases: Vec<usize> = (q0..q0 + rows).map(|q| base_of(q, *cs)).collect();
+                    for b in 0..blocks {
+                        let block = F32Block {
+                            acts: &input.data,
+                            bases: &bases,
+                            offs: &offs,
+                            w: &w[b * per_block..(b + 1) * per_block],
+                        };
+                        kernels::f32_block(self.isa, &block, &mut acc_f);
+                        let at = q0 * stride + b * LANES;
+                        self.epilogue(b, &acc_f, rows, residual, at, &mut codes, &mut floats);
+                    }
+                }
+            }
+            (Kernel::Int { .. }, Act::Floats(_)) => panic!("an integer layer given floats"),
+        }
+        match (codes, floats, &self.tables.quant) {
+            (Some(c), _, Some((q, _, _))) => Act::Codes(c, q.alpha),
+            (_, Some(f), _) => Act::Floats(f),
+            _ => unreachable!("a layer writes codes or floats"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn epilogue(
+        &self,
+        b: usize,
+        acc: &[f32; ROWS * LANES],
+        rows: usize,
+        residual: Option<&Map<f32>>,
+        at: usize,
+        codes: &mut Option<Map<u8>>,
+        floats: &mut Option<Map<f32>>,
+    ) {
+        let stride = self.out_stride();
+        let width = LANES.min(self.geo.cout - b * LANES);
+        let epi = self.tables.block(b);
+        let res = residual.map(|r| &r.data[at..]);
+        let out = match (codes, floats) {
+            (Some(c), _) => EpiOut::Codes(&mut c.data[at..]),
+            (_, Some(f)) => EpiOut::Floats(&mut f.data[at..]),
+            _ => unreachable!("a layer writes codes or floats"),
+        };
+        kernels::float_epi_block(self.isa, &epi, acc, rows, res, out, stride, width);
+    }
+}
+
+/// Per output channel, the smallest and largest sum `z` the layer can produce: codes in
+/// `0..=max` meet every weight (zero padding reaches 0).
+fn zrange(geo: Geometry, levels: &[i8], max: u8) -> Vec<(i64, i64)> {
+    let per = geo.cin * geo.kh * geo.kw;
+    (0..geo.cout)
+        .map(|co| {
+            let w = &levels[co * per..(co + 1) * per];
+            let pos: i64 = w.iter().map(|&y| i64::from(y.max(0))).sum();
+            let neg: i64 = w.iter().map(|&y| i64::from(y.min(0))).sum();
+            (neg * i64::from(max), pos * i64::from(max))
+        })
+        .collect()
+}
+
+/// The thresholds that make [`kernels::threshold_block`] give the float epilogue's code for
+/// every reachable `z`, found by binary search over `z` with the float epilogue itself (so
+/// they are exact by construction: the epilogue is monotone in `z`, increasing or decreasing
+/// with the sign of its slope).
+fn int_thresholds(t: &EpiTables, reach: &[(i64, i64)], blocks: usize, isa: Isa) -> IntThresholds {
+    let n = t.quant.as_ref().map_or(0, |(q, _, _)| q.levels.len() - 1);
+    let mut thr = vec![i32::MAX; blocks * n * LANES];
+    let mut mask = vec![[0i32; LANES]; blocks];
+    let mut base = vec![[0i32; LANES]; blocks];
+    for b in 0..blocks {
+        let epi = t.block(b);
+        // The code of sums `z` (one per channel of the block).
+        let code = |z: [i64; LANES]| -> [i64; LANES] {
+            let mut acc = [0f32; ROWS * LANES];
+            for j in 0..LANES {
+                acc[j] = z[j] as f32;
+            }
+            let mut out = [0u8; LANES];
+            kernels::float_epi_block(
+                isa,
+                &epi,
+                &acc,
+                1,
+                None,
+                EpiOut::Codes(&mut out),
+                LANES,
+                LANES,
+            );
+            out.map(i64::from)
+        };
+        let lo: [i64; LANES] = std::array::from_fn(|j| reach.get(b * LANES + j).map_or(0, |r| r.0));
+        let hi: [i64; LANES] = std::array::from_fn(|j| reach.get(b * LANES + j).map_or(0, |r| r.1));
+        let (at_lo, at_hi) = (code(lo), code(hi));
+        for j in 0..LANES {
+            if at_hi[j] < at_lo[j] {
+                mask[b][j] = -1;
+                base[b][j] = n as i32;
+            }
+        }
+        for level in 1..=n as i64 {
+            // Per lane: the boundary of {z : code(z) ≥ level} by bisection.
+            let (mut a, mut c) = (lo, hi);
+            let decreasing: [bool; LANES] = std::array::from_fn(|j| mask[b][j] == -1);
+            // Invariant (increasing): code(c) ≥ level is the answer's side; we search the
+            // smallest such z. (Decreasing): the largest such z.
+            for _ in 0..40 {
+                let mid: [i64; LANES] = std::array::from_fn(|j| a[j] + (c[j] - a[j]) / 2);
+                let at = code(mid);
+                for j in 0..LANES {
+                    if c[j] - a[j] <= 1 {
+                        continue;
+                    }
+                    let reached = at[j] >= level;
+                    if decreasing[j] == reached {
+                        a[j] = mid[j];
+                    } else {
+                        c[j] = mid[j];
+                    }
+                }
+            }
+            let (ca, cc) = (code(a), code(c));
+            for j in 0..LANES {
+                let t = if decreasing[j] {
+                    // The largest z with code ≥ level; the count of `z ≥ U + 1` is subtracted.
+                    let u = if cc[j] >= level {
+                        Some(c[j])
+                    } else if ca[j] >= level {
+                        Some(a[j])
+                    } else {
+                        None
+                    };
+                    match u {
+                        None => i32::MIN,
+                        Some(u) if u >= hi[j] => i32::MAX,
+                        Some(u) => (u + 1) as i32,
+                    }
+                } else {
+                    let m = if ca[j] >= level {
+                        Some(a[j])
+                    } else if cc[j] >= level {
+                        Some(c[j])
+                    } else {
+                        None
+                    };
+                    match m {
+                        None => i32::MAX,
+                        Some(m) if m <= lo[j] => i32::MIN,
+                        Some(m) => m as i32,
+                    }
+                };
+                thr[(b * n + level as usize - 1) * LANES + j] = t;
+            }
+        }
+    }
+    IntThresholds { thr, mask, base, n }
+}
+
+/// Max pooling, `k × k`, stride `s`, padding `p` (padded positions never win), on codes or
+/// floats.
+pub fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
+    fn pool<T: Copy + Default + PartialOrd>(m: &Map<T>, k: usize, s: usize, p: usize) -> Map<T> {
+        let oh = (m.h + 2 * p - k) / s + 1;
+        let ow = (m.w + 2 * p - k) / s + 1;
+        let mut out = Map::zeros(m.n, oh, ow, m.c, m.cs);
+        for n in 0..m.n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let dst = ((n * oh + oy) * ow + ox) * m.cs;
+                    let mut first = true;
+                    for ky in 0..k {
+                        let Some(y) = (oy * s + ky).checked_sub(p).filter(|&y| y < m.h) else {
+                            continue;
+                        };
+                        for kx in 0..k {
+                            let Some(x) = (ox * s + kx).checked_sub(p).filter(|&x| x < m.w) else {
+                                continue;
+                            };
+                            let src = ((n * m.h + y) * m.w + x) * m.cs;
+                            for c in 0..m.cs {
+                                let v = m.data[src + c];
+                                if first || v > out.data[dst + c] {
+                                    out.data[dst + c] = v;
+                                }
+                            }
+                            first = false;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+    match x {
+        Act::Codes(m, a) => Act::Codes(pool(m, k, s, p), *a),
+        Act::Floats(m) => Act::Floats(pool(m, k, s, p)),
+    }
+}
+
+/// Global average pooling to a `1 × 1` map (the mean of each channel's values, summed in
+/// pixel order).
+pub fn global_avg_pool(x: &Act) -> Map<f32> {
+    let m = x.floats();
+    let hw = m.h * m.w;
+    let mut out = Map::zeros(m.n, 1, 1, m.c, m.cs);
+    for n in 0..m.n {
+        for c in 0..m.cs {
+            let sum: f32 = (0..hw).map(|i| m.data[(n * hw + i) * m.cs + c]).sum();
+            out.data[n * m.cs + c] = sum / hw as f32;
+        }
+    }
+    out
+}

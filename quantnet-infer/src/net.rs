@@ -1,0 +1,779 @@
+//! The networks: a `.qnet` file's tensors packed into layers, per architecture, and their
+//! forward pass.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::{self, CodedEntry, FloatEntry, Manifest};
+use crate::kernels::Isa;
+use crate::layer::{
+    Act, ActQuant, BatchNorm, Conv, Epilogue, Geometry, Input, Map, Weights, global_avg_pool,
+    max_pool,
+};
+
+/// The input a model was built for (the manifest's `input`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputShape {
+    /// Image channels.
+    pub channels: usize,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// What a `.qnet` file says about its model (the manifest's top-level fields), as this crate
+/// reads it: the architecture by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// The architecture (`lenet5`, `resnet20`, ...).
+    pub arch: String,
+    /// Its input.
+    pub input: InputShape,
+    /// The data set it was trained on, if known.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// The activation levels, if activations are quantized.
+    #[serde(default)]
+    pub acts: Option<Vec<f32>>,
+}
+
+/// How the engine computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Quantized layers on integer codes (the point of the engine).
+    Int,
+    /// Every layer on floats with the decoded weights, through the same loops and layouts:
+    /// what leaving Burn buys without low-bit arithmetic.
+    F32,
+}
+
+impl Mode {
+    /// `int` or `f32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Int => "int",
+            Mode::F32 => "f32",
+        }
+    }
+}
+
+/// The tensors of a file by module path without the model's name (`conv2.conv.weight`), and
+/// which were used.
+struct Store<'a> {
+    floats: BTreeMap<String, &'a FloatEntry>,
+    coded: BTreeMap<String, &'a CodedEntry>,
+    payload: &'a [u8],
+    path: PathBuf,
+    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+fn strip(path: &str) -> String {
+    path.split_once('.')
+        .map_or(path, |(_, rest)| rest)
+        .to_string()
+}
+
+impl<'a> Store<'a> {
+    fn new(m: &'a Manifest<Header>, payload: &'a [u8], path: &Path) -> Self {
+        Self {
+            floats: m.floats.iter().map(|f| (strip(&f.path), f)).collect(),
+            coded: m.coded.iter().map(|c| (strip(&c.path), c)).collect(),
+            payload,
+            path: path.to_path_buf(),
+            used: Default::default(),
+        }
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.floats.contains_key(key) || self.coded.contains_key(key)
+    }
+
+    fn float(&self, key: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+        let f = self.floats.get(key)?;
+        self.used.borrow_mut().insert(key.to_string());
+        Some((f.shape.clone(), format::floats(f, self.payload)))
+    }
+
+    fn need(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.float(key)
+            .ok_or_else(|| self.corrupt(format!("the file has no tensor {key}")))
+    }
+
+    /// A weight `[out][in][kh][kw]` (conv) or `[in][out]` (linear), as levels when they are
+    /// integers in −128..=127, as floats otherwise; a linear layer's weight is returned in
+    /// conv layout for an input map of `map` (h, w, c), flattened as NCHW.
+    fn weight(
+        &self,
+        key: &str,
+        map: Option<(usize, usize, usize)>,
+    ) -> Result<(Vec<usize>, Weights)> {
+        let (shape, w) = if let Some(c) = self.coded.get(key) {
+            self.used.borrow_mut().insert(key.to_string());
+            let integral = c
+                .levels
+                .iter()
+                .all(|&y| y.fract() == 0.0 && (-128.0..=127.0).contains(&y));
+            let w = if integral {
+                let codes = format::codes(c, self.payload)?;
+                let out_axis = if c.shape.len() == 2 { 1 } else { 0 };
+                let count = c.shape[out_axis];
+                let alpha = match &c.channel_scales {
+                    Some(s) if s.axis == out_axis => s.alpha.clone(),
+                    Some(s) => {
+                        return Err(Error::Unsupported(format!(
+                            "{key}: per-channel scales along axis {} (the engine takes them along \
+                             the output channels, axis {out_axis})",
+                            s.axis
+                        )));
+                    }
+                    None => vec![c.alpha; count],
+                };
+                Weights::Levels {
+                    levels: codes.iter().map(|&k| c.levels[k as usize] as i8).collect(),
+                    alpha,
+                }
+            } else {
+                Weights::Float(format::decode(c, self.payload)?)
+            };
+            (c.shape.clone(), w)
+        } else {
+            let (shape, v) = self.need(key)?;
+            (shape, Weights::Float(v))
+        };
+        let Some((h, wd, ch)) = map else {
+            return Ok((shape, w));
+        };
+        if shape.len() != 2 || shape[0] != h * wd * ch {
+            return Err(self.corrupt(format!(
+                "{key}: shape {shape:?} does not take a {ch}×{h}×{wd} input"
+            )));
+        }
+        let (din, dout) = (shape[0], shape[1]);
+        // [in][out] with in = (c, y, x) → [out][c][y][x]: the same index order, transposed.
+        let transpose =
+            |n: usize| -> Vec<usize> { (0..n).map(|i| (i % din) * dout + i / din).collect() };
+        let order = transpose(din * dout);
+        let w = match w {
+            Weights::Float(v) => Weights::Float(order.iter().map(|&i| v[i]).collect()),
+            Weights::Levels { levels, alpha } => Weights::Levels {
+                levels: order.iter().map(|&i| levels[i]).collect(),
+                alpha,
+            },
+        };
+        Ok((vec![dout, ch, h, wd], w))
+    }
+
+    fn bn(&self, prefix: &str, epsilon: f64) -> Result<BatchNorm> {
+        Ok(BatchNorm {
+            gamma: self.need(&format!("{prefix}.gamma"))?.1,
+            beta: self.need(&format!("{prefix}.beta"))?.1,
+            mean: self.need(&format!("{prefix}.running_mean"))?.1,
+            var: self.need(&format!("{prefix}.running_var"))?.1,
+            epsilon,
+        })
+    }
+
+    /// The activation quantizer of slot `prefix`, if it has one.
+    fn act(&self, prefix: &str) -> Result<Option<ActQuant>> {
+        let key = |p: &str| format!("{prefix}.quantizer.{p}");
+        if !self.has(&key("alpha")) {
+            return Ok(None);
+        }
+        let one = |p: &str| -> Result<f32> {
+            let (_, v) = self.need(&key(p))?;
+            match v.as_slice() {
+                [x] => Ok(x.abs()),
+                _ => Err(Error::Unsupported(format!(
+                    "{}: a per-channel activation quantizer",
+                    key(p)
+                ))),
+            }
+        };
+        let q = ActQuant {
+            alpha: one("alpha")?,
+            beta: one("beta")?,
+            thresholds: self.need(&key("thresholds"))?.1,
+            levels: self.need(&key("levels"))?.1,
+        };
+        if q.thresholds.len() + 1 != q.levels.len() {
+            return Err(self.corrupt(format!("{prefix}: thresholds and levels disagree")));
+        }
+        Ok(Some(q))
+    }
+
+    fn unused(&self) -> Option<String> {
+        let used = self.used.borrow();
+        self.floats
+            .keys()
+            .chain(self.coded.keys())
+            .find(|k| !used.contains(*k))
+            .cloned()
+    }
+}
+
+/// Builds layers in forward order, threading each layer's output layout into the next.
+struct Builder<'a> {
+    store: Store<'a>,
+    isa: Isa,
+    mode: Mode,
+    names: Vec<String>,
+}
+
+impl Builder<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: &str,
+        key: &str,
+        input: Input,
+        (k, stride, pad): (usize, usize, usize),
+        bias: bool,
+        epi: Epilogue,
+    ) -> Result<Conv> {
+        let (shape, w) = self.store.weight(&format!("{key}.weight"), None)?;
+        self.finish(name, key, input, shape, w, (k, stride, pad), bias, epi)
+    }
+
+    /// A linear layer on an `h × w × c` map.
+    fn linear(
+        &mut self,
+        name: &str,
+        key: &str,
+        input: Input,
+        map: (usize, usize, usize),
+        bias: bool,
+        epi: Epilogue,
+    ) -> Result<Conv> {
+        let (shape, w) = self.store.weight(&format!("{key}.weight"), Some(map))?;
+        self.finish(name, key, input, shape, w, (0, 1, 0), bias, epi)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        name: &str,
+        key: &str,
+        input: Input,
+        shape: Vec<usize>,
+        w: Weights,
+        (k, stride, pad): (usize, usize, usize),
+        bias: bool,
+        mut epi: Epilogue,
+    ) -> Result<Conv> {
+        let [cout, cin, kh, kw] = shape[..] else {
+            return Err(self
+                .store
+                .corrupt(format!("{key}: shape {shape:?} is not a conv's")));
+        };
+        if k > 0 && (kh != k || kw != k) {
+            return Err(self
+                .store
+                .corrupt(format!("{key}: a {kh}×{kw} kernel, not {k}×{k}")));
+        }
+        if bias {
+            epi.bias = Some(self.store.need(&format!("{key}.bias"))?.1);
+        }
+        let geo = Geometry {
+            cin,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+        };
+        self.names.push(name.to_string());
+        Ok(Conv::new(
+            geo,
+            &w,
+            &epi,
+            input,
+            self.isa,
+            self.mode == Mode::Int,
+        ))
+    }
+}
+
+/// A residual block.
+#[derive(Clone, Debug)]
+struct Block {
+    /// The convs of the main path (the last has the residual epilogue).
+    convs: Vec<Conv>,
+    downsample: Option<Conv>,
+}
+
+/// The layer runner [`Engine::run_net`] calls for every conv (input, residual → output).
+type RunConv<'a> = dyn FnMut(&Conv, &Act, Option<&Map<f32>>) -> Act + 'a;
+
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Net {
+    Lenet {
+        conv1: Conv,
+        conv2: Conv,
+        fc: [Conv; 3],
+    },
+    Fc {
+        hidden: Vec<Conv>,
+        out: Conv,
+    },
+    Residual {
+        stem: Conv,
+        pool: bool,
+        blocks: Vec<Block>,
+        fc: Conv,
+    },
+}
+
+/// A loaded model, ready to run.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    header: Header,
+    net: Net,
+    isa: Isa,
+    mode: Mode,
+    names: Vec<String>,
+}
+
+/// Per layer: its name, whether it runs on integers, its path and multiply-adds per image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The layer (`conv2`, `block3.conv1`, `fc`).
+    pub name: String,
+    /// Whether it computes on integer codes.
+    pub int: bool,
+    /// The instruction-set path of its sums.
+    pub isa: Isa,
+    /// Multiply-adds per image.
+    pub macs: usize,
+}
+
+const BN_EPS: f64 = 1e-5;
+
+impl Engine {
+    /// Reads and packs a `.qnet` file.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Corrupt`] as [`format::parse`] or when the tensors do not fit
+    /// the architecture; [`Error::Unsupported`] for an architecture the engine does not run.
+    pub fn load(path: &Path, isa: Isa, mode: Mode) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path, isa, mode)
+    }
+
+    /// As [`Engine::load`], from the file's bytes (`path` names it in errors).
+    ///
+    /// # Errors
+    /// As [`Engine::load`].
+    pub fn from_bytes(bytes: &[u8], path: &Path, isa: Isa, mode: Mode) -> Result<Self> {
+        let (manifest, payload) = format::parse::<Header>(bytes, path)?;
+        let header = manifest.header.clone();
+        let mut b = Builder {
+            store: Store::new(&manifest, payload, path),
+            isa,
+            mode,
+            names: Vec::new(),
+        };
+        let input = header.input;
+        let image = Input::Floats { cs: input.channels };
+        let net = match header.arch.as_str() {
+            "lenet5" => lenet(&mut b, input, image)?,
+            "tfc" | "sfc" | "lfc" => fc(&mut b, input, image)?,
+            "resnet20" | "resnet18" | "resnet50" => resnet(&mut b, &header.arch, image)?,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "the integer engine runs lenet5, tfc, sfc, lfc, resnet20, resnet18 and \
+                     resnet50; this file holds {other}"
+                )));
+            }
+        };
+        if let Some(extra) = b.store.unused() {
+            return Err(b.store.corrupt(format!(
+                "the {} engine has no place for the tensor {extra}",
+                header.arch
+            )));
+        }
+        Ok(Self {
+            header,
+            net,
+            isa,
+            mode,
+            names: b.names,
+        })
+    }
+
+    /// The model's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The instruction-set path asked for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Integer or f32.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn convs(&self) -> Vec<&Conv> {
+        match &self.net {
+            Net::Lenet { conv1, conv2, fc } => {
+                let mut v = vec![conv1, conv2];
+                v.extend(fc.iter());
+                v
+            }
+            Net::Fc { hidden, out } => hidden.iter().chain(std::iter::once(out)).collect(),
+            Net::Residual {
+                stem, blocks, fc, ..
+            } => {
+                let mut v = vec![stem];
+                for bl in blocks {
+                    v.extend(bl.convs.iter());
+                    v.extend(bl.downsample.iter());
+                }
+                v.push(fc);
+                v
+            }
+        }
+    }
+
+    /// The layers, in the order they were packed, with multiply-adds per image.
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        // Input sizes per layer, from one forward pass of a single zero image.
+        let sizes = self.input_sizes();
+        self.convs()
+            .into_iter()
+            .zip(&self.names)
+            .zip(sizes)
+            .map(|((c, name), (h, w))| LayerInfo {
+                name: name.clone(),
+                int: c.is_int(),
+                isa: c.isa(),
+                macs: c.macs(h, w),
+            })
+            .collect()
+    }
+
+    fn input_sizes(&self) -> Vec<(usize, usize)> {
+        let i = self.header.input;
+        let mut sizes = Vec::new();
+        let mut record = |c: &Conv, x: &Act, r: Option<&Map<f32>>| {
+            let (_, h, w, _) = x.dims();
+            sizes.push((h, w));
+            c.forward(x, r)
+        };
+        let x = Act::Floats(Map::zeros(1, i.height, i.width, i.channels, i.channels));
+        self.run_net(x, &mut record);
+        sizes
+    }
+
+    /// Class scores for `n` images, NCHW f32 (normalised as in training), `[n][classes]`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] if `images` does not hold `n` images of the model's input shape.
+    pub fn forward(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
+        let i = self.header.input;
+        let per = i.channels * i.height * i.width;
+        if images.len() != n * per {
+            return Err(Error::Unsupported(format!(
+                "{} values are not {n} images of {}×{}×{}",
+                images.len(),
+                i.channels,
+                i.height,
+                i.width
+            )));
+        }
+        let mut x = Map::zeros(n, i.height, i.width, i.channels, i.channels);
+        let hw = i.height * i.width;
+        for img in 0..n {
+            for c in 0..i.channels {
+                for p in 0..hw {
+                    x.data[(img * hw + p) * i.channels + c] =
+                        images[(img * i.channels + c) * hw + p];
+                }
+            }
+        }
+        let out = self.run_net(Act::Floats(x), &mut |c, x, r| c.forward(x, r));
+        let out = out.floats();
+        Ok((0..n)
+            .flat_map(|img| out.data[img * out.cs..img * out.cs + i.classes].to_vec())
+            .collect())
+    }
+
+    /// [`Engine::forward`] with the batch split over `threads` threads (whole images each).
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    pub fn forward_threads(&self, images: &[f32], n: usize, threads: usize) -> Result<Vec<f32>> {
+        let threads = threads.clamp(1, n.max(1));
+        if threads == 1 {
+            return self.forward(images, n);
+        }
+        let per = images.len() / n.max(1);
+        let chunk = n.div_ceil(threads);
+        let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|start| {
+                    let m = chunk.min(n - start);
+                    let slice = &images[start * per..(start + m) * per];
+                    s.spawn(move || self.forward(slice, m))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an inference thread panicked"))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(n * self.header.input.classes);
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
+    }
+
+    /// The predicted class of each of `n` images (the first largest score).
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    pub fn predict(&self, images: &[f32], n: usize, threads: usize) -> Result<Vec<usize>> {
+        let classes = self.header.input.classes;
+        let scores = self.forward_threads(images, n, threads)?;
+        Ok(scores
+            .chunks_exact(classes)
+            .map(|s| {
+                s.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 { (i, v) } else { best }
+                    })
+                    .0
+            })
+            .collect())
+    }
+
+    /// The network's forward pass, each conv through `run` (which may record sizes).
+    fn run_net(&self, x: Act, run: &mut RunConv<'_>) -> Act {
+        match &self.net {
+            Net::Lenet { conv1, conv2, fc } => {
+                let x = max_pool(&run(conv1, &x, None), 2, 2, 0);
+                let mut x = max_pool(&run(conv2, &x, None), 2, 2, 0);
+                for l in fc {
+                    x = run(l, &x, None);
+                }
+                x
+            }
+            Net::Fc { hidden, out } => {
+                let mut x = x;
+                for l in hidden {
+                    x = run(l, &x, None);
+                }
+                run(out, &x, None)
+            }
+            Net::Residual {
+                stem,
+                pool,
+                blocks,
+                fc,
+            } => {
+                let mut x = run(stem, &x, None);
+                if *pool {
+                    x = max_pool(&x, 3, 2, 1);
+                }
+                for bl in blocks {
+                    let shortcut = match &bl.downsample {
+                        Some(d) => run(d, &x, None).floats().into_owned(),
+                        None => x.floats().into_owned(),
+                    };
+                    let mut h = x;
+                    let last = bl.convs.len() - 1;
+                    for (i, c) in bl.convs.iter().enumerate() {
+                        h = run(c, &h, (i == last).then_some(&shortcut));
+                    }
+                    x = h;
+                }
+                let pooled = global_avg_pool(&x);
+                run(fc, &Act::Floats(pooled), None)
+            }
+        }
+    }
+}
+
+fn relu_act(b: &Builder<'_>, slot: &str) -> Result<Epilogue> {
+    Ok(Epilogue {
+        relu: true,
+        quant: b.store.act(slot)?,
+        ..Epilogue::default()
+    })
+}
+
+fn lenet(b: &mut Builder<'_>, input: InputShape, image: Input) -> Result<Net> {
+    let pad = if input.height < 32 { 2 } else { 0 };
+    let e1 = relu_act(b, "act1")?;
+    let conv1 = b.conv("conv1", "conv1.conv", image, (5, 1, pad), true, e1)?;
+    let e2 = relu_act(b, "act2")?;
+    let conv2 = b.conv("conv2", "conv2.conv", conv1.output(), (5, 1, 0), true, e2)?;
+    let after = |s: usize| ((s + 2 * pad - 4) / 2 - 4) / 2;
+    let map = (after(input.height), after(input.width), 16);
+    let e3 = relu_act(b, "act3")?;
+    let fc1 = b.linear("fc1", "fc1.linear", conv2.output(), map, true, e3)?;
+    let e4 = relu_act(b, "act4")?;
+    let fc2 = b.linear("fc2", "fc2.linear", fc1.output(), (1, 1, 120), true, e4)?;
+    let fc3 = b.linear(
+        "fc3",
+        "fc3.linear",
+        fc2.output(),
+        (1, 1, 84),
+        true,
+        Epilogue::default(),
+    )?;
+    Ok(Net::Lenet {
+        conv1,
+        conv2,
+        fc: [fc1, fc2, fc3],
+    })
+}
+
+fn fc(b: &mut Builder<'_>, input: InputShape, image: Input) -> Result<Net> {
+    let mut hidden: Vec<Conv> = Vec::new();
+    let mut map = (input.height, input.width, input.channels);
+    let mut x = image;
+    for i in 0..3 {
+        let epi = Epilogue {
+            bn: Some(b.store.bn(&format!("norms.{i}"), BN_EPS)?),
+            ..relu_act(b, &format!("acts.{i}"))?
+        };
+        let key = format!("hidden.{i}.linear");
+        let l = b.linear(&format!("fc{}", i + 1), &key, x, map, false, epi)?;
+        map = (1, 1, l.geo.cout);
+        x = l.output();
+        hidden.push(l);
+    }
+    let out = b.linear("out", "out.linear", x, map, true, Epilogue::default())?;
+    Ok(Net::Fc { hidden, out })
+}
+
+fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {
+    let imagenet = arch != "resnet20";
+    let bottleneck = arch == "resnet50";
+    let stem_epi = Epilogue {
+        bn: Some(b.store.bn("bn1", BN_EPS)?),
+        ..relu_act(b, "act_stem")?
+    };
+    let geom = if imagenet { (7, 2, 3) } else { (3, 1, 1) };
+    let stem = b.conv("conv1", "conv1.conv", image, geom, false, stem_epi)?;
+    let mut x = stem.output();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    let variant = if bottleneck { "Bottleneck" } else { "Basic" };
+    while b
+        .store
+        .has(&format!("blocks.{i}.{variant}.conv1.conv.weight"))
+    {
+        let p = format!("blocks.{i}.{variant}");
+        let names: &[&str] = if bottleneck {
+            &["conv1", "conv2", "conv3"]
+        } else {
+            &["conv1", "conv2"]
+        };
+        // Stride: 2 on the first block of every stage after the first (where the channel count
+        // changes), on the 3×3 conv (conv1 of a basic block, conv2 of a bottleneck).
+        let down = b.store.has(&format!("{p}.downsample.conv.conv.weight"));
+        let stage_start = down && i > 0;
+        let stride = if stage_start { 2 } else { 1 };
+        let mut convs = Vec::new();
+        let input = x;
+        let mut h = x;
+        for (j, name) in names.iter().enumerate() {
+            let last = j == names.len() - 1;
+            let k = if bottleneck && j != 1 { 1 } else { 3 };
+            let s = if (bottleneck && j == 1) || (!bottleneck && j == 0) {
+                stride
+            } else {
+                1
+            };
+            let slot = if last {
+                format!("{p}.act_out")
+            } else {
+                format!("{p}.act{}", j + 1)
+            };
+            let epi = Epilogue {
+                bn: Some(b.store.bn(&format!("{p}.bn{}", j + 1), BN_EPS)?),
+                residual: last,
+                ..relu_act(b, &slot)?
+            };
+            let c = b.conv(
+                &format!("block{i}.{name}"),
+                &format!("{p}.{name}.conv"),
+                h,
+                (k, s, k / 2),
+                false,
+                epi,
+            )?;
+            h = c.output();
+            convs.push(c);
+        }
+        let downsample = if down {
+            let epi = Epilogue {
+                bn: Some(b.store.bn(&format!("{p}.downsample.bn"), BN_EPS)?),
+                ..Epilogue::default()
+            };
+            Some(b.conv(
+                &format!("block{i}.downsample"),
+                &format!("{p}.downsample.conv.conv"),
+                input,
+                (1, stride, 0),
+                false,
+                epi,
+            )?)
+        } else {
+            None
+        };
+        x = h;
+        blocks.push(Block { convs, downsample });
+        i += 1;
+    }
+    if blocks.is_empty() {
+        return Err(b.store.corrupt("a residual network without blocks"));
+    }
+    let c = blocks
+        .last()
+        .map_or(0, |bl| bl.convs.last().map_or(0, |c| c.geo.cout));
+    let fc = b.linear(
+        "fc",
+        "fc.linear",
+        Input::Floats { cs: x_cs(x) },
+        (1, 1, c),
+        true,
+        Epilogue::default(),
+    )?;
+    Ok(Net::Residual {
+        stem,
+        pool: imagenet,
+        blocks,
+        fc,
+    })
+}
+
+fn x_cs(x: Input) -> usize {
+    match x {
+        Input::Codes { cs, .. } | Input::Floats { cs } => cs,
+    }
+}

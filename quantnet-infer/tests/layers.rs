@@ -1,0 +1,218 @@
+//! Quantized layers on every instruction-set path against a naive code-domain reference: direct
+//! loops over `[cout][cin][kh][kw]` levels and NHWC codes, the exact integer sum, then the
+//! canonical epilogue (`fl(z·fl(α_w·α_a))`, bias, batch norm in f64, residual, ReLU, the hard
+//! quantizer). Tolerance 0, on random shapes (strides, padding, odd channel counts), for weights
+//! {1, 2, 3pm2, 3pm4} × activations u1–u4.
+
+use quantnet_infer::Isa;
+use quantnet_infer::layer::{
+    Act, ActQuant, BatchNorm, Conv, Epilogue, Geometry, Input, Map, Weights,
+};
+
+/// SplitMix64.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+const WEIGHT_SETS: [&[i8]; 4] = [
+    &[-1, 1],
+    &[-1, 0, 1],
+    &[-2, -1, 0, 1, 2],
+    &[-4, -2, -1, 0, 1, 2, 4],
+];
+
+/// The canonical epilogue of one output, written out longhand.
+fn reference_value(e: &Epilogue, scale: f32, c: usize, z: i64, residual: f32) -> (f32, Option<u8>) {
+    let mut v = z as f32 * scale;
+    if let Some(b) = &e.bias {
+        v += b[c];
+    }
+    if let Some(bn) = &e.bn {
+        let k = f64::from(bn.gamma[c]) / (f64::from(bn.var[c]) + bn.epsilon).sqrt();
+        v = ((f64::from(v) - f64::from(bn.mean[c])) * k + f64::from(bn.beta[c])) as f32;
+    }
+    if e.residual {
+        v += residual;
+    }
+    if e.relu && v <= 0.0 {
+        v = 0.0;
+    }
+    match &e.quant {
+        None => (v, None),
+        Some(q) => {
+            let bv = q.beta * v;
+            let mut y = 0f32;
+            for (i, b) in q.thresholds.iter().enumerate() {
+                if bv >= *b {
+                    y += q.levels[i + 1] - q.levels[i];
+                }
+            }
+            y -= -q.levels[0];
+            (q.alpha * y, Some(y as u8))
+        }
+    }
+}
+
+#[test]
+fn quantized_layers_match_the_code_domain_reference_on_every_path() {
+    let mut rng = Rng(2026);
+    let mut checked = 0;
+    for case in 0..96 {
+        let wset = WEIGHT_SETS[case % 4];
+        let abits = 1 + (case / 4) % 4;
+        let amax = (1u32 << abits) - 1;
+        let k = [1, 3, 5][rng.below(3)];
+        let geo = Geometry {
+            cin: 1 + rng.below(21),
+            cout: 1 + rng.below(40),
+            kh: k,
+            kw: k,
+            stride: 1 + rng.below(2),
+            pad: rng.below(k / 2 + 1),
+        };
+        let (n, h, w) = (1 + rng.below(3), k + rng.below(7), k + rng.below(7));
+        let cs = geo.cin.div_ceil(4) * 4 + 4 * rng.below(2);
+        let per = geo.cin * k * k;
+        let levels: Vec<i8> = (0..geo.cout * per)
+            .map(|_| wset[rng.below(wset.len())])
+            .collect();
+        let alpha_w: Vec<f32> = (0..geo.cout).map(|_| 0.01 + rng.unit()).collect();
+        let alpha_in = 0.05 + rng.unit();
+        let mut codes = Map::<u8>::zeros(n, h, w, geo.cin, cs);
+        for p in 0..n * h * w {
+            for c in 0..geo.cin {
+                codes.data[p * cs + c] = rng.below(amax as usize + 1) as u8;
+            }
+        }
+        let residual = case % 3 == 2;
+        let out_levels: Vec<f32> = (0..=amax).map(|y| y as f32).collect();
+        let quant = (case % 5 != 4).then(|| ActQuant {
+            alpha: 0.1 + rng.unit(),
+            beta: 0.2 + rng.unit(),
+            thresholds: (0..amax)
+                .map(|i| (i as f32 + 0.3 + 0.4 * rng.unit()) * 2.0)
+                .collect(),
+            levels: out_levels.clone(),
+        });
+        let epi = Epilogue {
+            bias: (case % 2 == 0).then(|| (0..geo.cout).map(|_| rng.unit() - 0.5).collect()),
+            bn: (case % 3 != 0).then(|| BatchNorm {
+                // Some negative γ: channels whose epilogue decreases with the sum.
+                gamma: (0..geo.cout).map(|_| 2.0 * rng.unit() - 0.6).collect(),
+                beta: (0..geo.cout).map(|_| rng.unit()).collect(),
+                mean: (0..geo.cout).map(|_| rng.unit() - 0.5).collect(),
+                var: (0..geo.cout).map(|_| 0.5 + rng.unit()).collect(),
+                epsilon: 1e-5,
+            }),
+            residual,
+            relu: case % 7 != 6,
+            quant,
+        };
+        let oh = (h + 2 * geo.pad - k) / geo.stride + 1;
+        let ow = (w + 2 * geo.pad - k) / geo.stride + 1;
+        let stride_out = geo.cout.div_ceil(16) * 16;
+        let mut shortcut = Map::<f32>::zeros(n, oh, ow, geo.cout, stride_out);
+        for v in &mut shortcut.data {
+            *v = 2.0 * rng.unit() - 1.0;
+        }
+        // The reference.
+        let mut want_vals = vec![0f32; n * oh * ow * geo.cout];
+        let mut want_codes = vec![0u8; n * oh * ow * geo.cout];
+        for img in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for co in 0..geo.cout {
+                        let mut z = 0i64;
+                        for ci in 0..geo.cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (y, x) = (oy * geo.stride + ky, ox * geo.stride + kx);
+                                    let (Some(y), Some(x)) =
+                                        (y.checked_sub(geo.pad), x.checked_sub(geo.pad))
+                                    else {
+                                        continue;
+                                    };
+                                    if y >= h || x >= w {
+                                        continue;
+                                    }
+                                    let a = codes.data[((img * h + y) * w + x) * cs + ci];
+                                    let l = levels[((co * geo.cin + ci) * k + ky) * k + kx];
+                                    z += i64::from(a) * i64::from(l);
+                                }
+                            }
+                        }
+                        let q = ((img * oh + oy) * ow + ox) * geo.cout + co;
+                        let r = shortcut.data[((img * oh + oy) * ow + ox) * stride_out + co];
+                        let (v, code) = reference_value(&epi, alpha_w[co] * alpha_in, co, z, r);
+                        want_vals[q] = v;
+                        want_codes[q] = code.unwrap_or(0);
+                    }
+                }
+            }
+        }
+        let weights = Weights::Levels {
+            levels: levels.clone(),
+            alpha: alpha_w.clone(),
+        };
+        let input = Input::Codes {
+            alpha: alpha_in,
+            max: amax as u8,
+            cs,
+        };
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let conv = Conv::new(geo, &weights, &epi, input, isa, true);
+            assert!(conv.is_int(), "case {case}: not on integers");
+            let got = conv.forward(
+                &Act::Codes(codes.clone(), alpha_in),
+                residual.then_some(&shortcut),
+            );
+            let what = format!("case {case} {isa} {geo:?} W{wset:?} A{abits}");
+            let pick = |q: usize| (q / geo.cout) * stride_out + q % geo.cout;
+            match got {
+                Act::Codes(m, _) => {
+                    assert!(epi.quant.is_some(), "{what}");
+                    for (q, want) in want_codes.iter().enumerate() {
+                        assert_eq!(m.data[pick(q)], *want, "{what}: output {q}");
+                    }
+                }
+                Act::Floats(m) => {
+                    assert!(epi.quant.is_none(), "{what}");
+                    for (q, want) in want_vals.iter().enumerate() {
+                        assert_eq!(
+                            m.data[pick(q)].to_bits(),
+                            want.to_bits(),
+                            "{what}: output {q}"
+                        );
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 96);
+}
+
+/// The engine refuses an instruction set this CPU does not run, or one it does not know, with
+/// one line naming it.
+#[test]
+fn unknown_or_missing_instruction_sets_are_refused() {
+    let e = "neon".parse::<Isa>().unwrap_err().to_string();
+    assert!(e.contains("neon") && e.contains("scalar"), "{e}");
+    assert_eq!("scalar".parse::<Isa>().unwrap(), Isa::Scalar);
+    for isa in Isa::ALL {
+        assert_eq!(isa.name().parse::<Isa>().is_ok(), isa.available());
+    }
+}

@@ -1,0 +1,159 @@
+//! The integer engine (`quantnet-infer`) on exported models, against the model Burn runs from
+//! the same file: the same predictions, logits within float rounding, and the same bits on every
+//! instruction-set path.
+
+use burn::tensor::{Distribution, Tensor};
+use quantnet_burn::LevelSet;
+use quantnet_infer::{Engine, Isa, Mode};
+use quantnet_models::export;
+use quantnet_models::{Arch, InputShape, QuantPolicy};
+
+use crate::export::quantized_by;
+
+type B = crate::backend::Inner;
+
+const MNIST: InputShape = InputShape {
+    channels: 1,
+    height: 28,
+    width: 28,
+    classes: 10,
+};
+const CIFAR: InputShape = InputShape {
+    channels: 3,
+    height: 32,
+    width: 32,
+    classes: 10,
+};
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+/// One exported model run by Burn (from the file) and by the engine on every path: returns the
+/// number of predictions that differ from Burn's and the largest logit difference.
+fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -> (usize, f32) {
+    let device = Default::default();
+    let policy = QuantPolicy::recipe(Some(w.clone()), Some(a.clone()));
+    let mut model = {
+        use burn::tensor::backend::Backend;
+        B::seed(&device, seed);
+        quantized_by(arch, input, &policy)
+    };
+    let exported = export::export(&mut model, arch, input, None).unwrap();
+    let file = std::env::temp_dir().join(format!(
+        "quantnet-infer-{}-{arch}-{seed}-{}-{}.qnet",
+        std::process::id(),
+        w.name(),
+        a.name()
+    ));
+    std::fs::write(&file, &exported.bytes).unwrap();
+    let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
+    std::fs::remove_file(&file).ok();
+    let n = 16;
+    let images = Tensor::<B, 4>::random(
+        [n, input.channels, input.height, input.width],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let pixels: Vec<f32> = images.clone().into_data().to_vec().unwrap();
+    let burn: Vec<f32> = burn_model.forward(images).into_data().to_vec().unwrap();
+    let what = format!("{arch} W{} A{} seed {seed}", w.name(), a.name());
+    let mut reference: Option<Vec<f32>> = None;
+    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+        let engine = Engine::from_bytes(&exported.bytes, "x".as_ref(), isa, Mode::Int).unwrap();
+        let layers = engine.layers();
+        // Every quantized layer whose input is quantized runs on integers.
+        let int = layers.iter().filter(|l| l.int).count();
+        assert!(int >= 1, "{what}: no integer layer in {layers:?}");
+        let got = engine.forward_threads(&pixels, n, 2).unwrap();
+        match &reference {
+            None => reference = Some(got),
+            Some(r) => {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(r), "{what}: {isa} differs from scalar");
+            }
+        }
+    }
+    let int = reference.unwrap();
+    let c = input.classes;
+    let flips = (0..n)
+        .filter(|&i| argmax(&int[i * c..(i + 1) * c]) != argmax(&burn[i * c..(i + 1) * c]))
+        .count();
+    let diff = int
+        .iter()
+        .zip(&burn)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    // The engine's f32 mode computes what Burn computes, in another summation order.
+    let f32_engine = Engine::from_bytes(&exported.bytes, "x".as_ref(), Isa::best(), Mode::F32)
+        .unwrap()
+        .forward(&pixels, n)
+        .unwrap();
+    let fdiff = f32_engine
+        .iter()
+        .zip(&burn)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = burn.iter().fold(1f32, |m, x| m.max(x.abs()));
+    assert!(
+        fdiff <= 1e-3 * scale,
+        "{what}: f32 mode differs from Burn by {fdiff}"
+    );
+    (flips, diff / scale)
+}
+
+/// Every weight set the engine takes × every activation width, on LeNet-5, TFC and ResNet-20:
+/// predictions identical to Burn's hard forward of the same file, logits within float rounding
+/// (a handful of activation codes may land on the other side of a threshold; no prediction may
+/// change).
+#[test]
+fn the_engine_runs_exported_models_as_burn_does() {
+    let _serial = crate::backend::serial();
+    let weights = [
+        LevelSet::binary(),
+        LevelSet::ternary(),
+        LevelSet::three_pm2(),
+        LevelSet::three_pm4(),
+    ];
+    let mut cases = Vec::new();
+    for (i, w) in weights.iter().enumerate() {
+        for bits in 1..=4 {
+            let a = LevelSet::unsigned(bits).unwrap();
+            cases.push((Arch::Lenet5, MNIST, w.clone(), a.clone()));
+            if (i + bits as usize) % 2 == 0 {
+                cases.push((Arch::Tfc, MNIST, w.clone(), a));
+            }
+        }
+    }
+    cases.push((
+        Arch::Resnet20,
+        CIFAR,
+        LevelSet::ternary(),
+        LevelSet::unsigned(2).unwrap(),
+    ));
+    cases.push((
+        Arch::Resnet20,
+        CIFAR,
+        LevelSet::three_pm4(),
+        LevelSet::unsigned(3).unwrap(),
+    ));
+    let mut worst = 0f32;
+    for (k, (arch, input, w, a)) in cases.into_iter().enumerate() {
+        let (flips, diff) = compare(arch, input, w.clone(), a.clone(), k as u64);
+        assert_eq!(
+            flips,
+            0,
+            "{arch} W{} A{}: predictions differ",
+            w.name(),
+            a.name()
+        );
+        worst = worst.max(diff);
+    }
+    eprintln!("largest logit difference, relative to the largest logit: {worst:e}");
+}
