@@ -52,6 +52,9 @@ pub(crate) enum Command {
     /// temperature) and weights.png (each quantized weight layer's histogram with its levels
     /// and thresholds, at initialisation and at the end).
     Plot(PlotArgs),
+    /// Classify images with an exported model (.qnet) on the integer engine: one line per image
+    /// with its predicted class and score.
+    Infer(InferArgs),
     /// Run a trained detector (ssd-small, ssd300) on images and write each with its detected
     /// boxes drawn (NAME.detections.png) and listed (NAME.detections.csv, pixels).
     Detect(DetectArgs),
@@ -162,6 +165,87 @@ pub(crate) enum BenchCommand {
     /// input of its shape, full precision and quantized, and its hard-quantized inference, per
     /// backend side by side.
     Train(BenchTrainArgs),
+    /// Inference of an exported model (or a freshly quantized one of an architecture) on the
+    /// integer engine, the engine's f32 mode and Burn's hard forward, per batch size and thread
+    /// count, side by side.
+    Infer(BenchInferArgs),
+}
+
+/// Which engine runs an exported model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EngineName {
+    /// Burn's hard-quantized forward of the decoded model (the backend of --backend).
+    Burn,
+    /// quantnet-infer on integer codes (CPU).
+    Int,
+    /// quantnet-infer's f32 mode: the same loops on floats (CPU).
+    F32,
+}
+
+impl EngineName {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            EngineName::Burn => "burn",
+            EngineName::Int => "int",
+            EngineName::F32 => "f32",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchInferArgs {
+    /// The exported model to time.
+    #[arg(long, required_unless_present = "model")]
+    pub(crate) model_file: Option<PathBuf>,
+    /// Or an architecture, freshly initialised and quantized (--weights, --acts; activations
+    /// calibrated on random input) at its usual input shape.
+    #[arg(long, conflicts_with = "model_file")]
+    pub(crate) model: Option<quantnet_models::Arch>,
+    /// Weight levels for --model.
+    #[arg(long, default_value = "2", allow_hyphen_values = true)]
+    pub(crate) weights: crate::run::WeightPrecision,
+    /// Activation levels for --model.
+    #[arg(long, default_value = "2", allow_hyphen_values = true)]
+    pub(crate) acts: crate::run::ActPrecision,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
+    pub(crate) batch: Vec<usize>,
+    /// Thread counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    pub(crate) threads: Vec<usize>,
+    /// Engines to time.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [EngineName::Int, EngineName::F32, EngineName::Burn])]
+    pub(crate) engine: Vec<EngineName>,
+    /// Timed runs per cell, interleaved across engines (the median is reported).
+    #[arg(long, default_value_t = 25)]
+    pub(crate) runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) warmup: usize,
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print the integer engine's multiply-adds/s per layer (batch = the largest --batch, one
+    /// thread).
+    #[arg(long)]
+    pub(crate) layers: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InferArgs {
+    /// The exported model (.qnet).
+    #[arg(long)]
+    pub(crate) model_file: PathBuf,
+    /// Image files (PNG, JPEG): resized (shorter side) and centre-cropped to the model's input,
+    /// grey or RGB as the model takes, normalised as its data set.
+    #[arg(required = true)]
+    pub(crate) images: Vec<PathBuf>,
+    /// The data set whose normalisation applies (default: the one the file records).
+    #[arg(long)]
+    pub(crate) dataset: Option<quantnet_models::data::Dataset>,
+    /// Run on floats (the engine's f32 mode) instead of integers.
+    #[arg(long)]
+    pub(crate) f32: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -535,6 +619,13 @@ pub(crate) struct EvalArgs {
     /// Write summary.json (the same fields as a training run) into this folder.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
+    /// What runs a --model-file .qnet: Burn's hard forward (on --backend), or quantnet-infer
+    /// on integer codes (`int`) or on floats (`f32`), on the CPU.
+    #[arg(long, value_enum, default_value_t = EngineName::Burn, requires = "model_file")]
+    pub(crate) engine: EngineName,
+    /// Threads for `--engine int|f32` (default: every core).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
     /// Where it runs.
     #[command(flatten)]
     pub(crate) target: DeviceArgs,

@@ -50,8 +50,13 @@ impl Isa {
         }
     }
 
-    /// Whether this CPU runs the path.
+    /// Whether this CPU runs the path (detected once).
     pub fn available(self) -> bool {
+        static DETECTED: std::sync::OnceLock<[bool; 3]> = std::sync::OnceLock::new();
+        DETECTED.get_or_init(|| Isa::ALL.map(Isa::detect))[self as usize]
+    }
+
+    fn detect(self) -> bool {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
@@ -122,30 +127,46 @@ impl std::str::FromStr for Isa {
 
 /// The operands of one block: `acc[r·16 + j] = Σ_g Σ_t acts[bases[r] + offs[g] + t] ·
 /// w[(g·16 + j)·4 + t]` for rows `r < bases.len()` (at most [`ROWS`]), `t < 4`.
+#[derive(Clone, Copy)]
 pub(crate) struct IntBlock<'a> {
     /// Activation codes (NHWC, spatially padded): the layer's whole input.
     pub acts: &'a [u8],
-    /// Where each output pixel's receptive field starts in `acts`.
+    /// Where each output pixel's receptive field starts in `acts` (set per call).
     pub bases: &'a [usize],
     /// Where each group of 4 input channels of each tap lies, relative to a base.
-    pub offs: &'a [usize],
+    offs: &'a [usize],
     /// One block of 16 output channels of packed weights: `[G][16][4]` s8 levels.
-    pub w: &'a [i8],
+    w: &'a [i8],
+    /// The largest of `offs` (computed once by [`IntBlock::new`]).
+    off_max: usize,
 }
 
-impl IntBlock<'_> {
+impl<'a> IntBlock<'a> {
+    /// A block over `acts` with tap offsets `offs` and weights `w` (`offs.len()·64` bytes).
+    ///
+    /// # Panics
+    /// If `w` does not hold `offs.len()·64` bytes.
+    pub(crate) fn new(acts: &'a [u8], offs: &'a [usize], w: &'a [i8]) -> Self {
+        assert_eq!(w.len(), offs.len() * LANES * 4, "weights per group");
+        Self {
+            acts,
+            bases: &[],
+            offs,
+            w,
+            off_max: offs.iter().max().copied().unwrap_or(0),
+        }
+    }
+
+    /// This block for the output pixels at `bases`.
+    pub(crate) fn at(&self, bases: &'a [usize]) -> Self {
+        Self { bases, ..*self }
+    }
+
     /// Panics unless every load the kernels make lies inside the slices (what makes the
     /// pointer loads below sound).
     fn check(&self) {
         assert!(self.bases.len() <= ROWS, "at most {ROWS} rows per block");
-        assert_eq!(
-            self.w.len(),
-            self.offs.len() * LANES * 4,
-            "weights per group"
-        );
-        let far = self.bases.iter().max().copied().unwrap_or(0)
-            + self.offs.iter().max().copied().unwrap_or(0)
-            + 4;
+        let far = self.bases.iter().max().copied().unwrap_or(0) + self.off_max + 4;
         assert!(
             self.offs.is_empty() || self.bases.is_empty() || far <= self.acts.len(),
             "a receptive field past the activations"
@@ -205,7 +226,7 @@ pub(crate) fn f32_block(isa: Isa, b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES
     assert!(b.bases.len() <= ROWS && b.w.len() == b.offs.len() * LANES);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`.
+        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; `w` length checked.
         Isa::Avx512 if Isa::Avx512.available() => unsafe { x86::f32_avx512(b, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed on this CPU by `Isa::available`.
@@ -415,9 +436,19 @@ pub(crate) fn float_epi_block(
     width: usize,
 ) {
     assert!(rows <= ROWS && width <= LANES);
+    let need = if rows == 0 {
+        0
+    } else {
+        (rows - 1) * stride + width
+    };
+    let out_len = match &out {
+        EpiOut::Codes(o) => o.len(),
+        EpiOut::Floats(o) => o.len(),
+    };
+    assert!(out_len >= need && residual.is_none_or(|r| r.len() >= need));
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`.
+        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; lengths checked.
         Isa::Avx512 if Isa::Avx512.available() => unsafe {
             x86::epi_avx512(e, acc, rows, residual, out, stride, width)
         },
@@ -579,13 +610,53 @@ mod x86 {
         }
     }
 
-    /// The float block compiled for AVX-512 (the portable body).
+    /// The float block with AVX-512 intrinsics: per `k`, the 16 weights times each row's
+    /// broadcast activation, multiplied then added (`vmulps`, `vaddps`: no fused multiply-add,
+    /// as the portable body), in increasing `k`: the same bits.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL.
+    /// The CPU must have AVX-512 F/BW/VL; `b.w` must hold `offs.len()·16` values (checked by the
+    /// caller).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn f32_avx512(b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
-        super::f32_body(b, acc);
+        let rows = b.bases.len();
+        let mut r0 = 0;
+        while r0 < rows {
+            let take = if rows - r0 >= ROWS { ROWS } else { 1 };
+            // SAFETY: the caller's contract.
+            unsafe {
+                if take == ROWS {
+                    f32_rows_avx512::<ROWS>(b, r0, acc);
+                } else {
+                    f32_rows_avx512::<1>(b, r0, acc);
+                }
+            }
+            r0 += take;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn f32_rows_avx512<const R: usize>(
+        b: &F32Block<'_>,
+        r0: usize,
+        acc: &mut [f32; ROWS * LANES],
+    ) {
+        let mut sums = [_mm512_setzero_ps(); R];
+        let bases: [usize; R] = std::array::from_fn(|r| b.bases[r0 + r]);
+        for (k, &off) in b.offs.iter().enumerate() {
+            // SAFETY: `w` holds `offs.len()·16` floats (checked), so row `k` is in bounds.
+            let wv = unsafe { _mm512_loadu_ps(b.w.as_ptr().add(k * LANES)) };
+            for r in 0..R {
+                // A checked load: the activation index is data-dependent.
+                let a = _mm512_set1_ps(b.acts[bases[r] + off]);
+                sums[r] = _mm512_add_ps(sums[r], _mm512_mul_ps(a, wv));
+            }
+        }
+        for (r, s) in sums.iter().enumerate() {
+            // SAFETY: `acc` has ROWS·16 floats and `r0 + r < ROWS`.
+            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add((r0 + r) * LANES), *s) };
+        }
     }
 
     /// The float block compiled for AVX2 (the portable body).
@@ -597,10 +668,12 @@ mod x86 {
         super::f32_body(b, acc);
     }
 
-    /// The threshold epilogue compiled for AVX-512 (the portable body).
+    /// The threshold epilogue with AVX-512 intrinsics (the portable body's integer operations:
+    /// the same codes).
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL.
+    /// The CPU must have AVX-512 F/BW/VL; `out` must hold `(rows − 1)·stride + width` bytes and
+    /// `t.thr` a multiple of 16 values (checked by the caller).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn threshold_avx512(
         t: &Thresholds<'_>,
@@ -610,7 +683,35 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        super::threshold_body(t, acc, rows, out, stride, width);
+        let mask: __mmask16 = if width >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        };
+        // SAFETY: table rows are 16 values (`thr` a multiple of 16, `mask`/`base` arrays),
+        // `acc` holds ROWS·16 values with `r < rows ≤ ROWS`, and the byte stores are masked to
+        // `width` at `r·stride`, inside the length the caller checked.
+        unsafe {
+            let sign = _mm512_loadu_si512(t.mask.as_ptr().cast());
+            let base = _mm512_loadu_si512(t.base.as_ptr().cast());
+            let one = _mm512_set1_epi32(1);
+            for r in 0..rows {
+                let z = _mm512_loadu_si512(acc.as_ptr().add(r * LANES).cast());
+                let mut cnt = _mm512_setzero_si512();
+                for thr in t.thr.chunks_exact(LANES) {
+                    let th = _mm512_loadu_si512(thr.as_ptr().cast());
+                    let ge = _mm512_cmpge_epi32_mask(z, th);
+                    cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
+                }
+                let code =
+                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
+                _mm512_mask_cvtepi32_storeu_epi8(
+                    out.as_mut_ptr().add(r * stride).cast(),
+                    mask,
+                    code,
+                );
+            }
+        }
     }
 
     /// The threshold epilogue compiled for AVX2 (the portable body).
@@ -629,10 +730,14 @@ mod x86 {
         super::threshold_body(t, acc, rows, out, stride, width);
     }
 
-    /// The float epilogue compiled for AVX-512 (the portable body).
+    /// The float epilogue with AVX-512 intrinsics: the portable body's operations one for one
+    /// (`vmulps`/`vaddps`, f64 batch norm through `vcvtps2pd`/`vcvtpd2ps`, ReLU as
+    /// `vmaxps(v, 0)`, which returns +0 for −0 and NaN as `v > 0 ? v : 0` does, the quantizer as
+    /// masked adds in threshold order), so the same bits.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL.
+    /// The CPU must have AVX-512 F/BW/VL; `out` (and `residual`) must hold
+    /// `(rows − 1)·stride + width` values (checked by the caller).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn epi_avx512(
         e: &FloatEpi<'_>,
@@ -643,7 +748,81 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        super::epi_body(e, acc, rows, residual, out, stride, width);
+        let mask: __mmask16 = if width >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        };
+        // SAFETY (every load below): the per-channel tables are `[_; 16]` arrays, `acc` holds
+        // ROWS·16 values and `r < rows ≤ ROWS`; residual and output accesses are masked to
+        // `width` values at `r·stride`, inside the lengths the caller checked.
+        unsafe {
+            let scale = e.scale.map(|s| _mm512_loadu_ps(s.as_ptr()));
+            let bias = e.bias.map(|s| _mm512_loadu_ps(s.as_ptr()));
+            let bn = e.bn.map(|[m, k, sh]| {
+                let pair = |t: &[f64; LANES]| {
+                    (
+                        _mm512_loadu_pd(t.as_ptr()),
+                        _mm512_loadu_pd(t.as_ptr().add(8)),
+                    )
+                };
+                (pair(m), pair(k), pair(sh))
+            });
+            let zero = _mm512_setzero_ps();
+            for r in 0..rows {
+                let mut v = _mm512_loadu_ps(acc.as_ptr().add(r * LANES));
+                if let Some(s) = scale {
+                    v = _mm512_mul_ps(v, s);
+                }
+                if let Some(b) = bias {
+                    v = _mm512_add_ps(v, b);
+                }
+                if let Some(((m0, m1), (k0, k1), (s0, s1))) = bn {
+                    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+                    let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                        _mm512_castps_pd(v),
+                    )));
+                    let lo = _mm512_add_pd(_mm512_mul_pd(_mm512_sub_pd(lo, m0), k0), s0);
+                    let hi = _mm512_add_pd(_mm512_mul_pd(_mm512_sub_pd(hi, m1), k1), s1);
+                    let (lo, hi) = (_mm512_cvtpd_ps(lo), _mm512_cvtpd_ps(hi));
+                    v = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                        _mm256_castps_pd(hi),
+                    ));
+                }
+                if let Some(res) = residual {
+                    let x = _mm512_maskz_loadu_ps(mask, res.as_ptr().add(r * stride));
+                    v = _mm512_add_ps(v, x);
+                }
+                if e.relu {
+                    v = _mm512_max_ps(v, zero);
+                }
+                if let Some(q) = e.quant {
+                    let bv = _mm512_mul_ps(_mm512_set1_ps(q.beta), v);
+                    let mut y = zero;
+                    for (b, s) in q.thresholds.iter().zip(q.steps) {
+                        let hit = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(bv, _mm512_set1_ps(*b));
+                        y = _mm512_mask_add_ps(y, hit, y, _mm512_set1_ps(*s));
+                    }
+                    v = _mm512_sub_ps(y, _mm512_set1_ps(q.offset));
+                }
+                match &out {
+                    EpiOut::Codes(o) => {
+                        let codes = _mm512_cvttps_epi32(v);
+                        let at = o.as_ptr().add(r * stride).cast_mut();
+                        _mm512_mask_cvtepi32_storeu_epi8(at.cast(), mask, codes);
+                    }
+                    EpiOut::Floats(o) => {
+                        let x = match e.quant {
+                            Some(q) => _mm512_mul_ps(_mm512_set1_ps(q.alpha), v),
+                            None => v,
+                        };
+                        let at = o.as_ptr().add(r * stride).cast_mut();
+                        _mm512_mask_storeu_ps(at, mask, x);
+                    }
+                }
+            }
+        }
     }
 
     /// The float epilogue compiled for AVX2 (the portable body).
@@ -704,10 +883,8 @@ mod tests {
             let offs: Vec<usize> = (0..groups).map(|g| g * 4).collect();
             let bases: Vec<usize> = (0..rows).map(|_| (next() % 61) as usize).collect();
             let block = IntBlock {
-                acts: &acts,
                 bases: &bases,
-                offs: &offs,
-                w: &w,
+                ..IntBlock::new(&acts, &offs, &w)
             };
             let mut want = [0; ROWS * LANES];
             int_scalar(&block, &mut want);

@@ -484,17 +484,20 @@ impl Conv {
                     })
                     .collect();
                 let per_block = offs.len() * LANES * 4;
+                let blocks_w: Vec<IntBlock<'_>> = (0..blocks)
+                    .map(|b| {
+                        IntBlock::new(&input.data, &offs, &w[b * per_block..(b + 1) * per_block])
+                    })
+                    .collect();
                 let mut acc = [0i32; ROWS * LANES];
                 for q0 in (0..pixels).step_by(ROWS) {
                     let rows = ROWS.min(pixels - q0);
-                    let bases: Vec<usize> = (q0..q0 + rows).map(|q| base_of(q, *cs)).collect();
+                    let mut bases = [0usize; ROWS];
+                    for (r, q) in (q0..q0 + rows).enumerate() {
+                        bases[r] = base_of(q, *cs);
+                    }
                     for b in 0..blocks {
-                        let block = IntBlock {
-                            acts: &input.data,
-                            bases: &bases,
-                            offs: &offs,
-                            w: &w[b * per_block..(b + 1) * per_block],
-                        };
+                        let block = blocks_w[b].at(&bases[..rows]);
                         kernels::int_block(self.isa, &block, &mut acc);
                         let width = LANES.min(g.cout - b * LANES);
                         let at = q0 * stride + b * LANES;
@@ -546,11 +549,14 @@ impl Conv {
                 let per_block = offs.len() * LANES;
                 for q0 in (0..pixels).step_by(ROWS) {
                     let rows = ROWS.min(pixels - q0);
-                    let bases: Vec<usize> = (q0..q0 + rows).map(|q| base_of(q, *cs)).collect();
+                    let mut bases = [0usize; ROWS];
+                    for (r, q) in (q0..q0 + rows).enumerate() {
+                        bases[r] = base_of(q, *cs);
+                    }
                     for b in 0..blocks {
                         let block = F32Block {
                             acts: &input.data,
-                            bases: &bases,
+                            bases: &bases[..rows],
                             offs: &offs,
                             w: &w[b * per_block..(b + 1) * per_block],
                         };

@@ -445,8 +445,10 @@ impl Engine {
             } => {
                 let mut v = vec![stem];
                 for bl in blocks {
-                    v.extend(bl.convs.iter());
+                    let (last, first) = bl.convs.split_last().expect("a block has convs");
+                    v.extend(first.iter());
                     v.extend(bl.downsample.iter());
+                    v.push(last);
                 }
                 v.push(fc);
                 v
@@ -482,6 +484,44 @@ impl Engine {
         let x = Act::Floats(Map::zeros(1, i.height, i.width, i.channels, i.channels));
         self.run_net(x, &mut record);
         sizes
+    }
+
+    /// Per layer, the median time of its forward over `runs` passes of `batch` zero images (one
+    /// thread): where the time goes.
+    ///
+    /// # Errors
+    /// None in practice (the input is made to fit).
+    pub fn profile(
+        &self,
+        batch: usize,
+        runs: usize,
+    ) -> Result<Vec<(LayerInfo, std::time::Duration)>> {
+        let i = self.header.input;
+        let mut times: Vec<Vec<std::time::Duration>> = Vec::new();
+        for _ in 0..runs.max(1) {
+            let mut k = 0;
+            let mut record = |c: &Conv, x: &Act, r: Option<&Map<f32>>| {
+                let started = std::time::Instant::now();
+                let out = c.forward(x, r);
+                if times.len() <= k {
+                    times.push(Vec::new());
+                }
+                times[k].push(started.elapsed());
+                k += 1;
+                out
+            };
+            let x = Act::Floats(Map::zeros(batch, i.height, i.width, i.channels, i.channels));
+            self.run_net(x, &mut record);
+        }
+        Ok(self
+            .layers()
+            .into_iter()
+            .zip(times)
+            .map(|(l, mut t)| {
+                t.sort();
+                (l, t[t.len() / 2])
+            })
+            .collect())
     }
 
     /// Class scores for `n` images, NCHW f32 (normalised as in training), `[n][classes]`.
@@ -598,16 +638,16 @@ impl Engine {
                     x = max_pool(&x, 3, 2, 1);
                 }
                 for bl in blocks {
+                    let (last, first) = bl.convs.split_last().expect("a block has convs");
+                    let mut h = run(&first[0], &x, None);
+                    for c in &first[1..] {
+                        h = run(c, &h, None);
+                    }
                     let shortcut = match &bl.downsample {
                         Some(d) => run(d, &x, None).floats().into_owned(),
                         None => x.floats().into_owned(),
                     };
-                    let mut h = x;
-                    let last = bl.convs.len() - 1;
-                    for (i, c) in bl.convs.iter().enumerate() {
-                        h = run(c, &h, (i == last).then_some(&shortcut));
-                    }
-                    x = h;
+                    x = run(last, &h, Some(&shortcut));
                 }
                 let pooled = global_avg_pool(&x);
                 run(fc, &Act::Floats(pooled), None)
@@ -701,8 +741,24 @@ fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {
         let mut convs = Vec::new();
         let input = x;
         let mut h = x;
+        let mut downsample = None;
         for (j, name) in names.iter().enumerate() {
             let last = j == names.len() - 1;
+            // The shortcut is computed just before the conv it is added to (the run order).
+            if last && down {
+                let epi = Epilogue {
+                    bn: Some(b.store.bn(&format!("{p}.downsample.bn"), BN_EPS)?),
+                    ..Epilogue::default()
+                };
+                downsample = Some(b.conv(
+                    &format!("block{i}.downsample"),
+                    &format!("{p}.downsample.conv.conv"),
+                    input,
+                    (1, stride, 0),
+                    false,
+                    epi,
+                )?);
+            }
             let k = if bottleneck && j != 1 { 1 } else { 3 };
             let s = if (bottleneck && j == 1) || (!bottleneck && j == 0) {
                 stride
@@ -730,22 +786,6 @@ fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {
             h = c.output();
             convs.push(c);
         }
-        let downsample = if down {
-            let epi = Epilogue {
-                bn: Some(b.store.bn(&format!("{p}.downsample.bn"), BN_EPS)?),
-                ..Epilogue::default()
-            };
-            Some(b.conv(
-                &format!("block{i}.downsample"),
-                &format!("{p}.downsample.conv.conv"),
-                input,
-                (1, stride, 0),
-                false,
-                epi,
-            )?)
-        } else {
-            None
-        };
         x = h;
         blocks.push(Block { convs, downsample });
         i += 1;

@@ -136,6 +136,31 @@ impl<B: QatBackend> TrainCase<B> {
     }
 }
 
+/// A freshly initialised `arch` for `input` quantized by `policy` (weights from their random
+/// initialisation, activations calibrated on one batch of 16 images `~ N(0, 1)`), exported as a
+/// `.qnet` in memory: what `quantnet bench infer --model` times, so that nobody needs a trained
+/// file to compare engines.
+///
+/// # Errors
+/// As [`quantize::quantize_weights`], [`quantize::calibrate_acts`] and [`crate::export::export`].
+pub fn quantized_export<B: quantnet_burn::QuantBackend>(
+    arch: Arch,
+    input: InputShape,
+    policy: &QuantPolicy,
+    device: &B::Device,
+) -> Result<crate::export::Export> {
+    let temperatures = Temperatures::default();
+    let images = Tensor::<B, 4>::random(
+        [16, input.channels, input.height, input.width],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let mut model = Model::<B>::new(arch, input, device);
+    quantize::quantize_weights(&mut model, policy, &temperatures)?;
+    quantize::calibrate_acts(&mut model, policy, &temperatures, [images])?;
+    crate::export::export(&mut model, arch, input, None)
+}
+
 /// The input shape a model is benchmarked at: MNIST's for LeNet-5 and the FC nets, CIFAR-10's
 /// for VGG-small and ResNet-20, ImageNet's for the other classifiers, VOC's for the detectors.
 pub fn default_input(arch: Arch) -> InputShape {

@@ -150,8 +150,10 @@ fn train(args: &BenchTrainArgs) -> Result<()> {
 }
 
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
-    if let Some(BenchCommand::Train(train_args)) = &args.command {
-        return train(train_args);
+    match &args.command {
+        Some(BenchCommand::Train(train_args)) => return train(train_args),
+        Some(BenchCommand::Infer(infer_args)) => return super::infer::bench(infer_args),
+        None => {}
     }
     if args.sizes.iter().any(|&s| s == 0 || s > 1 << 28) {
         bail!("--sizes must be between 1 and {} elements", 1u64 << 28);

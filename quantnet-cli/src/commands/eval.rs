@@ -166,6 +166,9 @@ impl WithBackend for EvalJob {
 }
 
 pub(crate) fn run(args: EvalArgs) -> Result<()> {
+    if args.engine != crate::cli::EngineName::Burn {
+        return run_engine(&args);
+    }
     let list = args.target.list();
     if let Some(run) = &args.run
         && crate::run::RunConfig::read(&run.join("config.toml"))
@@ -365,6 +368,46 @@ pub(crate) fn info(args: InfoArgs) -> Result<()> {
             ),
             None => println!("{name:<22} {:<10} {:<8}", "activation", "fp32"),
         }
+    }
+    Ok(())
+}
+
+/// `quantnet eval --model-file F.qnet --engine int|f32`: the accuracy on quantnet-infer.
+fn run_engine(args: &EvalArgs) -> Result<()> {
+    let file = args
+        .model_file
+        .as_deref()
+        .context("--engine int|f32 runs a --model-file .qnet")?;
+    let (accuracy, images, seconds, engine, dataset) = super::infer::accuracy(
+        file,
+        args.engine,
+        args.dataset,
+        args.data_dir.as_deref(),
+        args.threads,
+    )?;
+    let int_layers = engine.layers().iter().filter(|l| l.int).count();
+    println!(
+        "{}: test accuracy (hard-quantized) {accuracy:.2}%   on {images} {dataset} test images, \
+         engine {} ({} path, {int_layers} layers on integers), {seconds:.1} s",
+        file.display(),
+        args.engine.name(),
+        engine.isa().name(),
+    );
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        let summary = serde_json::json!({
+            "model": engine.header().arch,
+            "dataset": dataset.to_string(),
+            "engine": args.engine.name(),
+            "isa": engine.isa().name(),
+            "test_images": images,
+            "test_accuracy_hard": accuracy,
+            "seconds": seconds,
+        });
+        write_atomic(
+            &out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod data;
 mod detect;
 mod eval;
 mod fit;
+mod infer;
 mod plot;
 mod quantizer;
 mod sweep;
@@ -22,6 +23,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Fit(args) => fit::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Infer(args) => infer::classify(args),
         Command::Info(args) => eval::info(args),
         Command::Export(args) => eval::export_run(args),
         Command::Data(args) => data::run(args),

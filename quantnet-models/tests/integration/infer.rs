@@ -126,7 +126,7 @@ fn the_engine_runs_exported_models_as_burn_does() {
         for bits in 1..=4 {
             let a = LevelSet::unsigned(bits).unwrap();
             cases.push((Arch::Lenet5, MNIST, w.clone(), a.clone()));
-            if (i + bits as usize) % 2 == 0 {
+            if (i + bits as usize).is_multiple_of(2) {
                 cases.push((Arch::Tfc, MNIST, w.clone(), a));
             }
         }
