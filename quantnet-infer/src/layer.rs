@@ -496,8 +496,8 @@ impl Conv {
                     for (r, q) in (q0..q0 + rows).enumerate() {
                         bases[r] = base_of(q, *cs);
                     }
-                    for b in 0..blocks {
-                        let block = blocks_w[b].at(&bases[..rows]);
+                    for (b, block) in blocks_w.iter().enumerate() {
+                        let block = block.at(&bases[..rows]);
                         kernels::int_block(self.isa, &block, &mut acc);
                         let width = LANES.min(g.cout - b * LANES);
                         let at = q0 * stride + b * LANES;

@@ -128,7 +128,7 @@ pub(crate) fn classify(args: InferArgs) -> Result<()> {
 /// An image file as the model's normalised input (NCHW planes): the shorter side resized to
 /// the input's, the centre cropped; RGB averaged to grey (ITU-R 601 weights) for a one-channel
 /// model.
-fn read_image(path: &PathBuf, input: InputShape, means: &[f32], stds: &[f32]) -> Result<Vec<f32>> {
+fn read_image(path: &Path, input: InputShape, means: &[f32], stds: &[f32]) -> Result<Vec<f32>> {
     if input.height != input.width {
         bail!("the engine's image reader takes square inputs");
     }
