@@ -2,9 +2,9 @@
 //!
 //! Every quantized conv and linear layer is an implicit GEMM over blocks of [`ROWS`] output
 //! pixels × [`LANES`] output channels. The kernels here compute one block's integer sums
-//! ([`int_block`]: u8 activation codes × s8 weight levels → i32) or float sums ([`f32_block`],
+//! (`int_block`: u8 activation codes × s8 weight levels → i32) or float sums (`f32_block`,
 //! the full-precision layers and the engine's f32 mode), and the integer-threshold epilogue
-//! ([`threshold_block`]). Each has a portable body and is compiled three times: for the
+//! (`threshold_block`). Each has a portable body and is compiled three times: for the
 //! baseline CPU (scalar), with AVX2, and with AVX-512 (+VNNI for the integer sums); [`Isa`]
 //! picks one at run time (`QUANTNET_ISA=scalar|avx2|avx512` forces one, so the tests run every
 //! path on one machine).

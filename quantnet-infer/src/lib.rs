@@ -1,6 +1,6 @@
 //! Integer inference for quantnet's exported low-bit models.
 //!
-//! A `.qnet` file ([`format`]) holds a model trained by quantnet: quantized weights as level
+//! A `.qnet` file ([`mod@format`]) holds a model trained by quantnet: quantized weights as level
 //! codes, activation quantizers, and the float layers. [`Engine`] packs it once and runs it on
 //! the CPU with integer arithmetic: every quantized conv and linear layer multiplies u8
 //! activation codes by s8 weight levels into exact i32 sums ([`kernels`]: AVX-512 VNNI, AVX2 or
