@@ -315,6 +315,15 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// Values (bytes or floats) per pixel.
+    pub fn cs(self) -> usize {
+        match self {
+            Input::Codes { cs, .. } | Input::Floats { cs } => cs,
+        }
+    }
+}
+
 /// The largest `|z|` for which every partial sum is an exactly representable f32 integer.
 const EXACT: i64 = 1 << 24;
 
@@ -378,9 +387,7 @@ impl Conv {
                 has_residual: epi.residual,
             }
         } else {
-            let cs = match input {
-                Input::Codes { cs, .. } | Input::Floats { cs } => cs,
-            };
+            let cs = input.cs();
             let values = weights.values(&geo);
             let mut w = vec![0f32; blocks * k * geo.cin * LANES];
             for co in 0..geo.cout {

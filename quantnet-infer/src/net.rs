@@ -799,7 +799,7 @@ fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {
     let fc = b.linear(
         "fc",
         "fc.linear",
-        Input::Floats { cs: x_cs(x) },
+        Input::Floats { cs: x.cs() },
         (1, 1, c),
         true,
         Epilogue::default(),
@@ -810,10 +810,4 @@ fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {
         blocks,
         fc,
     })
-}
-
-fn x_cs(x: Input) -> usize {
-    match x {
-        Input::Codes { cs, .. } | Input::Floats { cs } => cs,
-    }
 }

@@ -224,9 +224,8 @@ impl WithBackend for BenchJob<'_> {
                 ))
             })
             .collect::<Result<_>>()?;
-        let (_, burn_model) = export::load::<B::InnerBackend>(&file, &device)?;
-        let header = export::parse(&std::fs::read(&file)?, &file)?.0.header;
-        let input = header.input;
+        let (manifest, burn_model) = export::load::<B::InnerBackend>(&file, &device)?;
+        let input = manifest.header.input;
         let per = input.channels * input.height * input.width;
         let mut rows = Vec::new();
         if args.layers {
@@ -279,7 +278,7 @@ impl WithBackend for BenchJob<'_> {
                         model: name.clone(),
                         engine: e.name(),
                         isa: engine.as_ref().map_or_else(
-                            || format!("burn-{}", self.backend_name()),
+                            || format!("burn-{}", BackendName::Cpu.name()),
                             |e| e.isa().name().to_string(),
                         ),
                         batch,
@@ -293,12 +292,6 @@ impl WithBackend for BenchJob<'_> {
             }
         }
         Ok(rows)
-    }
-}
-
-impl BenchJob<'_> {
-    fn backend_name(&self) -> &'static str {
-        BackendName::Cpu.name()
     }
 }
 

@@ -75,13 +75,13 @@ pub(crate) fn quantized_by(arch: Arch, input: InputShape, policy: &QuantPolicy) 
     model
 }
 
-const MNIST: InputShape = InputShape {
+pub(crate) const MNIST: InputShape = InputShape {
     channels: 1,
     height: 28,
     width: 28,
     classes: 10,
 };
-const CIFAR: InputShape = InputShape {
+pub(crate) const CIFAR: InputShape = InputShape {
     channels: 3,
     height: 32,
     width: 32,

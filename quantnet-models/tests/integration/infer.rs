@@ -8,22 +8,9 @@ use quantnet_infer::{Engine, Isa, Mode};
 use quantnet_models::export;
 use quantnet_models::{Arch, InputShape, QuantPolicy};
 
-use crate::export::quantized_by;
+use crate::export::{CIFAR, MNIST, quantized_by};
 
 type B = crate::backend::Inner;
-
-const MNIST: InputShape = InputShape {
-    channels: 1,
-    height: 28,
-    width: 28,
-    classes: 10,
-};
-const CIFAR: InputShape = InputShape {
-    channels: 3,
-    height: 32,
-    width: 32,
-    classes: 10,
-};
 
 fn argmax(v: &[f32]) -> usize {
     v.iter()
@@ -33,6 +20,14 @@ fn argmax(v: &[f32]) -> usize {
             |b, (i, &x)| if x > b.1 { (i, x) } else { b },
         )
         .0
+}
+
+/// The largest absolute difference between two equally long score lists.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 /// One exported model run by Burn (from the file) and by the engine on every path: returns the
@@ -85,21 +80,13 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
     let flips = (0..n)
         .filter(|&i| argmax(&int[i * c..(i + 1) * c]) != argmax(&burn[i * c..(i + 1) * c]))
         .count();
-    let diff = int
-        .iter()
-        .zip(&burn)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let diff = max_diff(&int, &burn);
     // The engine's f32 mode computes what Burn computes, in another summation order.
     let f32_engine = Engine::from_bytes(&exported.bytes, "x".as_ref(), Isa::best(), Mode::F32)
         .unwrap()
         .forward(&pixels, n)
         .unwrap();
-    let fdiff = f32_engine
-        .iter()
-        .zip(&burn)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let fdiff = max_diff(&f32_engine, &burn);
     let scale = burn.iter().fold(1f32, |m, x| m.max(x.abs()));
     assert!(
         fdiff <= 1e-3 * scale,
