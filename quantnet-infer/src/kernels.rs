@@ -1,13 +1,14 @@
 //! The instruction-set kernels: the one module of the workspace that allows `unsafe`.
 //!
-//! Every quantized conv and linear layer is an implicit GEMM over blocks of [`ROWS`] output
-//! pixels × [`LANES`] output channels. The kernels here compute one block's integer sums
-//! (`int_block`: u8 activation codes × s8 weight levels → i32) or float sums (`f32_block`,
-//! the full-precision layers and the engine's f32 mode), and the integer-threshold epilogue
-//! (`threshold_block`). Each has a portable body and is compiled three times: for the
-//! baseline CPU (scalar), with AVX2, and with AVX-512 (+VNNI for the integer sums); [`Isa`]
-//! picks one at run time (`QUANTNET_ISA=scalar|avx2|avx512` forces one, so the tests run every
-//! path on one machine).
+//! Every quantized conv and linear layer is an implicit GEMM. For the integer layers a tile of
+//! output pixels' receptive fields is packed into a `Panel` (one stream read at constant
+//! offsets), and `int_panel` multiplies it with one or more blocks of [`LANES`] output channels
+//! (u8 activation codes × s8 weight levels → i32), keeping rows × blocks sums in registers.
+//! `f32_block` computes float sums of [`ROWS`] pixels (the full-precision layers and the
+//! engine's f32 mode), and `threshold_block` / `float_epi_block` are the epilogues. Each has a
+//! portable body and is compiled three times: for the baseline CPU (scalar), with AVX2, and
+//! with AVX-512 (+VNNI for the integer sums); [`Isa`] picks one at run time
+//! (`QUANTNET_ISA=scalar|avx2|avx512` forces one, so the tests run every path on one machine).
 //!
 //! Integer sums are exact on every path, and the float bodies are the same Rust code on every
 //! path (Rust never contracts `a·b + c` into a fused multiply-add), so all paths give the same
@@ -125,84 +126,131 @@ impl std::str::FromStr for Isa {
     }
 }
 
-/// The operands of one block: `acc[r·16 + j] = Σ_g Σ_t acts[bases[r] + offs[g] + t] ·
-/// w[(g·16 + j)·4 + t]` for rows `r < bases.len()` (at most [`ROWS`]), `t < 4`.
-#[derive(Clone, Copy)]
-pub(crate) struct IntBlock<'a> {
-    /// Activation codes (NHWC, spatially padded): the layer's whole input.
-    pub acts: &'a [u8],
-    /// Where each output pixel's receptive field starts in `acts` (set per call).
-    pub bases: &'a [usize],
-    /// Where each group of 4 input channels of each tap lies, relative to a base.
-    offs: &'a [usize],
-    /// One block of 16 output channels of packed weights: `[G][16][4]` s8 levels.
-    w: &'a [i8],
-    /// The largest of `offs` (computed once by [`IntBlock::new`]).
-    off_max: usize,
+/// Rows of the largest packed tile (a panel).
+pub(crate) const PANEL_ROWS: usize = 24;
+
+/// The tile shape for a layer with `blocks` 16-channel output blocks and `pixels` output
+/// pixels: `(rows, blocks per kernel call)`. About 24 accumulators (rows × blocks) stay in
+/// registers; wide layers share each broadcast code among 4 blocks, narrow ones each weight
+/// vector among 24 rows, and a layer with fewer than 6 pixels (a batch-1 linear layer) runs
+/// one row at a time.
+pub(crate) fn tile_shape(blocks: usize, pixels: usize) -> (usize, usize) {
+    match (pixels, blocks) {
+        (0..6, _) => (1, 4),
+        (_, 1) => (PANEL_ROWS, 1),
+        (_, 2 | 3) => (12, 2),
+        _ => (6, 4),
+    }
 }
 
-impl<'a> IntBlock<'a> {
-    /// A block over `acts` with tap offsets `offs` and weights `w` (`offs.len()·64` bytes).
-    ///
-    /// # Panics
-    /// If `w` does not hold `offs.len()·64` bytes.
-    pub(crate) fn new(acts: &'a [u8], offs: &'a [usize], w: &'a [i8]) -> Self {
-        assert_eq!(w.len(), offs.len() * LANES * 4, "weights per group");
+/// The bytes of one panel chunk for a layer with `cs` bytes per input pixel: the largest of
+/// 64, 32, 16, 8, 4 that divides it (the engine's maps have multiples of 16).
+///
+/// # Panics
+/// Unless `cs` is a multiple of 4 (the weight packing's groups).
+pub(crate) fn chunk_bytes(cs: usize) -> usize {
+    assert!(cs.is_multiple_of(4), "a multiple of 4 bytes per pixel");
+    [64, 32, 16, 8, 4]
+        .into_iter()
+        .find(|k| cs.is_multiple_of(*k))
+        .unwrap_or(4)
+}
+
+/// Activation codes of up to `rows` output pixels packed for the integer kernels:
+/// `data[(j·rows + r)·k + i]` is byte `i` of chunk `j` of row `r`'s receptive field, where chunk
+/// `j` is `k` consecutive input channels of one tap. Packing turns the rows' scattered
+/// receptive fields (any stride, padding, image boundary) into one stream read at constant
+/// offsets.
+pub(crate) struct Panel {
+    data: Vec<u8>,
+    rows: usize,
+    k: usize,
+    chunks: usize,
+}
+
+impl Panel {
+    /// An empty panel of `rows` rows of `chunks` chunks of `k` bytes (k: 4, 8, 16, 32 or 64).
+    pub(crate) fn new(rows: usize, k: usize, chunks: usize) -> Self {
+        assert!(matches!(k, 4 | 8 | 16 | 32 | 64) && (1..=PANEL_ROWS).contains(&rows));
         Self {
-            acts,
-            bases: &[],
-            offs,
-            w,
-            off_max: offs.iter().max().copied().unwrap_or(0),
+            data: vec![0; chunks * rows * k],
+            rows,
+            k,
+            chunks,
         }
     }
 
-    /// This block for the output pixels at `bases`.
-    pub(crate) fn at(&self, bases: &'a [usize]) -> Self {
-        Self { bases, ..*self }
+    /// Packs the receptive fields starting at `bases` (at most `rows`; rows past them keep
+    /// old codes, whose sums the caller ignores), chunk `j` at `acts[base + offs[j]..][..k]`.
+    ///
+    /// # Panics
+    /// If a chunk lies outside `acts`, or there are more bases than rows or offsets than chunks.
+    pub(crate) fn pack(&mut self, acts: &[u8], bases: &[usize], offs: &[usize]) {
+        assert!(bases.len() <= self.rows && offs.len() == self.chunks);
+        match self.k {
+            4 => self.pack_k::<4>(acts, bases, offs),
+            8 => self.pack_k::<8>(acts, bases, offs),
+            16 => self.pack_k::<16>(acts, bases, offs),
+            32 => self.pack_k::<32>(acts, bases, offs),
+            _ => self.pack_k::<64>(acts, bases, offs),
+        }
     }
 
-    /// Panics unless every load the kernels make lies inside the slices (what makes the
-    /// pointer loads below sound).
-    fn check(&self) {
-        assert!(self.bases.len() <= ROWS, "at most {ROWS} rows per block");
-        let far = self.bases.iter().max().copied().unwrap_or(0) + self.off_max + 4;
-        assert!(
-            self.offs.is_empty() || self.bases.is_empty() || far <= self.acts.len(),
-            "a receptive field past the activations"
-        );
+    fn pack_k<const K: usize>(&mut self, acts: &[u8], bases: &[usize], offs: &[usize]) {
+        for (chunk, &off) in self.data.chunks_exact_mut(self.rows * K).zip(offs) {
+            for (dst, &base) in chunk.chunks_exact_mut(K).zip(bases) {
+                let src: &[u8; K] = acts[base + off..base + off + K].try_into().unwrap();
+                dst.copy_from_slice(src);
+            }
+        }
     }
 }
 
-/// The integer sums of one block into `acc` (`[ROWS][LANES]`, rows past `bases.len()` left as
-/// they are), on `isa`. Exact: the same i32 values on every path.
-pub(crate) fn int_block(isa: Isa, b: &IntBlock<'_>, acc: &mut [i32; ROWS * LANES]) {
-    b.check();
+/// The integer sums of a packed panel against `blocks` consecutive 16-channel blocks of
+/// weights (`w`: `[blocks][chunks·k/4][16][4]` s8 levels, each block `chunks·k·16` bytes):
+/// `acc[(b·rows + r)·16 + j] = Σ_g Σ_t panel(r, g, t) · w[b][g][j][t]`, for every panel row.
+/// Exact: the same i32 values on every path.
+///
+/// # Panics
+/// If `w` or `acc` is too short.
+pub(crate) fn int_panel(isa: Isa, p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
+    let per_block = p.chunks * p.k * LANES;
+    assert!(w.len() >= blocks * per_block, "weights for {blocks} blocks");
+    assert!(
+        acc.len() >= blocks * p.rows * LANES,
+        "sums for {blocks} blocks"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was chosen by `Isa`, whose constructors only return paths
-        // `Isa::available` confirmed on this CPU (AVX-512 F/BW/VL/VNNI); `check` bounded every load.
-        Isa::Avx512 if Isa::Avx512.available() => unsafe { x86::int_avx512(b, acc) },
+        // `Isa::available` confirmed on this CPU (AVX-512 F/BW/VL/VNNI); the lengths of `w` and
+        // `acc` were checked above and `Panel` holds `chunks·rows·k` bytes by construction.
+        Isa::Avx512 if Isa::Avx512.available() => unsafe { x86::panel_avx512(p, w, blocks, acc) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 confirmed on this CPU by `Isa::available`; `check` bounded every load.
-        Isa::Avx2 if Isa::Avx2.available() => unsafe { x86::int_avx2(b, acc) },
-        _ => int_scalar(b, acc),
+        // SAFETY: AVX2 confirmed on this CPU by `Isa::available`; lengths checked as above.
+        Isa::Avx2 if Isa::Avx2.available() => unsafe { x86::panel_avx2(p, w, blocks, acc) },
+        _ => panel_scalar(p, w, blocks, acc),
     }
 }
 
 /// The scalar integer path (the reference the others are tested against).
-fn int_scalar(b: &IntBlock<'_>, acc: &mut [i32; ROWS * LANES]) {
-    for (r, &base) in b.bases.iter().enumerate() {
-        let out = &mut acc[r * LANES..(r + 1) * LANES];
-        out.fill(0);
-        for (g, &off) in b.offs.iter().enumerate() {
-            let a = &b.acts[base + off..base + off + 4];
-            let w = &b.w[g * LANES * 4..(g + 1) * LANES * 4];
-            for (j, o) in out.iter_mut().enumerate() {
-                let w = &w[j * 4..j * 4 + 4];
-                *o += (0..4)
-                    .map(|t| i32::from(a[t]) * i32::from(w[t]))
-                    .sum::<i32>();
+fn panel_scalar(p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
+    let per_block = p.chunks * p.k * LANES;
+    for b in 0..blocks {
+        let wb = &w[b * per_block..(b + 1) * per_block];
+        for r in 0..p.rows {
+            let out = &mut acc[(b * p.rows + r) * LANES..][..LANES];
+            out.fill(0);
+            for j in 0..p.chunks {
+                let codes = &p.data[(j * p.rows + r) * p.k..][..p.k];
+                for (c4, a) in codes.chunks_exact(4).enumerate() {
+                    let wg = &wb[(j * p.k / 4 + c4) * LANES * 4..][..LANES * 4];
+                    for (o, wj) in out.iter_mut().zip(wg.chunks_exact(4)) {
+                        *o += (0..4)
+                            .map(|t| i32::from(a[t]) * i32::from(wj[t]))
+                            .sum::<i32>();
+                    }
+                }
             }
         }
     }
@@ -496,113 +544,224 @@ fn epi_body(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{EpiOut, F32Block, FloatEpi, IntBlock, LANES, ROWS, Thresholds};
+    use super::{EpiOut, F32Block, FloatEpi, LANES, Panel, ROWS, Thresholds};
     use std::arch::x86_64::*;
 
-    /// The AVX-512 VNNI integer block: one `vpdpbusd` per (row, group of 4 channels).
+    /// The AVX-512 VNNI panel kernel: dispatches to a register tile of `R` rows × `C` blocks
+    /// for the panel's shape (any other shape runs the scalar path).
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL/VNNI, and `b` must have passed `IntBlock::check`.
+    /// The CPU must have AVX-512 F/BW/VL/VNNI; `w` must hold `blocks` blocks and `acc`
+    /// `blocks·rows·16` sums (checked by `int_panel`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn int_avx512(b: &IntBlock<'_>, acc: &mut [i32; ROWS * LANES]) {
-        let rows = b.bases.len();
-        let mut r0 = 0;
-        while r0 + ROWS <= rows {
-            // SAFETY: the caller's contract (features, checked bounds).
-            unsafe { rows_avx512::<ROWS>(b, r0, acc) };
-            r0 += ROWS;
+    pub(super) unsafe fn panel_avx512(p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
+        macro_rules! tile {
+            ($r:literal, $c:literal, $b0:expr) => {
+                match p.k {
+                    // SAFETY: the caller's contract, with blocks `b0..b0 + C` inside `blocks`.
+                    4 => unsafe { tile_avx512::<$r, $c, 4>(p, w, $b0, acc) },
+                    // SAFETY: as above.
+                    8 => unsafe { tile_avx512::<$r, $c, 8>(p, w, $b0, acc) },
+                    // SAFETY: as above.
+                    16 => unsafe { tile_avx512::<$r, $c, 16>(p, w, $b0, acc) },
+                    // SAFETY: as above.
+                    32 => unsafe { tile_avx512::<$r, $c, 32>(p, w, $b0, acc) },
+                    // SAFETY: as above.
+                    _ => unsafe { tile_avx512::<$r, $c, 64>(p, w, $b0, acc) },
+                }
+            };
         }
-        while r0 < rows {
-            // SAFETY: as above.
-            unsafe { rows_avx512::<1>(b, r0, acc) };
-            r0 += 1;
+        let mut b0 = 0;
+        while b0 < blocks {
+            let c = match (p.rows, blocks - b0) {
+                (24, _) => {
+                    tile!(24, 1, b0);
+                    1
+                }
+
+                (12, 1) => {
+                    tile!(12, 1, b0);
+                    1
+                }
+                (12, _) => {
+                    tile!(12, 2, b0);
+                    2
+                }
+                (6, 1) => {
+                    tile!(6, 1, b0);
+                    1
+                }
+                (6, 2 | 3) => {
+                    tile!(6, 2, b0);
+                    2
+                }
+                (6, _) => {
+                    tile!(6, 4, b0);
+                    4
+                }
+                (1, 1) => {
+                    tile!(1, 1, b0);
+                    1
+                }
+                (1, 2 | 3) => {
+                    tile!(1, 2, b0);
+                    2
+                }
+                (1, _) => {
+                    tile!(1, 4, b0);
+                    4
+                }
+                _ => {
+                    let per_block = p.chunks * p.k * LANES;
+                    let rest = blocks - b0;
+                    super::panel_scalar(
+                        p,
+                        &w[b0 * per_block..],
+                        rest,
+                        &mut acc[b0 * p.rows * LANES..],
+                    );
+                    rest
+                }
+            };
+            b0 += c;
         }
     }
 
+    /// `R` rows × `C` blocks of sums in `R·C` registers: per group of 4 input channels, `C`
+    /// weight vectors loaded, each row's 4 codes broadcast once and multiplied into every
+    /// block (`vpdpbusd`).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn rows_avx512<const R: usize>(
-        b: &IntBlock<'_>,
-        r0: usize,
-        acc: &mut [i32; ROWS * LANES],
+    unsafe fn tile_avx512<const R: usize, const C: usize, const K: usize>(
+        p: &Panel,
+        w: &[i8],
+        b0: usize,
+        acc: &mut [i32],
     ) {
-        let mut sums = [_mm512_setzero_si512(); R];
-        let a = b.acts.as_ptr();
-        let w = b.w.as_ptr();
-        let bases: [usize; R] = std::array::from_fn(|r| b.bases[r0 + r]);
-        for (g, &off) in b.offs.iter().enumerate() {
-            // SAFETY: `w` holds `offs.len()·64` bytes (checked), so group `g`'s 64 bytes are in
-            // bounds; `base + off + 4 ≤ acts.len()` for every row (checked), so each 4-byte
-            // read is in bounds. Unaligned loads are allowed by both intrinsics.
-            unsafe {
-                let wv = _mm512_loadu_si512(w.add(g * 64).cast());
-                for r in 0..R {
-                    let av =
-                        _mm512_set1_epi32(a.add(bases[r] + off).cast::<i32>().read_unaligned());
-                    sums[r] = _mm512_dpbusd_epi32(sums[r], av, wv);
+        debug_assert!(p.rows == R && p.k == K);
+        let per_block = p.chunks * K * LANES;
+        let mut sums = [[_mm512_setzero_si512(); C]; R];
+        let mut a = p.data.as_ptr();
+        // SAFETY: blocks `b0..b0 + C` lie in `w` (the caller's contract).
+        let mut wp = unsafe { w.as_ptr().add(b0 * per_block) };
+        for _ in 0..p.chunks {
+            for c4 in 0..K / 4 {
+                // SAFETY: chunk `j`'s weights are `K·16` bytes at `wp` (plus `c·per_block` for
+                // block `c`), and its codes `R·K` bytes at `a`: inside `w` and the panel, whose
+                // lengths are `blocks·per_block` and `chunks·R·K`. Unaligned loads are allowed.
+                unsafe {
+                    let wv: [__m512i; C] = std::array::from_fn(|c| {
+                        _mm512_loadu_si512(wp.add(c * per_block + c4 * 64).cast())
+                    });
+                    for (r, row) in sums.iter_mut().enumerate() {
+                        let code = a.add(r * K + c4 * 4).cast::<i32>().read_unaligned();
+                        let av = _mm512_set1_epi32(code);
+                        for (s, w) in row.iter_mut().zip(&wv) {
+                            *s = _mm512_dpbusd_epi32(*s, av, *w);
+                        }
+                    }
                 }
             }
+            // SAFETY: one chunk further, at most one past the end after the last chunk.
+            unsafe {
+                a = a.add(R * K);
+                wp = wp.add(K * LANES);
+            }
         }
-        for (r, s) in sums.iter().enumerate() {
-            let at = (r0 + r) * LANES;
-            // SAFETY: `acc` has ROWS·16 i32 and `r0 + r < bases.len() ≤ ROWS`.
-            unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(at).cast(), *s) };
+        for (r, row) in sums.iter().enumerate() {
+            for (c, s) in row.iter().enumerate() {
+                let at = ((b0 + c) * R + r) * LANES;
+                // SAFETY: `acc` holds `blocks·R·16` sums and `b0 + c < blocks`.
+                unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(at).cast(), *s) };
+            }
         }
     }
 
-    /// The AVX2 integer block: `vpmaddubsw` (u8×s8 pairs → i16, which the caller guarantees
-    /// cannot saturate) then `vpmaddwd` by 1 (→ i32), two 8-channel halves per group.
+    /// The AVX2 panel kernel: `vpmaddubsw` (u8×s8 pairs → i16, which the layer guarantees
+    /// cannot saturate) then `vpmaddwd` by 1 (→ i32), two 8-channel halves per block, a few
+    /// rows at a time.
     ///
     /// # Safety
-    /// The CPU must have AVX2, and `b` must have passed `IntBlock::check`.
+    /// The CPU must have AVX2; lengths as for `panel_avx512`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn int_avx2(b: &IntBlock<'_>, acc: &mut [i32; ROWS * LANES]) {
-        let rows = b.bases.len();
-        let mut r0 = 0;
-        while r0 + 4 <= rows {
-            // SAFETY: the caller's contract.
-            unsafe { rows_avx2::<4>(b, r0, acc) };
-            r0 += 4;
-        }
-        while r0 < rows {
-            // SAFETY: the caller's contract.
-            unsafe { rows_avx2::<1>(b, r0, acc) };
-            r0 += 1;
+    pub(super) unsafe fn panel_avx2(p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
+        for b in 0..blocks {
+            let mut r0 = 0;
+            while r0 < p.rows {
+                let left = p.rows - r0;
+                let rc = if left >= 6 {
+                    6
+                } else if left >= 4 {
+                    4
+                } else {
+                    1
+                };
+                macro_rules! rows {
+                    ($rc:literal) => {
+                        // SAFETY: the caller's contract; rows `r0..r0 + RC` lie in the panel.
+                        unsafe {
+                            match p.k {
+                                4 => rows_avx2::<$rc, 4>(p, w, b, r0, acc),
+                                8 => rows_avx2::<$rc, 8>(p, w, b, r0, acc),
+                                16 => rows_avx2::<$rc, 16>(p, w, b, r0, acc),
+                                32 => rows_avx2::<$rc, 32>(p, w, b, r0, acc),
+                                _ => rows_avx2::<$rc, 64>(p, w, b, r0, acc),
+                            }
+                        }
+                    };
+                }
+                match rc {
+                    6 => rows!(6),
+                    4 => rows!(4),
+                    _ => rows!(1),
+                }
+                r0 += rc;
+            }
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn rows_avx2<const R: usize>(
-        b: &IntBlock<'_>,
+    unsafe fn rows_avx2<const RC: usize, const K: usize>(
+        p: &Panel,
+        w: &[i8],
+        b: usize,
         r0: usize,
-        acc: &mut [i32; ROWS * LANES],
+        acc: &mut [i32],
     ) {
-        let mut lo = [_mm256_setzero_si256(); R];
-        let mut hi = [_mm256_setzero_si256(); R];
+        let per_block = p.chunks * K * LANES;
+        let mut lo = [_mm256_setzero_si256(); RC];
+        let mut hi = [_mm256_setzero_si256(); RC];
         let ones = _mm256_set1_epi16(1);
-        let a = b.acts.as_ptr();
-        let w = b.w.as_ptr();
-        let bases: [usize; R] = std::array::from_fn(|r| b.bases[r0 + r]);
-        for (g, &off) in b.offs.iter().enumerate() {
-            // SAFETY: as in `rows_avx512`: group `g`'s 64 weight bytes and each row's 4 code
-            // bytes were bounds-checked by `IntBlock::check`.
-            unsafe {
-                let w0 = _mm256_loadu_si256(w.add(g * 64).cast());
-                let w1 = _mm256_loadu_si256(w.add(g * 64 + 32).cast());
-                for r in 0..R {
-                    let av =
-                        _mm256_set1_epi32(a.add(bases[r] + off).cast::<i32>().read_unaligned());
-                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones);
-                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones);
-                    lo[r] = _mm256_add_epi32(lo[r], p0);
-                    hi[r] = _mm256_add_epi32(hi[r], p1);
+        // SAFETY: row `r0` and block `b` lie in the panel and in `w` (the caller's contract).
+        let (mut a, mut wp) =
+            unsafe { (p.data.as_ptr().add(r0 * K), w.as_ptr().add(b * per_block)) };
+        for _ in 0..p.chunks {
+            for c4 in 0..K / 4 {
+                // SAFETY: as in `tile_avx512`: the chunk's `K·16` weight bytes and the rows'
+                // codes lie inside `w` and the panel.
+                unsafe {
+                    let w0 = _mm256_loadu_si256(wp.add(c4 * 64).cast());
+                    let w1 = _mm256_loadu_si256(wp.add(c4 * 64 + 32).cast());
+                    for r in 0..RC {
+                        let code = a.add(r * K + c4 * 4).cast::<i32>().read_unaligned();
+                        let av = _mm256_set1_epi32(code);
+                        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones);
+                        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones);
+                        lo[r] = _mm256_add_epi32(lo[r], p0);
+                        hi[r] = _mm256_add_epi32(hi[r], p1);
+                    }
                 }
             }
+            // SAFETY: one chunk further, at most one past the end after the last chunk.
+            unsafe {
+                a = a.add(p.rows * K);
+                wp = wp.add(K * LANES);
+            }
         }
-        for r in 0..R {
-            let at = (r0 + r) * LANES;
-            // SAFETY: `acc` has ROWS·16 i32 and `r0 + r < ROWS`.
+        for r in 0..RC {
+            let at = (b * p.rows + r0 + r) * LANES;
+            // SAFETY: `acc` holds `blocks·rows·16` sums; `b < blocks`, `r0 + r < rows`.
             unsafe {
                 _mm256_storeu_si256(acc.as_mut_ptr().add(at).cast(), lo[r]);
                 _mm256_storeu_si256(acc.as_mut_ptr().add(at + 8).cast(), hi[r]);
@@ -859,15 +1018,18 @@ mod tests {
         }
     }
 
-    /// Every path gives the scalar sums bit for bit, for every row count and the extreme codes
-    /// (255 × −128 with AVX2's pairs kept below saturation by a small weight range).
+    /// Every path gives the scalar sums bit for bit, for every tile shape the layers use (and
+    /// odd ones, which AVX-512 runs on the scalar path), every chunk size, and the extreme
+    /// codes (255 × −128 with AVX2's pairs kept below saturation by a small weight range).
     #[test]
     fn every_path_gives_the_scalar_sums() {
         let mut next = rng(7);
-        for case in 0..40 {
-            let groups = 1 + (next() % 40) as usize;
-            let rows = 1 + (next() % ROWS as u64) as usize;
-            let acts: Vec<u8> = (0..groups * 4 + 64)
+        for case in 0..120 {
+            let rows = [24, 12, 6, 1, 5, 8][case % 6];
+            let k = [16, 32, 64, 4, 8][(case / 6) % 5];
+            let blocks = 1 + (next() % 6) as usize;
+            let chunks = 1 + (next() % 9) as usize;
+            let acts: Vec<u8> = (0..1024)
                 .map(|_| {
                     if case % 5 == 0 {
                         255
@@ -877,33 +1039,31 @@ mod tests {
                 })
                 .collect();
             // Weights within ±64: 2·255·64 < 32767, so AVX2 may run too.
-            let w: Vec<i8> = (0..groups * 64)
+            let w: Vec<i8> = (0..blocks * chunks * k * LANES)
                 .map(|_| ((next() % 129) as i32 - 64) as i8)
                 .collect();
-            let offs: Vec<usize> = (0..groups).map(|g| g * 4).collect();
-            let bases: Vec<usize> = (0..rows).map(|_| (next() % 61) as usize).collect();
-            let block = IntBlock {
-                bases: &bases,
-                ..IntBlock::new(&acts, &offs, &w)
-            };
-            let mut want = [0; ROWS * LANES];
-            int_scalar(&block, &mut want);
-            // A hand-written sum for one entry (row 0, channel 3): the layout's definition.
-            let direct: i32 = (0..groups)
-                .flat_map(|g| (0..4).map(move |t| (g, t)))
-                .map(|(g, t)| {
-                    i32::from(acts[bases[0] + offs[g] + t]) * i32::from(w[(g * 16 + 3) * 4 + t])
+            let offs: Vec<usize> = (0..chunks).map(|_| (next() % 400) as usize).collect();
+            let used = 1 + (next() % rows as u64) as usize;
+            let bases: Vec<usize> = (0..used).map(|_| (next() % 500) as usize).collect();
+            let mut panel = Panel::new(rows, k, chunks);
+            panel.pack(&acts, &bases, &offs);
+            let mut want = vec![0; blocks * rows * LANES];
+            panel_scalar(&panel, &w, blocks, &mut want);
+            // A hand-written sum for one entry (last block, row 0, channel 3): the layout's
+            // definition.
+            let b = blocks - 1;
+            let direct: i32 = (0..chunks)
+                .flat_map(|j| (0..k).map(move |i| (j, i)))
+                .map(|(j, i)| {
+                    let wi = b * chunks * k * LANES + ((j * k + i) / 4 * LANES + 3) * 4 + i % 4;
+                    i32::from(acts[bases[0] + offs[j] + i]) * i32::from(w[wi])
                 })
                 .sum();
-            assert_eq!(want[3], direct);
+            assert_eq!(want[b * rows * LANES + 3], direct);
             for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
-                let mut got = [0; ROWS * LANES];
-                int_block(isa, &block, &mut got);
-                assert_eq!(
-                    got[..rows * LANES],
-                    want[..rows * LANES],
-                    "{isa}, case {case}"
-                );
+                let mut got = vec![0; blocks * rows * LANES];
+                int_panel(isa, &panel, &w, blocks, &mut got);
+                assert_eq!(got, want, "{isa}, case {case}: {rows} rows, k {k}");
             }
         }
     }

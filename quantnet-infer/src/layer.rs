@@ -2,7 +2,7 @@
 //! run on integer codes or on floats, with its fused epilogue; max and average pooling.
 
 use crate::kernels::{
-    self, EpiOut, F32Block, FloatEpi, IntBlock, Isa, LANES, QuantEpi, ROWS, Thresholds,
+    self, EpiOut, F32Block, FloatEpi, Isa, LANES, PANEL_ROWS, Panel, QuantEpi, ROWS, Thresholds,
 };
 
 /// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
@@ -484,60 +484,68 @@ impl Conv {
             (Kernel::Int { w, cs, thresholds }, Act::Codes(m, _)) => {
                 assert_eq!(m.cs, *cs, "input channel stride");
                 let input = m.padded(g.pad);
+                let k = kernels::chunk_bytes(*cs);
                 let offs: Vec<usize> = (0..g.kh * g.kw)
                     .flat_map(|t| {
                         let (ky, kx) = (t / g.kw, t % g.kw);
-                        (0..cs / 4).map(move |c4| (ky * wp + kx) * cs + c4 * 4)
+                        (0..cs / k).map(move |c| (ky * wp + kx) * cs + c * k)
                     })
                     .collect();
-                let per_block = offs.len() * LANES * 4;
-                let blocks_w: Vec<IntBlock<'_>> = (0..blocks)
-                    .map(|b| {
-                        IntBlock::new(&input.data, &offs, &w[b * per_block..(b + 1) * per_block])
-                    })
-                    .collect();
-                let mut acc = [0i32; ROWS * LANES];
-                for q0 in (0..pixels).step_by(ROWS) {
-                    let rows = ROWS.min(pixels - q0);
-                    let mut bases = [0usize; ROWS];
-                    for (r, q) in (q0..q0 + rows).enumerate() {
+                let per_block = offs.len() * k * LANES;
+                let (rows, per_call) = kernels::tile_shape(blocks, pixels);
+                let mut panel = Panel::new(rows, k, offs.len());
+                // Slack past the last block's rows, so that every window of ROWS rows is whole.
+                let mut acc = vec![0i32; (per_call * rows + ROWS) * LANES];
+                let mut bases = [0usize; PANEL_ROWS];
+                for q0 in (0..pixels).step_by(rows) {
+                    let used = rows.min(pixels - q0);
+                    for (r, q) in (q0..q0 + used).enumerate() {
                         bases[r] = base_of(q, *cs);
                     }
-                    for (b, block) in blocks_w.iter().enumerate() {
-                        let block = block.at(&bases[..rows]);
-                        kernels::int_block(self.isa, &block, &mut acc);
-                        let width = LANES.min(g.cout - b * LANES);
-                        let at = q0 * stride + b * LANES;
-                        match (thresholds, &mut codes) {
-                            (Some(t), Some(out)) => {
-                                let th = Thresholds {
-                                    thr: &t.thr[b * t.n * LANES..(b + 1) * t.n * LANES],
-                                    mask: &t.mask[b],
-                                    base: &t.base[b],
-                                };
-                                kernels::threshold_block(
-                                    self.isa,
-                                    &th,
-                                    &acc,
-                                    rows,
-                                    &mut out.data[at..],
-                                    stride,
-                                    width,
-                                );
-                            }
-                            _ => {
-                                for (f, z) in acc_f.iter_mut().zip(&acc) {
-                                    *f = *z as f32;
+                    panel.pack(&input.data, &bases[..used], &offs);
+                    for b0 in (0..blocks).step_by(per_call) {
+                        let calls = per_call.min(blocks - b0);
+                        kernels::int_panel(self.isa, &panel, &w[b0 * per_block..], calls, &mut acc);
+                        for b in b0..b0 + calls {
+                            let width = LANES.min(g.cout - b * LANES);
+                            for r0 in (0..used).step_by(ROWS) {
+                                let n = ROWS.min(used - r0);
+                                let from = ((b - b0) * rows + r0) * LANES;
+                                let z: &[i32; ROWS * LANES] =
+                                    acc[from..from + ROWS * LANES].try_into().unwrap();
+                                let at = (q0 + r0) * stride + b * LANES;
+                                match (thresholds, &mut codes) {
+                                    (Some(t), Some(out)) => {
+                                        let th = Thresholds {
+                                            thr: &t.thr[b * t.n * LANES..(b + 1) * t.n * LANES],
+                                            mask: &t.mask[b],
+                                            base: &t.base[b],
+                                        };
+                                        kernels::threshold_block(
+                                            self.isa,
+                                            &th,
+                                            z,
+                                            n,
+                                            &mut out.data[at..],
+                                            stride,
+                                            width,
+                                        );
+                                    }
+                                    _ => {
+                                        for (f, z) in acc_f.iter_mut().zip(z) {
+                                            *f = *z as f32;
+                                        }
+                                        self.epilogue(
+                                            b,
+                                            &acc_f,
+                                            n,
+                                            residual,
+                                            at,
+                                            &mut codes,
+                                            &mut floats,
+                                        );
+                                    }
                                 }
-                                self.epilogue(
-                                    b,
-                                    &acc_f,
-                                    rows,
-                                    residual,
-                                    at,
-                                    &mut codes,
-                                    &mut floats,
-                                );
                             }
                         }
                     }

@@ -77,7 +77,7 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
         let k = [1, 3, 5][rng.below(3)];
         let geo = Geometry {
             cin: 1 + rng.below(21),
-            cout: 1 + rng.below(40),
+            cout: 1 + rng.below(80),
             kh: k,
             kw: k,
             stride: 1 + rng.below(2),
