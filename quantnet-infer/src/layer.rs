@@ -736,6 +736,7 @@ pub fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let dst = ((n * oh + oy) * ow + ox) * m.cs;
+                    let out = &mut out.data[dst..dst + m.cs];
                     let mut first = true;
                     for ky in 0..k {
                         let Some(y) = (oy * s + ky).checked_sub(p).filter(|&y| y < m.h) else {
@@ -746,13 +747,16 @@ pub fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
                                 continue;
                             };
                             let src = ((n * m.h + y) * m.w + x) * m.cs;
-                            for c in 0..m.cs {
-                                let v = m.data[src + c];
-                                if first || v > out.data[dst + c] {
-                                    out.data[dst + c] = v;
+                            let src = &m.data[src..src + m.cs];
+                            if first {
+                                out.copy_from_slice(src);
+                                first = false;
+                            } else {
+                                for (o, &v) in out.iter_mut().zip(src) {
+                                    // A select, not a branch: the loop vectorises.
+                                    *o = if v > *o { v } else { *o };
                                 }
                             }
-                            first = false;
                         }
                     }
                 }
