@@ -626,6 +626,10 @@ pub(crate) struct EvalArgs {
     /// Threads for `--engine int|f32` (default: every core).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Also write the predicted class of every test image to this file, one per line in
+    /// test-set order (`cmp` two engines' files to check they agree image by image).
+    #[arg(long, requires = "model_file")]
+    pub(crate) predictions: Option<PathBuf>,
     /// Where it runs.
     #[command(flatten)]
     pub(crate) target: DeviceArgs,

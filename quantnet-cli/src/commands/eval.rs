@@ -96,6 +96,16 @@ impl WithBackend for EvalJob {
             let hard =
                 quantnet_models::train::accuracy_on(&model, &items, batcher, batch, &devices);
             let seconds = started.elapsed().as_secs_f64();
+            if let Some(path) = &args.predictions {
+                let predicted = quantnet_models::train::predictions_on(
+                    &model,
+                    &items,
+                    batcher,
+                    batch,
+                    &devices[0],
+                );
+                write_predictions(path, &predicted)?;
+            }
             return Ok(Summary {
                 model: arch.to_string(),
                 dataset: dataset.to_string(),
@@ -378,13 +388,17 @@ fn run_engine(args: &EvalArgs) -> Result<()> {
         .model_file
         .as_deref()
         .context("--engine int|f32 runs a --model-file .qnet")?;
-    let (accuracy, images, seconds, engine, dataset) = super::infer::accuracy(
+    let (accuracy, predicted, seconds, engine, dataset) = super::infer::accuracy(
         file,
         args.engine,
         args.dataset,
         args.data_dir.as_deref(),
         args.threads,
     )?;
+    let images = predicted.len();
+    if let Some(path) = &args.predictions {
+        write_predictions(path, &predicted)?;
+    }
     let int_layers = engine.layers().iter().filter(|l| l.int).count();
     println!(
         "{}: test accuracy (hard-quantized) {accuracy:.2}%   on {images} {dataset} test images, \
@@ -409,5 +423,17 @@ fn run_engine(args: &EvalArgs) -> Result<()> {
             serde_json::to_string_pretty(&summary)?.as_bytes(),
         )?;
     }
+    Ok(())
+}
+
+/// One predicted class per line, in test-set order.
+fn write_predictions(path: &std::path::Path, predicted: &[usize]) -> Result<()> {
+    let text: String = predicted.iter().map(|c| format!("{c}\n")).collect();
+    write_atomic(path, text.as_bytes())?;
+    println!(
+        "wrote {} predictions to {}",
+        predicted.len(),
+        path.display()
+    );
     Ok(())
 }

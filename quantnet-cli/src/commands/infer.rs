@@ -30,15 +30,15 @@ fn engine(file: &Path, mode: Mode) -> Result<Engine> {
     Engine::load(file, isa, mode).with_context(|| format!("loading {}", file.display()))
 }
 
-/// The test accuracy (%) of a `.qnet` on the integer engine (or its f32 mode), the number of
-/// test images, the seconds it took, and the engine.
+/// The test accuracy (%) of a `.qnet` on the integer engine (or its f32 mode), the predicted
+/// class of every test image, the seconds it took, and the engine.
 pub(crate) fn accuracy(
     file: &Path,
     engine_name: EngineName,
     dataset: Option<Dataset>,
     data_dir: Option<&Path>,
     threads: Option<usize>,
-) -> Result<(f64, usize, f64, Engine, Dataset)> {
+) -> Result<(f64, Vec<usize>, f64, Engine, Dataset)> {
     let engine = engine(file, mode(engine_name))?;
     let dataset = dataset_of(&engine, dataset, file)?;
     let dir = super::data::locate(dataset, data_dir)?;
@@ -48,6 +48,7 @@ pub(crate) fn accuracy(
     });
     let started = Instant::now();
     let mut hits = 0usize;
+    let mut all = Vec::with_capacity(test.len());
     let batch = 500;
     for start in (0..test.len()).step_by(batch) {
         let end = (start + batch).min(test.len());
@@ -64,11 +65,12 @@ pub(crate) fn accuracy(
             .zip(&labels)
             .filter(|(p, l)| **p as i64 == **l)
             .count();
+        all.extend(predicted);
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok((
         100.0 * hits as f64 / test.len().max(1) as f64,
-        test.len(),
+        all,
         seconds,
         engine,
         dataset,

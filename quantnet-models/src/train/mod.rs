@@ -135,6 +135,40 @@ where
 }
 
 /// Correct predictions among `output`'s rows.
+/// The predicted class (the argmax of the scores, the first on a tie) of every item of
+/// `items`, in order, on one device: what [`accuracy_on`] counts, image by image.
+pub fn predictions_on<B, M, S>(
+    model: &M,
+    items: &S,
+    batcher: crate::data::ImageBatcher,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<usize>
+where
+    B: QuantBackend,
+    M: QatModel<B>,
+    S: crate::data::ImageSource + ?Sized,
+{
+    use burn::data::dataloader::batcher::Batcher;
+    let total = items.count();
+    let mut out = Vec::with_capacity(total);
+    let mut start = 0;
+    while start < total {
+        let end = (start + batch_size.max(1)).min(total);
+        let chunk = (start..end).map(|i| items.item(i)).collect();
+        let batch: ImageBatch<B> = batcher.batch(chunk, device);
+        let classes = model.forward(batch.images).argmax(1).flatten::<1>(0, 1);
+        out.extend(
+            classes
+                .into_data()
+                .iter::<i64>()
+                .map(|c| usize::try_from(c).unwrap_or(0)),
+        );
+        start = end;
+    }
+    out
+}
+
 pub(crate) fn hits<B: Backend>(output: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
     let hits: i64 = output
         .argmax(1)

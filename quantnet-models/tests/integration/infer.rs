@@ -144,3 +144,51 @@ fn the_engine_runs_exported_models_as_burn_does() {
     }
     eprintln!("largest logit difference, relative to the largest logit: {worst:e}");
 }
+
+/// `predictions_on` (what `quantnet eval --predictions` writes for Burn) on the MNIST fixture's
+/// 200 test images: the engine predicts the same class for every image, and the hits it counts
+/// are `accuracy_on`'s.
+#[test]
+fn burn_and_the_engine_predict_the_fixture_alike_image_by_image() {
+    use quantnet_models::data::{ImageBatcher, Split, mnist};
+    let _serial = crate::backend::serial();
+    let device = Default::default();
+    let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), LevelSet::unsigned(2).ok());
+    let mut model = {
+        use burn::tensor::backend::Backend;
+        B::seed(&device, 11);
+        quantized_by(Arch::Lenet5, MNIST, &policy)
+    };
+    let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
+    let file = std::env::temp_dir().join(format!("quantnet-predict-{}.qnet", std::process::id()));
+    std::fs::write(&file, &exported.bytes).unwrap();
+    let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
+    std::fs::remove_file(&file).ok();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mnist");
+    let items = mnist::load(&dir, Split::Test)
+        .expect("the MNIST fixture (fixtures/mnist) is part of the repository")
+        .items(200, 0.1307, 0.3081);
+    assert_eq!(items.len(), 200, "the fixture's 200 test images");
+    let batcher = ImageBatcher {
+        channels: 1,
+        rows: 28,
+        cols: 28,
+    };
+    let burn = quantnet_models::train::predictions_on(&burn_model, &items, batcher, 64, &device);
+    let pixels: Vec<f32> = items.iter().flat_map(|i| i.pixels.clone()).collect();
+    let engine = Engine::from_bytes(&exported.bytes, "x".as_ref(), Isa::best(), Mode::Int).unwrap();
+    let int = engine.predict(&pixels, items.len(), 2).unwrap();
+    assert_eq!(burn, int, "per-image predictions");
+    let classes: std::collections::BTreeSet<_> = burn.iter().collect();
+    assert!(
+        classes.len() > 1,
+        "a net that predicts one class tests little"
+    );
+    let hits = burn
+        .iter()
+        .zip(&items)
+        .filter(|(p, i)| **p as i64 == i.label)
+        .count();
+    let accuracy = quantnet_models::train::accuracy_on(&burn_model, &items, batcher, 64, &[device]);
+    assert!((accuracy - 100.0 * hits as f64 / 200.0).abs() < 1e-9);
+}
