@@ -1,20 +1,51 @@
 #!/usr/bin/env bash
-# docs/inference.md's numbers: the README's main job exported to .qnet and evaluated on the
-# full test set by Burn's hard forward and by the integer engine (and its f32 mode), then
-# `quantnet bench infer` on the exported LeNet-5 and on freshly quantized ResNet-20 and LFC
-# (ternary weights, 2-bit activations), 1 and 2 threads, engines interleaved in one run.
+# docs/inference.md's numbers.
 #
-#   scripts/inference.sh [RUN]     (RUN: a finished main-job run; trained when absent)
+# 1. The README's main job (Fashion-MNIST) and the same job on MNIST, exported to .qnet and
+#    evaluated on the full test sets by Burn's hard forward, by the integer engine on every
+#    instruction-set path this CPU runs, and by the engine's f32 mode; each engine's per-image
+#    predictions are compared with Burn's (`quantnet eval --predictions`).
+# 2. `quantnet bench infer` on the exported LeNet-5 and on freshly quantized ResNet-20 and LFC
+#    (ternary weights, 2-bit activations), 1 and 2 threads, engines interleaved in one run.
+# 3. PyTorch's f32 and int8 on the same nets (benches/peer/infer.py), when PYTHON has torch
+#    (PYTHON=~/.venvs/torch/bin/python after `pip install torch` in that venv).
+#
+#   scripts/inference.sh [RUNS_DIR]     (runs there are reused when finished, trained otherwise)
 set -euo pipefail
-RUN=${1:-runs/inference-main-job}
+DIR=${1:-runs/inference}
+PYTHON=${PYTHON:-python3}
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
-[[ -f "$RUN/summary.json" ]] || $QUANTNET train --out "$RUN" > "$RUN.log"
-$QUANTNET export --from "$RUN" --out "$RUN/model.qnet" > /dev/null
-for ENGINE in burn int f32; do
-  $QUANTNET eval --model-file "$RUN/model.qnet" --engine "$ENGINE"
-done
+mkdir -p "$DIR"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores"
+
+for DATASET in fashion-mnist mnist; do
+  RUN=$DIR/main-job-$DATASET
+  [[ -f "$RUN/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --out "$RUN" > "$RUN.log"
+  $QUANTNET export --from "$RUN" --out "$RUN/model.qnet" > /dev/null
+  $QUANTNET eval --model-file "$RUN/model.qnet" --engine burn --predictions "$RUN/burn.txt" |
+    grep -v '^wrote'
+  for CASE in "int scalar" "int avx2" "int avx512" "f32 avx512"; do
+    read -r ENGINE ISA <<< "$CASE"
+    if ! QUANTNET_ISA=$ISA $QUANTNET eval --model-file "$RUN/model.qnet" --engine "$ENGINE" \
+      --predictions "$RUN/$ENGINE-$ISA.txt" > "$RUN/$ENGINE-$ISA.log" 2>&1; then
+      echo "  ($ENGINE on $ISA: $(tail -1 "$RUN/$ENGINE-$ISA.log"))"
+      continue
+    fi
+    grep -v '^wrote' "$RUN/$ENGINE-$ISA.log"
+    DIFFER=$(paste -d' ' "$RUN/burn.txt" "$RUN/$ENGINE-$ISA.txt" | awk '$1 != $2' | wc -l)
+    echo "  predictions that differ from Burn's: $DIFFER of $(wc -l < "$RUN/burn.txt")"
+  done
+done
+
+RUN=$DIR/main-job-fashion-mnist
 $QUANTNET bench infer --model-file "$RUN/model.qnet" --batch 1,64 --threads 1,2
+$QUANTNET bench infer --model lenet5 --batch 1,64 --threads 1,2 --engine int,f32
 $QUANTNET bench infer --model resnet20 --batch 1,64 --threads 1,2 --layers
-$QUANTNET bench infer --model lfc --batch 1,64 --threads 1,2
+$QUANTNET bench infer --model lfc --batch 1,64 --threads 1,2 --layers
+
+if "$PYTHON" -c 'import torch' 2> /dev/null; then
+  "$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --threads 1,2 --batch 1,64
+else
+  echo "PyTorch's numbers: set PYTHON to a python with torch (pip install torch)"
+fi

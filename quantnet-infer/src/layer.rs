@@ -245,6 +245,8 @@ enum Kernel {
     },
     /// Floats in, packed `[block][K][16]`.
     Float { w: Vec<f32>, cs: usize },
+    /// Floats in, `cs` per pixel, through the epilogue alone (a batch norm after a max pool).
+    Pointwise { cs: usize },
 }
 
 /// A convolution (or linear layer) with its epilogue, packed for one input layout.
@@ -410,6 +412,29 @@ impl Conv {
         }
     }
 
+    /// The epilogue alone, per channel of a `channels`-channel float map: what follows a max
+    /// pool that sits between a conv and its batch norm (VGG-small). With `int` (the engine's
+    /// integer mode) an unsigned-grid quantizer writes codes.
+    pub fn pointwise(channels: usize, epi: &Epilogue, input: Input, isa: Isa, int: bool) -> Self {
+        let geo = Geometry {
+            cin: channels,
+            cout: channels,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+        };
+        let blocks = channels.div_ceil(LANES);
+        Self {
+            geo,
+            kernel: Kernel::Pointwise { cs: input.cs() },
+            tables: EpiTables::new(epi, None, blocks),
+            codes_out: int && epi.quant.as_ref().is_some_and(ActQuant::is_unsigned_grid),
+            isa,
+            has_residual: epi.residual,
+        }
+    }
+
     /// Whether the layer runs on integer codes.
     pub fn is_int(&self) -> bool {
         matches!(self.kernel, Kernel::Int { .. })
@@ -441,6 +466,9 @@ impl Conv {
 
     /// Multiply-adds per image for an `h × w` input.
     pub fn macs(&self, h: usize, w: usize) -> usize {
+        if matches!(self.kernel, Kernel::Pointwise { .. }) {
+            return 0;
+        }
         let (oh, ow) = self.out_hw(h, w);
         oh * ow * self.geo.cout * self.geo.cin * self.geo.kh * self.geo.kw
     }
@@ -576,6 +604,23 @@ impl Conv {
                             w: &w[b * per_block..(b + 1) * per_block],
                         };
                         kernels::f32_block(self.isa, &block, &mut acc_f);
+                        let at = q0 * stride + b * LANES;
+                        self.epilogue(b, &acc_f, rows, residual, at, &mut codes, &mut floats);
+                    }
+                }
+            }
+            (Kernel::Pointwise { cs }, x) => {
+                let values = x.floats();
+                assert_eq!(values.cs, *cs, "input channel stride");
+                assert!(*cs >= blocks * LANES, "whole blocks of channels");
+                for q0 in (0..pixels).step_by(ROWS) {
+                    let rows = ROWS.min(pixels - q0);
+                    for b in 0..blocks {
+                        for r in 0..rows {
+                            let from = (q0 + r) * cs + b * LANES;
+                            acc_f[r * LANES..(r + 1) * LANES]
+                                .copy_from_slice(&values.data[from..from + LANES]);
+                        }
                         let at = q0 * stride + b * LANES;
                         self.epilogue(b, &acc_f, rows, residual, at, &mut codes, &mut floats);
                     }

@@ -247,6 +247,12 @@ impl Builder<'_> {
         self.finish(name, key, input, shape, w, (k, stride, pad), bias, epi)
     }
 
+    /// The epilogue `epi` alone over a `channels`-channel map.
+    fn pointwise(&mut self, name: &str, channels: usize, input: Input, epi: Epilogue) -> Conv {
+        self.names.push(name.to_string());
+        Conv::pointwise(channels, &epi, input, self.isa, self.mode == Mode::Int)
+    }
+
     /// A linear layer on an `h × w × c` map.
     fn linear(
         &mut self,
@@ -335,6 +341,12 @@ enum Net {
         blocks: Vec<Block>,
         fc: Conv,
     },
+    /// VGG-small: convs, every second one followed by a 2×2 max pool and then its batch norm,
+    /// ReLU and quantizer (`post`); a linear layer.
+    Vgg {
+        convs: Vec<(Conv, Option<Conv>)>,
+        fc: Conv,
+    },
 }
 
 /// A loaded model, ready to run.
@@ -395,10 +407,11 @@ impl Engine {
             "lenet5" => lenet(&mut b, input, image)?,
             "tfc" | "sfc" | "lfc" => fc(&mut b, input, image)?,
             "resnet20" | "resnet18" | "resnet50" => resnet(&mut b, &header.arch, image)?,
+            "vgg-small" => vgg(&mut b, input, image)?,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "the integer engine runs lenet5, tfc, sfc, lfc, resnet20, resnet18 and \
-                     resnet50; this file holds {other}"
+                    "the integer engine runs lenet5, tfc, sfc, lfc, vgg-small, resnet20, \
+                     resnet18 and resnet50; this file holds {other}"
                 )));
             }
         };
@@ -449,6 +462,15 @@ impl Engine {
                     v.extend(first.iter());
                     v.extend(bl.downsample.iter());
                     v.push(last);
+                }
+                v.push(fc);
+                v
+            }
+            Net::Vgg { convs, fc } => {
+                let mut v = Vec::new();
+                for (c, post) in convs {
+                    v.push(c);
+                    v.extend(post.iter());
                 }
                 v.push(fc);
                 v
@@ -652,6 +674,16 @@ impl Engine {
                 let pooled = global_avg_pool(&x);
                 run(fc, &Act::Floats(pooled), None)
             }
+            Net::Vgg { convs, fc } => {
+                let mut x = x;
+                for (c, post) in convs {
+                    x = run(c, &x, None);
+                    if let Some(post) = post {
+                        x = run(post, &max_pool(&x, 2, 2, 0), None);
+                    }
+                }
+                run(fc, &x, None)
+            }
         }
     }
 }
@@ -708,6 +740,39 @@ fn fc(b: &mut Builder<'_>, input: InputShape, image: Input) -> Result<Net> {
     }
     let out = b.linear("out", "out.linear", x, map, true, Epilogue::default())?;
     Ok(Net::Fc { hidden, out })
+}
+
+fn vgg(b: &mut Builder<'_>, input: InputShape, image: Input) -> Result<Net> {
+    let mut x = image;
+    let (mut h, mut w, mut c) = (input.height, input.width, input.channels);
+    let mut convs = Vec::new();
+    let mut i = 0;
+    while b.store.has(&format!("convs.{i}.conv.weight")) {
+        let epi = Epilogue {
+            bn: Some(b.store.bn(&format!("norms.{i}"), BN_EPS)?),
+            ..relu_act(b, &format!("acts.{i}"))?
+        };
+        let (name, key) = (format!("conv{i}"), format!("convs.{i}.conv"));
+        // Every second conv is max-pooled before its batch norm, which may have a negative
+        // scale: the conv writes its values, the pool takes their maximum, then the epilogue.
+        let layer = if i % 2 == 1 {
+            let conv = b.conv(&name, &key, x, (3, 1, 1), false, Epilogue::default())?;
+            let post = b.pointwise(&format!("norm{i}"), conv.geo.cout, conv.output(), epi);
+            (h, w) = (h / 2, w / 2);
+            (conv, Some(post))
+        } else {
+            (b.conv(&name, &key, x, (3, 1, 1), false, epi)?, None)
+        };
+        c = layer.0.geo.cout;
+        x = layer.1.as_ref().unwrap_or(&layer.0).output();
+        convs.push(layer);
+        i += 1;
+    }
+    if convs.is_empty() {
+        return Err(b.store.corrupt("a VGG without convs"));
+    }
+    let fc = b.linear("fc", "fc.linear", x, (h, w, c), true, Epilogue::default())?;
+    Ok(Net::Vgg { convs, fc })
 }
 
 fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {

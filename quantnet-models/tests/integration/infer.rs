@@ -50,7 +50,8 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
     std::fs::write(&file, &exported.bytes).unwrap();
     let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
     std::fs::remove_file(&file).ok();
-    let n = 16;
+    // VGG-small is 40× ResNet-20's work per image, on the scalar path too.
+    let n = if arch == Arch::VggSmall { 4 } else { 16 };
     let images = Tensor::<B, 4>::random(
         [n, input.channels, input.height, input.width],
         Distribution::Normal(0.0, 1.0),
@@ -95,7 +96,8 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
     (flips, diff / scale)
 }
 
-/// Every weight set the engine takes × every activation width, on LeNet-5, TFC and ResNet-20:
+/// Every weight set the engine takes × every activation width, on LeNet-5, TFC, ResNet-20 and
+/// VGG-small:
 /// predictions identical to Burn's hard forward of the same file, logits within float rounding
 /// (a handful of activation codes may land on the other side of a threshold; no prediction may
 /// change).
@@ -129,6 +131,12 @@ fn the_engine_runs_exported_models_as_burn_does() {
         CIFAR,
         LevelSet::three_pm4(),
         LevelSet::unsigned(3).unwrap(),
+    ));
+    cases.push((
+        Arch::VggSmall,
+        CIFAR,
+        LevelSet::ternary(),
+        LevelSet::unsigned(2).unwrap(),
     ));
     let mut worst = 0f32;
     for (k, (arch, input, w, a)) in cases.into_iter().enumerate() {
