@@ -829,3 +829,63 @@ pub fn global_avg_pool(x: &Act) -> Map<f32> {
     }
     out
 }
+
+/// Adaptive average pooling to `oh × ow` (PyTorch's bins: rows `⌊i·h/oh⌋..⌈(i+1)·h/oh⌉`, the
+/// mean summed in pixel order). A map already `oh × ow` passes through unchanged (codes stay
+/// codes).
+pub fn adaptive_avg_pool(x: &Act, oh: usize, ow: usize) -> Act {
+    let (_, h, w, _) = x.dims();
+    if (h, w) == (oh, ow) {
+        return x.clone();
+    }
+    let m = x.floats();
+    let mut out = Map::zeros(m.n, oh, ow, m.c, m.cs);
+    let bins = |i: usize, o: usize, s: usize| (i * s / o, ((i + 1) * s).div_ceil(o));
+    for n in 0..m.n {
+        for oy in 0..oh {
+            let (y0, y1) = bins(oy, oh, h);
+            for ox in 0..ow {
+                let (x0, x1) = bins(ox, ow, w);
+                let count = ((y1 - y0) * (x1 - x0)) as f32;
+                let dst = ((n * oh + oy) * ow + ox) * m.cs;
+                for c in 0..m.cs {
+                    let mut sum = 0f32;
+                    for y in y0..y1 {
+                        for x in x0..x1 {
+                            sum += m.data[((n * h + y) * w + x) * m.cs + c];
+                        }
+                    }
+                    out.data[dst + c] = sum / count;
+                }
+            }
+        }
+    }
+    Act::Floats(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PyTorch's bins for 3 → 2: rows and columns `0..2` and `1..3` (overlapping), so the
+    /// output means are of the 2×2 corners: with values 1..=9 row by row,
+    /// (1+2+4+5)/4 = 3, (2+3+5+6)/4 = 4, (4+5+7+8)/4 = 6, (5+6+8+9)/4 = 7. A 1×1 map grows to
+    /// copies of its value; a map of the output size passes through as it is (codes stay codes).
+    #[test]
+    fn adaptive_average_pooling_uses_pytorchs_bins() {
+        let mut m = Map::<f32>::zeros(1, 3, 3, 1, 1);
+        m.data = (1..=9).map(|v| v as f32).collect();
+        let Act::Floats(out) = adaptive_avg_pool(&Act::Floats(m), 2, 2) else {
+            panic!("floats in, floats out")
+        };
+        assert_eq!(out.data, [3.0, 4.0, 6.0, 7.0]);
+        let mut one = Map::<u8>::zeros(1, 1, 1, 1, 1);
+        one.data[0] = 3;
+        let Act::Floats(grown) = adaptive_avg_pool(&Act::Codes(one.clone(), 0.5), 2, 3) else {
+            panic!("codes averaged are floats")
+        };
+        assert_eq!(grown.data, [1.5; 6]);
+        let same = Act::Codes(one, 0.5);
+        assert_eq!(adaptive_avg_pool(&same, 1, 1), same);
+    }
+}

@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::format::{self, CodedEntry, FloatEntry, Manifest};
 use crate::kernels::Isa;
 use crate::layer::{
-    Act, ActQuant, BatchNorm, Conv, Epilogue, Geometry, Input, Map, Weights, global_avg_pool,
-    max_pool,
+    Act, ActQuant, BatchNorm, Conv, Epilogue, Geometry, Input, Map, Weights, adaptive_avg_pool,
+    global_avg_pool, max_pool,
 };
 
 /// The input a model was built for (the manifest's `input`).
@@ -347,6 +347,13 @@ enum Net {
         convs: Vec<(Conv, Option<Conv>)>,
         fc: Conv,
     },
+    /// AlexNet-BN: five convs (a 3×3 stride-2 max pool after the quantizer of the first,
+    /// second and fifth: it commutes with ReLU and the quantizer), an adaptive average pool to
+    /// 6×6, three linear layers.
+    Alexnet {
+        convs: Vec<Conv>,
+        fc: [Conv; 3],
+    },
 }
 
 /// A loaded model, ready to run.
@@ -408,10 +415,11 @@ impl Engine {
             "tfc" | "sfc" | "lfc" => fc(&mut b, input, image)?,
             "resnet20" | "resnet18" | "resnet50" => resnet(&mut b, &header.arch, image)?,
             "vgg-small" => vgg(&mut b, input, image)?,
+            "alexnet-bn" => alexnet(&mut b, input, image)?,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "the integer engine runs lenet5, tfc, sfc, lfc, vgg-small, resnet20, \
-                     resnet18 and resnet50; this file holds {other}"
+                    "the integer engine runs lenet5, tfc, sfc, lfc, vgg-small, alexnet-bn, \
+                     resnet20, resnet18 and resnet50; this file holds {other}"
                 )));
             }
         };
@@ -466,6 +474,7 @@ impl Engine {
                 v.push(fc);
                 v
             }
+            Net::Alexnet { convs, fc } => convs.iter().chain(fc.iter()).collect(),
             Net::Vgg { convs, fc } => {
                 let mut v = Vec::new();
                 for (c, post) in convs {
@@ -674,6 +683,20 @@ impl Engine {
                 let pooled = global_avg_pool(&x);
                 run(fc, &Act::Floats(pooled), None)
             }
+            Net::Alexnet { convs, fc } => {
+                let mut x = x;
+                for (i, c) in convs.iter().enumerate() {
+                    x = run(c, &x, None);
+                    if matches!(i, 0 | 1 | 4) {
+                        x = max_pool(&x, 3, 2, 0);
+                    }
+                }
+                x = adaptive_avg_pool(&x, 6, 6);
+                for l in fc {
+                    x = run(l, &x, None);
+                }
+                x
+            }
             Net::Vgg { convs, fc } => {
                 let mut x = x;
                 for (c, post) in convs {
@@ -773,6 +796,81 @@ fn vgg(b: &mut Builder<'_>, input: InputShape, image: Input) -> Result<Net> {
     }
     let fc = b.linear("fc", "fc.linear", x, (h, w, c), true, Epilogue::default())?;
     Ok(Net::Vgg { convs, fc })
+}
+
+/// AlexNet-BN's batch norms use ε = 10⁻³.
+const ALEXNET_BN_EPS: f64 = 1e-3;
+
+fn alexnet(b: &mut Builder<'_>, input: InputShape, image: Input) -> Result<Net> {
+    // (kernel, stride, padding) of conv1..conv5.
+    const GEOMETRY: [(usize, usize, usize); 5] =
+        [(11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)];
+    let mut x = image;
+    let mut convs = Vec::new();
+    for (i, geom) in GEOMETRY.into_iter().enumerate() {
+        let epi = Epilogue {
+            bn: Some(b.store.bn(&format!("conv_norms.{i}"), ALEXNET_BN_EPS)?),
+            ..relu_act(b, &format!("conv_acts.{i}"))?
+        };
+        let c = b.conv(
+            &format!("conv{}", i + 1),
+            &format!("convs.{i}.conv"),
+            x,
+            geom,
+            true,
+            epi,
+        )?;
+        x = c.output();
+        convs.push(c);
+    }
+    let c = convs.last().map_or(0, |c| c.geo.cout);
+    // The adaptive pool keeps codes only when the map is already 6×6 (224×224 inputs).
+    let pooled = if alexnet_map(input.height, input.width) == (6, 6) {
+        x
+    } else {
+        Input::Floats { cs: x.cs() }
+    };
+    let e6 = Epilogue {
+        bn: Some(b.store.bn("bn6", ALEXNET_BN_EPS)?),
+        ..relu_act(b, "act6")?
+    };
+    let fc6 = b.linear("fc6", "fc6.linear", pooled, (6, 6, c), true, e6)?;
+    let e7 = Epilogue {
+        bn: Some(b.store.bn("bn7", ALEXNET_BN_EPS)?),
+        relu: true,
+        ..Epilogue::default()
+    };
+    let fc7 = b.linear(
+        "fc7",
+        "fc7.linear",
+        fc6.output(),
+        (1, 1, fc6.geo.cout),
+        true,
+        e7,
+    )?;
+    let fc8 = b.linear(
+        "fc8",
+        "fc8.linear",
+        fc7.output(),
+        (1, 1, fc7.geo.cout),
+        true,
+        Epilogue::default(),
+    )?;
+    Ok(Net::Alexnet {
+        convs,
+        fc: [fc6, fc7, fc8],
+    })
+}
+
+/// AlexNet's map after conv5's max pool, for an `h × w` image.
+fn alexnet_map(h: usize, w: usize) -> (usize, usize) {
+    let side = |s: usize| {
+        let s = (s + 4 - 11) / 4 + 1;
+        let s = (s - 3) / 2 + 1;
+        let s = (s - 3) / 2 + 1;
+        (s - 3) / 2 + 1
+    };
+    (side(h), side(w))
 }
 
 fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {

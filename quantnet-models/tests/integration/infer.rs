@@ -50,8 +50,12 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
     std::fs::write(&file, &exported.bytes).unwrap();
     let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
     std::fs::remove_file(&file).ok();
-    // VGG-small is 40× ResNet-20's work per image, on the scalar path too.
-    let n = if arch == Arch::VggSmall { 4 } else { 16 };
+    // VGG-small and AlexNet-BN are 15–40× ResNet-20's work per image, on the scalar path too.
+    let n = match arch {
+        Arch::VggSmall => 4,
+        Arch::AlexnetBn => 2,
+        _ => 16,
+    };
     let images = Tensor::<B, 4>::random(
         [n, input.channels, input.height, input.width],
         Distribution::Normal(0.0, 1.0),
@@ -96,8 +100,8 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
     (flips, diff / scale)
 }
 
-/// Every weight set the engine takes × every activation width, on LeNet-5, TFC, ResNet-20 and
-/// VGG-small:
+/// Every weight set the engine takes × every activation width, on LeNet-5 and TFC; ResNet-20,
+/// VGG-small and AlexNet-BN with a few:
 /// predictions identical to Burn's hard forward of the same file, logits within float rounding
 /// (a handful of activation codes may land on the other side of a threshold; no prediction may
 /// change).
@@ -135,6 +139,20 @@ fn the_engine_runs_exported_models_as_burn_does() {
     cases.push((
         Arch::VggSmall,
         CIFAR,
+        LevelSet::ternary(),
+        LevelSet::unsigned(2).unwrap(),
+    ));
+    // AlexNet-BN at 224×224: conv5's pooled map is 6×6, so the adaptive pool passes the codes
+    // straight to fc6 (other sizes average floats: `adaptive_avg_pool`'s unit test).
+    let imagenet = InputShape {
+        channels: 3,
+        height: 224,
+        width: 224,
+        classes: 10,
+    };
+    cases.push((
+        Arch::AlexnetBn,
+        imagenet,
         LevelSet::ternary(),
         LevelSet::unsigned(2).unwrap(),
     ));
