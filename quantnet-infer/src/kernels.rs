@@ -269,12 +269,19 @@ pub(crate) struct F32Block<'a> {
     pub w: &'a [f32],
 }
 
-/// The float sums of one block (the same code compiled for each path: same bits).
+/// The float sums of one block (the same code compiled for each path: same bits): the layers
+/// with fewer than 4 blocks of output channels, where packing a panel costs more than it saves.
 pub(crate) fn f32_block(isa: Isa, b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
     assert!(b.bases.len() <= ROWS && b.w.len() == b.offs.len() * LANES);
+    let far = b.bases.iter().max().zip(b.offs.iter().max());
+    assert!(
+        far.is_none_or(|(base, off)| base + off < b.acts.len()),
+        "a receptive field past the activations"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; `w` length checked.
+        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; `w`'s length and
+        // every activation index checked above.
         Isa::Avx512 if Isa::Avx512.available() => unsafe { x86::f32_avx512(b, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed on this CPU by `Isa::available`.
@@ -306,6 +313,106 @@ fn f32_rows<const R: usize>(b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
         }
         for (r, s) in sums.iter().enumerate() {
             acc[(r0 + r) * LANES..(r0 + r + 1) * LANES].copy_from_slice(s);
+        }
+    }
+}
+
+/// The register tile an AVX-512 kernel call uses for a panel of `rows` rows with `left` channel
+/// blocks still to do: `(rows, blocks)`, or `None` for a panel shape no tile is compiled for
+/// (those run the portable body).
+fn register_tile(rows: usize, left: usize) -> Option<(usize, usize)> {
+    let blocks = match (rows, left) {
+        (24, _) | (12 | 6 | 1, 1) => 1,
+        (12, _) | (6 | 1, 2 | 3) => 2,
+        (6 | 1, _) => 4,
+        _ => return None,
+    };
+    Some((rows, blocks))
+}
+
+/// Float activations of up to `rows` output pixels packed for the float kernels:
+/// `data[k·rows + r]` is value `k` of row `r`'s receptive field, `acts[base_r + offs[k]]`
+/// (the full-precision layers and the engine's f32 mode).
+pub(crate) struct FloatPanel {
+    data: Vec<f32>,
+    rows: usize,
+    k: usize,
+}
+
+impl FloatPanel {
+    /// An empty panel of `rows` rows of `k` values.
+    pub(crate) fn new(rows: usize, k: usize) -> Self {
+        assert!((1..=PANEL_ROWS).contains(&rows));
+        Self {
+            data: vec![0.0; rows * k],
+            rows,
+            k,
+        }
+    }
+
+    /// Packs the receptive fields starting at `bases` (at most `rows`; rows past them keep old
+    /// values, whose sums the caller ignores).
+    ///
+    /// # Panics
+    /// If a value lies outside `acts`, or there are more bases than rows or offsets than `k`.
+    pub(crate) fn pack(&mut self, acts: &[f32], bases: &[usize], offs: &[usize]) {
+        assert!(bases.len() <= self.rows && offs.len() == self.k);
+        for (dst, &off) in self.data.chunks_exact_mut(self.rows).zip(offs) {
+            for (d, &base) in dst.iter_mut().zip(bases) {
+                *d = acts[base + off];
+            }
+        }
+    }
+}
+
+/// The float sums of a packed panel against `blocks` consecutive 16-channel blocks of weights
+/// (`w`: `[blocks][k][16]`): `acc[(b·rows + r)·16 + j] = Σ_k panel(r, k)·w[b][k][j]`, each
+/// product rounded then added in increasing `k` (no fused multiply-add): the same bits on every
+/// path.
+///
+/// # Panics
+/// If `w` or `acc` is too short.
+pub(crate) fn f32_panel(isa: Isa, p: &FloatPanel, w: &[f32], blocks: usize, acc: &mut [f32]) {
+    assert!(
+        w.len() >= blocks * p.k * LANES,
+        "weights for {blocks} blocks"
+    );
+    assert!(
+        acc.len() >= blocks * p.rows * LANES,
+        "sums for {blocks} blocks"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; the lengths of `w`
+        // and `acc` were checked above and the panel holds `rows·k` values by construction.
+        Isa::Avx512 if Isa::Avx512.available() => unsafe {
+            x86::f32_panel_avx512(p, w, blocks, acc)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 confirmed on this CPU by `Isa::available`.
+        Isa::Avx2 if Isa::Avx2.available() => unsafe { x86::f32_panel_avx2(p, w, blocks, acc) },
+        _ => f32_panel_body(p, w, blocks, acc),
+    }
+}
+
+/// The portable float panel (the scalar path, and AVX2's compile of it).
+#[inline(always)]
+fn f32_panel_body(p: &FloatPanel, w: &[f32], blocks: usize, acc: &mut [f32]) {
+    let per_block = p.k * LANES;
+    for b in 0..blocks {
+        let wb = &w[b * per_block..(b + 1) * per_block];
+        for r in 0..p.rows {
+            let mut sums = [0f32; LANES];
+            for (a, wk) in p.data[r..]
+                .iter()
+                .step_by(p.rows)
+                .zip(wb.chunks_exact(LANES))
+            {
+                for (s, x) in sums.iter_mut().zip(wk) {
+                    *s += a * x;
+                }
+            }
+            acc[(b * p.rows + r) * LANES..][..LANES].copy_from_slice(&sums);
         }
     }
 }
@@ -544,11 +651,11 @@ fn epi_body(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{EpiOut, F32Block, FloatEpi, LANES, Panel, ROWS, Thresholds};
+    use super::{EpiOut, F32Block, FloatEpi, FloatPanel, LANES, Panel, ROWS, Thresholds};
     use std::arch::x86_64::*;
 
-    /// The AVX-512 VNNI panel kernel: dispatches to a register tile of `R` rows × `C` blocks
-    /// for the panel's shape (any other shape runs the scalar path).
+    /// The AVX-512 VNNI panel kernel: a register tile of `R` rows × `C` blocks per call (the
+    /// scalar path for panel shapes without one).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F/BW/VL/VNNI; `w` must hold `blocks` blocks and `acc`
@@ -573,57 +680,25 @@ mod x86 {
         }
         let mut b0 = 0;
         while b0 < blocks {
-            let c = match (p.rows, blocks - b0) {
-                (24, _) => {
-                    tile!(24, 1, b0);
-                    1
-                }
-
-                (12, 1) => {
-                    tile!(12, 1, b0);
-                    1
-                }
-                (12, _) => {
-                    tile!(12, 2, b0);
-                    2
-                }
-                (6, 1) => {
-                    tile!(6, 1, b0);
-                    1
-                }
-                (6, 2 | 3) => {
-                    tile!(6, 2, b0);
-                    2
-                }
-                (6, _) => {
-                    tile!(6, 4, b0);
-                    4
-                }
-                (1, 1) => {
-                    tile!(1, 1, b0);
-                    1
-                }
-                (1, 2 | 3) => {
-                    tile!(1, 2, b0);
-                    2
-                }
-                (1, _) => {
-                    tile!(1, 4, b0);
-                    4
-                }
-                _ => {
-                    let per_block = p.chunks * p.k * LANES;
-                    let rest = blocks - b0;
-                    super::panel_scalar(
-                        p,
-                        &w[b0 * per_block..],
-                        rest,
-                        &mut acc[b0 * p.rows * LANES..],
-                    );
-                    rest
-                }
+            let Some(tile) = super::register_tile(p.rows, blocks - b0) else {
+                let per_block = p.chunks * p.k * LANES;
+                let rest = blocks - b0;
+                let acc = &mut acc[b0 * p.rows * LANES..];
+                super::panel_scalar(p, &w[b0 * per_block..], rest, acc);
+                return;
             };
-            b0 += c;
+            match tile {
+                (24, _) => tile!(24, 1, b0),
+                (12, 1) => tile!(12, 1, b0),
+                (12, _) => tile!(12, 2, b0),
+                (6, 1) => tile!(6, 1, b0),
+                (6, 2) => tile!(6, 2, b0),
+                (6, _) => tile!(6, 4, b0),
+                (_, 1) => tile!(1, 1, b0),
+                (_, 2) => tile!(1, 2, b0),
+                _ => tile!(1, 4, b0),
+            }
+            b0 += tile.1;
         }
     }
 
@@ -807,8 +882,9 @@ mod x86 {
             // SAFETY: `w` holds `offs.len()·16` floats (checked), so row `k` is in bounds.
             let wv = unsafe { _mm512_loadu_ps(b.w.as_ptr().add(k * LANES)) };
             for r in 0..R {
-                // A checked load: the activation index is data-dependent.
-                let a = _mm512_set1_ps(b.acts[bases[r] + off]);
+                // SAFETY: `bases[r] + off < acts.len()` for every row and offset (checked by
+                // `f32_block`).
+                let a = _mm512_set1_ps(unsafe { b.acts.as_ptr().add(bases[r] + off).read() });
                 sums[r] = _mm512_add_ps(sums[r], _mm512_mul_ps(a, wv));
             }
         }
@@ -825,6 +901,98 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn f32_avx2(b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
         super::f32_body(b, acc);
+    }
+
+    /// The AVX-512 float panel kernel: a register tile of `R` rows × `C` blocks per call (the
+    /// portable body for panel shapes without one).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL; `w` must hold `blocks` blocks and `acc`
+    /// `blocks·rows·16` sums (checked by `f32_panel`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn f32_panel_avx512(
+        p: &FloatPanel,
+        w: &[f32],
+        blocks: usize,
+        acc: &mut [f32],
+    ) {
+        let mut b0 = 0;
+        while b0 < blocks {
+            let Some(tile) = super::register_tile(p.rows, blocks - b0) else {
+                let per_block = p.k * LANES;
+                let rest = blocks - b0;
+                let acc = &mut acc[b0 * p.rows * LANES..];
+                super::f32_panel_body(p, &w[b0 * per_block..], rest, acc);
+                return;
+            };
+            // SAFETY (every arm): the caller's contract, with blocks `b0..b0 + C` inside
+            // `blocks` (`register_tile` takes no more than are left).
+            unsafe {
+                match tile {
+                    (24, _) => f32_tile_avx512::<24, 1>(p, w, b0, acc),
+                    (12, 1) => f32_tile_avx512::<12, 1>(p, w, b0, acc),
+                    (12, _) => f32_tile_avx512::<12, 2>(p, w, b0, acc),
+                    (6, 1) => f32_tile_avx512::<6, 1>(p, w, b0, acc),
+                    (6, 2) => f32_tile_avx512::<6, 2>(p, w, b0, acc),
+                    (6, _) => f32_tile_avx512::<6, 4>(p, w, b0, acc),
+                    (_, 1) => f32_tile_avx512::<1, 1>(p, w, b0, acc),
+                    (_, 2) => f32_tile_avx512::<1, 2>(p, w, b0, acc),
+                    _ => f32_tile_avx512::<1, 4>(p, w, b0, acc),
+                }
+            }
+            b0 += tile.1;
+        }
+    }
+
+    /// `R` rows × `C` blocks of float sums in registers: per `k`, `C` weight vectors loaded,
+    /// each row's value broadcast once, multiplied into every block (`vmulps`) and added
+    /// (`vaddps`): the portable body's operations in its order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn f32_tile_avx512<const R: usize, const C: usize>(
+        p: &FloatPanel,
+        w: &[f32],
+        b0: usize,
+        acc: &mut [f32],
+    ) {
+        debug_assert!(p.rows == R);
+        let per_block = p.k * LANES;
+        let mut sums = [[_mm512_setzero_ps(); C]; R];
+        let mut a = p.data.as_ptr();
+        // SAFETY: blocks `b0..b0 + C` lie in `w` (the caller's contract).
+        let mut wp = unsafe { w.as_ptr().add(b0 * per_block) };
+        for _ in 0..p.k {
+            // SAFETY: value `k` of the `R` rows lies at `a` in the panel (`rows·k` values), and
+            // weight row `k` of block `c` at `wp + c·per_block` in `w`. Unaligned loads.
+            unsafe {
+                let wv: [__m512; C] =
+                    std::array::from_fn(|c| _mm512_loadu_ps(wp.add(c * per_block)));
+                for (r, row) in sums.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(a.add(r).read());
+                    for (s, w) in row.iter_mut().zip(&wv) {
+                        *s = _mm512_add_ps(*s, _mm512_mul_ps(av, *w));
+                    }
+                }
+                a = a.add(R);
+                wp = wp.add(LANES);
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            for (c, s) in row.iter().enumerate() {
+                let at = ((b0 + c) * R + r) * LANES;
+                // SAFETY: `acc` holds `blocks·R·16` sums and `b0 + c < blocks`.
+                unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(at), *s) };
+            }
+        }
+    }
+
+    /// The float panel compiled for AVX2 (the portable body).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn f32_panel_avx2(p: &FloatPanel, w: &[f32], blocks: usize, acc: &mut [f32]) {
+        super::f32_panel_body(p, w, blocks, acc);
     }
 
     /// The threshold epilogue with AVX-512 intrinsics (the portable body's integer operations:
@@ -1064,6 +1232,39 @@ mod tests {
                 let mut got = vec![0; blocks * rows * LANES];
                 int_panel(isa, &panel, &w, blocks, &mut got);
                 assert_eq!(got, want, "{isa}, case {case}: {rows} rows, k {k}");
+            }
+        }
+    }
+
+    /// The float panel gives the portable body's bits on every path and tile shape, and its
+    /// sums are products added in increasing `k` (checked against that loop written out).
+    #[test]
+    fn every_float_path_gives_the_same_bits() {
+        let mut next = rng(11);
+        let mut unit = move || (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        for case in 0..36 {
+            let rows = [24, 12, 6, 1, 5, 8][case % 6];
+            let blocks = 1 + case % 5;
+            let k = 1 + (case * 7) % 40;
+            let acts: Vec<f32> = (0..600).map(|_| unit()).collect();
+            let w: Vec<f32> = (0..blocks * k * LANES).map(|_| unit()).collect();
+            let offs: Vec<usize> = (0..k).map(|i| (i * 13) % 97).collect();
+            let bases: Vec<usize> = (0..rows).map(|r| r * 17 % 400).collect();
+            let mut panel = FloatPanel::new(rows, k);
+            panel.pack(&acts, &bases, &offs);
+            let mut want = vec![0f32; blocks * rows * LANES];
+            f32_panel_body(&panel, &w, blocks, &mut want);
+            let (b, r, j) = (blocks - 1, rows - 1, 5);
+            let mut direct = 0f32;
+            for i in 0..k {
+                direct += acts[bases[r] + offs[i]] * w[(b * k + i) * LANES + j];
+            }
+            assert_eq!(want[(b * rows + r) * LANES + j].to_bits(), direct.to_bits());
+            for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                let mut got = vec![0f32; blocks * rows * LANES];
+                f32_panel(isa, &panel, &w, blocks, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa}, case {case}");
             }
         }
     }

@@ -2,7 +2,8 @@
 //! run on integer codes or on floats, with its fused epilogue; max and average pooling.
 
 use crate::kernels::{
-    self, EpiOut, F32Block, FloatEpi, Isa, LANES, PANEL_ROWS, Panel, QuantEpi, ROWS, Thresholds,
+    self, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel, QuantEpi, ROWS,
+    Thresholds,
 };
 
 /// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
@@ -590,22 +591,55 @@ impl Conv {
                     })
                     .collect();
                 let per_block = offs.len() * LANES;
-                for q0 in (0..pixels).step_by(ROWS) {
-                    let rows = ROWS.min(pixels - q0);
-                    let mut bases = [0usize; ROWS];
-                    for (r, q) in (q0..q0 + rows).enumerate() {
-                        bases[r] = base_of(q, *cs);
+                if blocks < 4 {
+                    // Narrow layers (a stem) read the activations in place: a panel would
+                    // cost more to pack than it saves.
+                    for q0 in (0..pixels).step_by(ROWS) {
+                        let rows = ROWS.min(pixels - q0);
+                        let mut bases = [0usize; ROWS];
+                        for (r, q) in (q0..q0 + rows).enumerate() {
+                            bases[r] = base_of(q, *cs);
+                        }
+                        for b in 0..blocks {
+                            let block = F32Block {
+                                acts: &input.data,
+                                bases: &bases[..rows],
+                                offs: &offs,
+                                w: &w[b * per_block..(b + 1) * per_block],
+                            };
+                            kernels::f32_block(self.isa, &block, &mut acc_f);
+                            let at = q0 * stride + b * LANES;
+                            self.epilogue(b, &acc_f, rows, residual, at, &mut codes, &mut floats);
+                        }
                     }
-                    for b in 0..blocks {
-                        let block = F32Block {
-                            acts: &input.data,
-                            bases: &bases[..rows],
-                            offs: &offs,
-                            w: &w[b * per_block..(b + 1) * per_block],
-                        };
-                        kernels::f32_block(self.isa, &block, &mut acc_f);
-                        let at = q0 * stride + b * LANES;
-                        self.epilogue(b, &acc_f, rows, residual, at, &mut codes, &mut floats);
+                } else {
+                    // Wide layers share one packed panel among up to 4 blocks per call.
+                    let (rows, per_call) = kernels::tile_shape(blocks, pixels);
+                    let mut panel = FloatPanel::new(rows, offs.len());
+                    // Slack past the last block's rows: every window of ROWS rows is whole.
+                    let mut acc = vec![0f32; (per_call * rows + ROWS) * LANES];
+                    let mut bases = [0usize; PANEL_ROWS];
+                    for q0 in (0..pixels).step_by(rows) {
+                        let used = rows.min(pixels - q0);
+                        for (r, q) in (q0..q0 + used).enumerate() {
+                            bases[r] = base_of(q, *cs);
+                        }
+                        panel.pack(&input.data, &bases[..used], &offs);
+                        for b0 in (0..blocks).step_by(per_call) {
+                            let calls = per_call.min(blocks - b0);
+                            let wb = &w[b0 * per_block..];
+                            kernels::f32_panel(self.isa, &panel, wb, calls, &mut acc);
+                            for b in b0..b0 + calls {
+                                for r0 in (0..used).step_by(ROWS) {
+                                    let from = ((b - b0) * rows + r0) * LANES;
+                                    let z: &[f32; ROWS * LANES] =
+                                        acc[from..from + ROWS * LANES].try_into().unwrap();
+                                    let at = (q0 + r0) * stride + b * LANES;
+                                    let n = ROWS.min(used - r0);
+                                    self.epilogue(b, z, n, residual, at, &mut codes, &mut floats);
+                                }
+                            }
+                        }
                     }
                 }
             }
