@@ -498,10 +498,14 @@ impl Conv {
             assert_eq!((r.n, r.h, r.w, r.cs), (n, oh, ow, stride), "residual shape");
         }
         let pixels = n * oh * ow;
-        let base_of = |q: usize, cs: usize| {
-            let (img, rest) = (q / (oh * ow), q % (oh * ow));
-            let (oy, ox) = (rest / ow, rest % ow);
-            ((img * hp + oy * g.stride) * wp + ox * g.stride) * cs
+        // Where each output pixel's receptive field starts, pixel after pixel (no divisions).
+        let cursor = |cs: usize| Cursor {
+            oh,
+            ow,
+            step: g.stride * cs,
+            row: g.stride * wp * cs,
+            image: hp * wp * cs,
+            at: (0, 0, 0),
         };
         let mut codes = self
             .codes_out
@@ -526,11 +530,10 @@ impl Conv {
                 // Slack past the last block's rows, so that every window of ROWS rows is whole.
                 let mut acc = vec![0i32; (per_call * rows + ROWS) * LANES];
                 let mut bases = [0usize; PANEL_ROWS];
+                let mut pixel = cursor(*cs);
                 for q0 in (0..pixels).step_by(rows) {
                     let used = rows.min(pixels - q0);
-                    for (r, q) in (q0..q0 + used).enumerate() {
-                        bases[r] = base_of(q, *cs);
-                    }
+                    bases[..used].fill_with(|| pixel.next_base());
                     panel.pack(&input.data, &bases[..used], &offs);
                     for b0 in (0..blocks).step_by(per_call) {
                         let calls = per_call.min(blocks - b0);
@@ -594,12 +597,11 @@ impl Conv {
                 if blocks < 4 {
                     // Narrow layers (a stem) read the activations in place: a panel would
                     // cost more to pack than it saves.
+                    let mut pixel = cursor(*cs);
                     for q0 in (0..pixels).step_by(ROWS) {
                         let rows = ROWS.min(pixels - q0);
                         let mut bases = [0usize; ROWS];
-                        for (r, q) in (q0..q0 + rows).enumerate() {
-                            bases[r] = base_of(q, *cs);
-                        }
+                        bases[..rows].fill_with(|| pixel.next_base());
                         for b in 0..blocks {
                             let block = F32Block {
                                 acts: &input.data,
@@ -619,11 +621,10 @@ impl Conv {
                     // Slack past the last block's rows: every window of ROWS rows is whole.
                     let mut acc = vec![0f32; (per_call * rows + ROWS) * LANES];
                     let mut bases = [0usize; PANEL_ROWS];
+                    let mut pixel = cursor(*cs);
                     for q0 in (0..pixels).step_by(rows) {
                         let used = rows.min(pixels - q0);
-                        for (r, q) in (q0..q0 + used).enumerate() {
-                            bases[r] = base_of(q, *cs);
-                        }
+                        bases[..used].fill_with(|| pixel.next_base());
                         panel.pack(&input.data, &bases[..used], &offs);
                         for b0 in (0..blocks).step_by(per_call) {
                             let calls = per_call.min(blocks - b0);
@@ -690,6 +691,36 @@ impl Conv {
             _ => unreachable!("a layer writes codes or floats"),
         };
         kernels::float_epi_block(self.isa, &epi, acc, rows, res, out, stride, width);
+    }
+}
+
+/// Output pixels in order (image, row, column) and where each one's receptive field starts in
+/// the padded input, advanced by additions.
+struct Cursor {
+    oh: usize,
+    ow: usize,
+    /// Bytes (or values) between horizontally adjacent outputs' fields.
+    step: usize,
+    /// Between vertically adjacent ones.
+    row: usize,
+    /// Between images.
+    image: usize,
+    /// The next pixel: (image, output row, output column).
+    at: (usize, usize, usize),
+}
+
+impl Cursor {
+    fn next_base(&mut self) -> usize {
+        let (n, y, x) = self.at;
+        let base = n * self.image + y * self.row + x * self.step;
+        self.at = if x + 1 < self.ow {
+            (n, y, x + 1)
+        } else if y + 1 < self.oh {
+            (n, y + 1, 0)
+        } else {
+            (n + 1, 0, 0)
+        };
+        base
     }
 }
 
