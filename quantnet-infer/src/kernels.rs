@@ -525,6 +525,39 @@ pub(crate) enum EpiOut<'a> {
     Floats(&'a mut [f32]),
 }
 
+/// A shortcut added in the epilogue, from the row the epilogue writes on: floats, or codes
+/// with their `|α|` (each added as `fl(α·y)`, the value Burn adds).
+#[derive(Clone, Copy)]
+pub(crate) enum Residual<'a> {
+    /// Values.
+    Floats(&'a [f32]),
+    /// Codes and `|α|`.
+    Codes(&'a [u8], f32),
+}
+
+impl Residual<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Residual::Floats(v) => v.len(),
+            Residual::Codes(c, _) => c.len(),
+        }
+    }
+
+    /// The `width` values at `at` as floats, zero past `width`.
+    fn row(&self, at: usize, width: usize) -> [f32; LANES] {
+        let mut v = [0f32; LANES];
+        match self {
+            Residual::Floats(x) => v[..width].copy_from_slice(&x[at..at + width]),
+            Residual::Codes(c, alpha) => {
+                for (v, &y) in v.iter_mut().zip(&c[at..at + width]) {
+                    *v = alpha * f32::from(y);
+                }
+            }
+        }
+        v
+    }
+}
+
 /// One row of the float epilogue: `acc` (16 sums as f32) and the residual to `y` or `v`.
 #[inline(always)]
 pub(crate) fn epi_row(
@@ -585,7 +618,7 @@ pub(crate) fn float_epi_block(
     e: &FloatEpi<'_>,
     acc: &[f32; ROWS * LANES],
     rows: usize,
-    residual: Option<&[f32]>,
+    residual: Option<Residual<'_>>,
     out: EpiOut<'_>,
     stride: usize,
     width: usize,
@@ -621,15 +654,15 @@ fn epi_body(
     e: &FloatEpi<'_>,
     acc: &[f32; ROWS * LANES],
     rows: usize,
-    residual: Option<&[f32]>,
+    residual: Option<Residual<'_>>,
     mut out: EpiOut<'_>,
     stride: usize,
     width: usize,
 ) {
     for r in 0..rows {
         let a: &[f32; LANES] = acc[r * LANES..(r + 1) * LANES].try_into().unwrap();
-        let res = residual.map(|s| &s[r * stride..r * stride + width]);
-        let v = epi_row(e, a, res);
+        let res = residual.map(|s| s.row(r * stride, width));
+        let v = epi_row(e, a, res.as_ref().map(|x| &x[..width]));
         match &mut out {
             EpiOut::Codes(o) => {
                 for (o, y) in o[r * stride..r * stride + width].iter_mut().zip(&v) {
@@ -651,7 +684,7 @@ fn epi_body(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{EpiOut, F32Block, FloatEpi, FloatPanel, LANES, Panel, ROWS, Thresholds};
+    use super::{EpiOut, F32Block, FloatEpi, FloatPanel, LANES, Panel, ROWS, Residual, Thresholds};
     use std::arch::x86_64::*;
 
     /// The AVX-512 VNNI panel kernel: a register tile of `R` rows × `C` blocks per call (the
@@ -1070,7 +1103,7 @@ mod x86 {
         e: &FloatEpi<'_>,
         acc: &[f32; ROWS * LANES],
         rows: usize,
-        residual: Option<&[f32]>,
+        residual: Option<Residual<'_>>,
         out: EpiOut<'_>,
         stride: usize,
         width: usize,
@@ -1117,9 +1150,17 @@ mod x86 {
                         _mm256_castps_pd(hi),
                     ));
                 }
-                if let Some(res) = residual {
-                    let x = _mm512_maskz_loadu_ps(mask, res.as_ptr().add(r * stride));
-                    v = _mm512_add_ps(v, x);
+                match residual {
+                    Some(Residual::Floats(res)) => {
+                        let x = _mm512_maskz_loadu_ps(mask, res.as_ptr().add(r * stride));
+                        v = _mm512_add_ps(v, x);
+                    }
+                    Some(Residual::Codes(res, alpha)) => {
+                        let y = _mm_maskz_loadu_epi8(mask, res.as_ptr().add(r * stride).cast());
+                        let y = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(y));
+                        v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(alpha), y));
+                    }
+                    None => {}
                 }
                 if e.relu {
                     v = _mm512_max_ps(v, zero);
@@ -1161,7 +1202,7 @@ mod x86 {
         e: &FloatEpi<'_>,
         acc: &[f32; ROWS * LANES],
         rows: usize,
-        residual: Option<&[f32]>,
+        residual: Option<Residual<'_>>,
         out: EpiOut<'_>,
         stride: usize,
         width: usize,

@@ -3,7 +3,7 @@
 
 use crate::kernels::{
     self, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel, QuantEpi, ROWS,
-    Thresholds,
+    Residual, Thresholds,
 };
 
 /// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
@@ -482,21 +482,26 @@ impl Conv {
         )
     }
 
-    /// Runs the layer; `residual` (floats of the output's shape) is added when the epilogue
-    /// has a residual add.
+    /// Runs the layer; `residual` (codes or floats of the output's shape) is added when the
+    /// epilogue has a residual add.
     ///
     /// # Panics
     /// If the input is not what the layer was packed for (an engine bug).
-    pub fn forward(&self, x: &Act, residual: Option<&Map<f32>>) -> Act {
+    pub fn forward(&self, x: &Act, residual: Option<&Act>) -> Act {
         let g = &self.geo;
         let (n, h, w, _) = x.dims();
         let (oh, ow) = self.out_hw(h, w);
         let (hp, wp) = (h + 2 * g.pad, w + 2 * g.pad);
         let stride = self.out_stride();
         assert_eq!(self.has_residual, residual.is_some(), "residual input");
-        if let Some(r) = residual {
-            assert_eq!((r.n, r.h, r.w, r.cs), (n, oh, ow, stride), "residual shape");
-        }
+        let residual = residual.map(|r| match r {
+            Act::Floats(m) => (m.n, m.h, m.w, m.cs, Residual::Floats(&m.data)),
+            Act::Codes(m, alpha) => (m.n, m.h, m.w, m.cs, Residual::Codes(&m.data, *alpha)),
+        });
+        let residual = residual.map(|(rn, rh, rw, rcs, r)| {
+            assert_eq!((rn, rh, rw, rcs), (n, oh, ow, stride), "residual shape");
+            r
+        });
         let pixels = n * oh * ow;
         // Where each output pixel's receptive field starts, pixel after pixel (no divisions).
         let cursor = |cs: usize| Cursor {
@@ -676,7 +681,7 @@ impl Conv {
         b: usize,
         acc: &[f32; ROWS * LANES],
         rows: usize,
-        residual: Option<&Map<f32>>,
+        residual: Option<Residual<'_>>,
         at: usize,
         codes: &mut Option<Map<u8>>,
         floats: &mut Option<Map<f32>>,
@@ -684,7 +689,10 @@ impl Conv {
         let stride = self.out_stride();
         let width = LANES.min(self.geo.cout - b * LANES);
         let epi = self.tables.block(b);
-        let res = residual.map(|r| &r.data[at..]);
+        let res = residual.map(|r| match r {
+            Residual::Floats(v) => Residual::Floats(&v[at..]),
+            Residual::Codes(c, alpha) => Residual::Codes(&c[at..], alpha),
+        });
         let out = match (codes, floats) {
             (Some(c), _) => EpiOut::Codes(&mut c.data[at..]),
             (_, Some(f)) => EpiOut::Floats(&mut f.data[at..]),

@@ -321,7 +321,7 @@ struct Block {
 }
 
 /// The layer runner [`Engine::run_net`] calls for every conv (input, residual → output).
-type RunConv<'a> = dyn FnMut(&Conv, &Act, Option<&Map<f32>>) -> Act + 'a;
+type RunConv<'a> = dyn FnMut(&Conv, &Act, Option<&Act>) -> Act + 'a;
 
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
@@ -507,7 +507,7 @@ impl Engine {
     fn input_sizes(&self) -> Vec<(usize, usize)> {
         let i = self.header.input;
         let mut sizes = Vec::new();
-        let mut record = |c: &Conv, x: &Act, r: Option<&Map<f32>>| {
+        let mut record = |c: &Conv, x: &Act, r: Option<&Act>| {
             let (_, h, w, _) = x.dims();
             sizes.push((h, w));
             c.forward(x, r)
@@ -531,7 +531,7 @@ impl Engine {
         let mut times: Vec<Vec<std::time::Duration>> = Vec::new();
         for _ in 0..runs.max(1) {
             let mut k = 0;
-            let mut record = |c: &Conv, x: &Act, r: Option<&Map<f32>>| {
+            let mut record = |c: &Conv, x: &Act, r: Option<&Act>| {
                 let started = std::time::Instant::now();
                 let out = c.forward(x, r);
                 if times.len() <= k {
@@ -674,11 +674,9 @@ impl Engine {
                     for c in &first[1..] {
                         h = run(c, &h, None);
                     }
-                    let shortcut = match &bl.downsample {
-                        Some(d) => run(d, &x, None).floats().into_owned(),
-                        None => x.floats().into_owned(),
-                    };
-                    x = run(last, &h, Some(&shortcut));
+                    // The shortcut as it is: the block's input codes, or the downsample's floats.
+                    let down = bl.downsample.as_ref().map(|d| run(d, &x, None));
+                    x = run(last, &h, Some(down.as_ref().unwrap_or(&x)));
                 }
                 let pooled = global_avg_pool(&x);
                 run(fc, &Act::Floats(pooled), None)

@@ -124,10 +124,29 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
         let oh = (h + 2 * geo.pad - k) / geo.stride + 1;
         let ow = (w + 2 * geo.pad - k) / geo.stride + 1;
         let stride_out = geo.cout.div_ceil(16) * 16;
+        // The shortcut: floats (a downsample's output), or every other time codes with their
+        // α (a block's input), added as fl(α·y).
         let mut shortcut = Map::<f32>::zeros(n, oh, ow, geo.cout, stride_out);
-        for v in &mut shortcut.data {
-            *v = 2.0 * rng.unit() - 1.0;
+        let mut shortcut_codes = Map::<u8>::zeros(n, oh, ow, geo.cout, stride_out);
+        let alpha_r = 0.1 + rng.unit();
+        let coded = case % 2 == 1;
+        for (v, y) in shortcut.data.iter_mut().zip(&mut shortcut_codes.data) {
+            *y = rng.below(amax as usize + 1) as u8;
+            *v = if coded {
+                alpha_r * f32::from(*y)
+            } else {
+                2.0 * rng.unit() - 1.0
+            };
         }
+        let shortcut = if coded {
+            Act::Codes(shortcut_codes, alpha_r)
+        } else {
+            Act::Floats(shortcut)
+        };
+        let shortcut_value = |i: usize| match &shortcut {
+            Act::Floats(m) => m.data[i],
+            Act::Codes(m, a) => a * f32::from(m.data[i]),
+        };
         // The reference.
         let mut want_vals = vec![0f32; n * oh * ow * geo.cout];
         let mut want_codes = vec![0u8; n * oh * ow * geo.cout];
@@ -155,7 +174,7 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
                             }
                         }
                         let q = ((img * oh + oy) * ow + ox) * geo.cout + co;
-                        let r = shortcut.data[((img * oh + oy) * ow + ox) * stride_out + co];
+                        let r = shortcut_value(((img * oh + oy) * ow + ox) * stride_out + co);
                         let (v, code) = reference_value(&epi, alpha_w[co] * alpha_in, co, z, r);
                         want_vals[q] = v;
                         want_codes[q] = code.unwrap_or(0);
