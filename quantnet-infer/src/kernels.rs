@@ -143,6 +143,19 @@ pub(crate) fn tile_shape(blocks: usize, pixels: usize) -> (usize, usize) {
     }
 }
 
+/// The rows of a tile a stride-1 conv reads in place (consecutive pixels of one output row,
+/// `ow` wide): 16 for one block of output channels, 8 for two or three (two per call); `None`
+/// when `ow` is no multiple of them, or for wider layers (a packed panel shared by four blocks
+/// reuses each code more).
+pub(crate) fn direct_rows(blocks: usize, ow: usize) -> Option<usize> {
+    let rows: &[usize] = match blocks {
+        1 => &[16, 8],
+        2 | 3 => &[8],
+        _ => &[],
+    };
+    rows.iter().copied().find(|r| ow.is_multiple_of(*r))
+}
+
 /// The bytes of one panel chunk for a layer with `cs` bytes per input pixel: the largest of
 /// 64, 32, 16, 8, 4 that divides it (the engine's maps have multiples of 16).
 ///
@@ -165,7 +178,8 @@ pub(crate) struct Panel {
     data: Vec<u8>,
     rows: usize,
     k: usize,
-    chunks: usize,
+    /// Where each chunk starts: `j·rows·k`.
+    starts: Vec<usize>,
 }
 
 impl Panel {
@@ -176,8 +190,13 @@ impl Panel {
             data: vec![0; chunks * rows * k],
             rows,
             k,
-            chunks,
+            starts: (0..chunks).map(|j| j * rows * k).collect(),
         }
+    }
+
+    /// The panel as the kernels read it.
+    pub(crate) fn tile(&self) -> Tile<'_> {
+        Tile::new(&self.data, &self.starts, self.rows, self.k)
     }
 
     /// Packs the receptive fields starting at `bases` (at most `rows`; rows past them keep
@@ -186,7 +205,7 @@ impl Panel {
     /// # Panics
     /// If a chunk lies outside `acts`, or there are more bases than rows or offsets than chunks.
     pub(crate) fn pack(&mut self, acts: &[u8], bases: &[usize], offs: &[usize]) {
-        assert!(bases.len() <= self.rows && offs.len() == self.chunks);
+        assert!(bases.len() <= self.rows && offs.len() == self.starts.len());
         match self.k {
             4 => self.pack_k::<4>(acts, bases, offs),
             8 => self.pack_k::<8>(acts, bases, offs),
@@ -206,25 +225,73 @@ impl Panel {
     }
 }
 
-/// The integer sums of a packed panel against `blocks` consecutive 16-channel blocks of
+/// Where an integer kernel reads its codes: `rows` rows of `starts.len()` chunks of `k` bytes,
+/// row `r` of chunk `j` at `data[base + starts[j] + r·k..][..k]`. A packed [`Panel`], or (a
+/// stride-1 conv whose pixels hold exactly `k` bytes) the layer's input itself: `rows`
+/// consecutive output pixels of one output row, read where they lie.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile<'a> {
+    data: &'a [u8],
+    base: usize,
+    starts: &'a [usize],
+    /// The largest of `starts` (what bounds every read, with `base`, `rows` and `k`).
+    far: usize,
+    rows: usize,
+    k: usize,
+}
+
+impl<'a> Tile<'a> {
+    /// Chunks at `starts` (from `base` 0) of `rows` rows `k` bytes apart (k: 4 to 64).
+    pub(crate) fn new(data: &'a [u8], starts: &'a [usize], rows: usize, k: usize) -> Self {
+        assert!(matches!(k, 4 | 8 | 16 | 32 | 64) && (1..=PANEL_ROWS).contains(&rows));
+        Self {
+            data,
+            base: 0,
+            starts,
+            far: starts.iter().max().copied().unwrap_or(0),
+            rows,
+            k,
+        }
+    }
+
+    /// This tile from `base`.
+    pub(crate) fn at(self, base: usize) -> Self {
+        Self { base, ..self }
+    }
+
+    fn chunks(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Row `r` of chunk `j`.
+    fn codes(&self, j: usize, r: usize) -> &[u8] {
+        &self.data[self.base + self.starts[j] + r * self.k..][..self.k]
+    }
+}
+
+/// The integer sums of a tile of codes against `blocks` consecutive 16-channel blocks of
 /// weights (`w`: `[blocks][chunks·k/4][16][4]` s8 levels, each block `chunks·k·16` bytes):
-/// `acc[(b·rows + r)·16 + j] = Σ_g Σ_t panel(r, g, t) · w[b][g][j][t]`, for every panel row.
+/// `acc[(b·rows + r)·16 + j] = Σ_g Σ_t tile(r, g, t) · w[b][g][j][t]`, for every tile row.
 /// Exact: the same i32 values on every path.
 ///
 /// # Panics
-/// If `w` or `acc` is too short.
-pub(crate) fn int_panel(isa: Isa, p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
-    let per_block = p.chunks * p.k * LANES;
+/// If `w` or `acc` is too short, or the tile reaches past its data.
+pub(crate) fn int_panel(isa: Isa, p: &Tile<'_>, w: &[i8], blocks: usize, acc: &mut [i32]) {
+    let per_block = p.chunks() * p.k * LANES;
     assert!(w.len() >= blocks * per_block, "weights for {blocks} blocks");
     assert!(
         acc.len() >= blocks * p.rows * LANES,
         "sums for {blocks} blocks"
     );
+    assert!(
+        p.chunks() == 0 || p.base + p.far + p.rows * p.k <= p.data.len(),
+        "a tile past its codes"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was chosen by `Isa`, whose constructors only return paths
         // `Isa::available` confirmed on this CPU (AVX-512 F/BW/VL/VNNI); the lengths of `w` and
-        // `acc` were checked above and `Panel` holds `chunks·rows·k` bytes by construction.
+        // `acc`, and the farthest code the tile reads, were checked above.
         Isa::Avx512 if Isa::Avx512.available() => unsafe { x86::panel_avx512(p, w, blocks, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed on this CPU by `Isa::available`; lengths checked as above.
@@ -234,15 +301,15 @@ pub(crate) fn int_panel(isa: Isa, p: &Panel, w: &[i8], blocks: usize, acc: &mut 
 }
 
 /// The scalar integer path (the reference the others are tested against).
-fn panel_scalar(p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
-    let per_block = p.chunks * p.k * LANES;
+fn panel_scalar(p: &Tile<'_>, w: &[i8], blocks: usize, acc: &mut [i32]) {
+    let per_block = p.chunks() * p.k * LANES;
     for b in 0..blocks {
         let wb = &w[b * per_block..(b + 1) * per_block];
         for r in 0..p.rows {
             let out = &mut acc[(b * p.rows + r) * LANES..][..LANES];
             out.fill(0);
-            for j in 0..p.chunks {
-                let codes = &p.data[(j * p.rows + r) * p.k..][..p.k];
+            for j in 0..p.chunks() {
+                let codes = p.codes(j, r);
                 for (c4, a) in codes.chunks_exact(4).enumerate() {
                     let wg = &wb[(j * p.k / 4 + c4) * LANES * 4..][..LANES * 4];
                     for (o, wj) in out.iter_mut().zip(wg.chunks_exact(4)) {
@@ -322,8 +389,8 @@ fn f32_rows<const R: usize>(b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
 /// (those run the portable body).
 fn register_tile(rows: usize, left: usize) -> Option<(usize, usize)> {
     let blocks = match (rows, left) {
-        (24, _) | (12 | 6 | 1, 1) => 1,
-        (12, _) | (6 | 1, 2 | 3) => 2,
+        (24 | 16, _) | (12 | 8 | 6 | 1, 1) => 1,
+        (12 | 8, _) | (6 | 1, 2 | 3) => 2,
         (6 | 1, _) => 4,
         _ => return None,
     };
@@ -684,7 +751,7 @@ fn epi_body(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{EpiOut, F32Block, FloatEpi, FloatPanel, LANES, Panel, ROWS, Residual, Thresholds};
+    use super::{EpiOut, F32Block, FloatEpi, FloatPanel, LANES, ROWS, Residual, Thresholds, Tile};
     use std::arch::x86_64::*;
 
     /// The AVX-512 VNNI panel kernel: a register tile of `R` rows × `C` blocks per call (the
@@ -694,7 +761,7 @@ mod x86 {
     /// The CPU must have AVX-512 F/BW/VL/VNNI; `w` must hold `blocks` blocks and `acc`
     /// `blocks·rows·16` sums (checked by `int_panel`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn panel_avx512(p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
+    pub(super) unsafe fn panel_avx512(p: &Tile<'_>, w: &[i8], blocks: usize, acc: &mut [i32]) {
         macro_rules! tile {
             ($r:literal, $c:literal, $b0:expr) => {
                 match p.k {
@@ -714,22 +781,26 @@ mod x86 {
         let mut b0 = 0;
         while b0 < blocks {
             let Some(tile) = super::register_tile(p.rows, blocks - b0) else {
-                let per_block = p.chunks * p.k * LANES;
+                let per_block = p.chunks() * p.k * LANES;
                 let rest = blocks - b0;
                 let acc = &mut acc[b0 * p.rows * LANES..];
                 super::panel_scalar(p, &w[b0 * per_block..], rest, acc);
                 return;
             };
             match tile {
-                (24, _) => tile!(24, 1, b0),
+                (24, 1) => tile!(24, 1, b0),
+                (16, 1) => tile!(16, 1, b0),
                 (12, 1) => tile!(12, 1, b0),
-                (12, _) => tile!(12, 2, b0),
+                (12, 2) => tile!(12, 2, b0),
+                (8, 1) => tile!(8, 1, b0),
+                (8, 2) => tile!(8, 2, b0),
                 (6, 1) => tile!(6, 1, b0),
                 (6, 2) => tile!(6, 2, b0),
-                (6, _) => tile!(6, 4, b0),
-                (_, 1) => tile!(1, 1, b0),
-                (_, 2) => tile!(1, 2, b0),
-                _ => tile!(1, 4, b0),
+                (6, 4) => tile!(6, 4, b0),
+                (1, 1) => tile!(1, 1, b0),
+                (1, 2) => tile!(1, 2, b0),
+                (1, 4) => tile!(1, 4, b0),
+                _ => unreachable!("register_tile returned {tile:?}"),
             }
             b0 += tile.1;
         }
@@ -741,22 +812,24 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_avx512<const R: usize, const C: usize, const K: usize>(
-        p: &Panel,
+        p: &Tile<'_>,
         w: &[i8],
         b0: usize,
         acc: &mut [i32],
     ) {
         debug_assert!(p.rows == R && p.k == K);
-        let per_block = p.chunks * K * LANES;
+        let per_block = p.chunks() * K * LANES;
         let mut sums = [[_mm512_setzero_si512(); C]; R];
-        let mut a = p.data.as_ptr();
-        // SAFETY: blocks `b0..b0 + C` lie in `w` (the caller's contract).
-        let mut wp = unsafe { w.as_ptr().add(b0 * per_block) };
-        for _ in 0..p.chunks {
+        // SAFETY: `base` and every start are inside the codes (checked by `int_panel`), and
+        // blocks `b0..b0 + C` lie in `w` (the caller's contract).
+        let (a0, mut wp) = unsafe { (p.data.as_ptr().add(p.base), w.as_ptr().add(b0 * per_block)) };
+        for &start in p.starts {
+            // SAFETY: as above.
+            let a = unsafe { a0.add(start) };
             for c4 in 0..K / 4 {
                 // SAFETY: chunk `j`'s weights are `K·16` bytes at `wp` (plus `c·per_block` for
-                // block `c`), and its codes `R·K` bytes at `a`: inside `w` and the panel, whose
-                // lengths are `blocks·per_block` and `chunks·R·K`. Unaligned loads are allowed.
+                // block `c`), inside `w`'s `blocks·per_block`; its codes are `R·K` bytes at `a`,
+                // inside the data (`base + far + rows·k ≤ len`, checked). Unaligned loads.
                 unsafe {
                     let wv: [__m512i; C] = std::array::from_fn(|c| {
                         _mm512_loadu_si512(wp.add(c * per_block + c4 * 64).cast())
@@ -771,10 +844,7 @@ mod x86 {
                 }
             }
             // SAFETY: one chunk further, at most one past the end after the last chunk.
-            unsafe {
-                a = a.add(R * K);
-                wp = wp.add(K * LANES);
-            }
+            wp = unsafe { wp.add(K * LANES) };
         }
         for (r, row) in sums.iter().enumerate() {
             for (c, s) in row.iter().enumerate() {
@@ -792,7 +862,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX2; lengths as for `panel_avx512`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn panel_avx2(p: &Panel, w: &[i8], blocks: usize, acc: &mut [i32]) {
+    pub(super) unsafe fn panel_avx2(p: &Tile<'_>, w: &[i8], blocks: usize, acc: &mut [i32]) {
         for b in 0..blocks {
             let mut r0 = 0;
             while r0 < p.rows {
@@ -831,20 +901,27 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn rows_avx2<const RC: usize, const K: usize>(
-        p: &Panel,
+        p: &Tile<'_>,
         w: &[i8],
         b: usize,
         r0: usize,
         acc: &mut [i32],
     ) {
-        let per_block = p.chunks * K * LANES;
+        let per_block = p.chunks() * K * LANES;
         let mut lo = [_mm256_setzero_si256(); RC];
         let mut hi = [_mm256_setzero_si256(); RC];
         let ones = _mm256_set1_epi16(1);
-        // SAFETY: row `r0` and block `b` lie in the panel and in `w` (the caller's contract).
-        let (mut a, mut wp) =
-            unsafe { (p.data.as_ptr().add(r0 * K), w.as_ptr().add(b * per_block)) };
-        for _ in 0..p.chunks {
+        // SAFETY: row `r0` of the tile and block `b` lie in the codes and in `w` (the caller's
+        // contract, `int_panel`'s checks).
+        let (a0, mut wp) = unsafe {
+            (
+                p.data.as_ptr().add(p.base + r0 * K),
+                w.as_ptr().add(b * per_block),
+            )
+        };
+        for &start in p.starts {
+            // SAFETY: as above.
+            let a = unsafe { a0.add(start) };
             for c4 in 0..K / 4 {
                 // SAFETY: as in `tile_avx512`: the chunk's `K·16` weight bytes and the rows'
                 // codes lie inside `w` and the panel.
@@ -862,10 +939,7 @@ mod x86 {
                 }
             }
             // SAFETY: one chunk further, at most one past the end after the last chunk.
-            unsafe {
-                a = a.add(p.rows * K);
-                wp = wp.add(K * LANES);
-            }
+            wp = unsafe { wp.add(K * LANES) };
         }
         for r in 0..RC {
             let at = (b * p.rows + r0 + r) * LANES;
@@ -962,15 +1036,19 @@ mod x86 {
             // `blocks` (`register_tile` takes no more than are left).
             unsafe {
                 match tile {
-                    (24, _) => f32_tile_avx512::<24, 1>(p, w, b0, acc),
+                    (24, 1) => f32_tile_avx512::<24, 1>(p, w, b0, acc),
+                    (16, 1) => f32_tile_avx512::<16, 1>(p, w, b0, acc),
                     (12, 1) => f32_tile_avx512::<12, 1>(p, w, b0, acc),
-                    (12, _) => f32_tile_avx512::<12, 2>(p, w, b0, acc),
+                    (12, 2) => f32_tile_avx512::<12, 2>(p, w, b0, acc),
+                    (8, 1) => f32_tile_avx512::<8, 1>(p, w, b0, acc),
+                    (8, 2) => f32_tile_avx512::<8, 2>(p, w, b0, acc),
                     (6, 1) => f32_tile_avx512::<6, 1>(p, w, b0, acc),
                     (6, 2) => f32_tile_avx512::<6, 2>(p, w, b0, acc),
-                    (6, _) => f32_tile_avx512::<6, 4>(p, w, b0, acc),
-                    (_, 1) => f32_tile_avx512::<1, 1>(p, w, b0, acc),
-                    (_, 2) => f32_tile_avx512::<1, 2>(p, w, b0, acc),
-                    _ => f32_tile_avx512::<1, 4>(p, w, b0, acc),
+                    (6, 4) => f32_tile_avx512::<6, 4>(p, w, b0, acc),
+                    (1, 1) => f32_tile_avx512::<1, 1>(p, w, b0, acc),
+                    (1, 2) => f32_tile_avx512::<1, 2>(p, w, b0, acc),
+                    (1, 4) => f32_tile_avx512::<1, 4>(p, w, b0, acc),
+                    _ => unreachable!("register_tile returned {tile:?}"),
                 }
             }
             b0 += tile.1;
@@ -1234,8 +1312,8 @@ mod tests {
     fn every_path_gives_the_scalar_sums() {
         let mut next = rng(7);
         for case in 0..120 {
-            let rows = [24, 12, 6, 1, 5, 8][case % 6];
-            let k = [16, 32, 64, 4, 8][(case / 6) % 5];
+            let rows = [24, 12, 6, 1, 5, 8, 16][case % 7];
+            let k = [16, 32, 64, 4, 8][(case / 7) % 5];
             let blocks = 1 + (next() % 6) as usize;
             let chunks = 1 + (next() % 9) as usize;
             let acts: Vec<u8> = (0..1024)
@@ -1257,7 +1335,7 @@ mod tests {
             let mut panel = Panel::new(rows, k, chunks);
             panel.pack(&acts, &bases, &offs);
             let mut want = vec![0; blocks * rows * LANES];
-            panel_scalar(&panel, &w, blocks, &mut want);
+            panel_scalar(&panel.tile(), &w, blocks, &mut want);
             // A hand-written sum for one entry (last block, row 0, channel 3): the layout's
             // definition.
             let b = blocks - 1;
@@ -1271,7 +1349,7 @@ mod tests {
             assert_eq!(want[b * rows * LANES + 3], direct);
             for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
                 let mut got = vec![0; blocks * rows * LANES];
-                int_panel(isa, &panel, &w, blocks, &mut got);
+                int_panel(isa, &panel.tile(), &w, blocks, &mut got);
                 assert_eq!(got, want, "{isa}, case {case}: {rows} rows, k {k}");
             }
         }
@@ -1284,7 +1362,7 @@ mod tests {
         let mut next = rng(11);
         let mut unit = move || (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
         for case in 0..36 {
-            let rows = [24, 12, 6, 1, 5, 8][case % 6];
+            let rows = [24, 12, 6, 1, 5, 8, 16][case % 7];
             let blocks = 1 + case % 5;
             let k = 1 + (case * 7) % 40;
             let acts: Vec<f32> = (0..600).map(|_| unit()).collect();

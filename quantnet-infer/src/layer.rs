@@ -3,7 +3,7 @@
 
 use crate::kernels::{
     self, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel, QuantEpi, ROWS,
-    Residual, Thresholds,
+    Residual, Thresholds, Tile,
 };
 
 /// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
@@ -530,8 +530,17 @@ impl Conv {
                     })
                     .collect();
                 let per_block = offs.len() * k * LANES;
-                let (rows, per_call) = kernels::tile_shape(blocks, pixels);
-                let mut panel = Panel::new(rows, k, offs.len());
+                // A stride-1 conv whose pixels are one chunk wide reads its input in place, a
+                // tile being consecutive pixels of one output row; other layers pack panels.
+                let direct = (g.stride == 1 && k == *cs)
+                    .then(|| kernels::direct_rows(blocks, ow))
+                    .flatten();
+                let (rows, per_call) = match direct {
+                    Some(rows) => (rows, kernels::tile_shape(blocks, pixels).1.min(2)),
+                    None => kernels::tile_shape(blocks, pixels),
+                };
+                let mut panel = Panel::new(rows, k, if direct.is_some() { 0 } else { offs.len() });
+                let in_place = Tile::new(&input.data, &offs, rows, k);
                 // Slack past the last block's rows, so that every window of ROWS rows is whole.
                 let mut acc = vec![0i32; (per_call * rows + ROWS) * LANES];
                 let mut bases = [0usize; PANEL_ROWS];
@@ -539,10 +548,15 @@ impl Conv {
                 for q0 in (0..pixels).step_by(rows) {
                     let used = rows.min(pixels - q0);
                     bases[..used].fill_with(|| pixel.next_base());
-                    panel.pack(&input.data, &bases[..used], &offs);
+                    let tile = if direct.is_some() {
+                        in_place.at(bases[0])
+                    } else {
+                        panel.pack(&input.data, &bases[..used], &offs);
+                        panel.tile()
+                    };
                     for b0 in (0..blocks).step_by(per_call) {
                         let calls = per_call.min(blocks - b0);
-                        kernels::int_panel(self.isa, &panel, &w[b0 * per_block..], calls, &mut acc);
+                        kernels::int_panel(self.isa, &tile, &w[b0 * per_block..], calls, &mut acc);
                         for b in b0..b0 + calls {
                             let width = LANES.min(g.cout - b * LANES);
                             for r0 in (0..used).step_by(ROWS) {

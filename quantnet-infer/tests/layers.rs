@@ -75,7 +75,10 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
         let abits = 1 + (case / 4) % 4;
         let amax = (1u32 << abits) - 1;
         let k = [1, 3, 5][rng.below(3)];
-        let geo = Geometry {
+        // Every third layer is a stride-1 conv with rows of 8 or 16 outputs and pixels of a
+        // power-of-two size: the kernels read such inputs in place instead of packing them.
+        let in_place = case % 3 == 1;
+        let mut geo = Geometry {
             cin: 1 + rng.below(21),
             cout: 1 + rng.below(80),
             kh: k,
@@ -83,8 +86,13 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
             stride: 1 + rng.below(2),
             pad: rng.below(k / 2 + 1),
         };
-        let (n, h, w) = (1 + rng.below(3), k + rng.below(7), k + rng.below(7));
-        let cs = geo.cin.div_ceil(4) * 4 + 4 * rng.below(2);
+        let (n, h, mut w) = (1 + rng.below(3), k + rng.below(7), k + rng.below(7));
+        let mut cs = geo.cin.div_ceil(4) * 4 + 4 * rng.below(2);
+        if in_place {
+            geo.stride = 1;
+            w = [8, 16][rng.below(2)] + k - 1 - 2 * geo.pad;
+            cs = geo.cin.next_power_of_two().max(4);
+        }
         let per = geo.cin * k * k;
         let levels: Vec<i8> = (0..geo.cout * per)
             .map(|_| wset[rng.below(wset.len())])
