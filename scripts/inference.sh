@@ -8,7 +8,8 @@
 # 2. `quantnet bench infer` on the exported LeNet-5 and on freshly quantized ResNet-20 and LFC
 #    (ternary weights, 2-bit activations), 1 and 2 threads, engines interleaved in one run.
 # 3. PyTorch's f32 and int8 on the same nets (benches/peer/infer.py), when PYTHON has torch
-#    (PYTHON=~/.venvs/torch/bin/python after `pip install torch` in that venv).
+#    (PYTHON=~/.venvs/torch/bin/python after `pip install torch` in that venv), then three
+#    rounds of the engine and PyTorch back to back at one thread.
 #
 #   scripts/inference.sh [RUNS_DIR]     (runs there are reused when finished, trained otherwise)
 set -euo pipefail
@@ -46,6 +47,17 @@ $QUANTNET bench infer --model lfc --batch 1,64 --threads 1,2 --layers
 
 if "$PYTHON" -c 'import torch' 2> /dev/null; then
   "$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --threads 1,2 --batch 1,64
+  # Head to head, one thread: the engine (int, f32 mode) and PyTorch (f32, frozen f32, int8)
+  # back to back, three rounds, so that both see the same moments of a noisy machine.
+  for ROUND in 1 2 3; do
+    echo "round $ROUND"
+    for MODEL in lenet5 resnet20 lfc; do
+      $QUANTNET bench infer --model "$MODEL" --batch 1,64 --threads 1 --engine int,f32 |
+        grep "^| $MODEL"
+    done
+    "$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --threads 1 --batch 1,64 |
+      grep '^| [lr]'
+  done
 else
   echo "PyTorch's numbers: set PYTHON to a python with torch (pip install torch)"
 fi
