@@ -380,6 +380,59 @@ fn f32_rows<const R: usize>(b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
     }
 }
 
+/// A stride-1 float conv with the output pixels in the vector lanes (the stems: 1–4 input
+/// channels, where a pixel's receptive field is too short to fill the lanes with channels).
+/// One image's input is planar and padded, `planes[c][y][x]`; `w` is one 16-channel block
+/// `[k][16]` with `k` in the layer's order (tap-major, then input channel).
+pub(crate) struct PlaneConv<'a> {
+    /// `[cin][hp][wp]`.
+    pub planes: &'a [f32],
+    /// Padded height and width.
+    pub hp: usize,
+    /// Padded width.
+    pub wp: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// One block's weights.
+    pub w: &'a [f32],
+    /// The block's output channels that exist (1–16): with 8 or fewer, 8 are computed.
+    pub width: usize,
+}
+
+/// The float sums of the `n ≤ 16` output pixels `(oy, ox0..ox0 + n)` of a [`PlaneConv`], as
+/// `out[px·16 + j]` (the layout the epilogue reads), on AVX-512 (the caller runs the row kernel
+/// elsewhere): each output's products added in increasing `k`, the same bits as `f32_block`.
+///
+/// # Panics
+/// Unless this CPU has AVX-512, or if the pixels' receptive fields or the weights lie outside
+/// the slices.
+pub(crate) fn plane_row(p: &PlaneConv<'_>, oy: usize, ox0: usize, n: usize, out: &mut [f32; 256]) {
+    assert!(
+        Isa::Avx512.available(),
+        "the planar kernel runs on AVX-512 only"
+    );
+    assert!((1..=LANES).contains(&n) && p.w.len() == p.kh * p.kw * p.cin * LANES);
+    let last = ((p.cin - 1) * p.hp + oy + p.kh - 1) * p.wp + ox0 + p.kw - 1 + n;
+    assert!(
+        p.cin > 0 && oy + p.kh <= p.hp && last <= p.planes.len(),
+        "a field past the planes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 F/BW/VL confirmed on this CPU just above; every load was bounded just
+    // above (the farthest one ends at `last`), and the weights hold `k·16` values.
+    unsafe {
+        if p.width <= 8 {
+            x86::plane_row_avx512::<8>(p, oy, ox0, n, out);
+        } else {
+            x86::plane_row_avx512::<16>(p, oy, ox0, n, out);
+        }
+    }
+}
+
 /// The register tile an AVX-512 kernel call uses for a panel of `rows` rows with `left` channel
 /// blocks still to do: `(rows, blocks)`, or `None` for a panel shape no tile is compiled for
 /// (those run the portable body).
@@ -747,7 +800,9 @@ fn epi_body(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{EpiOut, F32Block, FloatEpi, FloatPanel, LANES, ROWS, Residual, Thresholds, Tile};
+    use super::{
+        EpiOut, F32Block, FloatEpi, FloatPanel, LANES, PlaneConv, ROWS, Residual, Thresholds, Tile,
+    };
     use std::arch::x86_64::*;
 
     /// The AVX-512 VNNI panel kernel: a register tile of `R` rows × `C` blocks per call (the
@@ -1004,6 +1059,77 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn f32_avx2(b: &F32Block<'_>, acc: &mut [f32; ROWS * LANES]) {
         super::f32_body(b, acc);
+    }
+
+    /// The planar row kernel: `CH` output channels (8 or 16) × 16 pixels in `CH` registers; per
+    /// `k`, one (masked) load of 16 consecutive input values, multiplied by each channel's
+    /// weight and added; then a 16 × 16 transpose to pixel-major rows (channels past `CH` zero).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL; the caller bounded every load (`plane_row`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn plane_row_avx512<const CH: usize>(
+        p: &PlaneConv<'_>,
+        oy: usize,
+        ox0: usize,
+        n: usize,
+        out: &mut [f32; 256],
+    ) {
+        let mask: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let mut acc = [_mm512_setzero_ps(); LANES];
+        let mut wk = p.w.as_ptr();
+        for ky in 0..p.kh {
+            for kx in 0..p.kw {
+                for c in 0..p.cin {
+                    let at = (c * p.hp + oy + ky) * p.wp + ox0 + kx;
+                    // SAFETY: `at + n ≤ planes.len()` and `k·16 + 16 ≤ w.len()` (the caller's
+                    // bounds); masked lanes are not read.
+                    unsafe {
+                        let x = _mm512_maskz_loadu_ps(mask, p.planes.as_ptr().add(at));
+                        for (j, a) in acc[..CH].iter_mut().enumerate() {
+                            let w = _mm512_set1_ps(wk.add(j).read());
+                            *a = _mm512_add_ps(*a, _mm512_mul_ps(x, w));
+                        }
+                        wk = wk.add(LANES);
+                    }
+                }
+            }
+        }
+        // acc[j] holds channel j of the 16 pixels: transpose to out[px][j].
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (acc[i & !1], acc[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // u[4g + j], lane L: rows 4g..4g + 3 of column 4L + j.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        for j in 0..4 {
+            let a0 = _mm512_shuffle_f32x4::<0x44>(u[j], u[4 + j]);
+            let a1 = _mm512_shuffle_f32x4::<0xEE>(u[j], u[4 + j]);
+            let b0 = _mm512_shuffle_f32x4::<0x44>(u[8 + j], u[12 + j]);
+            let b1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + j], u[12 + j]);
+            let rows = [
+                (j, _mm512_shuffle_f32x4::<0x88>(a0, b0)),
+                (4 + j, _mm512_shuffle_f32x4::<0xDD>(a0, b0)),
+                (8 + j, _mm512_shuffle_f32x4::<0x88>(a1, b1)),
+                (12 + j, _mm512_shuffle_f32x4::<0xDD>(a1, b1)),
+            ];
+            for (px, v) in rows {
+                // SAFETY: `out` holds 16 rows of 16.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(px * LANES), v) };
+            }
+        }
     }
 
     /// The AVX-512 float panel kernel: a register tile of `R` rows × `C` blocks per call (the
@@ -1380,6 +1506,74 @@ mod tests {
                 f32_panel(isa, &panel, &w, blocks, &mut got);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{isa}, case {case}");
+            }
+        }
+    }
+
+    /// The planar stem kernel gives `f32_block`'s bits (the same products added in the same
+    /// order), for 1–4 input channels, kernels 1–5 and rows of 1–16 pixels.
+    #[test]
+    fn the_planar_stem_kernel_gives_the_float_blocks_bits() {
+        if !Isa::Avx512.available() {
+            eprintln!("no AVX-512 on this CPU: the planar kernel is not used here");
+            return;
+        }
+        let mut next = rng(5);
+        let mut unit = move || (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        for case in 0..40 {
+            let cin = 1 + case % 4;
+            let k = [1, 3, 5][case % 3];
+            let (hp, wp) = (k + case % 4, k + 15 + case % 5);
+            let ow = wp - k + 1;
+            let planes: Vec<f32> = (0..cin * hp * wp).map(|_| unit()).collect();
+            let w: Vec<f32> = (0..k * k * cin * LANES).map(|_| unit()).collect();
+            // The same image NHWC, and the float block's offsets (tap-major, then channel).
+            let mut acts = vec![0f32; hp * wp * cin];
+            for c in 0..cin {
+                for p in 0..hp * wp {
+                    acts[p * cin + c] = planes[c * hp * wp + p];
+                }
+            }
+            let offs: Vec<usize> = (0..k * k)
+                .flat_map(|t| (0..cin).map(move |c| ((t / k) * wp + t % k) * cin + c))
+                .collect();
+            let conv = PlaneConv {
+                planes: &planes,
+                hp,
+                wp,
+                cin,
+                kh: k,
+                kw: k,
+                w: &w,
+                width: [16, 6, 9, 8][case % 4],
+            };
+            let oy = hp - k;
+            for ox0 in [0, ow.saturating_sub(16), ow - 1] {
+                let n = 16.min(ow - ox0);
+                let mut out = [0f32; 256];
+                plane_row(&conv, oy, ox0, n, &mut out);
+                for r0 in (0..n).step_by(ROWS) {
+                    let rows = ROWS.min(n - r0);
+                    let bases: Vec<usize> =
+                        (0..rows).map(|i| (oy * wp + ox0 + r0 + i) * cin).collect();
+                    let block = F32Block {
+                        acts: &acts,
+                        bases: &bases,
+                        offs: &offs,
+                        w: &w,
+                    };
+                    let mut want = [0f32; ROWS * LANES];
+                    f32_block(Isa::Scalar, &block, &mut want);
+                    for i in (0..rows * LANES).filter(|i| i % LANES < conv.width) {
+                        assert_eq!(
+                            out[r0 * LANES + i].to_bits(),
+                            want[i].to_bits(),
+                            "case {case}, pixel {}, channel {}",
+                            ox0 + r0 + i / LANES,
+                            i % LANES
+                        );
+                    }
+                }
             }
         }
     }

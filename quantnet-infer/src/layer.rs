@@ -2,8 +2,8 @@
 //! run on integer codes or on floats, with its fused epilogue; max and average pooling.
 
 use crate::kernels::{
-    self, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel, QuantEpi, ROWS,
-    Residual, Thresholds, Tile,
+    self, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel, PlaneConv,
+    QuantEpi, ROWS, Residual, Thresholds, Tile,
 };
 
 /// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
@@ -613,7 +613,57 @@ impl Conv {
                     })
                     .collect();
                 let per_block = offs.len() * LANES;
-                if blocks < 4 {
+                if self.isa == Isa::Avx512 && g.stride == 1 && *cs <= 4 {
+                    // A stem (1–4 input channels, stride 1) with its output pixels in the
+                    // lanes, on a planar copy of each padded image.
+                    let plane = hp * wp;
+                    let mut planes = vec![0f32; g.cin * plane];
+                    let mut out = [0f32; 16 * LANES];
+                    for img in 0..n {
+                        let image = &input.data[img * plane * cs..(img + 1) * plane * cs];
+                        for (p, px) in image.chunks_exact(*cs).enumerate() {
+                            for (c, v) in px[..g.cin].iter().enumerate() {
+                                planes[c * plane + p] = *v;
+                            }
+                        }
+                        for oy in 0..oh {
+                            for ox0 in (0..ow).step_by(16) {
+                                let px = 16.min(ow - ox0);
+                                for b in 0..blocks {
+                                    let conv = PlaneConv {
+                                        planes: &planes,
+                                        hp,
+                                        wp,
+                                        cin: g.cin,
+                                        kh: g.kh,
+                                        kw: g.kw,
+                                        w: &w[b * per_block..(b + 1) * per_block],
+                                        width: LANES.min(g.cout - b * LANES),
+                                    };
+                                    kernels::plane_row(&conv, oy, ox0, px, &mut out);
+                                    for r0 in (0..px).step_by(ROWS) {
+                                        let z: &[f32; ROWS * LANES] = out
+                                            [r0 * LANES..(r0 + ROWS) * LANES]
+                                            .try_into()
+                                            .unwrap();
+                                        let q = (img * oh + oy) * ow + ox0 + r0;
+                                        let at = q * stride + b * LANES;
+                                        let rows = ROWS.min(px - r0);
+                                        self.epilogue(
+                                            b,
+                                            z,
+                                            rows,
+                                            residual,
+                                            at,
+                                            &mut codes,
+                                            &mut floats,
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } else if blocks < 4 {
                     // Narrow layers (a stem) read the activations in place: a panel would
                     // cost more to pack than it saves.
                     let mut pixel = cursor(*cs);
@@ -857,6 +907,20 @@ fn int_thresholds(t: &EpiTables, reach: &[(i64, i64)], blocks: usize, isa: Isa) 
     IntThresholds { thr, mask, base, n }
 }
 
+/// `dst[i] = max(dst[i], src[i])`, 16 at a time (a select, not a branch: it vectorises).
+fn max_into<T: Copy + PartialOrd>(dst: &mut [T], src: &[T]) {
+    let mut d = dst.chunks_exact_mut(LANES);
+    let mut s = src.chunks_exact(LANES);
+    for (o, v) in (&mut d).zip(&mut s) {
+        for i in 0..LANES {
+            o[i] = if v[i] > o[i] { v[i] } else { o[i] };
+        }
+    }
+    for (o, &v) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *o = if v > *o { v } else { *o };
+    }
+}
+
 /// Max pooling, `k × k`, stride `s`, padding `p` (padded positions never win), on codes or
 /// floats.
 pub fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
@@ -864,6 +928,19 @@ pub fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
         let oh = (m.h + 2 * p - k) / s + 1;
         let ow = (m.w + 2 * p - k) / s + 1;
         let mut out = Map::zeros(m.n, oh, ow, m.c, m.cs);
+        if p == 0 {
+            // Every window lies inside the map: its taps are fixed offsets from its corner.
+            let taps: Vec<usize> = (0..k * k).map(|t| ((t / k) * m.w + t % k) * m.cs).collect();
+            for (q, dst) in out.data.chunks_exact_mut(m.cs).enumerate() {
+                let (n, rest) = (q / (oh * ow), q % (oh * ow));
+                let corner = ((n * m.h + rest / ow * s) * m.w + rest % ow * s) * m.cs;
+                dst.copy_from_slice(&m.data[corner..corner + m.cs]);
+                for &t in &taps[1..] {
+                    max_into(dst, &m.data[corner + t..corner + t + m.cs]);
+                }
+            }
+            return out;
+        }
         for n in 0..m.n {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -884,10 +961,7 @@ pub fn max_pool(x: &Act, k: usize, s: usize, p: usize) -> Act {
                                 out.copy_from_slice(src);
                                 first = false;
                             } else {
-                                for (o, &v) in out.iter_mut().zip(src) {
-                                    // A select, not a branch: the loop vectorises.
-                                    *o = if v > *o { v } else { *o };
-                                }
+                                max_into(out, src);
                             }
                         }
                     }
@@ -953,6 +1027,56 @@ pub fn adaptive_avg_pool(x: &Act, oh: usize, ow: usize) -> Act {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Max pooling against its definition (the largest value in each window's part inside the
+    /// map), with and without padding, on codes and floats, 20 channels (a block of 16 and 4).
+    #[test]
+    fn max_pooling_takes_each_windows_largest_value() {
+        let (h, w, c) = (7, 6, 20);
+        let mut m = Map::<u8>::zeros(2, h, w, c, c);
+        for (i, v) in m.data.iter_mut().enumerate() {
+            *v = ((i * 37 + i / 7) % 251) as u8;
+        }
+        for (k, st, p) in [(2, 2, 0), (3, 2, 1), (3, 1, 0)] {
+            let Act::Codes(out, _) = max_pool(&Act::Codes(m.clone(), 1.0), k, st, p) else {
+                panic!("codes in, codes out")
+            };
+            let Act::Floats(fout) = max_pool(
+                &Act::Floats(Act::Codes(m.clone(), 1.0).floats().into_owned()),
+                k,
+                st,
+                p,
+            ) else {
+                panic!("floats in, floats out")
+            };
+            let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+            assert_eq!((out.h, out.w), (oh, ow));
+            for n in 0..2 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        for ch in 0..c {
+                            let mut best = 0u8;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (y, x) = (
+                                        (oy * st + ky) as i64 - p as i64,
+                                        (ox * st + kx) as i64 - p as i64,
+                                    );
+                                    if (0..h as i64).contains(&y) && (0..w as i64).contains(&x) {
+                                        let at = ((n * h + y as usize) * w + x as usize) * c + ch;
+                                        best = best.max(m.data[at]);
+                                    }
+                                }
+                            }
+                            let at = ((n * oh + oy) * ow + ox) * c + ch;
+                            assert_eq!(out.data[at], best, "k {k} s {st} p {p}");
+                            assert_eq!(fout.data[at], f32::from(best), "k {k} s {st} p {p}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// PyTorch's bins for 3 → 2: rows and columns `0..2` and `1..3` (overlapping), so the
     /// output means are of the 2×2 corners: with values 1..=9 row by row,
