@@ -598,6 +598,79 @@ fn threshold_body(
     }
 }
 
+/// [`Thresholds`] for a residual layer whose shortcut is codes: one set of `n` thresholds per
+/// shortcut code `y < codes`, `thr[(y·n + t)·16 + j]`, picked per lane by the shortcut's code at
+/// that lane. One mask and base serve every set: whether the epilogue rises or falls with `z`
+/// does not depend on what is added to it.
+pub(crate) struct CodedThresholds<'a> {
+    /// `[codes][n][16]` thresholds.
+    pub thr: &'a [i32],
+    /// Shortcut codes `0..codes`.
+    pub codes: usize,
+    /// Per channel: 0, or −1 to negate the count.
+    pub mask: &'a [i32; LANES],
+    /// Per channel: the code the count starts from.
+    pub base: &'a [i32; LANES],
+}
+
+/// Applies [`CodedThresholds`] to `rows` rows of `acc` whose shortcut codes are at
+/// `shortcut[r·stride..][..width]`, writing codes at `out[r·stride..][..width]`. Shortcut codes
+/// must be below `codes` (a quantizer's codes are): past it the codes written are unspecified.
+///
+/// # Panics
+/// If a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn coded_threshold_block(
+    isa: Isa,
+    t: &CodedThresholds<'_>,
+    acc: &[i32; ROWS * LANES],
+    rows: usize,
+    shortcut: &[u8],
+    out: &mut [u8],
+    stride: usize,
+    width: usize,
+) {
+    assert!(rows <= ROWS && width <= LANES && t.codes >= 1);
+    assert!(t.thr.len().is_multiple_of(t.codes * LANES));
+    let need = if rows == 0 {
+        0
+    } else {
+        (rows - 1) * stride + width
+    };
+    assert!(out.len() >= need && shortcut.len() >= need);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; lengths checked
+        // above; the lane selection reads 4 sets at most.
+        Isa::Avx512 if Isa::Avx512.available() && t.codes <= 4 => unsafe {
+            x86::coded_threshold_avx512(t, acc, rows, shortcut, out, stride, width)
+        },
+        _ => coded_threshold_body(t, acc, rows, shortcut, out, stride, width),
+    }
+}
+
+fn coded_threshold_body(
+    t: &CodedThresholds<'_>,
+    acc: &[i32; ROWS * LANES],
+    rows: usize,
+    shortcut: &[u8],
+    out: &mut [u8],
+    stride: usize,
+    width: usize,
+) {
+    let n = t.thr.len() / (t.codes * LANES);
+    for r in 0..rows {
+        for j in 0..width {
+            let y = usize::from(shortcut[r * stride + j]).min(t.codes - 1);
+            let z = acc[r * LANES + j];
+            let cnt = (0..n)
+                .filter(|&l| z >= t.thr[(y * n + l) * LANES + j])
+                .count() as i32;
+            out[r * stride + j] = (t.base[j] + ((cnt ^ t.mask[j]) - t.mask[j])) as u8;
+        }
+    }
+}
+
 /// The float epilogue of a layer, per output channel of one 16-channel block: `v = acc·scale
 /// + bias`, batch norm in f64 (`(v − μ)·k + β`, as flex computes it), the residual added,
 /// ReLU, then the activation quantizer's hard function `y = Σ_i s_i·[β_q·v ≥ b_i] − o`.
@@ -801,7 +874,8 @@ fn epi_body(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        EpiOut, F32Block, FloatEpi, FloatPanel, LANES, PlaneConv, ROWS, Residual, Thresholds, Tile,
+        CodedThresholds, EpiOut, F32Block, FloatEpi, FloatPanel, LANES, PlaneConv, ROWS, Residual,
+        Thresholds, Tile,
     };
     use std::arch::x86_64::*;
 
@@ -1260,6 +1334,75 @@ mod x86 {
                 let mut cnt = _mm512_setzero_si512();
                 for thr in t.thr.chunks_exact(LANES) {
                     let th = _mm512_loadu_si512(thr.as_ptr().cast());
+                    let ge = _mm512_cmpge_epi32_mask(z, th);
+                    cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
+                }
+                let code =
+                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
+                _mm512_mask_cvtepi32_storeu_epi8(
+                    out.as_mut_ptr().add(r * stride).cast(),
+                    mask,
+                    code,
+                );
+            }
+        }
+    }
+
+    /// The coded-shortcut threshold epilogue: per threshold level, each lane's threshold picked
+    /// from the (at most 4) sets by its shortcut code with two `vpermt2d` and a blend, then
+    /// counted as in `threshold_avx512`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL; `t.codes ≤ 4` and the lengths checked by
+    /// `coded_threshold_block`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn coded_threshold_avx512(
+        t: &CodedThresholds<'_>,
+        acc: &[i32; ROWS * LANES],
+        rows: usize,
+        shortcut: &[u8],
+        out: &mut [u8],
+        stride: usize,
+        width: usize,
+    ) {
+        let mask: __mmask16 = if width >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        };
+        let n = t.thr.len() / (t.codes * LANES);
+        // SAFETY: the sets are `n·16` values each, `codes ≤ 4` of them (set `y` for y past the
+        // last one is the last one, never selected); `acc` holds ROWS·16 values with
+        // `r < rows ≤ ROWS`; shortcut loads and code stores are masked to `width` at
+        // `r·stride`, inside the lengths the caller checked.
+        unsafe {
+            let set = |y: usize, l: usize| {
+                let y = y.min(t.codes - 1);
+                _mm512_loadu_si512(t.thr.as_ptr().add((y * n + l) * LANES).cast())
+            };
+            let sign = _mm512_loadu_si512(t.mask.as_ptr().cast());
+            let base = _mm512_loadu_si512(t.base.as_ptr().cast());
+            let one = _mm512_set1_epi32(1);
+            let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let two = _mm512_set1_epi32(2);
+            for r in 0..rows {
+                let z = _mm512_loadu_si512(acc.as_ptr().add(r * LANES).cast());
+                let y = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                    mask,
+                    shortcut.as_ptr().add(r * stride).cast(),
+                ));
+                // Lane j reads entry 16·y + j of (set 0, set 1) or of (set 2, set 3).
+                let idx = _mm512_add_epi32(_mm512_slli_epi32::<4>(y), lane);
+                let upper = _mm512_cmpge_epi32_mask(y, two);
+                let mut cnt = _mm512_setzero_si512();
+                for l in 0..n {
+                    let low = _mm512_permutex2var_epi32(set(0, l), idx, set(1, l));
+                    let th = if t.codes > 2 {
+                        let high = _mm512_permutex2var_epi32(set(2, l), idx, set(3, l));
+                        _mm512_mask_blend_epi32(upper, low, high)
+                    } else {
+                        low
+                    };
                     let ge = _mm512_cmpge_epi32_mask(z, th);
                     cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
                 }

@@ -2,8 +2,8 @@
 //! run on integer codes or on floats, with its fused epilogue; max and average pooling.
 
 use crate::kernels::{
-    self, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel, PlaneConv,
-    QuantEpi, ROWS, Residual, Thresholds, Tile,
+    self, CodedThresholds, EpiOut, F32Block, FloatEpi, FloatPanel, Isa, LANES, PANEL_ROWS, Panel,
+    PlaneConv, QuantEpi, ROWS, Residual, Thresholds, Tile,
 };
 
 /// A batch of feature maps, NHWC, with `cs ≥ c` values per pixel (the channels past `c` are
@@ -106,6 +106,10 @@ pub struct Epilogue {
     pub bn: Option<BatchNorm>,
     /// Whether a shortcut is added (after batch norm, before ReLU).
     pub residual: bool,
+    /// When the shortcut is the codes of an unsigned-grid quantizer (`|α|`, its largest code):
+    /// the layer then runs its epilogue as integer thresholds, one set per shortcut code, when
+    /// given codes with that `|α|` (other shortcuts take the float epilogue).
+    pub coded_residual: Option<(f32, u8)>,
     /// ReLU.
     pub relu: bool,
     /// The activation quantizer.
@@ -234,6 +238,17 @@ struct IntThresholds {
     n: usize,
 }
 
+/// [`IntThresholds`] per shortcut code, for a residual layer whose shortcut is codes of `|α|`
+/// `alpha`: `thr` is `[block][code][t][16]`; one mask and base per block serve every code.
+#[derive(Clone, Debug)]
+struct CodedSets {
+    alpha: f32,
+    codes: usize,
+    thr: Vec<i32>,
+    mask: Vec<[i32; LANES]>,
+    base: Vec<[i32; LANES]>,
+}
+
 /// How a layer computes.
 #[derive(Clone, Debug)]
 enum Kernel {
@@ -243,6 +258,7 @@ enum Kernel {
         /// Input channels per pixel in the codes (a multiple of 4).
         cs: usize,
         thresholds: Option<IntThresholds>,
+        coded: Option<CodedSets>,
     },
     /// Floats in, packed `[block][K][16]`.
     Float { w: Vec<f32>, cs: usize },
@@ -380,10 +396,61 @@ impl Conv {
                 isa
             };
             let thresholds = (quant_codes && !epi.residual)
-                .then(|| int_thresholds(&tables, &reach, blocks, isa));
+                .then(|| int_thresholds(&tables, &reach, blocks, isa, None, None));
+            let coded = match epi.coded_residual {
+                Some((alpha, max)) if quant_codes && epi.residual => {
+                    // The epilogue falls with z where the scale times batch norm's slope is
+                    // negative, whatever the shortcut adds.
+                    let decreasing: Vec<bool> = (0..blocks * LANES)
+                        .map(|c| {
+                            let slope = epi
+                                .bn
+                                .as_ref()
+                                .map_or(1.0, |bn| f64::from(bn.gamma[c.min(bn.gamma.len() - 1)]));
+                            c < geo.cout && f64::from(scale[c]) * slope < 0.0
+                        })
+                        .collect();
+                    let sets: Vec<IntThresholds> = (0..=max)
+                        .map(|y| {
+                            let shortcut = alpha * f32::from(y);
+                            int_thresholds(
+                                &tables,
+                                &reach,
+                                blocks,
+                                isa,
+                                Some(shortcut),
+                                Some(&decreasing),
+                            )
+                        })
+                        .collect();
+                    let n = sets[0].n;
+                    let codes = sets.len();
+                    let mut thr = vec![0i32; blocks * codes * n * LANES];
+                    for (y, set) in sets.iter().enumerate() {
+                        for b in 0..blocks {
+                            let at = (b * codes + y) * n * LANES;
+                            thr[at..at + n * LANES]
+                                .copy_from_slice(&set.thr[b * n * LANES..(b + 1) * n * LANES]);
+                        }
+                    }
+                    Some(CodedSets {
+                        alpha,
+                        codes,
+                        thr,
+                        mask: sets[0].mask.clone(),
+                        base: sets[0].base.clone(),
+                    })
+                }
+                _ => None,
+            };
             Self {
                 geo,
-                kernel: Kernel::Int { w, cs, thresholds },
+                kernel: Kernel::Int {
+                    w,
+                    cs,
+                    thresholds,
+                    coded,
+                },
                 tables,
                 codes_out: quant_codes,
                 isa,
@@ -519,7 +586,15 @@ impl Conv {
         let blocks = g.cout.div_ceil(LANES);
         let mut acc_f = [0f32; ROWS * LANES];
         match (&self.kernel, x) {
-            (Kernel::Int { w, cs, thresholds }, Act::Codes(m, _)) => {
+            (
+                Kernel::Int {
+                    w,
+                    cs,
+                    thresholds,
+                    coded,
+                },
+                Act::Codes(m, _),
+            ) => {
                 assert_eq!(m.cs, *cs, "input channel stride");
                 let input = m.padded(g.pad);
                 let k = kernels::chunk_bytes(*cs);
@@ -565,8 +640,8 @@ impl Conv {
                                 let z: &[i32; ROWS * LANES] =
                                     acc[from..from + ROWS * LANES].try_into().unwrap();
                                 let at = (q0 + r0) * stride + b * LANES;
-                                match (thresholds, &mut codes) {
-                                    (Some(t), Some(out)) => {
+                                match (thresholds, coded, residual, &mut codes) {
+                                    (Some(t), _, _, Some(out)) => {
                                         let th = Thresholds {
                                             thr: &t.thr[b * t.n * LANES..(b + 1) * t.n * LANES],
                                             mask: &t.mask[b],
@@ -577,6 +652,30 @@ impl Conv {
                                             &th,
                                             z,
                                             n,
+                                            &mut out.data[at..],
+                                            stride,
+                                            width,
+                                        );
+                                    }
+                                    (
+                                        None,
+                                        Some(c),
+                                        Some(Residual::Codes(shortcut, alpha)),
+                                        Some(out),
+                                    ) if alpha.to_bits() == c.alpha.to_bits() => {
+                                        let per = c.thr.len() / blocks;
+                                        let th = CodedThresholds {
+                                            thr: &c.thr[b * per..(b + 1) * per],
+                                            codes: c.codes,
+                                            mask: &c.mask[b],
+                                            base: &c.base[b],
+                                        };
+                                        kernels::coded_threshold_block(
+                                            self.isa,
+                                            &th,
+                                            z,
+                                            n,
+                                            &shortcut[at..],
                                             &mut out.data[at..],
                                             stride,
                                             width,
@@ -814,7 +913,19 @@ fn zrange(geo: Geometry, levels: &[i8], max: u8) -> Vec<(i64, i64)> {
 /// every reachable `z`, found by binary search over `z` with the float epilogue itself (so
 /// they are exact by construction: the epilogue is monotone in `z`, increasing or decreasing
 /// with the sign of its slope).
-fn int_thresholds(t: &EpiTables, reach: &[(i64, i64)], blocks: usize, isa: Isa) -> IntThresholds {
+///
+/// With `shortcut`, the epilogue adds that value as its residual (a residual layer's thresholds
+/// for one shortcut code). `decreasing` (per channel) fixes the direction instead of reading it
+/// from the codes at the ends of the range (which cannot tell when the code is constant there).
+fn int_thresholds(
+    t: &EpiTables,
+    reach: &[(i64, i64)],
+    blocks: usize,
+    isa: Isa,
+    shortcut: Option<f32>,
+    decreasing: Option<&[bool]>,
+) -> IntThresholds {
+    let row = shortcut.map(|v| [v; LANES]);
     let n = t.quant.as_ref().map_or(0, |(q, _, _)| q.levels.len() - 1);
     let mut thr = vec![i32::MAX; blocks * n * LANES];
     let mut mask = vec![[0i32; LANES]; blocks];
@@ -833,7 +944,7 @@ fn int_thresholds(t: &EpiTables, reach: &[(i64, i64)], blocks: usize, isa: Isa) 
                 &epi,
                 &acc,
                 1,
-                None,
+                row.as_ref().map(|r| Residual::Floats(r)),
                 EpiOut::Codes(&mut out),
                 LANES,
                 LANES,
@@ -844,7 +955,8 @@ fn int_thresholds(t: &EpiTables, reach: &[(i64, i64)], blocks: usize, isa: Isa) 
         let hi: [i64; LANES] = std::array::from_fn(|j| reach.get(b * LANES + j).map_or(0, |r| r.1));
         let (at_lo, at_hi) = (code(lo), code(hi));
         for j in 0..LANES {
-            if at_hi[j] < at_lo[j] {
+            let falls = decreasing.map_or(at_hi[j] < at_lo[j], |d| d[b * LANES + j]);
+            if falls {
                 mask[b][j] = -1;
                 base[b][j] = n as i32;
             }

@@ -931,9 +931,15 @@ fn resnet(b: &mut Builder<'_>, arch: &str, image: Input) -> Result<Net> {
             } else {
                 format!("{p}.act{}", j + 1)
             };
+            // Without a downsample the shortcut is the block's input: codes, when quantized.
+            let coded_residual = match input {
+                Input::Codes { alpha, max, .. } if last && !down => Some((alpha, max)),
+                _ => None,
+            };
             let epi = Epilogue {
                 bn: Some(b.store.bn(&format!("{p}.bn{}", j + 1), BN_EPS)?),
                 residual: last,
+                coded_residual,
                 ..relu_act(b, &slot)?
             };
             let c = b.conv(

@@ -106,6 +106,14 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
             }
         }
         let residual = case % 3 == 2;
+        // The shortcut: floats (a downsample's output), or every other time codes with their
+        // α (a block's input, codes up to `smax`), added as fl(α·y). Half the coded ones tell
+        // the layer, which then thresholds per shortcut code (4 sets or fewer on AVX-512's
+        // lane selection, 8 on the portable body).
+        let alpha_r = 0.1 + rng.unit();
+        let coded = case % 2 == 1;
+        let smax = [1u8, 3, 7][(case / 6) % 3];
+        let told = coded && case % 4 != 3;
         let out_levels: Vec<f32> = (0..=amax).map(|y| y as f32).collect();
         let quant = (case % 5 != 4).then(|| ActQuant {
             alpha: 0.1 + rng.unit(),
@@ -126,20 +134,17 @@ fn quantized_layers_match_the_code_domain_reference_on_every_path() {
                 epsilon: 1e-5,
             }),
             residual,
+            coded_residual: (residual && told).then_some((alpha_r, smax)),
             relu: case % 7 != 6,
             quant,
         };
         let oh = (h + 2 * geo.pad - k) / geo.stride + 1;
         let ow = (w + 2 * geo.pad - k) / geo.stride + 1;
         let stride_out = geo.cout.div_ceil(16) * 16;
-        // The shortcut: floats (a downsample's output), or every other time codes with their
-        // α (a block's input), added as fl(α·y).
         let mut shortcut = Map::<f32>::zeros(n, oh, ow, geo.cout, stride_out);
         let mut shortcut_codes = Map::<u8>::zeros(n, oh, ow, geo.cout, stride_out);
-        let alpha_r = 0.1 + rng.unit();
-        let coded = case % 2 == 1;
         for (v, y) in shortcut.data.iter_mut().zip(&mut shortcut_codes.data) {
-            *y = rng.below(amax as usize + 1) as u8;
+            *y = rng.below(usize::from(smax) + 1) as u8;
             *v = if coded {
                 alpha_r * f32::from(*y)
             } else {
