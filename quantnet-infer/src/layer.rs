@@ -712,9 +712,10 @@ impl Conv {
                     })
                     .collect();
                 let per_block = offs.len() * LANES;
-                if self.isa == Isa::Avx512 && g.stride == 1 && *cs <= 4 {
-                    // A stem (1–4 input channels, stride 1) with its output pixels in the
-                    // lanes, on a planar copy of each padded image.
+                if self.isa == Isa::Avx512 && g.stride == 1 && *cs <= 4 && ow >= 8 {
+                    // A stem (1–4 input channels, stride 1, output rows of 8 or more: not a
+                    // linear layer, whose single output pixel would fill one lane of 16) with
+                    // its output pixels in the lanes, on a planar copy of each padded image.
                     let plane = hp * wp;
                     let mut planes = vec![0f32; g.cin * plane];
                     let mut out = [0f32; 16 * LANES];
