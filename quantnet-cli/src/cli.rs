@@ -33,8 +33,8 @@ pub(crate) enum Command {
     /// Evaluate a run's final model on the whole test set: hard-quantized accuracy (the model's
     /// accuracy) and soft accuracy (a diagnostic).
     Eval(EvalArgs),
-    /// Export a run's final model as a .qnet file: quantized weights as bit-packed level codes,
-    /// the rest as float32, with a checksum; prints the size report.
+    /// Export a run's final model as a .qnet file (quantized weights as bit-packed level codes,
+    /// the rest as float32, with a checksum; prints the size report), a Burn record or ONNX.
     Export(ExportArgs),
     /// Print a run's model: per-layer precision, level sets, temperatures, alpha and beta.
     Info(InfoArgs),
@@ -650,11 +650,12 @@ pub(crate) struct ExportArgs {
     /// The run directory (same as the positional RUN_DIR).
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "run")]
     pub(crate) from: Option<PathBuf>,
-    /// The file to write: FILE.qnet (bit-packed codes), or FILE.mpk (a Burn record whose
-    /// quantized weights are Burn's own quantized tensors, with FILE.json beside it).
+    /// The file to write: FILE.qnet (bit-packed codes), FILE.mpk (a Burn record whose
+    /// quantized weights are Burn's own quantized tensors, with FILE.json beside it), or
+    /// FILE.onnx (ONNX opset 13 with quantize/dequantize nodes; input: images in [0, 1], NCHW).
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// qnet or burn (default: burn for a .mpk file, qnet otherwise).
+    /// qnet, burn or onnx (default: from the extension of --out; qnet for any other).
     #[arg(long)]
     pub(crate) format: Option<String>,
 }

@@ -474,8 +474,20 @@ fn eval_and_both_exports_reproduce_the_hard_accuracy() {
     let hard = json_number(&summary, "test_accuracy_hard");
     // eval reproduces the run's hard accuracy exactly and writes the same summary fields.
     let eval_dir = root.join("eval");
-    let out = quantnet(&["eval", "--from", run_s, "--out", eval_dir.to_str().unwrap()]);
+    let run_predictions = root.join("predictions-run.txt");
+    let out = quantnet(&[
+        "eval",
+        "--from",
+        run_s,
+        "--out",
+        eval_dir.to_str().unwrap(),
+        "--predictions",
+        run_predictions.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // --predictions with --from too (it was ignored there): one class per test image.
+    let run_predictions = std::fs::read_to_string(&run_predictions)
+        .expect("eval --from RUN --predictions FILE writes FILE");
     let eval = std::fs::read_to_string(eval_dir.join("summary.json")).unwrap();
     assert_eq!(json_number(&eval, "test_accuracy_hard"), hard, "{eval}");
     assert_eq!(
@@ -504,6 +516,43 @@ fn eval_and_both_exports_reproduce_the_hard_accuracy() {
     assert!(
         from_file.contains("\"test_accuracy_soft\": null"),
         "{from_file}"
+    );
+    // The file's per-image predictions are the run's.
+    let file_predictions = root.join("predictions-qnet.txt");
+    let out = quantnet(&[
+        "eval",
+        "--model-file",
+        qnet.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--predictions",
+        file_predictions.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file_predictions = std::fs::read_to_string(&file_predictions).unwrap();
+    let images = json_number(&summary, "test_images") as usize;
+    assert_eq!(run_predictions.lines().count(), images);
+    assert_eq!(run_predictions, file_predictions, "per-image predictions");
+    // ONNX: by extension or by --format; a format it does not know is one line.
+    for (name, format) in [("model.onnx", None), ("model.bin", Some("onnx"))] {
+        let file = root.join(name);
+        let mut args = vec!["export", "--from", run_s, "--out", file.to_str().unwrap()];
+        args.extend(format.map(|f| ["--format", f]).into_iter().flatten());
+        let out = quantnet(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("ONNX opset 13"), "{}", stdout(&out));
+        let bytes = std::fs::read(&file).unwrap();
+        // A ModelProto starts with its ir_version field (tag 1, varint): 0x08, 8.
+        assert_eq!(bytes[..2], [0x08, 8], "{name}");
+    }
+    let out = quantnet(&[
+        "export", "--from", run_s, "--out", "x", "--format", "tflite",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("expected qnet, burn or onnx"),
+        "{}",
+        stderr(&out)
     );
     // Burn-native export: a Burn record with Q2S weights plus its manifest; same accuracy.
     let native = root.join("model.mpk");

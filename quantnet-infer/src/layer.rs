@@ -278,6 +278,8 @@ pub struct Conv {
     /// The path its integer sums run on.
     isa: Isa,
     has_residual: bool,
+    /// Its index among the layers of the engine that built it (their order of packing).
+    pub(crate) id: usize,
 }
 
 /// A layer's input or output.
@@ -455,6 +457,7 @@ impl Conv {
                 codes_out: quant_codes,
                 isa,
                 has_residual: epi.residual,
+                id: 0,
             }
         } else {
             let cs = input.cs();
@@ -476,6 +479,7 @@ impl Conv {
                 codes_out: quant_codes,
                 isa,
                 has_residual: epi.residual,
+                id: 0,
             }
         }
     }
@@ -500,6 +504,7 @@ impl Conv {
             codes_out: int && epi.quant.as_ref().is_some_and(ActQuant::is_unsigned_grid),
             isa,
             has_residual: epi.residual,
+            id: 0,
         }
     }
 

@@ -30,6 +30,8 @@ pub mod format;
 pub mod kernels;
 pub mod layer;
 mod net;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 
 pub use error::{Error, Result};
 pub use kernels::Isa;

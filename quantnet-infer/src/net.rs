@@ -224,12 +224,28 @@ impl<'a> Store<'a> {
     }
 }
 
+/// A layer as the file describes it, before packing: what an exporter needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Source {
+    /// Its shape (a linear layer's is a conv's as large as its input map).
+    pub(crate) geo: Geometry,
+    /// Its weight in conv layout `[out][in][kh][kw]`; `None` for a pointwise epilogue.
+    pub(crate) weights: Option<Weights>,
+    /// What follows the sums.
+    pub(crate) epi: Epilogue,
+    /// A linear layer: its input is flattened (NCHW order).
+    pub(crate) linear: bool,
+}
+
 /// Builds layers in forward order, threading each layer's output layout into the next.
 struct Builder<'a> {
     store: Store<'a>,
     isa: Isa,
     mode: Mode,
     names: Vec<String>,
+    /// The layers as described, kept when `keep` (for an exporter).
+    sources: Vec<Source>,
+    keep: bool,
 }
 
 impl Builder<'_> {
@@ -249,8 +265,30 @@ impl Builder<'_> {
 
     /// The epilogue `epi` alone over a `channels`-channel map.
     fn pointwise(&mut self, name: &str, channels: usize, input: Input, epi: Epilogue) -> Conv {
+        let mut conv = Conv::pointwise(channels, &epi, input, self.isa, self.mode == Mode::Int);
+        self.record(name, &mut conv, None, epi, false);
+        conv
+    }
+
+    /// Numbers `conv` as the next layer, and keeps its description when asked to.
+    fn record(
+        &mut self,
+        name: &str,
+        conv: &mut Conv,
+        weights: Option<Weights>,
+        epi: Epilogue,
+        linear: bool,
+    ) {
+        conv.id = self.names.len();
         self.names.push(name.to_string());
-        Conv::pointwise(channels, &epi, input, self.isa, self.mode == Mode::Int)
+        if self.keep {
+            self.sources.push(Source {
+                geo: conv.geo,
+                weights,
+                epi,
+                linear,
+            });
+        }
     }
 
     /// A linear layer on an `h × w × c` map.
@@ -300,15 +338,10 @@ impl Builder<'_> {
             stride,
             pad,
         };
-        self.names.push(name.to_string());
-        Ok(Conv::new(
-            geo,
-            &w,
-            &epi,
-            input,
-            self.isa,
-            self.mode == Mode::Int,
-        ))
+        let mut conv = Conv::new(geo, &w, &epi, input, self.isa, self.mode == Mode::Int);
+        let weights = self.keep.then_some(w);
+        self.record(name, &mut conv, weights, epi, k == 0);
+        Ok(conv)
     }
 }
 
@@ -320,8 +353,39 @@ struct Block {
     downsample: Option<Conv>,
 }
 
-/// The layer runner [`Engine::run_net`] calls for every conv (input, residual → output).
-type RunConv<'a> = dyn FnMut(&Conv, &Act, Option<&Act>) -> Act + 'a;
+/// What a network's forward pass does at each step ([`Engine::run_net`]): the engine computes
+/// on maps ([`Compute`]), an exporter records a graph.
+pub(crate) trait Exec {
+    /// What flows between the steps.
+    type T;
+    /// A conv (or linear or pointwise layer) on `x`, with the shortcut `residual` if it adds one.
+    fn conv(&mut self, conv: &Conv, x: &Self::T, residual: Option<&Self::T>) -> Self::T;
+    /// Max pooling, `k × k` windows, stride `s`, padding `p`.
+    fn max_pool(&mut self, x: &Self::T, k: usize, s: usize, p: usize) -> Self::T;
+    /// The mean of each channel.
+    fn global_avg_pool(&mut self, x: &Self::T) -> Self::T;
+    /// Adaptive average pooling to `h × w`.
+    fn adaptive_avg_pool(&mut self, x: &Self::T, h: usize, w: usize) -> Self::T;
+}
+
+/// The engine's forward: every conv through `F` (which may time or record it).
+struct Compute<F>(F);
+
+impl<F: FnMut(&Conv, &Act, Option<&Act>) -> Act> Exec for Compute<F> {
+    type T = Act;
+    fn conv(&mut self, conv: &Conv, x: &Act, residual: Option<&Act>) -> Act {
+        (self.0)(conv, x, residual)
+    }
+    fn max_pool(&mut self, x: &Act, k: usize, s: usize, p: usize) -> Act {
+        max_pool(x, k, s, p)
+    }
+    fn global_avg_pool(&mut self, x: &Act) -> Act {
+        Act::Floats(global_avg_pool(x))
+    }
+    fn adaptive_avg_pool(&mut self, x: &Act, h: usize, w: usize) -> Act {
+        adaptive_avg_pool(x, h, w)
+    }
+}
 
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
@@ -363,7 +427,9 @@ pub struct Engine {
     net: Net,
     isa: Isa,
     mode: Mode,
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
+    /// The layers as described (empty unless loaded for an exporter).
+    pub(crate) sources: Vec<Source>,
 }
 
 /// Per layer: its name, whether it runs on integers, its path and multiply-adds per image.
@@ -400,6 +466,17 @@ impl Engine {
     /// # Errors
     /// As [`Engine::load`].
     pub fn from_bytes(bytes: &[u8], path: &Path, isa: Isa, mode: Mode) -> Result<Self> {
+        Self::build(bytes, path, isa, mode, false)
+    }
+
+    /// As [`Engine::from_bytes`], keeping each layer's description when `keep`.
+    pub(crate) fn build(
+        bytes: &[u8],
+        path: &Path,
+        isa: Isa,
+        mode: Mode,
+        keep: bool,
+    ) -> Result<Self> {
         let (manifest, payload) = format::parse::<Header>(bytes, path)?;
         let header = manifest.header.clone();
         let mut b = Builder {
@@ -407,6 +484,8 @@ impl Engine {
             isa,
             mode,
             names: Vec::new(),
+            sources: Vec::new(),
+            keep,
         };
         let input = header.input;
         let image = Input::Floats { cs: input.channels };
@@ -435,6 +514,7 @@ impl Engine {
             isa,
             mode,
             names: b.names,
+            sources: b.sources,
         })
     }
 
@@ -513,7 +593,7 @@ impl Engine {
             c.forward(x, r)
         };
         let x = Act::Floats(Map::zeros(1, i.height, i.width, i.channels, i.channels));
-        self.run_net(x, &mut record);
+        self.run_net(x, &mut Compute(&mut record));
         sizes
     }
 
@@ -542,7 +622,7 @@ impl Engine {
                 out
             };
             let x = Act::Floats(Map::zeros(batch, i.height, i.width, i.channels, i.channels));
-            self.run_net(x, &mut record);
+            self.run_net(x, &mut Compute(&mut record));
         }
         Ok(self
             .layers()
@@ -581,7 +661,10 @@ impl Engine {
                 }
             }
         }
-        let out = self.run_net(Act::Floats(x), &mut |c, x, r| c.forward(x, r));
+        let out = self.run_net(
+            Act::Floats(x),
+            &mut Compute(|c: &Conv, x: &Act, r: Option<&Act>| c.forward(x, r)),
+        );
         let out = out.floats();
         Ok((0..n)
             .flat_map(|img| out.data[img * out.cs..img * out.cs + i.classes].to_vec())
@@ -641,22 +724,28 @@ impl Engine {
     }
 
     /// The network's forward pass, each conv through `run` (which may record sizes).
-    fn run_net(&self, x: Act, run: &mut RunConv<'_>) -> Act {
+    pub(crate) fn run_net<E: Exec>(&self, x: E::T, e: &mut E) -> E::T {
         match &self.net {
             Net::Lenet { conv1, conv2, fc } => {
-                let x = max_pool(&run(conv1, &x, None), 2, 2, 0);
-                let mut x = max_pool(&run(conv2, &x, None), 2, 2, 0);
+                let x = {
+                    let y = e.conv(conv1, &x, None);
+                    e.max_pool(&y, 2, 2, 0)
+                };
+                let mut x = {
+                    let y = e.conv(conv2, &x, None);
+                    e.max_pool(&y, 2, 2, 0)
+                };
                 for l in fc {
-                    x = run(l, &x, None);
+                    x = e.conv(l, &x, None);
                 }
                 x
             }
             Net::Fc { hidden, out } => {
                 let mut x = x;
                 for l in hidden {
-                    x = run(l, &x, None);
+                    x = e.conv(l, &x, None);
                 }
-                run(out, &x, None)
+                e.conv(out, &x, None)
             }
             Net::Residual {
                 stem,
@@ -664,46 +753,47 @@ impl Engine {
                 blocks,
                 fc,
             } => {
-                let mut x = run(stem, &x, None);
+                let mut x = e.conv(stem, &x, None);
                 if *pool {
-                    x = max_pool(&x, 3, 2, 1);
+                    x = e.max_pool(&x, 3, 2, 1);
                 }
                 for bl in blocks {
                     let (last, first) = bl.convs.split_last().expect("a block has convs");
-                    let mut h = run(&first[0], &x, None);
+                    let mut h = e.conv(&first[0], &x, None);
                     for c in &first[1..] {
-                        h = run(c, &h, None);
+                        h = e.conv(c, &h, None);
                     }
                     // The shortcut as it is: the block's input codes, or the downsample's floats.
-                    let down = bl.downsample.as_ref().map(|d| run(d, &x, None));
-                    x = run(last, &h, Some(down.as_ref().unwrap_or(&x)));
+                    let down = bl.downsample.as_ref().map(|d| e.conv(d, &x, None));
+                    x = e.conv(last, &h, Some(down.as_ref().unwrap_or(&x)));
                 }
-                let pooled = global_avg_pool(&x);
-                run(fc, &Act::Floats(pooled), None)
+                let pooled = e.global_avg_pool(&x);
+                e.conv(fc, &pooled, None)
             }
             Net::Alexnet { convs, fc } => {
                 let mut x = x;
                 for (i, c) in convs.iter().enumerate() {
-                    x = run(c, &x, None);
+                    x = e.conv(c, &x, None);
                     if matches!(i, 0 | 1 | 4) {
-                        x = max_pool(&x, 3, 2, 0);
+                        x = e.max_pool(&x, 3, 2, 0);
                     }
                 }
-                x = adaptive_avg_pool(&x, 6, 6);
+                x = e.adaptive_avg_pool(&x, 6, 6);
                 for l in fc {
-                    x = run(l, &x, None);
+                    x = e.conv(l, &x, None);
                 }
                 x
             }
             Net::Vgg { convs, fc } => {
                 let mut x = x;
                 for (c, post) in convs {
-                    x = run(c, &x, None);
+                    x = e.conv(c, &x, None);
                     if let Some(post) = post {
-                        x = run(post, &max_pool(&x, 2, 2, 0), None);
+                        let pooled = e.max_pool(&x, 2, 2, 0);
+                        x = e.conv(post, &pooled, None);
                     }
                 }
-                run(fc, &x, None)
+                e.conv(fc, &x, None)
             }
         }
     }

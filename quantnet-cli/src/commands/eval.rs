@@ -151,6 +151,12 @@ impl WithBackend for EvalJob {
         let (hard, soft, seconds) = quantnet_models::qat::hard_and_soft_accuracy(
             &mut model, &items, batcher, batch, &devices,
         );
+        if let Some(path) = &args.predictions {
+            // The hard network's (the model is back in its inference mode).
+            let predicted =
+                quantnet_models::train::predictions_on(&model, &items, batcher, batch, &devices[0]);
+            write_predictions(path, &predicted)?;
+        }
         Ok(Summary {
             model: cfg.model.to_string(),
             dataset: dataset.to_string(),
@@ -227,15 +233,33 @@ pub(crate) fn export_run(args: ExportArgs) -> Result<()> {
     type B = crate::backend::Host;
     let device = Default::default();
     let temps = Temperatures::default();
-    let burn = match args.format.as_deref() {
-        Some("burn") => true,
-        Some("qnet") => false,
-        None => args.out.extension().is_some_and(|e| e == "mpk"),
-        Some(other) => bail!("--format `{other}`: expected qnet or burn"),
+    let extension = args.out.extension().and_then(|e| e.to_str());
+    let format = match (args.format.as_deref(), extension) {
+        (Some(f @ ("qnet" | "burn" | "onnx")), _) => f,
+        (Some(other), _) => bail!("--format `{other}`: expected qnet, burn or onnx"),
+        (None, Some("mpk")) => "burn",
+        (None, Some("onnx")) => "onnx",
+        (None, _) => "qnet",
     };
     let (cfg, mut model) = load_run::<B>(args.run_dir(), &temps, &device)?;
-    if burn {
-        return export_native(&args, &cfg, &model);
+    match format {
+        "burn" => return export_native(&args, &cfg, &model),
+        "onnx" => {
+            let bytes = export::to_onnx(&mut model, cfg.model, cfg.input(), cfg.dataset)?;
+            write_atomic(&args.out, &bytes)?;
+            println!(
+                "wrote {}: {} bytes, ONNX opset {} (input `image`: {}×{}×{} in [0, 1], NCHW, \
+                 normalised in the graph; output `scores`)",
+                args.out.display(),
+                bytes.len(),
+                quantnet_infer::onnx::OPSET,
+                cfg.input().channels,
+                cfg.input().height,
+                cfg.input().width
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let exported = export::export(
         &mut model,

@@ -6,6 +6,10 @@
 //! - **Burn-native** ([`native`]): a Burn record whose quantized weights are Burn's own quantized
 //!   tensors, with a JSON manifest beside it; a Burn user loads it with Burn's recorder.
 //!
+//! - **ONNX** ([`to_onnx`]): a standard graph with quantize/dequantize nodes (opset 13), for ONNX
+//!   Runtime and other deployment runtimes; written from the `.qnet` export by
+//!   `quantnet_infer::onnx` (docs/onnx.md).
+//!
 //! [`report`] gives the size of a `.qnet` export per tensor group.
 
 pub mod format;
@@ -33,6 +37,28 @@ pub use writer::{Export, export};
 
 use crate::error::{Error, Result};
 use crate::models::{Arch, InputShape, Model};
+
+/// `model` as an ONNX model (serialised `ModelProto`, opset 13): int8 weight levels with
+/// `DequantizeLinear`, exact activation quantizers with a `QuantizeLinear`/`DequantizeLinear`
+/// pair, the rest as standard float ops. Its input is the image in `[0, 1]` (pixel / 255), NCHW;
+/// `dataset`'s normalisation is the graph's first ops. Settles the quantizers as [`export()`]
+/// does.
+///
+/// # Errors
+/// As [`export()`]; [`Error::Invalid`] for what ONNX cannot express (activation levels that are
+/// not integers, an adaptive pool with uneven bins).
+pub fn to_onnx<B: quantnet_burn::QuantBackend>(
+    model: &mut Model<B>,
+    arch: Arch,
+    input: InputShape,
+    dataset: crate::data::Dataset,
+) -> Result<Vec<u8>> {
+    let exported = export(model, arch, input, Some(dataset.to_string()))?;
+    let (mean, std) = dataset.normalisation();
+    let norm = quantnet_infer::onnx::Normalisation { mean, std };
+    quantnet_infer::onnx::to_onnx(&exported.bytes, Path::new("model.qnet"), &norm)
+        .map_err(|e| Error::Invalid(format!("ONNX export: {e}")))
+}
 
 /// What both export formats say about the model: enough to rebuild the structure its tensors
 /// load into. Flattened into each manifest's JSON (the fields sit at its top level).

@@ -5,12 +5,14 @@
 //!   batch-norm re-estimation.
 //! - [`export`]: `.qnet` packing and checksums, parity of exported models with the training-time
 //!   hard-quantized model, Burn-native export, bad files, and files written by earlier versions.
+//! - [`onnx`]: ONNX export run in tract against Burn's hard forward.
 //! - [`train`]: burn-train with the temperature hook and exact resume, and the library recipe
 //!   ([`quantnet_models::qat`]) on a user-defined model, on the MNIST fixture.
 
 mod export;
 mod infer;
 mod models;
+mod onnx;
 mod train;
 
 /// The backends every test here runs on, and the lock on their random state.
