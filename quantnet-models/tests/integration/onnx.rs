@@ -264,3 +264,36 @@ fn onnx_predicts_the_fixture_as_burn_does() {
         "a net that predicts one class tests little"
     );
 }
+
+/// Activation levels that are not integers have no quantize/dequantize pair: the export is one
+/// clear error naming the levels. Integer levels that are not `0, 1, …` (gaps other than 1) are
+/// exact: the comparisons are weighted by the gaps.
+#[test]
+fn activation_levels_without_a_qdq_pair_are_refused_and_uneven_integer_ones_are_exact() {
+    let _serial = crate::backend::serial();
+    let ternary = Some(LevelSet::ternary());
+    let halves = QuantPolicy::recipe(ternary.clone(), LevelSet::new(vec![0.0, 0.5, 1.5]).ok());
+    let device = Default::default();
+    let mut net = {
+        use burn::tensor::backend::Backend;
+        B::seed(&device, 2);
+        quantized_by(Arch::Lenet5, MNIST, &halves)
+    };
+    let exported = export::export(&mut net, Arch::Lenet5, MNIST, None).unwrap();
+    let norm = Normalisation {
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let err = to_onnx(&exported.bytes, "x.qnet".as_ref(), &norm)
+        .expect_err("non-integer activation levels")
+        .to_string();
+    assert!(
+        err.contains("[0.0, 0.5, 1.5]") && err.contains("QuantizeLinear/DequantizeLinear"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let uneven = QuantPolicy::recipe(ternary, LevelSet::new(vec![0.0, 1.0, 3.0, 4.0]).ok());
+    let (flips, diff) = compare(Arch::Lenet5, MNIST, &uneven, 16);
+    assert_eq!(flips, 0);
+    assert!(diff < 1e-2, "scores differ by {diff} of the largest");
+}
