@@ -53,7 +53,7 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
     // VGG-small and AlexNet-BN are 15–40× ResNet-20's work per image, on the scalar path too.
     let n = match arch {
         Arch::VggSmall => 4,
-        Arch::AlexnetBn => 2,
+        Arch::AlexnetBn | Arch::Resnet18 | Arch::Resnet50 => 2,
         _ => 16,
     };
     let images = Tensor::<B, 4>::random(
@@ -156,6 +156,21 @@ fn the_engine_runs_exported_models_as_burn_does() {
         LevelSet::ternary(),
         LevelSet::unsigned(2).unwrap(),
     ));
+    // The ImageNet ResNets (7×7 stride-2 stem, a padded max pool on codes, 1×1 downsamples;
+    // bottlenecks for ResNet-50) at 64×64, which their global pool takes.
+    let small = InputShape {
+        height: 64,
+        width: 64,
+        ..imagenet
+    };
+    for arch in [Arch::Resnet18, Arch::Resnet50] {
+        cases.push((
+            arch,
+            small,
+            LevelSet::ternary(),
+            LevelSet::unsigned(2).unwrap(),
+        ));
+    }
     let mut worst = 0f32;
     for (k, (arch, input, w, a)) in cases.into_iter().enumerate() {
         let (flips, diff) = compare(arch, input, w.clone(), a.clone(), k as u64);
