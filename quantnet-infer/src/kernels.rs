@@ -1447,7 +1447,7 @@ mod x86 {
         acc: &[f32; ROWS * LANES],
         rows: usize,
         residual: Option<Residual<'_>>,
-        out: EpiOut<'_>,
+        mut out: EpiOut<'_>,
         stride: usize,
         width: usize,
     ) {
@@ -1517,10 +1517,10 @@ mod x86 {
                     }
                     v = _mm512_sub_ps(y, _mm512_set1_ps(q.offset));
                 }
-                match &out {
+                match &mut out {
                     EpiOut::Codes(o) => {
                         let codes = _mm512_cvttps_epi32(v);
-                        let at = o.as_ptr().add(r * stride).cast_mut();
+                        let at = o.as_mut_ptr().add(r * stride);
                         _mm512_mask_cvtepi32_storeu_epi8(at.cast(), mask, codes);
                     }
                     EpiOut::Floats(o) => {
@@ -1528,7 +1528,7 @@ mod x86 {
                             Some(q) => _mm512_mul_ps(_mm512_set1_ps(q.alpha), v),
                             None => v,
                         };
-                        let at = o.as_ptr().add(r * stride).cast_mut();
+                        let at = o.as_mut_ptr().add(r * stride);
                         _mm512_mask_storeu_ps(at, mask, x);
                     }
                 }
