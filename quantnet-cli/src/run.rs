@@ -426,7 +426,28 @@ impl RunConfig {
                  not {}",
                 self.model
             ),
-            (None, _) => {}
+            (None, _) => {
+                // Detector settings would be ignored: say so rather than train without them.
+                let d = Self::default();
+                let given: Vec<&str> = [
+                    ("--merge-classes", self.merge_classes != d.merge_classes),
+                    ("--repeats", self.repeats != d.repeats),
+                    ("--tile", self.tile != d.tile),
+                    ("--max-expand", self.max_expand != d.max_expand),
+                    ("--split-windows", self.split_windows != d.split_windows),
+                ]
+                .into_iter()
+                .filter_map(|(flag, set)| set.then_some(flag))
+                .collect();
+                if !given.is_empty() {
+                    bail!(
+                        "{} {} for detectors (ssd-small, ssd300); {} is a classifier",
+                        given.join(", "),
+                        if given.len() == 1 { "is" } else { "are" },
+                        self.model
+                    );
+                }
+            }
         }
         Ok(())
     }

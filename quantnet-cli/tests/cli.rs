@@ -612,6 +612,17 @@ fn info_lists_every_layer_with_its_precision() {
     let info = stdout(&out);
     assert!(info.contains("conv1") && info.contains("fp32"), "{info}");
     assert!(info.contains("conv2") && info.contains("act4"), "{info}");
+    // Into a pipe whose reader is gone (`quantnet info --from RUN | head -1`): a quiet end, not
+    // a panic with a backtrace.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_quantnet"))
+        .args(["info", "--from", run_s])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
 }
 
 /// Resume: a copy of the run without its last epoch's checkpoint and results, continued from
@@ -1108,7 +1119,23 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn train_errors_are_one_clear_line() {
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 14] = [
+        // Detector flags given to a classifier are refused, not ignored.
+        (
+            &["train", "--tile", "300", "--out", "/tmp/quantnet-never"],
+            "--tile is for detectors (ssd-small, ssd300); lenet5 is a classifier",
+        ),
+        (
+            &[
+                "train",
+                "--max-expand",
+                "2",
+                "--repeats",
+                "3",
+                "--split-windows",
+            ],
+            "--repeats, --max-expand, --split-windows are for detectors",
+        ),
         (
             &["train", "--devices", "cpu,cpu", "--batch-size", "63"],
             "--batch-size 63 does not split evenly over 2 devices",
