@@ -1317,6 +1317,75 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            match t.thr.len() / LANES {
+                1 => threshold_rows::<1>(t, acc, rows, out, stride, width),
+                3 => threshold_rows::<3>(t, acc, rows, out, stride, width),
+                _ => threshold_any(t, acc, rows, out, stride, width),
+            }
+        }
+    }
+
+    /// [`threshold_avx512`] for `N` thresholds (1- and 2-bit activations), held in registers
+    /// across the rows; the same counts as `threshold_any`.
+    ///
+    /// # Safety
+    /// As [`threshold_avx512`], with `t.thr` holding `N·16` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn threshold_rows<const N: usize>(
+        t: &Thresholds<'_>,
+        acc: &[i32; ROWS * LANES],
+        rows: usize,
+        out: &mut [u8],
+        stride: usize,
+        width: usize,
+    ) {
+        let mask: __mmask16 = if width >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        };
+        // SAFETY: `t.thr` holds N rows of 16 values; `acc` holds ROWS·16 values with
+        // `r < rows ≤ ROWS`; the byte stores are masked to `width` at `r·stride`, inside the
+        // length the caller checked.
+        unsafe {
+            let thr: [__m512i; N] =
+                std::array::from_fn(|l| _mm512_loadu_si512(t.thr.as_ptr().add(l * LANES).cast()));
+            let sign = _mm512_loadu_si512(t.mask.as_ptr().cast());
+            let base = _mm512_loadu_si512(t.base.as_ptr().cast());
+            let one = _mm512_set1_epi32(1);
+            for r in 0..rows {
+                let z = _mm512_loadu_si512(acc.as_ptr().add(r * LANES).cast());
+                let mut cnt = _mm512_setzero_si512();
+                for th in &thr {
+                    let ge = _mm512_cmpge_epi32_mask(z, *th);
+                    cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
+                }
+                let code =
+                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
+                _mm512_mask_cvtepi32_storeu_epi8(
+                    out.as_mut_ptr().add(r * stride).cast(),
+                    mask,
+                    code,
+                );
+            }
+        }
+    }
+
+    /// [`threshold_avx512`] for any number of thresholds.
+    ///
+    /// # Safety
+    /// As [`threshold_avx512`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn threshold_any(
+        t: &Thresholds<'_>,
+        acc: &[i32; ROWS * LANES],
+        rows: usize,
+        out: &mut [u8],
+        stride: usize,
+        width: usize,
+    ) {
         let mask: __mmask16 = if width >= 16 {
             0xFFFF
         } else {
@@ -1349,14 +1418,102 @@ mod x86 {
     }
 
     /// The coded-shortcut threshold epilogue: per threshold level, each lane's threshold picked
-    /// from the (at most 4) sets by its shortcut code with two `vpermt2d` and a blend, then
-    /// counted as in `threshold_avx512`.
+    /// from the (at most 4) sets by its shortcut code, then counted as in `threshold_avx512`;
+    /// 1 or 3 thresholds per set (1- and 2-bit activations) from registers ([`coded_rows`]).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F/BW/VL; `t.codes ≤ 4` and the lengths checked by
     /// `coded_threshold_block`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn coded_threshold_avx512(
+        t: &CodedThresholds<'_>,
+        acc: &[i32; ROWS * LANES],
+        rows: usize,
+        shortcut: &[u8],
+        out: &mut [u8],
+        stride: usize,
+        width: usize,
+    ) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            match t.thr.len() / (t.codes * LANES) {
+                1 => coded_rows::<1>(t, acc, rows, shortcut, out, stride, width),
+                3 => coded_rows::<3>(t, acc, rows, shortcut, out, stride, width),
+                _ => coded_any(t, acc, rows, shortcut, out, stride, width),
+            }
+        }
+    }
+
+    /// [`coded_threshold_avx512`] for `N` thresholds per set (1- and 2-bit activations): the
+    /// `4·N` threshold vectors loaded once into registers, each lane's picked by three blends on
+    /// the bits of its shortcut code; the same counts as `coded_any`.
+    ///
+    /// # Safety
+    /// As [`coded_threshold_avx512`], with `N` thresholds per set.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn coded_rows<const N: usize>(
+        t: &CodedThresholds<'_>,
+        acc: &[i32; ROWS * LANES],
+        rows: usize,
+        shortcut: &[u8],
+        out: &mut [u8],
+        stride: usize,
+        width: usize,
+    ) {
+        let mask: __mmask16 = if width >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        };
+        // SAFETY: the sets are `N·16` values each, `codes ≤ 4` of them (a set past the last is
+        // the last, never selected); `acc` holds ROWS·16 values with `r < rows ≤ ROWS`; shortcut
+        // loads and code stores are masked to `width` at `r·stride`, inside the lengths the
+        // caller checked.
+        unsafe {
+            let sets: [[__m512i; 4]; N] = std::array::from_fn(|l| {
+                std::array::from_fn(|y| {
+                    let y = y.min(t.codes - 1);
+                    _mm512_loadu_si512(t.thr.as_ptr().add((y * N + l) * LANES).cast())
+                })
+            });
+            let sign = _mm512_loadu_si512(t.mask.as_ptr().cast());
+            let base = _mm512_loadu_si512(t.base.as_ptr().cast());
+            let one = _mm512_set1_epi32(1);
+            let two = _mm512_set1_epi32(2);
+            for r in 0..rows {
+                let z = _mm512_loadu_si512(acc.as_ptr().add(r * LANES).cast());
+                let y = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                    mask,
+                    shortcut.as_ptr().add(r * stride).cast(),
+                ));
+                let odd = _mm512_test_epi32_mask(y, one);
+                let upper = _mm512_test_epi32_mask(y, two);
+                let mut cnt = _mm512_setzero_si512();
+                for set in &sets {
+                    let low = _mm512_mask_blend_epi32(odd, set[0], set[1]);
+                    let high = _mm512_mask_blend_epi32(odd, set[2], set[3]);
+                    let th = _mm512_mask_blend_epi32(upper, low, high);
+                    let ge = _mm512_cmpge_epi32_mask(z, th);
+                    cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
+                }
+                let code =
+                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
+                _mm512_mask_cvtepi32_storeu_epi8(
+                    out.as_mut_ptr().add(r * stride).cast(),
+                    mask,
+                    code,
+                );
+            }
+        }
+    }
+
+    /// [`coded_threshold_avx512`] for any number of thresholds per set: per threshold level,
+    /// two `vpermt2d` and a blend from memory.
+    ///
+    /// # Safety
+    /// As [`coded_threshold_avx512`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn coded_any(
         t: &CodedThresholds<'_>,
         acc: &[i32; ROWS * LANES],
         rows: usize,
