@@ -9,7 +9,8 @@
 #    (ternary weights, 2-bit activations), 1 and 2 threads, engines interleaved in one run.
 # 3. PyTorch's f32 and int8 on the same nets (benches/peer/infer.py), when PYTHON has torch
 #    (PYTHON=~/.venvs/torch/bin/python after `pip install torch` in that venv), then three
-#    rounds of the engine and PyTorch back to back at one thread.
+#    rounds of the engine and PyTorch back to back at one thread, then ResNet-20 batch 64 alone
+#    against PyTorch's int8, five rounds.
 #
 #   scripts/inference.sh [RUNS_DIR]     (runs there are reused when finished, trained otherwise)
 set -euo pipefail
@@ -57,6 +58,15 @@ if "$PYTHON" -c 'import torch' 2> /dev/null; then
     done
     "$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --threads 1 --batch 1,64 |
       grep '^| [lr]'
+  done
+  # ResNet-20 batch 64 alone, the engine and PyTorch's int8 alternating, five rounds: the
+  # closest race, where a round of the machine's noise decides the median.
+  for ROUND in 1 2 3 4 5; do
+    INT=$($QUANTNET bench infer --model resnet20 --batch 64 --threads 1 --engine int |
+      grep '^| resnet20' | awk '{print $14}')
+    INT8=$("$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --models resnet20 --batch 64 \
+      --threads 1 | grep torch-int8 | awk '{print $12}')
+    echo "resnet20 batch 64, round $ROUND: engine int $INT ms, torch-int8 $INT8 ms"
   done
 else
   echo "PyTorch's numbers: set PYTHON to a python with torch (pip install torch)"
