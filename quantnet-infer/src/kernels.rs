@@ -573,6 +573,36 @@ pub(crate) fn threshold_block(
     }
 }
 
+/// The order key of a float: `a < b ⇔ key(a) < key(b)` for non-NaN values (−0 just below +0).
+pub(crate) fn float_key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ ((b >> 31) & 0x7FFF_FFFF)
+}
+
+/// [`threshold_block`] on the order keys ([`float_key`]) of f32 sums: a float layer's epilogue
+/// as thresholds. AVX-512 forms the keys in registers; the other paths copy them first.
+pub(crate) fn key_threshold_block(
+    isa: Isa,
+    t: &Thresholds<'_>,
+    acc: &[f32; ROWS * LANES],
+    rows: usize,
+    out: &mut [u8],
+    stride: usize,
+    width: usize,
+) {
+    assert!(rows <= ROWS && width <= LANES && t.thr.len().is_multiple_of(LANES));
+    assert!(rows == 0 || (rows - 1) * stride + width <= out.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F/BW/VL confirmed on this CPU by `Isa::available`; `acc` holds
+        // ROWS·16 values of 4 bytes, read as their bits.
+        Isa::Avx512 if Isa::Avx512.available() => unsafe {
+            x86::threshold_avx512_at(t, acc.as_ptr().cast(), true, rows, out, stride, width)
+        },
+        _ => threshold_block(isa, t, &acc.map(float_key), rows, out, stride, width),
+    }
+}
+
 #[inline(always)]
 fn threshold_body(
     t: &Thresholds<'_>,
@@ -1317,13 +1347,49 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
+        // SAFETY: the caller's promise, passed on; `acc` holds ROWS·16 sums.
+        unsafe { threshold_avx512_at(t, acc.as_ptr(), false, rows, out, stride, width) }
+    }
+
+    /// [`threshold_avx512`] on the ROWS·16 values at `acc`: the sums themselves, or with `keys`
+    /// the order keys of the f32 values whose bits they are (formed in registers).
+    ///
+    /// # Safety
+    /// As [`threshold_avx512`]; `acc` must point to ROWS·16 readable 4-byte values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn threshold_avx512_at(
+        t: &Thresholds<'_>,
+        acc: *const i32,
+        keys: bool,
+        rows: usize,
+        out: &mut [u8],
+        stride: usize,
+        width: usize,
+    ) {
         // SAFETY: the caller's promise, passed on.
         unsafe {
             match t.thr.len() / LANES {
-                1 => threshold_rows::<1>(t, acc, rows, out, stride, width),
-                3 => threshold_rows::<3>(t, acc, rows, out, stride, width),
-                _ => threshold_any(t, acc, rows, out, stride, width),
+                1 => threshold_rows::<1>(t, acc, keys, rows, out, stride, width),
+                3 => threshold_rows::<3>(t, acc, keys, rows, out, stride, width),
+                _ => threshold_any(t, acc, keys, rows, out, stride, width),
             }
+        }
+    }
+
+    /// Row `r` of the values at `acc`: as they are, or their order keys.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F; `acc` must hold `(r + 1)·16` readable values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums_row(acc: *const i32, keys: bool, r: usize) -> __m512i {
+        // SAFETY: the caller's promise.
+        let z = unsafe { _mm512_loadu_si512(acc.add(r * LANES).cast()) };
+        if keys {
+            let flip = _mm512_and_si512(_mm512_srai_epi32::<31>(z), _mm512_set1_epi32(0x7FFF_FFFF));
+            _mm512_xor_si512(z, flip)
+        } else {
+            z
         }
     }
 
@@ -1335,7 +1401,8 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn threshold_rows<const N: usize>(
         t: &Thresholds<'_>,
-        acc: &[i32; ROWS * LANES],
+        acc: *const i32,
+        keys: bool,
         rows: usize,
         out: &mut [u8],
         stride: usize,
@@ -1356,7 +1423,7 @@ mod x86 {
             let base = _mm512_loadu_si512(t.base.as_ptr().cast());
             let one = _mm512_set1_epi32(1);
             for r in 0..rows {
-                let z = _mm512_loadu_si512(acc.as_ptr().add(r * LANES).cast());
+                let z = sums_row(acc, keys, r);
                 let mut cnt = _mm512_setzero_si512();
                 for th in &thr {
                     let ge = _mm512_cmpge_epi32_mask(z, *th);
@@ -1380,7 +1447,8 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn threshold_any(
         t: &Thresholds<'_>,
-        acc: &[i32; ROWS * LANES],
+        acc: *const i32,
+        keys: bool,
         rows: usize,
         out: &mut [u8],
         stride: usize,
@@ -1399,7 +1467,7 @@ mod x86 {
             let base = _mm512_loadu_si512(t.base.as_ptr().cast());
             let one = _mm512_set1_epi32(1);
             for r in 0..rows {
-                let z = _mm512_loadu_si512(acc.as_ptr().add(r * LANES).cast());
+                let z = sums_row(acc, keys, r);
                 let mut cnt = _mm512_setzero_si512();
                 for thr in t.thr.chunks_exact(LANES) {
                     let th = _mm512_loadu_si512(thr.as_ptr().cast());

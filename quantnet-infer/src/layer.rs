@@ -278,6 +278,9 @@ pub struct Conv {
     /// The path its integer sums run on.
     isa: Isa,
     has_residual: bool,
+    /// A float layer's epilogue as thresholds on its sums' order keys ([`kernels::float_key`]), when it
+    /// writes codes and adds no shortcut.
+    key_thresholds: Option<IntThresholds>,
     /// Its index among the layers of the engine that built it (their order of packing).
     pub(crate) id: usize,
 }
@@ -398,7 +401,7 @@ impl Conv {
                 isa
             };
             let thresholds = (quant_codes && !epi.residual)
-                .then(|| int_thresholds(&tables, &reach, blocks, isa, None, None));
+                .then(|| int_thresholds(&tables, &reach, blocks, isa, None, None, |z| z as f32));
             let coded = match epi.coded_residual {
                 Some((alpha, max)) if quant_codes && epi.residual => {
                     // The epilogue falls with z where the scale times batch norm's slope is
@@ -422,6 +425,7 @@ impl Conv {
                                 isa,
                                 Some(shortcut),
                                 Some(&decreasing),
+                                |z| z as f32,
                             )
                         })
                         .collect();
@@ -457,6 +461,7 @@ impl Conv {
                 codes_out: quant_codes,
                 isa,
                 has_residual: epi.residual,
+                key_thresholds: None,
                 id: 0,
             }
         } else {
@@ -472,10 +477,12 @@ impl Conv {
                     }
                 }
             }
+            let tables = EpiTables::new(epi, None, blocks);
             Self {
                 geo,
                 kernel: Kernel::Float { w, cs },
-                tables: EpiTables::new(epi, None, blocks),
+                key_thresholds: key_thresholds(&tables, geo.cout, blocks, isa, quant_codes, epi),
+                tables,
                 codes_out: quant_codes,
                 isa,
                 has_residual: epi.residual,
@@ -497,11 +504,14 @@ impl Conv {
             pad: 0,
         };
         let blocks = channels.div_ceil(LANES);
+        let tables = EpiTables::new(epi, None, blocks);
+        let codes_out = int && epi.quant.as_ref().is_some_and(ActQuant::is_unsigned_grid);
         Self {
             geo,
             kernel: Kernel::Pointwise { cs: input.cs() },
-            tables: EpiTables::new(epi, None, blocks),
-            codes_out: int && epi.quant.as_ref().is_some_and(ActQuant::is_unsigned_grid),
+            key_thresholds: key_thresholds(&tables, channels, blocks, isa, codes_out, epi),
+            tables,
+            codes_out,
             isa,
             has_residual: epi.residual,
             id: 0,
@@ -857,6 +867,16 @@ impl Conv {
     ) {
         let stride = self.out_stride();
         let width = LANES.min(self.geo.cout - b * LANES);
+        if let (Some(t), Some(c), None) = (&self.key_thresholds, codes.as_mut(), &residual) {
+            let th = Thresholds {
+                thr: &t.thr[b * t.n * LANES..(b + 1) * t.n * LANES],
+                mask: &t.mask[b],
+                base: &t.base[b],
+            };
+            let out = &mut c.data[at..];
+            kernels::key_threshold_block(self.isa, &th, acc, rows, out, stride, width);
+            return;
+        }
         let epi = self.tables.block(b);
         let res = residual.map(|r| match r {
             Residual::Floats(v) => Residual::Floats(&v[at..]),
@@ -923,6 +943,7 @@ fn zrange(geo: Geometry, levels: &[i8], max: u8) -> Vec<(i64, i64)> {
 /// With `shortcut`, the epilogue adds that value as its residual (a residual layer's thresholds
 /// for one shortcut code). `decreasing` (per channel) fixes the direction instead of reading it
 /// from the codes at the ends of the range (which cannot tell when the code is constant there).
+#[allow(clippy::too_many_arguments)]
 fn int_thresholds(
     t: &EpiTables,
     reach: &[(i64, i64)],
@@ -930,6 +951,7 @@ fn int_thresholds(
     isa: Isa,
     shortcut: Option<f32>,
     decreasing: Option<&[bool]>,
+    value: fn(i64) -> f32,
 ) -> IntThresholds {
     let row = shortcut.map(|v| [v; LANES]);
     let n = t.quant.as_ref().map_or(0, |(q, _, _)| q.levels.len() - 1);
@@ -942,7 +964,7 @@ fn int_thresholds(
         let code = |z: [i64; LANES]| -> [i64; LANES] {
             let mut acc = [0f32; ROWS * LANES];
             for j in 0..LANES {
-                acc[j] = z[j] as f32;
+                acc[j] = value(z[j]);
             }
             let mut out = [0u8; LANES];
             kernels::float_epi_block(
@@ -1023,6 +1045,41 @@ fn int_thresholds(
         }
     }
     IntThresholds { thr, mask, base, n }
+}
+
+/// The float of an order key ([`kernels::float_key`] is its own inverse on the bits).
+fn key_float(k: i64) -> f32 {
+    let k = k as i32;
+    f32::from_bits((k ^ ((k >> 31) & 0x7FFF_FFFF)) as u32)
+}
+
+/// A float layer's epilogue (bias, batch norm, ReLU, an unsigned-grid quantizer; no shortcut)
+/// as per-channel thresholds on the order keys of its f32 sums: the epilogue is monotone in the
+/// sum, so the thresholds found by bisection over every finite f32 with the float epilogue
+/// itself give its codes exactly (NaN sums, which finite inputs never give, are not covered).
+fn key_thresholds(
+    tables: &EpiTables,
+    cout: usize,
+    blocks: usize,
+    isa: Isa,
+    codes_out: bool,
+    epi: &Epilogue,
+) -> Option<IntThresholds> {
+    let finite = (
+        i64::from(kernels::float_key(f32::MIN)),
+        i64::from(kernels::float_key(f32::MAX)),
+    );
+    (codes_out && !epi.residual).then(|| {
+        int_thresholds(
+            tables,
+            &vec![finite; cout],
+            blocks,
+            isa,
+            None,
+            None,
+            key_float,
+        )
+    })
 }
 
 /// `dst[i] = max(dst[i], src[i])`, 16 at a time (a select, not a branch: it vectorises).
@@ -1145,6 +1202,108 @@ pub fn adaptive_avg_pool(x: &Act, oh: usize, ow: usize) -> Act {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A float layer's epilogue as thresholds on its sums' order keys gives the float epilogue's
+    /// codes: random biases, batch norms (slopes of either sign, and 0), 1–4-bit quantizers with
+    /// uneven thresholds; sums spread over many magnitudes, ±0, and the floats just below, at
+    /// and above every threshold; every path this CPU has.
+    #[test]
+    fn key_thresholds_give_the_float_epilogues_codes() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let cout: usize = 20;
+        let blocks = cout.div_ceil(LANES);
+        for case in 0..12 {
+            let bits = 1 + case % 4;
+            let n = (1 << bits) - 1;
+            let mut thresholds: Vec<f32> =
+                (0..n).map(|_| (rand() * n as f64 * 1.3) as f32).collect();
+            thresholds.sort_by(f32::total_cmp);
+            let per = |f: &mut dyn FnMut() -> f32| (0..cout).map(|_| f()).collect::<Vec<f32>>();
+            let epi = Epilogue {
+                bias: Some(per(&mut || (rand() * 2.0 - 1.0) as f32)),
+                bn: Some(BatchNorm {
+                    gamma: per(&mut || match (rand() * 5.0) as u32 {
+                        0 => 0.0,
+                        1 | 2 => -(rand() as f32) * 2.0,
+                        _ => rand() as f32 * 2.0,
+                    }),
+                    beta: per(&mut || (rand() * 2.0 - 1.0) as f32),
+                    mean: per(&mut || (rand() * 2.0 - 1.0) as f32),
+                    var: per(&mut || (rand() * 3.0 + 0.01) as f32),
+                    epsilon: 1e-5,
+                }),
+                relu: true,
+                quant: Some(ActQuant {
+                    alpha: 0.37,
+                    beta: (0.5 + rand() * 3.0) as f32,
+                    thresholds,
+                    levels: (0..=n).map(|y| y as f32).collect(),
+                }),
+                ..Epilogue::default()
+            };
+            let tables = EpiTables::new(&epi, None, blocks);
+            for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                let t = key_thresholds(&tables, cout, blocks, isa, true, &epi).unwrap();
+                let mut sums: Vec<f32> = vec![0.0, -0.0, f32::MAX, f32::MIN, 1e-30, -1e-30];
+                for _ in 0..300 {
+                    let mag = 10f64.powf(rand() * 8.0 - 4.0);
+                    sums.push((if rand() < 0.5 { -mag } else { mag }) as f32);
+                }
+                for &k in &t.thr {
+                    if k != i32::MIN && k != i32::MAX {
+                        for d in [-1, 0, 1] {
+                            sums.push(key_float(i64::from(k) + d));
+                        }
+                    }
+                }
+                for chunk in sums.chunks(ROWS) {
+                    for b in 0..blocks {
+                        let width = LANES.min(cout - b * LANES);
+                        let mut acc = [0f32; ROWS * LANES];
+                        for (r, v) in chunk.iter().enumerate() {
+                            acc[r * LANES..(r + 1) * LANES].fill(*v);
+                        }
+                        let rows = chunk.len();
+                        let mut want = vec![0u8; ROWS * LANES];
+                        kernels::float_epi_block(
+                            isa,
+                            &tables.block(b),
+                            &acc,
+                            rows,
+                            None,
+                            EpiOut::Codes(&mut want),
+                            LANES,
+                            width,
+                        );
+                        let th = Thresholds {
+                            thr: &t.thr[b * t.n * LANES..(b + 1) * t.n * LANES],
+                            mask: &t.mask[b],
+                            base: &t.base[b],
+                        };
+                        let mut got = vec![0u8; ROWS * LANES];
+                        kernels::key_threshold_block(isa, &th, &acc, rows, &mut got, LANES, width);
+                        for r in 0..rows {
+                            for j in 0..width {
+                                assert_eq!(
+                                    got[r * LANES + j],
+                                    want[r * LANES + j],
+                                    "case {case}, {isa}, sum {}, channel {}",
+                                    chunk[r],
+                                    b * LANES + j
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Max pooling against its definition (the largest value in each window's part inside the
     /// map), with and without padding, on codes and floats, 20 channels (a block of 16 and 4).
