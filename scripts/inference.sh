@@ -10,7 +10,7 @@
 # 3. PyTorch's f32 and int8 on the same nets (benches/peer/infer.py), when PYTHON has torch
 #    (PYTHON=~/.venvs/torch/bin/python after `pip install torch` in that venv), then three
 #    rounds of the engine and PyTorch back to back at one thread, then ResNet-20 batch 64 alone
-#    against PyTorch's int8, five rounds.
+#    against PyTorch's int8, ten rounds.
 #
 #   scripts/inference.sh [RUNS_DIR]     (runs there are reused when finished, trained otherwise)
 set -euo pipefail
@@ -59,9 +59,9 @@ if "$PYTHON" -c 'import torch' 2> /dev/null; then
     "$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --threads 1 --batch 1,64 |
       grep '^| [lr]'
   done
-  # ResNet-20 batch 64 alone, the engine and PyTorch's int8 alternating, five rounds: the
+  # ResNet-20 batch 64 alone, the engine and PyTorch's int8 alternating, ten rounds: the
   # closest race, where a round of the machine's noise decides the median.
-  for ROUND in 1 2 3 4 5; do
+  for ROUND in 1 2 3 4 5 6 7 8 9 10; do
     INT=$($QUANTNET bench infer --model resnet20 --batch 64 --threads 1 --engine int |
       grep '^| resnet20' | awk '{print $14}')
     INT8=$("$PYTHON" "$(dirname "$0")/../benches/peer/infer.py" --models resnet20 --batch 64 \
