@@ -1179,7 +1179,7 @@ mod x86 {
         n: usize,
         out: &mut [f32; 256],
     ) {
-        let mask: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let mask = lane_mask(n);
         let mut acc = [_mm512_setzero_ps(); LANES];
         let mut wk = p.w.as_ptr();
         for ky in 0..p.kh {
@@ -1332,6 +1332,34 @@ mod x86 {
         super::f32_panel_body(p, w, blocks, acc);
     }
 
+    /// The mask of the first `width` of 16 lanes.
+    fn lane_mask(width: usize) -> __mmask16 {
+        if width >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << width) - 1
+        }
+    }
+
+    /// Stores a threshold count's codes under `mask`: `base + cnt` per lane, or `base − cnt`
+    /// where `sign` is −1 (the epilogue falls with the sum).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW; the bytes under `mask` at `at` must be writable.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn store_count(
+        at: *mut u8,
+        mask: __mmask16,
+        cnt: __m512i,
+        sign: __m512i,
+        base: __m512i,
+    ) {
+        let code = _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
+        // SAFETY: as the caller promised, the masked bytes at `at` are writable.
+        unsafe { _mm512_mask_cvtepi32_storeu_epi8(at.cast(), mask, code) }
+    }
+
     /// The threshold epilogue with AVX-512 intrinsics (the portable body's integer operations:
     /// the same codes).
     ///
@@ -1408,11 +1436,7 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        let mask: __mmask16 = if width >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << width) - 1
-        };
+        let mask = lane_mask(width);
         // SAFETY: `t.thr` holds N rows of 16 values; `acc` holds ROWS·16 values with
         // `r < rows ≤ ROWS`; the byte stores are masked to `width` at `r·stride`, inside the
         // length the caller checked.
@@ -1429,13 +1453,7 @@ mod x86 {
                     let ge = _mm512_cmpge_epi32_mask(z, *th);
                     cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
                 }
-                let code =
-                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
-                _mm512_mask_cvtepi32_storeu_epi8(
-                    out.as_mut_ptr().add(r * stride).cast(),
-                    mask,
-                    code,
-                );
+                store_count(out.as_mut_ptr().add(r * stride), mask, cnt, sign, base);
             }
         }
     }
@@ -1454,11 +1472,7 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        let mask: __mmask16 = if width >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << width) - 1
-        };
+        let mask = lane_mask(width);
         // SAFETY: table rows are 16 values (`thr` a multiple of 16, `mask`/`base` arrays),
         // `acc` holds ROWS·16 values with `r < rows ≤ ROWS`, and the byte stores are masked to
         // `width` at `r·stride`, inside the length the caller checked.
@@ -1474,13 +1488,7 @@ mod x86 {
                     let ge = _mm512_cmpge_epi32_mask(z, th);
                     cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
                 }
-                let code =
-                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
-                _mm512_mask_cvtepi32_storeu_epi8(
-                    out.as_mut_ptr().add(r * stride).cast(),
-                    mask,
-                    code,
-                );
+                store_count(out.as_mut_ptr().add(r * stride), mask, cnt, sign, base);
             }
         }
     }
@@ -1528,11 +1536,7 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        let mask: __mmask16 = if width >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << width) - 1
-        };
+        let mask = lane_mask(width);
         // SAFETY: the sets are `N·16` values each, `codes ≤ 4` of them (a set past the last is
         // the last, never selected); `acc` holds ROWS·16 values with `r < rows ≤ ROWS`; shortcut
         // loads and code stores are masked to `width` at `r·stride`, inside the lengths the
@@ -1564,13 +1568,7 @@ mod x86 {
                     let ge = _mm512_cmpge_epi32_mask(z, th);
                     cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
                 }
-                let code =
-                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
-                _mm512_mask_cvtepi32_storeu_epi8(
-                    out.as_mut_ptr().add(r * stride).cast(),
-                    mask,
-                    code,
-                );
+                store_count(out.as_mut_ptr().add(r * stride), mask, cnt, sign, base);
             }
         }
     }
@@ -1590,11 +1588,7 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        let mask: __mmask16 = if width >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << width) - 1
-        };
+        let mask = lane_mask(width);
         let n = t.thr.len() / (t.codes * LANES);
         // SAFETY: the sets are `n·16` values each, `codes ≤ 4` of them (set `y` for y past the
         // last one is the last one, never selected); `acc` holds ROWS·16 values with
@@ -1631,13 +1625,7 @@ mod x86 {
                     let ge = _mm512_cmpge_epi32_mask(z, th);
                     cnt = _mm512_mask_add_epi32(cnt, ge, cnt, one);
                 }
-                let code =
-                    _mm512_add_epi32(base, _mm512_sub_epi32(_mm512_xor_si512(cnt, sign), sign));
-                _mm512_mask_cvtepi32_storeu_epi8(
-                    out.as_mut_ptr().add(r * stride).cast(),
-                    mask,
-                    code,
-                );
+                store_count(out.as_mut_ptr().add(r * stride), mask, cnt, sign, base);
             }
         }
     }
@@ -1676,11 +1664,7 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
-        let mask: __mmask16 = if width >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << width) - 1
-        };
+        let mask = lane_mask(width);
         // SAFETY (every load below): the per-channel tables are `[_; 16]` arrays, `acc` holds
         // ROWS·16 values and `r < rows ≤ ROWS`; residual and output accesses are masked to
         // `width` values at `r·stride`, inside the lengths the caller checked.

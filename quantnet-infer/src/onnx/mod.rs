@@ -361,6 +361,11 @@ impl Graph<'_> {
         let src = &self.sources[conv.id];
         let name = self.names[conv.id].clone();
         let g = src.geo;
+        // A conv's or linear layer's bias is its third input (an epilogue alone has none).
+        let bias = match (&src.weights, &src.epi.bias) {
+            (Some(_), Some(b)) => Some(self.floats(&format!("{name}.bias"), &[g.cout as i64], b)),
+            _ => None,
+        };
         let (mut v, dims) = match &src.weights {
             None => (x.name.clone(), x.dims),
             Some(w) if src.linear => {
@@ -368,14 +373,7 @@ impl Graph<'_> {
                 let k = (g.cin * g.kh * g.kw) as i64;
                 let w = self.weight(&name, w, &[g.cout as i64, k]);
                 let mut inputs = vec![x.name.as_str(), w.as_str()];
-                let bias = src
-                    .epi
-                    .bias
-                    .as_ref()
-                    .map(|b| self.floats(&format!("{name}.bias"), &[g.cout as i64], b));
-                if let Some(b) = &bias {
-                    inputs.push(b);
-                }
+                inputs.extend(bias.as_deref());
                 let y = self.node(
                     "Gemm",
                     &format!("{name}.gemm"),
@@ -393,14 +391,7 @@ impl Graph<'_> {
                 let shape = [g.cout, g.cin, g.kh, g.kw].map(|d| d as i64);
                 let w = self.weight(&name, w, &shape);
                 let mut inputs = vec![x.name.as_str(), w.as_str()];
-                let bias = src
-                    .epi
-                    .bias
-                    .as_ref()
-                    .map(|b| self.floats(&format!("{name}.bias"), &[g.cout as i64], b));
-                if let Some(b) = &bias {
-                    inputs.push(b);
-                }
+                inputs.extend(bias.as_deref());
                 let (s, p) = (g.stride as i64, g.pad as i64);
                 let attrs = vec![
                     ints("kernel_shape", &[g.kh as i64, g.kw as i64]),
