@@ -23,10 +23,7 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cor
 
 for DATASET in fashion-mnist mnist; do
   RUN=$DIR/main-job-$DATASET
-  [[ -f "$RUN/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --out "$RUN" > "$RUN.log"
-  $QUANTNET export --from "$RUN" --out "$RUN/model.qnet" > /dev/null
-  $QUANTNET eval --model-file "$RUN/model.qnet" --engine burn --predictions "$RUN/burn.txt" |
-    grep -v '^wrote'
+  main_job "$RUN" "$DATASET"
   for CASE in "int scalar" "int avx2" "int avx512" "f32 avx512"; do
     read -r ENGINE ISA <<< "$CASE"
     if ! QUANTNET_ISA=$ISA $QUANTNET eval --model-file "$RUN/model.qnet" --engine "$ENGINE" \

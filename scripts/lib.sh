@@ -18,3 +18,14 @@ field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'
 # stats: mean (± sample sd when there are several) of the numbers on stdin, one per line.
 stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1)):0;
   if (n>1) printf "%.2f ± %.2f", m, sd; else printf "%.2f", m}'; }
+
+# main_job RUN DATASET: the README's main job on DATASET in RUN (trained unless finished),
+# exported to RUN/model.qnet, and Burn's hard forward of the file on the full test set: its
+# accuracy printed, each image's class in RUN/burn.txt.
+main_job() {
+  local run=$1 dataset=$2
+  [[ -f "$run/summary.json" ]] || $QUANTNET train --dataset "$dataset" --out "$run" > "$run.log"
+  $QUANTNET export --from "$run" --out "$run/model.qnet" > /dev/null
+  $QUANTNET eval --model-file "$run/model.qnet" --engine burn --predictions "$run/burn.txt" |
+    grep -v '^wrote'
+}

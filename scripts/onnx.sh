@@ -18,11 +18,8 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cor
 
 for DATASET in fashion-mnist mnist; do
   RUN=$DIR/main-job-$DATASET
-  [[ -f "$RUN/summary.json" ]] || $QUANTNET train --dataset "$DATASET" --out "$RUN" > "$RUN.log"
+  main_job "$RUN" "$DATASET"
   $QUANTNET export --from "$RUN" --out "$RUN/model.onnx"
-  $QUANTNET export --from "$RUN" --out "$RUN/model.qnet" > /dev/null
-  $QUANTNET eval --model-file "$RUN/model.qnet" --engine burn --predictions "$RUN/burn.txt" |
-    grep -v '^wrote'
   "$PYTHON" "$(dirname "$0")/onnx_runtime.py" "$RUN/model.onnx" --data "$DATA/$DATASET" \
     --predictions "$RUN/burn.txt"
 done

@@ -12,7 +12,7 @@ use crate::export::{CIFAR, MNIST, quantized_by};
 
 type B = crate::backend::Inner;
 
-fn argmax(v: &[f32]) -> usize {
+pub(crate) fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
         .fold(
@@ -23,11 +23,20 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// The largest absolute difference between two equally long score lists.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
+}
+
+/// The model Burn loads from an exported `.qnet` (written to a temporary file named by `tag`).
+pub(crate) fn reloaded(bytes: &[u8], tag: &str) -> quantnet_models::Model<B> {
+    let file = std::env::temp_dir().join(format!("quantnet-{tag}-{}.qnet", std::process::id()));
+    std::fs::write(&file, bytes).unwrap();
+    let (_, model) = export::load::<B>(&file, &Default::default()).unwrap();
+    std::fs::remove_file(&file).ok();
+    model
 }
 
 /// One exported model run by Burn (from the file) and by the engine on every path: returns the
@@ -41,15 +50,8 @@ fn compare(arch: Arch, input: InputShape, w: LevelSet, a: LevelSet, seed: u64) -
         quantized_by(arch, input, &policy)
     };
     let exported = export::export(&mut model, arch, input, None).unwrap();
-    let file = std::env::temp_dir().join(format!(
-        "quantnet-infer-{}-{arch}-{seed}-{}-{}.qnet",
-        std::process::id(),
-        w.name(),
-        a.name()
-    ));
-    std::fs::write(&file, &exported.bytes).unwrap();
-    let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
-    std::fs::remove_file(&file).ok();
+    let tag = format!("infer-{arch}-{seed}-{}-{}", w.name(), a.name());
+    let burn_model = reloaded(&exported.bytes, &tag);
     // VGG-small and AlexNet-BN are 15–40× ResNet-20's work per image, on the scalar path too.
     let n = match arch {
         Arch::VggSmall => 4,
@@ -201,10 +203,7 @@ fn burn_and_the_engine_predict_the_fixture_alike_image_by_image() {
         quantized_by(Arch::Lenet5, MNIST, &policy)
     };
     let exported = export::export(&mut model, Arch::Lenet5, MNIST, None).unwrap();
-    let file = std::env::temp_dir().join(format!("quantnet-predict-{}.qnet", std::process::id()));
-    std::fs::write(&file, &exported.bytes).unwrap();
-    let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
-    std::fs::remove_file(&file).ok();
+    let burn_model = reloaded(&exported.bytes, "predict");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mnist");
     let items = mnist::load(&dir, Split::Test)
         .expect("the MNIST fixture (fixtures/mnist) is part of the repository")

@@ -8,6 +8,7 @@ use quantnet_infer::onnx::{Normalisation, model, to_onnx};
 use quantnet_models::{Arch, InputShape, QuantPolicy, export};
 
 use crate::export::{CIFAR, MNIST, quantized_by};
+use crate::infer::{argmax, max_diff, reloaded};
 
 type B = crate::backend::Inner;
 
@@ -40,16 +41,6 @@ fn run_onnx(bytes: &[u8], shape: [usize; 4], x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
-}
-
 /// A freshly quantized `arch` exported to `.qnet` and ONNX; Burn's hard forward of the file and
 /// tract's run of the ONNX model on `n` random images in [0, 1]: the predictions that differ and
 /// the largest score difference relative to the largest score.
@@ -61,11 +52,7 @@ fn compare(arch: Arch, input: InputShape, policy: &QuantPolicy, n: usize) -> (us
         quantized_by(arch, input, policy)
     };
     let exported = export::export(&mut model, arch, input, None).unwrap();
-    let file =
-        std::env::temp_dir().join(format!("quantnet-onnx-{}-{arch}.qnet", std::process::id()));
-    std::fs::write(&file, &exported.bytes).unwrap();
-    let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
-    std::fs::remove_file(&file).ok();
+    let burn_model = reloaded(&exported.bytes, &format!("onnx-{arch}"));
     let norm = Normalisation {
         mean: vec![0.5, 0.4, 0.3][..input.channels].to_vec(),
         std: vec![0.25, 0.3, 0.2][..input.channels].to_vec(),
@@ -92,11 +79,7 @@ fn compare(arch: Arch, input: InputShape, policy: &QuantPolicy, n: usize) -> (us
     let flips = (0..n)
         .filter(|&i| argmax(&got[i * c..(i + 1) * c]) != argmax(&burn[i * c..(i + 1) * c]))
         .count();
-    let diff = got
-        .iter()
-        .zip(&burn)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let diff = max_diff(&got, &burn);
     let scale = burn.iter().fold(1f32, |m, x| m.max(x.abs()));
     (flips, diff / scale)
 }
@@ -234,11 +217,7 @@ fn onnx_predicts_the_fixture_as_burn_does() {
     )
     .unwrap();
     let exported = export::export(&mut net, Arch::Lenet5, MNIST, None).unwrap();
-    let file =
-        std::env::temp_dir().join(format!("quantnet-onnx-fixture-{}.qnet", std::process::id()));
-    std::fs::write(&file, &exported.bytes).unwrap();
-    let (_, burn_model) = export::load::<B>(&file, &device).unwrap();
-    std::fs::remove_file(&file).ok();
+    let burn_model = reloaded(&exported.bytes, "onnx-fixture");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mnist");
     let set = mnist::load(&dir, Split::Test)
         .expect("the MNIST fixture (fixtures/mnist) is part of the repository");
