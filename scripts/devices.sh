@@ -13,7 +13,7 @@ source "$(dirname "$0")/lib.sh"
 extra_flags 2 "$@"
 mkdir -p "$OUT"
 
-echo "| seed | devices | full precision (%) | hard (%) | soft (%) | weight T per epoch | s/epoch |"
+echo "| seed | devices | full precision (%) | hard (%) | soft (%) | weight T (epoch mean) | s/epoch |"
 echo "|---|---|---|---|---|---|---|"
 for SEED in $SEEDS; do
   for DEVICES in cpu cpu,cpu; do
@@ -22,7 +22,7 @@ for SEED in $SEEDS; do
       $QUANTNET train --seed "$SEED" --devices "$DEVICES" --out "$RUN" "${EXTRA[@]}" > "$RUN.log"
     F=$(grep -o 'full precision: test accuracy [0-9.]*' "$RUN.log" | sed 's/.* //')
     H=$(field "$RUN" test_accuracy_hard); S=$(field "$RUN" test_accuracy_soft)
-    T=$(awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "weights_temperature") c = i}
+    T=$(awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "weights_temperature_mean") c = i}
                  NR > 1 {printf "%s%.2f", (NR > 2 ? ", " : ""), $c}' "$RUN/metrics.csv")
     SEC=$(awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "seconds") c = i}
                    NR > 1 {s += $c; n++} END {printf "%.1f", s / n}' "$RUN/metrics.csv")

@@ -317,21 +317,35 @@ fn temperature(text: &str, key: &str) -> f64 {
     json_number(&text[at..], key)
 }
 
-/// metrics.csv's temperatures are what the hook set at every step (their epoch mean): 600
-/// images are 10 steps per epoch, 20 in all, and T = T0·(T_end/T0)^(step/19). Epoch 1's
-/// mean is above T0 only if the temperature moved within the epoch; epoch 2's lies between
-/// its first step's T (step 10) and T_end.
+/// metrics.csv's temperatures are what the hook set at every step: their epoch mean and the
+/// epoch's last step. 600 images are 10 steps per epoch, 20 in all, and
+/// T = T0·(T_end/T0)^(step/19). Epoch 1's mean is above T0 only if the temperature moved within
+/// the epoch; epoch 2's lies between its first step's T (step 10) and T_end; the last steps
+/// ran at steps 9 and 19 (T_end).
 fn assert_epoch_temperatures(metrics: &str) {
     let rows = cells(metrics);
     let column = |name: &str| rows[0].iter().position(|h| *h == name).unwrap();
-    for (name, t0) in [("weights_temperature", 5.0_f64), ("acts_temperature", 10.0)] {
+    for (name, t0) in [("weights", 5.0_f64), ("acts", 10.0)] {
         let at = |step: f64| t0 * (500.0 / t0).powf(step / 19.0);
-        let epoch = |e: usize| -> f64 { rows[e][column(name)].parse().unwrap() };
+        let cell = |e: usize, what: &str| -> f64 {
+            rows[e][column(&format!("{name}_temperature_{what}"))]
+                .parse()
+                .unwrap()
+        };
+        let mean = |e: usize| cell(e, "mean");
         assert!(
-            epoch(1) > at(0.0) * 1.5 && epoch(1) < at(9.0),
+            mean(1) > at(0.0) * 1.5 && mean(1) < at(9.0),
             "{name}: {metrics}"
         );
-        assert!(epoch(2) > at(10.0) && epoch(2) < 500.0, "{name}: {metrics}");
+        assert!(mean(2) > at(10.0) && mean(2) < 500.0, "{name}: {metrics}");
+        for (e, step) in [(1, 9.0), (2, 19.0)] {
+            let last = cell(e, "last");
+            assert!(
+                (last - at(step)).abs() < 1e-4 * at(step),
+                "{name}: epoch {e} ended at {last}, not {}: {metrics}",
+                at(step)
+            );
+        }
     }
 }
 
@@ -696,7 +710,12 @@ fn two_devices_train_like_one_and_resume() {
     let one_metrics = std::fs::read_to_string(shared.run.join("metrics.csv")).unwrap();
     let (rows, one_rows) = (cells(&metrics), cells(&one_metrics));
     assert_eq!(rows.len(), 3, "{metrics}");
-    for name in ["weights_temperature", "acts_temperature"] {
+    for name in [
+        "weights_temperature_mean",
+        "weights_temperature_last",
+        "acts_temperature_mean",
+        "acts_temperature_last",
+    ] {
         let column = rows[0].iter().position(|h| *h == name).unwrap();
         for epoch in 1..=2 {
             assert_eq!(

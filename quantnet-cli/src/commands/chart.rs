@@ -203,7 +203,8 @@ pub(crate) fn lines(area: &Area, chart: &LineChart) -> Result<()> {
         }
         .label(&s.label)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        if !s.dashed {
+        // A marker per point, unless the points are dense enough to draw a curve (steps).
+        if !s.dashed && s.points.len() <= 100 {
             c.draw_series(
                 s.points
                     .iter()

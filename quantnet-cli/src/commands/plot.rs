@@ -1,7 +1,8 @@
 //! `quantnet plot RUN_DIR`: a run's pictures.
 //!
 //! * `training.png`: per epoch, the hard-quantized test accuracy (and the training accuracy),
-//!   the soft − hard gap, the losses and the temperatures, from `metrics.csv`;
+//!   the soft − hard gap and the losses, from `metrics.csv`; the temperatures at every training
+//!   step (burn-train's logs, `train/train/epoch-N/*_temperature.log`) with each epoch's mean;
 //! * `weights.png`: for each quantized weight layer, the histogram of its latent weights with the
 //!   levels `α·y_k` and the thresholds `b_i/β` drawn on it (the paper's Fig. 3 analogue), at
 //!   initialisation (`init.mpk`: the quantized network before training) and at the end
@@ -29,7 +30,7 @@ pub(crate) fn run(args: PlotArgs) -> Result<()> {
         );
     }
     let training = out.join("training.png");
-    draw_training(&metrics, &training)?;
+    draw_training(&args.run, &metrics, &training)?;
     println!("wrote {}", training.display());
     let weights = out.join("weights.png");
     if draw_weights(&args.run, &weights)? {
@@ -64,7 +65,32 @@ fn read_columns(path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
     Ok(columns)
 }
 
-fn draw_training(metrics: &Path, path: &Path) -> Result<()> {
+/// The temperatures every training step of the main phase ran at, as burn-train logged them
+/// (`train/train/epoch-N/NAME.log`, lines of `value,count`), at x = `e − 1 + (i + 1)/steps`
+/// for step `i` of epoch `e`: its last step lands on `e`. Empty when the logs are gone.
+fn step_temperatures(run: &Path, name: &str, epochs: &[f64]) -> Vec<(f64, f64)> {
+    let mut points = Vec::new();
+    for &e in epochs {
+        let log = run
+            .join("train/train")
+            .join(format!("epoch-{e}"))
+            .join(format!("{name}.log"));
+        let Ok(text) = std::fs::read_to_string(log) else {
+            continue;
+        };
+        let values: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+            .collect();
+        let steps = values.len() as f64;
+        points.extend(
+            (values.iter().enumerate()).map(|(i, &t)| (e - 1.0 + (i + 1) as f64 / steps, t)),
+        );
+    }
+    points
+}
+
+fn draw_training(run: &Path, metrics: &Path, path: &Path) -> Result<()> {
     let columns = read_columns(metrics)?;
     let get = |name: &str| columns.iter().find(|c| c.0 == name).map(|c| &c.1);
     let epochs = get("epoch")
@@ -110,15 +136,53 @@ fn draw_training(metrics: &Path, path: &Path) -> Result<()> {
             "cross-entropy",
             series(&[("train_loss", "training"), ("test_loss", "test (hard)")]),
         ),
-        (
-            "temperature at the epoch's last step",
-            "T",
-            series(&[
-                ("weights_temperature", "weights"),
-                ("acts_temperature", "activations"),
-            ]),
-        ),
     ];
+    // Temperatures: every step's from the logs (the epoch's last step's where they are gone),
+    // with each epoch's mean at its middle, dashed (runs written before the last-step columns
+    // have the mean alone, as `weights_temperature`).
+    let mut temperatures = Vec::new();
+    for (i, (kind, log, prefix)) in [
+        ("weights", "Weight_temperature", "weights_temperature"),
+        ("activations", "Act_temperature", "acts_temperature"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let steps = step_temperatures(run, log, &epochs);
+        let at = |values: &Vec<f64>, shift: f64| -> Vec<(f64, f64)> {
+            (epochs.iter().zip(values))
+                .filter(|(_, v)| v.is_finite())
+                .map(|(&e, &v)| (e - shift, v))
+                .collect()
+        };
+        let (label, points) = if steps.is_empty() {
+            let last = get(&format!("{prefix}_last")).map(|v| at(v, 0.0));
+            let last = last.unwrap_or_default();
+            (format!("{kind}, epoch's last step"), last)
+        } else {
+            (format!("{kind}, every step"), steps)
+        };
+        if !points.is_empty() {
+            temperatures.push(Series {
+                label,
+                points,
+                color: COLORS[i],
+                dashed: false,
+            });
+        }
+        if let Some(mean) = get(&format!("{prefix}_mean")).or_else(|| get(prefix)) {
+            temperatures.push(Series {
+                label: format!("{kind}, epoch mean"),
+                points: at(mean, 0.5),
+                color: COLORS[i],
+                dashed: true,
+            });
+        }
+    }
+    let panels =
+        panels
+            .into_iter()
+            .chain([("temperature at every training step", "T", temperatures)]);
     let panels: Vec<LineChart> = panels
         .into_iter()
         .filter(|(_, _, s)| !s.is_empty())
@@ -211,4 +275,32 @@ fn draw_weights(run: &Path, path: &Path) -> Result<bool> {
         chart::histogram(area, &panels[i])
     })?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_temperatures;
+
+    /// Step `i` of epoch `e` with `n` steps lands on `e − 1 + (i + 1)/n`; epochs may differ in
+    /// length; a missing epoch's log is skipped.
+    #[test]
+    fn each_epochs_last_step_lands_on_its_number() {
+        let run = std::env::temp_dir().join(format!("quantnet-plot-{}", std::process::id()));
+        for (e, log) in [(1, "5,1\n6,1\n"), (2, "7,1\n8,1\n9,1\n10.5,1\n")] {
+            let dir = run.join(format!("train/train/epoch-{e}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("Weight_temperature.log"), log).unwrap();
+        }
+        let points = step_temperatures(&run, "Weight_temperature", &[1.0, 2.0, 3.0]);
+        std::fs::remove_dir_all(&run).unwrap();
+        let want = [
+            (0.5, 5.0),
+            (1.0, 6.0),
+            (1.25, 7.0),
+            (1.5, 8.0),
+            (1.75, 9.0),
+            (2.0, 10.5),
+        ];
+        assert_eq!(points, want);
+    }
 }

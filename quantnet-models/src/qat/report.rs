@@ -26,6 +26,12 @@ pub struct EpochReport {
     pub weights_temperature: Option<f64>,
     /// The mean activation temperature the epoch's steps ran at.
     pub acts_temperature: Option<f64>,
+    /// The weight temperature the epoch's last step ran at.
+    #[serde(default)]
+    pub weights_temperature_last: Option<f64>,
+    /// The activation temperature the epoch's last step ran at.
+    #[serde(default)]
+    pub acts_temperature_last: Option<f64>,
     /// Wall time (training and validation) when this process ran the epoch.
     pub seconds: Option<f64>,
     /// Per quantizer (in [`QatReport::layers`] order): mean α, mean β, and the last logged
@@ -63,11 +69,13 @@ pub struct QatReport {
 
 impl QatReport {
     /// The per-epoch table as CSV (`metrics.csv`): loss, accuracy, soft–hard gap, the
-    /// temperatures and seconds, then α, β (and occupancy) of every quantizer.
+    /// temperatures (the mean over the epoch's steps and the last step's, for weights and
+    /// activations) and seconds, then α, β (and occupancy) of every quantizer.
     pub fn metrics_csv(&self) -> String {
         let mut csv = String::from(
             "epoch,train_loss,train_accuracy,test_loss,test_accuracy_hard,soft_hard_gap,\
-             weights_temperature,acts_temperature,seconds",
+             weights_temperature_mean,weights_temperature_last,acts_temperature_mean,\
+             acts_temperature_last,seconds",
         );
         for layer in &self.layers {
             csv.push_str(&format!(",alpha {0},beta {0}", layer.name));
@@ -79,7 +87,7 @@ impl QatReport {
         let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
         for e in &self.epochs {
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{}",
                 e.epoch,
                 cell(e.train_loss),
                 cell(e.train_accuracy),
@@ -87,7 +95,9 @@ impl QatReport {
                 cell(e.test_accuracy_hard),
                 cell(e.soft_hard_gap),
                 cell(e.weights_temperature),
+                cell(e.weights_temperature_last),
                 cell(e.acts_temperature),
+                cell(e.acts_temperature_last),
                 cell(e.seconds),
             ));
             for (layer, (alpha, beta, occupancy)) in self.layers.iter().zip(&e.layers) {
@@ -118,6 +128,10 @@ pub(crate) fn read_epochs(
     (1..=epochs)
         .map(|epoch| {
             let mean = |split: &str, name: &str| epoch_mean(phase_dir, split, epoch, name);
+            let last = |name: &str| {
+                epoch_last(phase_dir, "train", epoch, name)
+                    .and_then(|line| line.split(',').next()?.trim().parse().ok())
+            };
             EpochReport {
                 epoch,
                 train_loss: mean("train", "Loss"),
@@ -134,6 +148,11 @@ pub(crate) fn read_epochs(
                     .1
                     .then(|| mean("train", "Act temperature"))
                     .flatten(),
+                weights_temperature_last: temperatures
+                    .0
+                    .then(|| last("Weight temperature"))
+                    .flatten(),
+                acts_temperature_last: temperatures.1.then(|| last("Act temperature")).flatten(),
                 seconds: (epoch > untimed)
                     .then(|| seconds.get(surplus + epoch - 1 - untimed).copied())
                     .flatten(),
