@@ -35,9 +35,8 @@ const POOLED_BYTES: usize = 1 << 30;
 
 type Pool<T> = std::sync::Mutex<Vec<Vec<T>>>;
 
-/// `len` values in the smallest buffer `pool` keeps that holds them, or in a new one: zeros
-/// when `zeroed`, otherwise whatever the buffer held (for a caller that writes every value).
-fn take<T: Pooled>(pool: &Pool<T>, len: usize, zeroed: bool) -> Vec<T> {
+/// `len` zeros in the smallest buffer `pool` keeps that holds them, or in a new one.
+fn take<T: Pooled>(pool: &Pool<T>, len: usize) -> Vec<T> {
     let kept = {
         let mut p = pool
             .lock()
@@ -49,10 +48,7 @@ fn take<T: Pooled>(pool: &Pool<T>, len: usize, zeroed: bool) -> Vec<T> {
     };
     match kept {
         Some(mut v) => {
-            if zeroed {
-                v.clear();
-            }
-            v.truncate(len);
+            v.clear();
             v.resize(len, T::default());
             v
         }
@@ -116,19 +112,7 @@ impl<T: Pooled> Map<T> {
             w,
             c,
             cs,
-            data: take(T::pool(), n * h * w * cs, true),
-        }
-    }
-
-    /// A map whose values are left as its buffer held them, for a caller that writes every one.
-    fn for_overwrite(n: usize, h: usize, w: usize, c: usize, cs: usize) -> Self {
-        Self {
-            n,
-            h,
-            w,
-            c,
-            cs,
-            data: take(T::pool(), n * h * w * cs, false),
+            data: take(T::pool(), n * h * w * cs),
         }
     }
 
@@ -138,21 +122,14 @@ impl<T: Pooled> Map<T> {
             return std::borrow::Cow::Borrowed(self);
         }
         let (hp, wp) = (self.h + 2 * pad, self.w + 2 * pad);
-        let mut out = Self::for_overwrite(self.n, hp, wp, self.c, self.cs);
+        let mut out = Self::zeros(self.n, hp, wp, self.c, self.cs);
         let row = self.w * self.cs;
-        let (edge, image) = (pad * self.cs, hp * wp * self.cs);
         for n in 0..self.n {
-            // Zeros from the image's first value to its first row's first value (the top rows
-            // and a left edge), between rows (a right and a left edge), and after the last row.
-            let mut zeros = n * image..(n * hp + pad) * wp * self.cs + edge;
             for y in 0..self.h {
                 let src = ((n * self.h + y) * self.w) * self.cs;
                 let dst = ((n * hp + y + pad) * wp + pad) * self.cs;
-                out.data[zeros].fill(T::default());
                 out.data[dst..dst + row].copy_from_slice(&self.data[src..src + row]);
-                zeros = dst + row..dst + row + 2 * edge;
             }
-            out.data[zeros.start..(n + 1) * image].fill(T::default());
         }
         std::borrow::Cow::Owned(out)
     }
@@ -696,26 +673,10 @@ impl Conv {
             image: hp * wp * cs,
             at: (0, 0, 0),
         };
-        // Every pixel's `cout` values are written: only channels past them need zeros.
-        fn map<T: Pooled>(
-            whole: bool,
-            n: usize,
-            h: usize,
-            w: usize,
-            c: usize,
-            cs: usize,
-        ) -> Map<T> {
-            if whole {
-                Map::for_overwrite(n, h, w, c, cs)
-            } else {
-                Map::zeros(n, h, w, c, cs)
-            }
-        }
-        let whole = g.cout == stride;
         let mut codes = self
             .codes_out
-            .then(|| map::<u8>(whole, n, oh, ow, g.cout, stride));
-        let mut floats = (!self.codes_out).then(|| map::<f32>(whole, n, oh, ow, g.cout, stride));
+            .then(|| Map::<u8>::zeros(n, oh, ow, g.cout, stride));
+        let mut floats = (!self.codes_out).then(|| Map::<f32>::zeros(n, oh, ow, g.cout, stride));
         let blocks = g.cout.div_ceil(LANES);
         let mut acc_f = [0f32; ROWS * LANES];
         match (&self.kernel, x) {
@@ -1438,8 +1399,8 @@ mod tests {
         );
     }
 
-    /// A padded copy has zeros around each image and the map inside, whatever the reused
-    /// buffer held: its edges are written, not inherited from a zeroed buffer.
+    /// A padded copy has zeros around each image and the map inside, in a buffer reused from
+    /// maps that held other values.
     #[test]
     fn padded_maps_are_zero_around_each_image_in_a_reused_buffer() {
         let (n, h, w, cs) = (3, 5, 4, 8);
@@ -1484,12 +1445,12 @@ mod tests {
         let (small_ptr, large_ptr) = (small.as_ptr(), large.as_ptr());
         give(&pool, large);
         give(&pool, small);
-        let a = take(&pool, 50, true);
+        let a = take(&pool, 50);
         assert_eq!((a.as_ptr(), a.len()), (small_ptr, 50));
         assert!(a.iter().all(|&v| v == 0));
-        let b = take(&pool, 50, true);
+        let b = take(&pool, 50);
         assert_eq!(b.as_ptr(), large_ptr, "the only one left that fits");
-        let c = take(&pool, 5000, true);
+        let c = take(&pool, 5000);
         assert_eq!(c.len(), 5000, "nothing fits: a new buffer");
         for len in 1..=POOLED + 1 {
             give(&pool, filled(len));
