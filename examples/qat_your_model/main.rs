@@ -3,8 +3,9 @@
 //! `cargo run --release --example qat_your_model [-- --data-dir DIR] [--limit N] [--epochs N]`
 //!
 //! `Net` below is a Burn CNN written here, not one of quantnet's models. It uses quantnet's
-//! layer slots (`QuantConv2d`, `QuantLinear`: a Burn layer plus an optional weight quantizer; `QuantAct`: an
-//! optional activation quantizer) and lists them in one `impl QatModel`. The recipe
+//! layer slots (`QuantConv2d`, `QuantLinear`: a Burn layer plus an optional weight quantizer;
+//! `QuantAct`: an optional activation quantizer), lists them in one `impl QatModel` and gives its
+//! forward on images in `impl ImageModel`. The recipe
 //! ([`quantnet_models::qat::Qat`]) then trains it in full precision on MNIST, quantizes it
 //! (ternary weights, 2-bit activations; the first conv and the last linear stay full precision),
 //! calibrates, fine-tunes while the temperature anneals, and evaluates the hard-quantized network
@@ -28,7 +29,7 @@ use quantnet_burn::op::batch_norm;
 use quantnet_burn::{LevelSet, QuantBackend};
 use quantnet_models::QuantPolicy;
 use quantnet_models::data::{Dataset, Split};
-use quantnet_models::models::{QatModel, Slots};
+use quantnet_models::models::{ImageModel, QatModel, Slots};
 use quantnet_models::qat::{Qat, QatConfig, QatData};
 
 type B = Autodiff<Flex>;
@@ -87,7 +88,9 @@ impl<B: Backend> QatModel<B> for Net<B> {
             .with_act("act3", a3)
             .with_linear("output", &mut self.output)
     }
+}
 
+impl<B: Backend> ImageModel<B> for Net<B> {
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
         B: QuantBackend,

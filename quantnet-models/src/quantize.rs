@@ -1,6 +1,7 @@
 //! Turning a full-precision model into a quantized one: the precision policy, weight
 //! quantizers from the trained weights, activation quantizers from a calibration pass.
 
+use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use quantnet_burn::{
@@ -10,7 +11,7 @@ use quantnet_burn::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::{QatModel, has_batch_norm};
+use crate::models::{ImageModel, QatModel, has_batch_norm};
 use quantnet_burn::nn::ActStats;
 
 /// What is quantized.
@@ -317,15 +318,57 @@ fn share_weight_quantizer<B: Backend, M: QatModel<B>>(
 /// each slot's quantizer from the maximum and a sample of the values (paper-spec §3: `β` from the
 /// maximum, thresholds by k-means). Slots that already have a quantizer with the policy's level
 /// set keep it and quantize during the pass. Returns how many slots were calibrated.
+/// [`calibrate_acts_by`] does the same for any model and batch type.
 ///
 /// # Errors
 /// [`Error::Layer`] names a slot whose activations are all zero; [`Error::Calibration`] one
 /// whose activations are not finite, or says that `batches` is empty.
-pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
+pub fn calibrate_acts<B: QuantBackend, M: ImageModel<B>>(
     model: &mut M,
     policy: &QuantPolicy,
     temperatures: &Temperatures,
     batches: impl IntoIterator<Item = Tensor<B, 4>>,
+) -> Result<usize> {
+    calibrate(model, policy, temperatures, |model| {
+        let (mut seen, mut device) = (0, None);
+        for batch in batches {
+            device = Some(batch.device());
+            seen += batch.dims()[0];
+            drop(model.forward(batch));
+        }
+        device.filter(|_| seen > 0)
+    })
+}
+
+/// [`calibrate_acts`] for any model and any batch type: `forward` runs one of the user's
+/// `batches` through the model (its own forward, or its `InferenceStep`; give it the model on a
+/// backend without autodiff, so that weight quantizers compute hard as they will when
+/// training starts, or in the soft mode they train in) and returns how many examples it held.
+/// The quantizers are made on `device`.
+///
+/// # Errors
+/// As [`calibrate_acts`] (no example in `batches`: [`Error::Calibration`]).
+pub fn calibrate_acts_by<B: QuantBackend, M: QatModel<B>, X>(
+    model: &mut M,
+    policy: &QuantPolicy,
+    temperatures: &Temperatures,
+    device: &B::Device,
+    batches: impl IntoIterator<Item = X>,
+    mut forward: impl FnMut(&M, X) -> usize,
+) -> Result<usize> {
+    calibrate(model, policy, temperatures, |model| {
+        let seen: usize = batches.into_iter().map(|x| forward(model, x)).sum();
+        (seen > 0).then(|| device.clone())
+    })
+}
+
+/// The calibration of [`calibrate_acts`]: `run` runs the batches through the model, whose
+/// observers record, and returns the quantizers' device (`None`: no example was seen).
+fn calibrate<B: QuantBackend, M: QatModel<B>>(
+    model: &mut M,
+    policy: &QuantPolicy,
+    temperatures: &Temperatures,
+    run: impl FnOnce(&M) -> Option<B::Device>,
 ) -> Result<usize> {
     let Some(config) = &policy.acts else {
         return Ok(0);
@@ -346,23 +389,17 @@ pub fn calibrate_acts<B: QuantBackend, M: QatModel<B>>(
     if todo.is_empty() {
         return Ok(0);
     }
-    let mut seen = 0usize;
-    let mut device = None;
-    for batch in batches {
-        device = Some(batch.device());
-        seen += batch.dims()[0];
-        drop(model.forward(batch));
-    }
+    let device = run(model);
     let stats: Vec<(String, Option<ActStats>)> = model
         .slots()
         .acts
         .into_iter()
         .map(|(name, slot)| (name, slot.observer.take()))
         .collect();
-    let Some(device) = device.filter(|_| seen > 0) else {
+    let Some(device) = device else {
         return Err(Error::Calibration {
             slot: None,
-            reason: "needs at least one image".into(),
+            reason: "needs at least one example".into(),
         });
     };
     let mut slots = model.slots();
@@ -596,11 +633,21 @@ pub const BN_REESTIMATION_BATCHES: usize = 200;
 ///
 /// Give it at least [`BN_REESTIMATION_BATCHES`] batches for the old statistics to vanish (a
 /// shorter run mixes old and new); a model without batch norm is left as it is.
-pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend, M: QatModel<B>>(
+pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend, M: ImageModel<B>>(
     model: &M,
     batches: impl IntoIterator<Item = Tensor<B, 4>>,
 ) -> usize {
-    let mut n = 0;
+    reestimate_batch_norm_by(model, batches, |m, x| drop(m.forward(x.detach())))
+}
+
+/// [`reestimate_batch_norm`] for any module and batch type: `forward` runs one of the user's
+/// `batches` through the module given (a copy of `model` that tracks no gradient and shares its
+/// batch-norm statistics). Returns the number of batches run.
+pub fn reestimate_batch_norm_by<B: AutodiffBackend, M: Module<B>, X>(
+    model: &M,
+    batches: impl IntoIterator<Item = X>,
+    mut forward: impl FnMut(&M, X),
+) -> usize {
     // The passes run on a copy whose parameters track no gradient, so no autodiff graph is
     // built: Burn keeps the graph of tracked operations that never meet a backward pass, and
     // the copy shares the batch-norm running statistics (Burn's `RunningState`) with `model`.
@@ -609,8 +656,9 @@ pub fn reestimate_batch_norm<B: AutodiffBackend + QuantBackend, M: QatModel<B>>(
     // passes being 100 batches of eight 192×192 images (a hard activation quantizer cuts the
     // graph, so a backward pass from the output would not free what lies before it).
     let frozen = model.clone().no_grad();
+    let mut n = 0;
     for x in batches {
-        let _ = frozen.forward(x.detach());
+        forward(&frozen, x);
         n += 1;
     }
     n

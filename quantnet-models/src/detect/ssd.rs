@@ -320,7 +320,7 @@ impl<B: QuantBackend> Ssd<B> {
     }
 
     /// The heads' outputs as one row per image (offsets, then scores): what calibration and
-    /// batch-norm passes run through ([`crate::models::QatModel::forward`]).
+    /// batch-norm passes run through ([`crate::models::ImageModel::forward`]).
     ///
     /// # Shapes
     /// `[batch, 3, S, S] -> [batch, priors × (4 + classes + 1)]`.

@@ -36,7 +36,7 @@ use super::data::{DetectItem, DetectSet};
 use super::map::{Detection, GroundTruth, Interpolation, MapReport, mean_average_precision};
 use super::ssd::{Ssd, SsdKind};
 use crate::error::{Error, Result};
-use crate::models::{Model, QatModel};
+use crate::models::{ImageModel, Model, QatModel};
 use crate::qat::{OptimizerKind, QatConfig};
 use crate::quantize::{self, Temperatures};
 
@@ -46,10 +46,10 @@ use crate::quantize::{self, Temperatures};
 /// classifier's; with Burn's momentum 0.1, 0.9⁵⁰ ≈ 0.5 % of the old statistics remain.
 pub const BN_BATCHES: usize = 50;
 
-/// A detector the recipe trains: a [`QatModel`] (its `forward` is the raw outputs, for
+/// A detector the recipe trains: an [`ImageModel`] (its `forward` is the raw outputs, for
 /// calibration) whose heads give box offsets and class scores for the default boxes of an
 /// [`SsdKind`].
-pub trait Detector<B: Backend>: QatModel<B> {
+pub trait Detector<B: Backend>: ImageModel<B> {
     /// The SSD it is; `None` for a model that is not a detector ([`Model`] of a classifier).
     fn kind(&self) -> Option<SsdKind>;
 
@@ -72,15 +72,17 @@ impl<B: Backend> QatModel<B> for Ssd<B> {
         slots
     }
 
+    fn float_layers(&self, _n: usize) -> Vec<usize> {
+        Ssd::float_layers(self)
+    }
+}
+
+impl<B: Backend> ImageModel<B> for Ssd<B> {
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
         B: QuantBackend,
     {
         Ssd::forward(self, images)
-    }
-
-    fn float_layers(&self, _n: usize) -> Vec<usize> {
-        Ssd::float_layers(self)
     }
 }
 

@@ -335,16 +335,20 @@ impl<B: Backend> WeightLayer<'_, B> {
     }
 }
 
-/// A classifier the QAT recipe can quantize and train: any Burn module built from
-/// [`QuantConv2d`], [`QuantLinear`] and [`QuantAct`] that lists them in forward order. The models of this
-/// crate implement it ([`Model`]); a user's model does in one short `impl`:
+/// A model the recipe's parts can quantize: any Burn module built from [`QuantConv2d`],
+/// [`QuantLinear`] and [`QuantAct`] that lists them in forward order. This is all the parts
+/// need ([`crate::quantize::quantize_weights`], [`crate::quantize::calibrate_acts_by`],
+/// [`crate::train::QatStep`], [`crate::train::quantizer_scale_ids`]): the model keeps its own
+/// inputs, outputs, loss and training step. The whole recipe ([`crate::qat::Qat`]) trains
+/// image models, which also say how images go through them ([`ImageModel`]). A user's model
+/// lists its slots in one short `impl`:
 ///
 /// ```
 /// use burn::module::Module;
 /// use burn::tensor::{Tensor, backend::Backend};
 /// use quantnet_burn::QuantBackend;
 /// use quantnet_burn::nn::{QuantAct, QuantLinear};
-/// use quantnet_models::models::{QatModel, Slots};
+/// use quantnet_models::models::{ImageModel, QatModel, Slots};
 ///
 /// #[derive(Module, Debug)]
 /// struct Mlp<B: Backend> {
@@ -360,7 +364,10 @@ impl<B: Backend> WeightLayer<'_, B> {
 ///             .with_act("act1", &mut self.act1)
 ///             .with_linear("fc2", &mut self.fc2)
 ///     }
+/// }
 ///
+/// // Only for the whole recipe (`Qat::run`), which feeds it images.
+/// impl<B: Backend> ImageModel<B> for Mlp<B> {
 ///     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
 ///     where
 ///         B: QuantBackend,
@@ -376,14 +383,6 @@ pub trait QatModel<B: Backend>: Module<B> + burn::module::ModuleDisplay + 'stati
     /// keeps the first and the last weight layer full precision).
     fn slots(&mut self) -> Slots<'_, B>;
 
-    /// Class scores (a detector: its raw outputs, one row per image).
-    ///
-    /// # Shapes
-    /// `[batch, channels, height, width] -> [batch, classes]`.
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
-    where
-        B: QuantBackend;
-
     /// The weight layers (indices into [`QatModel::slots`]' weights, of `n`) that the precision
     /// policy keeps full precision unless it quantizes everything: by default the first and the
     /// last, as the paper does for classifiers.
@@ -392,17 +391,30 @@ pub trait QatModel<B: Backend>: Module<B> + burn::module::ModuleDisplay + 'stati
     }
 }
 
-/// A [`QatModel`] on the inner backend of `B` whose autodiff twin (Burn's module derive makes
-/// it) is one too: what the recipe trains. Implemented for every such model.
+/// A [`QatModel`] that takes images: what the whole recipe ([`crate::qat::Qat`]) pretrains,
+/// calibrates on image batches and trains as a classifier (the detectors' training too). The
+/// models of this crate implement it ([`Model`]).
+pub trait ImageModel<B: Backend>: QatModel<B> {
+    /// Class scores (a detector: its raw outputs, one row per image).
+    ///
+    /// # Shapes
+    /// `[batch, channels, height, width] -> [batch, classes]`.
+    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
+    where
+        B: QuantBackend;
+}
+
+/// An [`ImageModel`] on the inner backend of `B` whose autodiff twin (Burn's module derive
+/// makes it) is one too: what the recipe trains. Implemented for every such model.
 pub trait QatTrainModel<B: QatBackend>:
-    QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B, TrainModule: QatModel<B>>
+    ImageModel<B::InnerBackend> + burn::module::HasAutodiffModule<B, TrainModule: ImageModel<B>>
 {
 }
 
 impl<B: QatBackend, M> QatTrainModel<B> for M
 where
-    M: QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B>,
-    M::TrainModule: QatModel<B>,
+    M: ImageModel<B::InnerBackend> + burn::module::HasAutodiffModule<B>,
+    M::TrainModule: ImageModel<B>,
 {
 }
 
@@ -577,18 +589,20 @@ impl<B: Backend> QatModel<B> for Model<B> {
         Model::slots(self)
     }
 
-    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
-    where
-        B: QuantBackend,
-    {
-        Model::forward(self, images)
-    }
-
     fn float_layers(&self, n: usize) -> Vec<usize> {
         match self {
             Model::Ssd(m) => m.float_layers(),
             _ => vec![0, n.saturating_sub(1)],
         }
+    }
+}
+
+impl<B: Backend> ImageModel<B> for Model<B> {
+    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
+    where
+        B: QuantBackend,
+    {
+        Model::forward(self, images)
     }
 }
 

@@ -22,10 +22,10 @@ use burn::train::{
 use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
-use super::{ClipDomain, OptimizerKind, QatConfig, QatData, QuantLrGroup, write_error};
+use super::{ClipDomain, OptimizerKind, QatConfig, QatData, write_error};
 use crate::data::{ImageBatch, ImageBatcher, Images, StreamLoader};
 use crate::error::{Error, Result};
-use crate::models::{QatModel, QatTrainModel};
+use crate::models::QatTrainModel;
 use crate::quantize::{self, Temperatures};
 use crate::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric, layer_stats};
 
@@ -219,26 +219,9 @@ where
     // `slots()` borrows mutably: walk a clone (tensors are shared, ids kept). The multiplier is
     // Quantization Networks' (its α, β): the baselines' learned scales (LSQ's step, PACT's
     // clip, DSQ's step) train at the base learning rate, as their papers do.
-    let with_weights = cfg.quant_lr_group == QuantLrGroup::All;
-    let is_qn = |q: &&quantnet_burn::Quantizer<_>| q.method() == quantnet_burn::Method::Qn;
+    let group = cfg.quant_lr_group;
     let quantizer_params = move |m: &Monitored<B, M::TrainModule>| -> Vec<ParamId> {
-        let mut model = m.model().clone();
-        let slots = model.slots();
-        let acts = slots.acts.into_iter().filter_map(|(_, a)| {
-            a.quantizer
-                .as_ref()
-                .filter(is_qn)
-                .map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
-        });
-        let mut ids: Vec<ParamId> = acts.flatten().collect();
-        if with_weights {
-            for (_, mut layer) in slots.weights {
-                if let Some(q) = layer.quantizer().as_ref().filter(is_qn) {
-                    ids.extend([q.alpha.id, q.beta.id, q.thresholds.id]);
-                }
-            }
-        }
-        ids
+        crate::train::quantizer_scale_ids(m.model(), group)
     };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
     let steps_per_epoch = data.steps_per_epoch_on(cfg.batch_size, n_devices);

@@ -1,5 +1,5 @@
 //! The quantization-aware-training recipe as a library (feature `train`), for any model that
-//! implements [`QatModel`].
+//! implements [`ImageModel`] (a [`crate::models::QatModel`] that takes images).
 //!
 //! [`Qat::run`] takes a model (full precision, or already quantized), the data and an artifact
 //! directory, and does what `quantnet train` does:
@@ -72,7 +72,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, ImageBatch, ImageBatcher, ImageSet, ImageSource, Images, Split};
 use crate::error::{Error, Result};
-use crate::models::{QatModel, QatTrainModel, has_batch_norm};
+use crate::models::{ImageModel, QatTrainModel, has_batch_norm};
 use crate::quantize::{self, QuantPolicy, Temperatures};
 use crate::train::layer_stats;
 
@@ -713,7 +713,7 @@ pub fn hard_and_soft_accuracy<B, M, S>(
 ) -> (f64, f64, f64)
 where
     B: QuantBackend,
-    M: QatModel<B>,
+    M: ImageModel<B>,
     S: ImageSource + ?Sized,
 {
     let started = std::time::Instant::now();

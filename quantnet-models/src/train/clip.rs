@@ -9,7 +9,7 @@ use quantnet_burn::QuantBackend;
 
 use super::classify;
 use crate::data::ImageBatch;
-use crate::models::{QatModel, WeightLayer};
+use crate::models::{ImageModel, WeightLayer};
 
 /// Sum of squares of the gradients of a module's float parameters.
 struct SquaredNorm<'a, B: AutodiffBackend> {
@@ -81,7 +81,7 @@ pub fn step_clipped_in_wq<B, M>(
 ) -> (TrainOutput<ClassificationOutput<B>>, f32)
 where
     B: AutodiffBackend + QuantBackend,
-    M: QatModel<B> + burn::module::AutodiffModule<B>,
+    M: ImageModel<B> + burn::module::AutodiffModule<B>,
 {
     clipped_step(model, batch, max_norm, 1.0)
 }
@@ -97,7 +97,7 @@ pub(crate) fn clipped_step<B, M>(
 ) -> (TrainOutput<ClassificationOutput<B>>, f32)
 where
     B: AutodiffBackend + QuantBackend,
-    M: QatModel<B> + burn::module::AutodiffModule<B>,
+    M: ImageModel<B> + burn::module::AutodiffModule<B>,
 {
     // 1. The network with every quantized weight replaced by a leaf holding its soft value ŵ.
     let mut shadow = model.clone();

@@ -1,15 +1,19 @@
 //! burn-train glue (feature `train`): classification `TrainStep` and `InferenceStep` on
 //! [`ImageBatch`]es with cross-entropy loss, for [`Model`] and, through [`Monitored`], for any
-//! [`QatModel`]; the quantization metrics; clipping in the `ŵ` domain.
+//! [`ImageModel`]; the quantization metrics; clipping in the `ŵ` domain; [`QatStep`] for any
+//! model's own training step.
 //!
 //! - [`monitor`]: [`Monitored`], the wrapper burn-train trains (validation diagnostics, the
 //!   per-step temperature tick, clipping).
 //! - [`metric`]: [`SoftHardGapMetric`], [`LayerMetric`].
 //! - [`clip`]: [`step_clipped_in_wq`], the official code's gradient clipping.
+//! - [`step`]: [`QatStep`] and [`quantizer_scale_ids`], the recipe's parts for a user's own
+//!   training step and `Learner`.
 
 pub mod clip;
 pub mod metric;
 pub mod monitor;
+pub mod step;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -21,11 +25,12 @@ pub use crate::stats::{LayerStats, layer_stats};
 pub use clip::step_clipped_in_wq;
 pub use metric::{LayerMetric, LayerValue, SoftHardGapMetric};
 pub use monitor::{MonitorInput, MonitorOptions, Monitored, MonitoredOutput};
+pub use step::{QatStep, quantizer_scale_ids};
 
 use crate::data::ImageBatch;
-use crate::models::{Model, QatModel};
+use crate::models::{ImageModel, Model};
 
-pub(crate) fn classify<B: QuantBackend, M: QatModel<B>>(
+pub(crate) fn classify<B: QuantBackend, M: ImageModel<B>>(
     model: &M,
     images: Tensor<B, 4>,
     targets: Tensor<B, 1, Int>,
@@ -66,7 +71,7 @@ pub fn accuracy<B, M, S>(
 ) -> f64
 where
     B: QuantBackend,
-    M: QatModel<B>,
+    M: ImageModel<B>,
     S: crate::data::ImageSource + ?Sized,
 {
     accuracy_on(
@@ -89,7 +94,7 @@ pub fn accuracy_on<B, M, S>(
 ) -> f64
 where
     B: QuantBackend,
-    M: QatModel<B>,
+    M: ImageModel<B>,
     S: crate::data::ImageSource + ?Sized,
 {
     use burn::data::dataloader::batcher::Batcher;
@@ -146,7 +151,7 @@ pub fn predictions_on<B, M, S>(
 ) -> Vec<usize>
 where
     B: QuantBackend,
-    M: QatModel<B>,
+    M: ImageModel<B>,
     S: crate::data::ImageSource + ?Sized,
 {
     use burn::data::dataloader::batcher::Batcher;

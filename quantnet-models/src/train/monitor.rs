@@ -12,7 +12,7 @@ use quantnet_burn::{QuantBackend, QuantMode};
 use super::clip::clipped_step;
 use super::{classify, hits};
 use crate::data::ImageBatch;
-use crate::models::QatModel;
+use crate::models::ImageModel;
 use crate::stats::{LayerStats, layer_stats};
 
 /// What [`Monitored`] measures on every validation batch besides loss and accuracy.
@@ -42,7 +42,7 @@ impl Default for MonitorOptions {
     }
 }
 
-/// A model ([`crate::Model`] or any [`QatModel`]) trained by burn-train with quantization
+/// A model ([`crate::Model`] or any [`ImageModel`]) trained by burn-train with quantization
 /// diagnostics on validation: its [`InferenceStep`] output carries, besides the hard-quantized
 /// classification, the soft model's hits on the same batch and every quantizer's α, β and
 /// occupancy ([`MonitorInput`]), which the metrics [`super::SoftHardGapMetric`] and
@@ -111,8 +111,8 @@ impl<B: Backend, M: Module<B>> Monitored<B, M> {
 impl<B, M> TrainStep for Monitored<B, M>
 where
     B: AutodiffBackend + QuantBackend,
-    M: QatModel<B> + burn::module::AutodiffModule<B>,
-    M::InnerModule: QatModel<B::InnerBackend>,
+    M: ImageModel<B> + burn::module::AutodiffModule<B>,
+    M::InnerModule: ImageModel<B::InnerBackend>,
 {
     type Input = ImageBatch<B>;
     type Output = ClassificationOutput<B>;
@@ -140,7 +140,7 @@ where
     }
 }
 
-impl<B: QuantBackend, M: QatModel<B>> InferenceStep for Monitored<B, M> {
+impl<B: QuantBackend, M: ImageModel<B>> InferenceStep for Monitored<B, M> {
     type Input = ImageBatch<B>;
     type Output = MonitoredOutput<ClassificationOutput<B>>;
 

@@ -255,7 +255,9 @@ impl<B: Backend> quantnet_models::models::QatModel<B> for UserMlp<B> {
         slots.linear("fc3", &mut self.fc3);
         slots
     }
+}
 
+impl<B: Backend> quantnet_models::models::ImageModel<B> for UserMlp<B> {
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
         B: QuantBackend,
@@ -463,4 +465,256 @@ fn the_training_step_trains_a_shared_quantizer_on_the_sum_of_its_layers_gradient
         (got - sum).abs() <= 1e-4 * sum.abs().max(1e-3),
         "shared α gradient {got}, sum of the layers' {sum}"
     );
+}
+
+/// A user's model that is no image classifier as far as quantnet knows: it reads rows of 784
+/// features (its own batch type, [`Rows`]), has its own loss, training and validation steps,
+/// and lists only its layer slots (`QatModel`, no `ImageModel`).
+#[derive(Module, Debug)]
+struct RowNet<B: Backend> {
+    fc1: quantnet_burn::nn::QuantLinear<B>,
+    act1: quantnet_burn::nn::QuantAct<B>,
+    fc2: quantnet_burn::nn::QuantLinear<B>,
+    act2: quantnet_burn::nn::QuantAct<B>,
+    fc3: quantnet_burn::nn::QuantLinear<B>,
+}
+
+/// The user's batch: features and classes.
+#[derive(Clone, Debug)]
+struct Rows<B: Backend> {
+    x: Tensor<B, 2>,
+    y: Tensor<B, 1, burn::tensor::Int>,
+}
+
+#[derive(Clone)]
+struct RowBatcher;
+
+impl<B: Backend> burn::data::dataloader::batcher::Batcher<B, ImageItem, Rows<B>> for RowBatcher {
+    fn batch(&self, items: Vec<ImageItem>, device: &B::Device) -> Rows<B> {
+        let n = items.len();
+        let x: Vec<f32> = items
+            .iter()
+            .flat_map(|i| i.pixels.iter().copied())
+            .collect();
+        let y: Vec<i64> = items.iter().map(|i| i.label).collect();
+        Rows {
+            x: Tensor::from_data(burn::tensor::TensorData::new(x, [n, 784]), device),
+            y: Tensor::from_data(burn::tensor::TensorData::new(y, [n]), device),
+        }
+    }
+}
+
+impl<B: Backend> RowNet<B> {
+    fn new(device: &B::Device) -> Self {
+        use quantnet_burn::nn::{QuantAct, QuantLinear};
+        Self {
+            fc1: QuantLinear::float(LinearConfig::new(784, 128).init(device)),
+            act1: QuantAct::float(),
+            fc2: QuantLinear::float(LinearConfig::new(128, 64).init(device)),
+            act2: QuantAct::float(),
+            fc3: QuantLinear::float(LinearConfig::new(64, 10).init(device)),
+        }
+    }
+}
+
+impl<B: QuantBackend> RowNet<B> {
+    fn output(&self, rows: Rows<B>) -> ClassificationOutput<B> {
+        use burn::tensor::activation::relu;
+        let x = self.act1.forward(relu(self.fc1.forward(rows.x)));
+        let x = self.act2.forward(relu(self.fc2.forward(x)));
+        let scores = self.fc3.forward(x);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&scores.device())
+            .forward(scores.clone(), rows.y.clone());
+        ClassificationOutput::new(loss, scores, rows.y)
+    }
+}
+
+impl<B: AutodiffBackend + QuantBackend> TrainStep for RowNet<B> {
+    type Input = Rows<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, rows: Rows<B>) -> TrainOutput<ClassificationOutput<B>> {
+        let item = self.output(rows);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+impl<B: QuantBackend> InferenceStep for RowNet<B> {
+    type Input = Rows<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, rows: Rows<B>) -> ClassificationOutput<B> {
+        self.output(rows)
+    }
+}
+
+impl<B: Backend> quantnet_models::models::QatModel<B> for RowNet<B> {
+    fn slots(&mut self) -> quantnet_models::models::Slots<'_, B> {
+        quantnet_models::models::Slots::new()
+            .with_linear("fc1", &mut self.fc1)
+            .with_act("act1", &mut self.act1)
+            .with_linear("fc2", &mut self.fc2)
+            .with_act("act2", &mut self.act2)
+            .with_linear("fc3", &mut self.fc3)
+    }
+}
+
+/// Percent of `items` that `model` (hard-quantized: the inner backend) classifies right.
+fn row_accuracy(model: &RowNet<Inner>, items: &[ImageItem]) -> f64 {
+    let device = Default::default();
+    let rows: Rows<Inner> =
+        burn::data::dataloader::batcher::Batcher::batch(&RowBatcher, items.to_vec(), &device);
+    let out = InferenceStep::step(model, rows);
+    let hits = out
+        .output
+        .argmax(1)
+        .flatten::<1>(0, 1)
+        .equal(out.targets)
+        .int()
+        .sum()
+        .into_scalar();
+    let hits: i64 = burn::tensor::ElementConversion::elem(hits);
+    100.0 * hits as f64 / items.len() as f64
+}
+
+/// The values burn-train logged for a training metric in `epoch` (one per step).
+fn logged_steps(dir: &Path, epoch: usize, name: &str) -> Vec<f64> {
+    let path = dir.join(format!("train/epoch-{epoch}/{name}.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// The recipe's parts in a user's own burn-train setup, on a model and batch type quantnet has
+/// never seen: the user trains it in full precision with their own `Learner`, quantizes the
+/// weights (`quantize_weights`), calibrates the activations on their own batches through their
+/// own step (`calibrate_acts_by`), and trains on with their own `Learner`, metrics and
+/// optimizer, given the model in a `QatStep` (per-step anneal), `GroupLr` with
+/// `quantizer_scale_ids` (the quantizer scales at 100× the rate) and the hook as early
+/// stopping. The weight temperature must rise at every step from 5 to 500, the activation
+/// quantizers' α must train, and the hard-quantized model must classify the MNIST fixture's
+/// test images well above chance.
+#[test]
+fn a_users_own_learner_trains_with_the_recipes_parts() {
+    use quantnet_burn::train::GroupLr;
+    use quantnet_models::qat::{PlainRenderer, QatConfig, QuantLrGroup};
+    use quantnet_models::quantize::{Temperatures, calibrate_acts_by, quantize_weights};
+    use quantnet_models::train::{QatStep, quantizer_scale_ids};
+    let _serial = crate::backend::serial();
+    let dir = scratch("parts");
+    let device = Default::default();
+    B::seed(&device, 11);
+    let train_items = items(&mnist_dir(), Split::Train, 600);
+    let test_items = items(&mnist_dir(), Split::Test, 200);
+    let loaders = || {
+        let train = DataLoaderBuilder::new(RowBatcher)
+            .batch_size(32)
+            .num_workers(1)
+            .build(InMemDataset::new(train_items.clone()));
+        let valid = DataLoaderBuilder::new(RowBatcher)
+            .batch_size(100)
+            .num_workers(1)
+            .build(InMemDataset::new(test_items.clone()));
+        (train, valid)
+    };
+
+    // The user's full-precision training, as it was.
+    let (train, valid) = loaders();
+    let fp = SupervisedTraining::new(dir.join("fp").to_str().unwrap(), train, valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .renderer(PlainRenderer::new("fp"))
+        .num_epochs(2)
+        .launch(Learner::new(
+            RowNet::<B>::new(&device),
+            AdamConfig::new().init(),
+            1e-3,
+        ));
+    let mut model = fp.model;
+    let fp_accuracy = row_accuracy(&model, &test_items);
+
+    // The parts: ternary weights (fc2: the first and last layer stay float), 2-bit
+    // activations calibrated on 200 of the user's rows through the user's own step.
+    let policy = quantnet_models::QuantPolicy::recipe(
+        Some(LevelSet::ternary()),
+        Some(LevelSet::unsigned(2).unwrap()),
+    );
+    let config = QatConfig::new(policy.clone());
+    let temps = Temperatures::default();
+    let (epochs, steps) = (2, 600usize.div_ceil(32));
+    let hook = config.hook(&temps).over(epochs, steps);
+    hook.start_at(0);
+    assert_eq!(quantize_weights(&mut model, &policy, &temps).unwrap(), 1);
+    let calibration: Vec<Rows<Inner>> = train_items[..200]
+        .chunks(50)
+        .map(|c| burn::data::dataloader::batcher::Batcher::batch(&RowBatcher, c.to_vec(), &device))
+        .collect();
+    let calibrated = calibrate_acts_by(
+        &mut model,
+        &policy,
+        &temps,
+        &device,
+        calibration,
+        |m, rows| {
+            let n = rows.y.dims()[0];
+            drop(InferenceStep::step(m, rows));
+            n
+        },
+    );
+    assert_eq!(calibrated.unwrap(), 2);
+    let alpha = |m: &RowNet<Inner>| -> f32 {
+        let q = m.act1.quantizer.as_ref().expect("act1 is quantized");
+        q.alpha.val().into_scalar()
+    };
+    let calibrated_alpha = alpha(&model);
+
+    // The user's Learner again, with the model in a `QatStep`.
+    let (train, valid) = loaders();
+    let step = QatStep::new(<RowNet<B> as burn::module::AutodiffModule<B>>::from_inner(
+        model,
+    ))
+    .with_hook(hook.clone());
+    let optimizer = GroupLr::new(
+        AdamConfig::new().init(),
+        |m: &QatStep<B, RowNet<B>>| quantizer_scale_ids(m, QuantLrGroup::All),
+        100.0,
+    );
+    let qat = dir.join("qat");
+    let result = SupervisedTraining::new(qat.to_str().unwrap(), train, valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .metric_train_numeric(TemperatureMetric::new("Weight temperature", &temps.weights))
+        .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
+        .early_stopping(hook)
+        .renderer(PlainRenderer::new("qat"))
+        .num_epochs(epochs)
+        .launch(Learner::new(step, optimizer, 1e-4));
+    let model = result.model.into_model();
+
+    // Every step ran at a higher weight temperature, from the schedule's 5 to its 500.
+    let steps_logged: Vec<f64> = (1..=epochs)
+        .flat_map(|e| logged_steps(&qat, e, "Weight_temperature"))
+        .collect();
+    assert_eq!(steps_logged.len(), epochs * steps, "{steps_logged:?}");
+    assert!((steps_logged[0] - 5.0).abs() < 1e-4, "{steps_logged:?}");
+    assert!(
+        (steps_logged[epochs * steps - 1] - 500.0).abs() < 1e-2,
+        "{steps_logged:?}"
+    );
+    assert!(
+        steps_logged.windows(2).all(|w| w[1] > w[0]),
+        "{steps_logged:?}"
+    );
+    // The activation scales trained (at 100× the rate), fc2 is still ternary.
+    assert_ne!(alpha(&model), calibrated_alpha);
+    let fc2 = model.fc2.quantizer.as_ref().expect("fc2 is quantized");
+    assert_eq!(fc2.level_set(), &LevelSet::ternary());
+    let hard = row_accuracy(&model, &test_items);
+    eprintln!("full precision {fp_accuracy:.1}%, hard-quantized {hard:.1}%");
+    assert!(fp_accuracy > 60.0, "full precision {fp_accuracy}%");
+    assert!(
+        hard > 60.0,
+        "hard-quantized {hard}% (full precision {fp_accuracy}%)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
