@@ -679,12 +679,32 @@ where
     B: QatBackend,
     M: crate::models::QatTrainModel<B>,
 {
+    let batches = batches.into_iter().map(Tensor::from_inner);
+    reestimate_batch_norm_with_by::<B, M, _>(model, mode, batches, |m, x| {
+        drop(m.forward(x.detach()))
+    })
+}
+
+/// [`reestimate_batch_norm_with`] for any model and batch type: `forward` runs one of the
+/// user's `batches` (on the autodiff backend) through the model's autodiff twin, given with
+/// every quantizer in `mode`.
+pub fn reestimate_batch_norm_with_by<B, M, X>(
+    model: M,
+    mode: QuantMode,
+    batches: impl IntoIterator<Item = X>,
+    forward: impl FnMut(&M::TrainModule, X),
+) -> M
+where
+    B: QatBackend,
+    M: QatModel<B::InnerBackend> + burn::module::HasAutodiffModule<B>,
+    M::TrainModule: QatModel<B>,
+{
     if !has_batch_norm(&model) {
         return model;
     }
     let mut model = <M::TrainModule as burn::module::AutodiffModule<B>>::from_inner(model);
     set_mode(&mut model, mode);
-    reestimate_batch_norm(&model, batches.into_iter().map(Tensor::from_inner));
+    reestimate_batch_norm_by(&model, batches, forward);
     set_mode(&mut model, QuantMode::Auto);
     burn::module::AutodiffModule::valid(&model)
 }

@@ -74,7 +74,7 @@ use crate::data::{Dataset, ImageBatch, ImageBatcher, ImageSet, ImageSource, Imag
 use crate::error::{Error, Result};
 use crate::models::{ImageModel, QatTrainModel, has_batch_norm};
 use crate::quantize::{self, QuantPolicy, Temperatures};
-use crate::train::layer_stats;
+use crate::train::{Pass, layer_stats};
 
 pub use progress::PlainRenderer;
 pub use report::{EpochReport, QatReport};
@@ -618,7 +618,7 @@ impl Qat {
     /// Step 2: weight quantizers, batch-norm statistics for them, activation calibration.
     fn quantize<B, M>(
         &self,
-        mut model: M,
+        model: M,
         data: &QatData,
         temps: &Temperatures,
         device: &B::Device,
@@ -631,7 +631,6 @@ impl Qat {
         let cfg = &self.config;
         let policy = &cfg.policy;
         let quantized = !policy.is_float();
-        let w = quantize::quantize_weights(&mut model, policy, temps)?;
         // A seeded sample of the training images (the paper: 1000 at random).
         // Read a batch at a time as calibration runs (an image folder is decoded per image).
         let sample =
@@ -641,33 +640,28 @@ impl Qat {
             let batch: ImageBatch<B::InnerBackend> = data.batcher.batch(items, device);
             batch.images
         });
-        // Soft calibration: the weights as training's first step will see them.
-        let soft = cfg.calibrate == CalibrationWeights::Soft;
-        if soft {
-            cfg.hook(temps)
-                .over(cfg.epochs, data.steps_per_epoch(cfg.batch_size))
-                .start_at(0);
-        }
-        if quantized && cfg.bn_reestimate && has_batch_norm(&model) {
-            // Batch-norm statistics for the quantized weights calibration sees.
-            let mode = if soft {
-                QuantMode::Soft
-            } else {
-                QuantMode::Hard
-            };
-            model = quantize::reestimate_batch_norm_with::<B, M>(
-                model,
-                mode,
+        // The parts a user's own Learner takes (`train::prepare`), on images.
+        let hook = cfg
+            .hook(temps)
+            .over(cfg.epochs, data.steps_per_epoch(cfg.batch_size));
+        let (model, (w, a)) = crate::train::prepare::<B, M, _, _, _, _>(
+            model,
+            cfg,
+            temps,
+            &hook,
+            device,
+            Pass::new(calibration, |m: &M, x: Tensor<B::InnerBackend, 4>| {
+                let n = x.dims()[0];
+                drop(m.forward(x));
+                n
+            }),
+            Pass::new(
                 bn_batches::<B::InnerBackend>(data, cfg, device),
-            );
-        }
-        if soft {
-            quantize::set_weight_mode(&mut model, QuantMode::Soft);
-        }
-        let a = quantize::calibrate_acts(&mut model, policy, temps, calibration)?;
-        if soft {
-            quantize::set_weight_mode(&mut model, QuantMode::Auto);
-        }
+                |m: &M::TrainModule, x: Tensor<B::InnerBackend, 4>| {
+                    drop(m.forward(Tensor::from_inner(x).detach()));
+                },
+            ),
+        )?;
         if quantized {
             self.say(format_args!(
                 "quantized {w} weight layer(s), calibrated {a} activation quantizer(s)"

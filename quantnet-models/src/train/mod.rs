@@ -8,11 +8,13 @@
 //! - [`metric`]: [`SoftHardGapMetric`], [`LayerMetric`].
 //! - [`clip`]: [`step_clipped_in_wq`], the official code's gradient clipping.
 //! - [`step`]: [`QatStep`] and [`quantizer_scale_ids`], the recipe's parts for a user's own
-//!   training step and `Learner`.
+//!   training step and `Learner`; [`parts`]: [`prepare`] and [`finish`], its steps before and
+//!   after training.
 
 pub mod clip;
 pub mod metric;
 pub mod monitor;
+pub mod parts;
 pub mod step;
 
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -25,6 +27,7 @@ pub use crate::stats::{LayerStats, layer_stats};
 pub use clip::step_clipped_in_wq;
 pub use metric::{LayerMetric, LayerValue, SoftHardGapMetric};
 pub use monitor::{MonitorInput, MonitorOptions, Monitored, MonitoredOutput};
+pub use parts::{Pass, finish, prepare};
 pub use step::{QatStep, quantizer_scale_ids};
 
 use crate::data::ImageBatch;

@@ -718,3 +718,80 @@ fn a_users_own_learner_trains_with_the_recipes_parts() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `prepare` and `finish` on a model with batch norm (quantnet's TFC, MNIST fixture images):
+/// the policy's quantizers are made, batch norm is re-estimated over the batches given (on the
+/// autodiff twin) before calibration and again after training for the hard network, and only
+/// when the config asks; `finish` leaves the last step's temperatures (500) and a network whose
+/// hard outputs follow its new statistics.
+#[test]
+fn prepare_and_finish_reestimate_batch_norm_and_calibrate_any_model() {
+    use quantnet_models::qat::QatConfig;
+    use quantnet_models::quantize::Temperatures;
+    use quantnet_models::train::{Pass, finish, prepare};
+    use quantnet_models::{Arch, Model};
+    let _serial = crate::backend::serial();
+    let device = Default::default();
+    let batcher = quantnet_models::data::ImageBatcher {
+        channels: 1,
+        rows: 28,
+        cols: 28,
+    };
+    let images = |n: usize| -> Vec<ImageBatch<Inner>> {
+        (items(&mnist_dir(), Split::Train, n).chunks(50))
+            .map(|c| burn::data::dataloader::batcher::Batcher::batch(&batcher, c.to_vec(), &device))
+            .collect()
+    };
+    let policy = quantnet_models::QuantPolicy::recipe(
+        Some(LevelSet::ternary()),
+        Some(LevelSet::unsigned(2).unwrap()),
+    );
+    let input = quantnet_models::data::Dataset::Mnist.input();
+    let scores = |m: &Model<Inner>| -> Vec<f32> {
+        let batch = images(50).remove(0);
+        m.forward(batch.images).into_data().to_vec::<f32>().unwrap()
+    };
+    for bn_reestimate in [true, false] {
+        B::seed(&device, 4);
+        let model = Model::<Inner>::new(Arch::Tfc, input, &device);
+        assert!(quantnet_models::models::has_batch_norm(&model));
+        let config = QatConfig::new(policy.clone()).with_bn_reestimate(bn_reestimate);
+        let temps = Temperatures::default();
+        let hook = config.hook(&temps).over(2, 10);
+        let (mut seen, mut bn_passes) = (0, 0);
+        let calibration = Pass::new(images(200), |m: &Model<Inner>, b: ImageBatch<Inner>| {
+            let n = b.targets.dims()[0];
+            seen += n;
+            drop(m.forward(b.images));
+            n
+        });
+        let bn = Pass::new(images(150), |m: &Model<B>, b: ImageBatch<Inner>| {
+            bn_passes += 1;
+            drop(m.forward(Tensor::from_inner(b.images)));
+        });
+        let (model, made) =
+            prepare::<B, _, _, _, _, _>(model, &config, &temps, &hook, &device, calibration, bn)
+                .unwrap();
+        // TFC's four weight layers less the first and last; its three activation slots.
+        assert_eq!(made, (2, 3));
+        assert_eq!(seen, 200);
+        assert_eq!(bn_passes, if bn_reestimate { 3 } else { 0 });
+        // Soft calibration started the run: training's first step's temperatures.
+        assert_eq!((temps.weights.get(), temps.acts.get()), (5.0, 10.0));
+        let before = scores(&model);
+        let mut bn_passes = 0;
+        let bn = Pass::new(images(100), |m: &Model<B>, b: ImageBatch<Inner>| {
+            bn_passes += 1;
+            drop(m.forward(Tensor::from_inner(b.images)));
+        });
+        let model = finish::<B, _, _, _>(model, &config, &hook, bn);
+        assert_eq!(bn_passes, if bn_reestimate { 2 } else { 0 });
+        assert_eq!((temps.weights.get(), temps.acts.get()), (500.0, 500.0));
+        let after = scores(&model);
+        assert_eq!(
+            before != after,
+            bn_reestimate,
+            "new statistics change the hard scores"
+        );
+    }
+}
