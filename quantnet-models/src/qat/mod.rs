@@ -569,22 +569,27 @@ impl Qat {
         let (mut model, seconds) =
             fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
         quantize::attach(&mut model, &temps);
-        // The temperatures of the last step (the hook has already moved to the next epoch).
-        cfg.hook(&temps).over(cfg.epochs, 1).finish();
-        if quantized && cfg.bn_reestimate && has_batch_norm(&model) {
-            // Training gathered the statistics under soft quantizers: fit them to the hard
-            // network that is evaluated and exported.
-            model = quantize::reestimate_batch_norm_with::<B, M>(
-                model,
-                QuantMode::Hard,
+        // The temperatures of the last step (the hook has already moved to the next epoch),
+        // batch norm for the hard network (training gathered the statistics under soft
+        // quantizers), quantizers settled: the part a user's own Learner takes, on images.
+        let reestimated = quantized && cfg.bn_reestimate && has_batch_norm(&model);
+        let mut model = crate::train::finish::<B, M, _, _>(
+            model,
+            cfg,
+            &cfg.hook(&temps).over(cfg.epochs, 1),
+            Pass::new(
                 bn_batches::<B::InnerBackend>(data, cfg, device),
-            );
+                |m: &M::TrainModule, x: Tensor<B::InnerBackend, 4>| {
+                    drop(m.forward(Tensor::from_inner(x).detach()));
+                },
+            ),
+        );
+        if reestimated {
             self.say(format_args!(
                 "re-estimated the batch-norm statistics of the hard network ({} batches)",
                 quantize::BN_REESTIMATION_BATCHES
             ));
         }
-        quantize::settle(&mut model);
         save_model(&model, &self.dir)?;
         report.layers = layer_stats(&model)?;
         report.epochs = report::read_epochs(
