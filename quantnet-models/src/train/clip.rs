@@ -9,7 +9,7 @@ use quantnet_burn::QuantBackend;
 
 use super::classify;
 use crate::data::ImageBatch;
-use crate::models::{ImageModel, WeightLayer};
+use crate::models::{ImageModel, QatModel, WeightLayer};
 
 /// Sum of squares of the gradients of a module's float parameters.
 struct SquaredNorm<'a, B: AutodiffBackend> {
@@ -42,6 +42,21 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for MoveScaled<'_> {
             self.to.register(param.id, g.mul_scalar(self.scale));
         }
     }
+}
+
+/// `grads` of `module`'s parameters multiplied by `scale` (other entries dropped).
+pub(crate) fn scale_grads<B: AutodiffBackend, M: burn::module::AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    scale: f32,
+) -> GradientsParams {
+    let mut scaled = GradientsParams::new();
+    module.visit(&mut MoveScaled {
+        from: &mut grads,
+        to: &mut scaled,
+        scale,
+    });
+    scaled
 }
 
 /// A quantized weight's soft value `ŵ` (with its graph back to `w`, `α`, `β`) and the id of the
@@ -99,6 +114,27 @@ where
     B: AutodiffBackend + QuantBackend,
     M: ImageModel<B> + burn::module::AutodiffModule<B>,
 {
+    clipped_step_by(model, max_norm, grad_scale, |shadow: &M| {
+        let item = classify(shadow, batch.images, batch.targets);
+        TrainOutput::new(shadow, item.loss.backward(), item)
+    })
+}
+
+/// [`step_clipped_in_wq`] for any model and training step, every gradient also multiplied by
+/// `grad_scale` after the clip: `step` runs the model's own step on the model it is given (a
+/// copy whose quantized weights are leaves holding `ŵ`) and builds its gradients from that model
+/// (`TrainOutput::new(model, …)`, as Burn's steps do). Returns the step's output and the norm
+/// before clipping.
+pub fn clipped_step_by<B, M, O>(
+    model: &M,
+    max_norm: f32,
+    grad_scale: f32,
+    step: impl FnOnce(&M) -> TrainOutput<O>,
+) -> (TrainOutput<O>, f32)
+where
+    B: AutodiffBackend + QuantBackend,
+    M: QatModel<B> + burn::module::AutodiffModule<B>,
+{
     // 1. The network with every quantized weight replaced by a leaf holding its soft value ŵ.
     let mut shadow = model.clone();
     let mut soft = Vec::new();
@@ -114,8 +150,10 @@ where
             }),
         });
     }
-    let item = classify(&shadow, batch.images, batch.targets);
-    let mut shadow_grads = GradientsParams::from_grads(item.loss.backward(), &shadow);
+    let TrainOutput {
+        grads: mut shadow_grads,
+        item,
+    } = step(&shadow);
 
     // 2. The norm over ∂ℓ/∂ŵ and every other parameter (the weight quantizers are not in the
     //    shadow, so their α/β are left out).

@@ -7,21 +7,21 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use quantnet_burn::train::TemperatureHook;
-use quantnet_burn::{Method, Quantizer};
+use quantnet_burn::{Method, QuantBackend, Quantizer};
 
 use crate::models::{QatModel, Slots};
 use crate::qat::QuantLrGroup;
 
 /// A user's model with the recipe's duties around its own training step: before every step it
 /// ticks the temperature hook (the per-step anneal) and ties parameters that several layers
-/// share (a weight quantizer shared by every layer), then runs the model's [`TrainStep`]
-/// unchanged. Validation runs the model's [`InferenceStep`]. Give burn-train's `Learner` a
-/// `QatStep` where it took the model, and the hook (a clone of the one here) as its
-/// early-stopping strategy, which raises epoch-wise schedules and ends the anneal.
-///
-/// Not done here (yet): clipping the gradient norm in the `ŵ` domain and scaling the gradients
-/// of several devices (the recipe's own wrapper, [`super::Monitored`], does both for image
-/// classifiers).
+/// share (a weight quantizer shared by every layer), then runs the model's [`TrainStep`]; with
+/// [`QatStep::with_clip_in_wq`] the step runs on a copy whose quantized weights are leaves
+/// holding `ŵ`, and the gradient norm is clipped over `∂ℓ/∂ŵ` as the official code clips
+/// ([`super::clip::clipped_step_by`]); [`QatStep::with_grad_scale`] multiplies every gradient
+/// (`1/N` when burn-train sums the gradients of N devices). Validation runs the model's
+/// [`InferenceStep`]. Give burn-train's `Learner` a `QatStep` where it took the model, and the
+/// hook (a clone of the one here) as its early-stopping strategy, which raises epoch-wise
+/// schedules and ends the anneal.
 #[derive(Module, Debug)]
 pub struct QatStep<B: Backend, M: Module<B>> {
     model: M,
@@ -30,6 +30,12 @@ pub struct QatStep<B: Backend, M: Module<B>> {
     /// Ticked before every training step.
     #[module(skip)]
     hook: Option<TemperatureHook>,
+    /// The largest gradient norm over `∂ℓ/∂ŵ` and the other parameters.
+    #[module(skip)]
+    clip_in_wq: Option<f32>,
+    /// Multiplies every gradient (after clipping).
+    #[module(skip)]
+    grad_scale: f32,
 }
 
 impl<B: Backend, M: Module<B>> QatStep<B, M> {
@@ -39,7 +45,24 @@ impl<B: Backend, M: Module<B>> QatStep<B, M> {
             model,
             marker: None,
             hook: None,
+            clip_in_wq: None,
+            grad_scale: 1.0,
         }
+    }
+
+    /// Clips the gradient's L2 norm to `max_norm` in the `ŵ` domain (the paper: 5). The inner
+    /// optimizer should then not clip as well.
+    pub fn with_clip_in_wq(mut self, max_norm: f32) -> Self {
+        self.clip_in_wq = Some(max_norm);
+        self
+    }
+
+    /// Multiplies every gradient by `scale` after clipping: `1/N` when each of N devices runs one
+    /// batch of a step and burn-train sums their gradients (the gradients are scaled after the
+    /// backward pass, not the loss before it: the same for powers of two).
+    pub fn with_grad_scale(mut self, scale: f32) -> Self {
+        self.grad_scale = scale;
+        self
     }
 
     /// Ticks `hook` before every training step. Give it the hook that knows the run's length
@@ -62,8 +85,8 @@ impl<B: Backend, M: Module<B>> QatStep<B, M> {
 
 impl<B, M> TrainStep for QatStep<B, M>
 where
-    B: AutodiffBackend,
-    M: TrainStep + AutodiffModule<B>,
+    B: AutodiffBackend + QuantBackend,
+    M: TrainStep + AutodiffModule<B> + QatModel<B>,
 {
     type Input = M::Input;
     type Output = M::Output;
@@ -76,7 +99,16 @@ where
         // loaded checkpoint gives each place its own copy): its gradient is then every place's,
         // found through the first, which keeps the model's id. `GroupLr` ties them again after
         // the optimizer's step.
-        quantnet_burn::tie_shared_params(self.model.clone()).step(item)
+        let model = quantnet_burn::tie_shared_params(self.model.clone());
+        if let Some(max_norm) = self.clip_in_wq {
+            let step = |shadow: &M| shadow.step(item);
+            return super::clip::clipped_step_by(&model, max_norm, self.grad_scale, step).0;
+        }
+        let mut out = model.step(item);
+        if self.grad_scale != 1.0 {
+            out.grads = super::clip::scale_grads(&model, out.grads, self.grad_scale);
+        }
+        out
     }
 }
 

@@ -597,3 +597,57 @@ fn methods_calibrate_like_qn_switch_on_reload_and_refuse_empty_policies() {
     let err = signed.with_method(Method::Pact).unwrap_err().to_string();
     assert!(err.contains("start at 0"), "{err}");
 }
+
+/// `QatStep` around a model's own training step gives the gradients of the recipe's own wrapper
+/// (`Monitored`), bit for bit: plain, clipped in the `ŵ` domain, and with a device's share of
+/// the step (0.5, which scales alike whether the loss is scaled or its gradients), on 16 MNIST
+/// fixture images.
+#[test]
+fn a_qat_step_gives_the_recipes_gradients() {
+    let _serial = crate::backend::serial();
+    use burn::data::dataloader::batcher::Batcher;
+    use burn::train::TrainStep;
+    use quantnet_models::data::{ImageBatch, ImageBatcher, Split, mnist};
+    use quantnet_models::train::{MonitorOptions, Monitored, QatStep};
+    let device = Default::default();
+    let model = quantized_lenet(5);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mnist");
+    let items = mnist::load(&dir, Split::Train).unwrap().items(16, 0.0, 1.0);
+    let batcher = ImageBatcher {
+        channels: 1,
+        rows: 28,
+        cols: 28,
+    };
+    let batch: ImageBatch<B> = batcher.batch(items, &device);
+    for (clip, scale) in [
+        (None, 1.0),
+        (None, 0.5),
+        (Some(1e-3), 1.0),
+        (Some(1e-3), 0.5),
+    ] {
+        let options = MonitorOptions {
+            soft_gap: false,
+            layer_stats: false,
+            clip_in_wq: clip,
+            grad_scale: scale,
+        };
+        let monitored = Monitored::new(model.clone(), options);
+        let mut step = QatStep::new(model.clone()).with_grad_scale(scale);
+        if let Some(max_norm) = clip {
+            step = step.with_clip_in_wq(max_norm);
+        }
+        let want = all_grads(&model, &TrainStep::step(&monitored, batch.clone()).grads);
+        let got = all_grads(&model, &TrainStep::step(&step, batch.clone()).grads);
+        assert!(want.len() > 10, "{}", want.len());
+        assert!(
+            want == got,
+            "clip {clip:?}, scale {scale}: the gradients differ"
+        );
+    }
+    // The clip bites: the clipped gradients are not the plain ones.
+    let plain = QatStep::new(model.clone());
+    let clipped = QatStep::new(model.clone()).with_clip_in_wq(1e-3);
+    let plain = all_grads(&model, &TrainStep::step(&plain, batch.clone()).grads);
+    let clipped = all_grads(&model, &TrainStep::step(&clipped, batch).grads);
+    assert!(plain != clipped);
+}
