@@ -104,8 +104,8 @@ impl Method {
             Method::Bwn | Method::Twn => Err(Error::invalid(
                 "method",
                 self.name(),
-                "quantizes weights only: use --acts 32 (full-precision activations) or another \
-                 method",
+                "quantizes weights only: keep the activations full precision (acts = 32) or use \
+                 another method",
             )),
             m => Ok(m),
         }
@@ -138,7 +138,7 @@ impl Method {
                 name: "method",
                 value: self.name().into(),
                 reason: format!(
-                    "quantizes to the levels {need:?}, not {:?} (use --weights {})",
+                    "quantizes to the levels {need:?}, not {:?} (weights = {})",
                     levels.levels(),
                     if self == Method::Bwn { "1" } else { "2" }
                 ),

@@ -89,12 +89,12 @@ impl QuantPolicy {
         match method {
             Method::Bwn | Method::Twn if self.weights.is_none() => {
                 return Err(refuse(
-                    "quantizes weights: give the weight levels (--weights 1 or 2)",
+                    "quantizes weights: give the weight levels (weights = 1 or 2)",
                 ));
             }
             Method::Pact if self.acts.is_none() => {
                 return Err(refuse(
-                    "learns the clipping of quantized activations: give their bits (--acts 2)",
+                    "learns the clipping of quantized activations: give their bits (acts = 2)",
                 ));
             }
             _ => {}
@@ -127,7 +127,9 @@ impl QuantPolicy {
                     Granularity::Shared => "shares one weight quantizer between layers",
                     _ => "sets the weight scales per output channel",
                 };
-                return Err(refuse(format!("{what}: quantize the weights (--weights)")));
+                return Err(refuse(format!(
+                    "{what}: quantize the weights (weights = 1, 2, ...)"
+                )));
             }
             None => None,
         };
@@ -740,6 +742,26 @@ pub fn train_only_act_quantizers<B: Backend, M: QatModel<B>>(model: &mut M) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The library's policy errors name its fields and values, not the CLI's flags (issue 26):
+    /// a method that needs weights or activations the policy does not quantize, a weight-only
+    /// method on activations, levels a method does not make, per-channel scales without weights.
+    #[test]
+    fn policy_errors_name_no_cli_flags() {
+        use quantnet_burn::{LevelSet, Method};
+        let u2 = || Some(LevelSet::unsigned(2).unwrap());
+        let errors = [
+            QuantPolicy::recipe(None, u2()).with_method(Method::Bwn),
+            QuantPolicy::recipe(Some(LevelSet::ternary()), None).with_method(Method::Pact),
+            QuantPolicy::recipe(Some(LevelSet::ternary()), u2()).with_method(Method::Twn),
+            QuantPolicy::recipe(Some(LevelSet::ternary()), None).with_method(Method::Bwn),
+            QuantPolicy::recipe(None, u2()).with_granularity(Granularity::Channel),
+        ];
+        for e in errors {
+            let text = e.expect_err("refused").to_string();
+            assert!(!text.contains("--"), "{text}");
+        }
+    }
 
     #[test]
     fn mse_range_finds_lloyds_optimum_below_the_maximum() {
