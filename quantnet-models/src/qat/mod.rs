@@ -72,7 +72,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, ImageBatch, ImageBatcher, ImageSet, ImageSource, Images, Split};
 use crate::error::{Error, Result};
-use crate::models::{ImageModel, QatTrainModel, has_batch_norm};
+use crate::models::{ImageModel, QatTrainModel};
 use crate::quantize::{self, QuantPolicy, Temperatures};
 use crate::train::{Pass, layer_stats};
 
@@ -572,17 +572,12 @@ impl Qat {
         // The temperatures of the last step (the hook has already moved to the next epoch),
         // batch norm for the hard network (training gathered the statistics under soft
         // quantizers), quantizers settled: the part a user's own Learner takes, on images.
-        let reestimated = quantized && cfg.bn_reestimate && has_batch_norm(&model);
+        let reestimated = crate::train::parts::reestimates(cfg, &model);
         let mut model = crate::train::finish::<B, M, _, _>(
             model,
             cfg,
             &cfg.hook(&temps).over(cfg.epochs, 1),
-            Pass::new(
-                bn_batches::<B::InnerBackend>(data, cfg, device),
-                |m: &M::TrainModule, x: Tensor<B::InnerBackend, 4>| {
-                    drop(m.forward(Tensor::from_inner(x).detach()));
-                },
-            ),
+            bn_pass::<B, M>(data, cfg, device),
         );
         if reestimated {
             self.say(format_args!(
@@ -660,12 +655,7 @@ impl Qat {
                 drop(m.forward(x));
                 n
             }),
-            Pass::new(
-                bn_batches::<B::InnerBackend>(data, cfg, device),
-                |m: &M::TrainModule, x: Tensor<B::InnerBackend, 4>| {
-                    drop(m.forward(Tensor::from_inner(x).detach()));
-                },
-            ),
+            bn_pass::<B, M>(data, cfg, device),
         )?;
         if quantized {
             self.say(format_args!(
@@ -677,27 +667,39 @@ impl Qat {
     }
 }
 
+/// The batch-norm passes of [`crate::train::prepare`] and [`crate::train::finish`] on images:
 /// [`quantize::BN_REESTIMATION_BATCHES`] batches of the config's batch size, a seeded sample of
-/// the training images (cycled through when the training set is smaller), made one at a time.
-fn bn_batches<'a, B: Backend>(
+/// the training images (cycled through when the training set is smaller), made one at a time,
+/// each run through the model's autodiff twin.
+#[allow(clippy::type_complexity)] // Two `impl` types: no alias can name them.
+fn bn_pass<'a, B: QatBackend, M: QatTrainModel<B>>(
     data: &'a QatData,
     cfg: &QatConfig,
     device: &'a B::Device,
-) -> impl Iterator<Item = Tensor<B, 4>> + 'a {
+) -> Pass<
+    impl Iterator<Item = Tensor<B::InnerBackend, 4>> + 'a,
+    impl FnMut(&M::TrainModule, Tensor<B::InnerBackend, 4>),
+> {
     let batch_size = cfg.batch_size;
     let wanted = quantize::BN_REESTIMATION_BATCHES * batch_size;
     // In a random order: batches of class-sorted folders must mix classes.
     let sample =
         crate::data::shuffled_indices(data.train.len(), wanted.min(data.train.len()), cfg.seed);
     let order: Vec<usize> = sample.iter().copied().cycle().take(wanted).collect();
-    (0..order.len() / batch_size).map(move |b| {
+    let batches = (0..order.len() / batch_size).map(move |b| {
         let items = order[b * batch_size..(b + 1) * batch_size]
             .iter()
             .map(|&i| data.train.item(i))
             .collect();
-        let batch: ImageBatch<B> = data.batcher.batch(items, device);
+        let batch: ImageBatch<B::InnerBackend> = data.batcher.batch(items, device);
         batch.images
-    })
+    });
+    Pass::new(
+        batches,
+        |m: &M::TrainModule, x: Tensor<B::InnerBackend, 4>| {
+            drop(m.forward(Tensor::from_inner(x).detach()));
+        },
+    )
 }
 
 /// Test accuracy (%) hard-quantized (the model's accuracy) and with the soft quantizers at the

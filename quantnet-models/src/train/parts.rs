@@ -1,7 +1,8 @@
 //! The recipe's steps around training, for any model and batch type: [`prepare`] (quantize,
 //! re-estimate batch norm, calibrate) before the user's `Learner` runs, [`finish`] after it.
 
-use burn::module::HasAutodiffModule;
+use burn::module::{HasAutodiffModule, Module};
+use burn::tensor::backend::Backend;
 use quantnet_burn::train::TemperatureHook;
 use quantnet_burn::{QatBackend, QuantMode};
 
@@ -23,6 +24,12 @@ impl<I, F> Pass<I, F> {
     pub fn new(batches: I, forward: F) -> Self {
         Self { batches, forward }
     }
+}
+
+/// Whether [`prepare`] and [`finish`] re-estimate `model`'s batch norm: the policy quantizes,
+/// `config.bn_reestimate` holds and the model has batch norm.
+pub(crate) fn reestimates<B: Backend, M: Module<B>>(config: &QatConfig, model: &M) -> bool {
+    !config.policy.is_float() && config.bn_reestimate && has_batch_norm(model)
 }
 
 /// What the recipe does between full-precision training and quantized training
@@ -66,7 +73,7 @@ where
     if soft {
         hook.start_at(0);
     }
-    if !policy.is_float() && config.bn_reestimate && has_batch_norm(&model) {
+    if reestimates(config, &model) {
         let mode = if soft {
             QuantMode::Soft
         } else {
