@@ -27,6 +27,8 @@ use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
 pub use alexnet::AlexNetBn;
 pub use fc::FcNet;
 pub use lenet::Lenet5;
+/// `#[derive(QatModel)]`: the trait's `slots` from the model's fields (see [`quantnet_derive`]).
+pub use quantnet_derive::QatModel;
 pub use resnet::ResNet;
 pub use vgg::VggSmall;
 
@@ -341,7 +343,26 @@ impl<B: Backend> WeightLayer<'_, B> {
 /// [`crate::train::QatStep`], [`crate::train::quantizer_scale_ids`]): the model keeps its own
 /// inputs, outputs, loss and training step. The whole recipe ([`crate::qat::Qat`]) trains
 /// image models, which also say how images go through them ([`ImageModel`]). A user's model
-/// lists its slots in one short `impl`:
+/// derives it from its fields (`#[derive(QatModel)]`: every `QuantConv2d`, `QuantLinear` and
+/// `QuantAct` field, arrays, `Vec`s and `Option`s of them, and sub-models marked
+/// `#[qat(nested)]`, in declaration order; see [`quantnet_derive`]):
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::tensor::backend::Backend;
+/// use quantnet_burn::nn::{QuantAct, QuantLinear};
+/// use quantnet_models::models::QatModel;
+///
+/// #[derive(Module, QatModel, Debug)]
+/// struct Mlp<B: Backend> {
+///     fc1: QuantLinear<B>,
+///     act1: QuantAct<B>,
+///     fc2: QuantLinear<B>,
+/// }
+/// ```
+///
+/// or lists its slots in one short `impl`, which may also choose the layers kept full precision
+/// ([`QatModel::float_layers`]):
 ///
 /// ```
 /// use burn::module::Module;
@@ -487,6 +508,15 @@ impl<'a, B: Backend> Slots<'a, B> {
     /// Adds an activation slot.
     pub fn act(&mut self, name: impl Into<String>, slot: &'a mut QuantAct<B>) {
         self.acts.push((name.into(), slot));
+    }
+
+    /// Adds a sub-model's slots, each name prefixed with `prefix.` (what `#[qat(nested)]` of
+    /// `#[derive(QatModel)]` writes).
+    pub fn nest(&mut self, prefix: impl Into<String>, inner: Slots<'a, B>) {
+        let prefix = prefix.into();
+        let named = |name: String| format!("{prefix}.{name}");
+        (self.weights).extend(inner.weights.into_iter().map(|(n, w)| (named(n), w)));
+        (self.acts).extend(inner.acts.into_iter().map(|(n, a)| (named(n), a)));
     }
 
     /// Every quantizer that is set, weights first.

@@ -651,3 +651,112 @@ fn a_qat_step_gives_the_recipes_gradients() {
     let clipped = all_grads(&model, &TrainStep::step(&clipped, batch).grads);
     assert!(plain != clipped);
 }
+
+mod derived {
+    use burn::module::Module;
+    use burn::nn::LinearConfig;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::backend::Backend;
+    use quantnet_burn::LevelSet;
+    use quantnet_burn::nn::{QuantAct, QuantConv2d, QuantLinear};
+    use quantnet_models::models::{QatModel, WeightLayer};
+    use quantnet_models::quantize::quantize_weights;
+    use quantnet_models::{QuantPolicy, Temperatures};
+
+    use crate::backend::Inner;
+
+    #[derive(Module, QatModel, Debug)]
+    struct Block<B: Backend> {
+        conv: QuantConv2d<B>,
+        act: QuantAct<B>,
+    }
+
+    /// Every kind of field the derive reads, and two it must leave out.
+    #[derive(Module, QatModel, Debug)]
+    struct Net<B: Backend> {
+        stem: QuantConv2d<B>,
+        acts: [QuantAct<B>; 2],
+        #[qat(nested)]
+        block: Block<B>,
+        #[qat(nested)]
+        blocks: Vec<Block<B>>,
+        extra: Option<QuantAct<B>>,
+        missing: Option<QuantAct<B>>,
+        #[qat(skip)]
+        probe: QuantAct<B>,
+        hidden: Vec<QuantLinear<B>>,
+        head: QuantLinear<B>,
+    }
+
+    fn net(device: &burn::tensor::Device<Inner>) -> Net<Inner> {
+        let conv = || QuantConv2d::float(Conv2dConfig::new([2, 2], [3, 3]).init(device));
+        let linear = || QuantLinear::float(LinearConfig::new(4, 4).init(device));
+        let block = || Block {
+            conv: conv(),
+            act: QuantAct::float(),
+        };
+        Net {
+            stem: conv(),
+            acts: [QuantAct::float(), QuantAct::float()],
+            block: block(),
+            blocks: vec![block(), block()],
+            extra: Some(QuantAct::float()),
+            missing: None,
+            probe: QuantAct::float(),
+            hidden: vec![linear()],
+            head: linear(),
+        }
+    }
+
+    #[test]
+    fn derived_slots_list_every_quantizable_field_in_declaration_order() {
+        let mut net = net(&Default::default());
+        let slots = net.slots();
+        let weights: Vec<(String, &str)> = (slots.weights.iter())
+            .map(|(n, w)| {
+                let kind = match w {
+                    WeightLayer::Conv(_) => "conv",
+                    WeightLayer::Linear(_) => "linear",
+                };
+                (n.clone(), kind)
+            })
+            .collect();
+        let named = |v: &[(&str, &'static str)]| -> Vec<(String, &'static str)> {
+            v.iter().map(|(n, k)| (n.to_string(), *k)).collect()
+        };
+        assert_eq!(
+            weights,
+            named(&[
+                ("stem", "conv"),
+                ("block.conv", "conv"),
+                ("blocks.0.conv", "conv"),
+                ("blocks.1.conv", "conv"),
+                ("hidden.0", "linear"),
+                ("head", "linear"),
+            ])
+        );
+        let acts: Vec<&str> = slots.acts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            acts,
+            [
+                "acts.0",
+                "acts.1",
+                "block.act",
+                "blocks.0.act",
+                "blocks.1.act",
+                "extra"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_derived_model_quantizes_all_but_its_first_and_last_weight_layer() {
+        let mut net = net(&Default::default());
+        let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), None);
+        let made = quantize_weights(&mut net, &policy, &Temperatures::default()).unwrap();
+        assert_eq!(made, 4);
+        assert!(net.stem.quantizer.is_none() && net.head.quantizer.is_none());
+        assert!(net.block.conv.quantizer.is_some() && net.hidden[0].quantizer.is_some());
+        assert!(net.blocks.iter().all(|b| b.conv.quantizer.is_some()));
+    }
+}
