@@ -157,6 +157,11 @@ impl<S> TemperatureHook<S> {
         }
     }
 
+    /// Optimizer steps ticked so far (the index of the next one).
+    pub fn steps_ticked(&self) -> usize {
+        self.step.load(Ordering::SeqCst) / self.ticks_per_step
+    }
+
     /// Sets the temperatures of the run's last step (what a finished run's quantizers hold)
     /// when the run's length is known ([`Self::over`]).
     pub fn finish(&self) {

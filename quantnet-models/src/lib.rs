@@ -48,6 +48,8 @@ pub mod error;
 pub mod export;
 pub mod models;
 #[cfg(feature = "train")]
+pub mod prelude;
+#[cfg(feature = "train")]
 pub mod qat;
 pub mod quantize;
 pub mod stats;

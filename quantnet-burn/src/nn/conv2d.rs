@@ -50,6 +50,14 @@ pub struct QuantConv2d<B: Backend> {
     pub quantizer: Option<Quantizer<B>>,
 }
 
+/// A full-precision slot around a Burn convolution ([`QuantConv2d::float`]): a model swaps
+/// `Conv2dConfig::new(..).init(device)` for the same `.into()`.
+impl<B: Backend> From<Conv2d<B>> for QuantConv2d<B> {
+    fn from(conv: Conv2d<B>) -> Self {
+        Self::float(conv)
+    }
+}
+
 impl<B: Backend> QuantConv2d<B> {
     /// The weight's output-channel axis (`[c_out, c_in / groups, k_h, k_w]`): where per-channel
     /// scales run.

@@ -49,6 +49,14 @@ pub struct QuantLinear<B: Backend> {
     pub quantizer: Option<Quantizer<B>>,
 }
 
+/// A full-precision slot around a Burn linear layer ([`QuantLinear::float`]): a model swaps
+/// `LinearConfig::new(..).init(device)` for the same `.into()`.
+impl<B: Backend> From<Linear<B>> for QuantLinear<B> {
+    fn from(linear: Linear<B>) -> Self {
+        Self::float(linear)
+    }
+}
+
 impl<B: Backend> QuantLinear<B> {
     /// The weight's output-channel axis (Burn stores a linear weight as `[d_input, d_output]`):
     /// where per-channel scales run.

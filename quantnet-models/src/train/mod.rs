@@ -15,6 +15,7 @@ pub mod clip;
 pub mod metric;
 pub mod monitor;
 pub mod parts;
+pub mod recipe;
 pub mod step;
 
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -28,6 +29,7 @@ pub use clip::step_clipped_in_wq;
 pub use metric::{LayerMetric, LayerValue, SoftHardGapMetric};
 pub use monitor::{MonitorInput, MonitorOptions, Monitored, MonitoredOutput};
 pub use parts::{Pass, finish, prepare};
+pub use recipe::{Finished, Prepared, QuantizerScales, Recipe};
 pub use step::{QatStep, quantizer_scale_ids};
 
 use crate::data::ImageBatch;

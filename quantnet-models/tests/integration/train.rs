@@ -795,3 +795,172 @@ fn prepare_and_finish_reestimate_batch_norm_and_calibrate_any_model() {
         );
     }
 }
+
+/// A user's CNN with batch norm, its slots derived (`#[derive(QatModel)]`), its own steps on
+/// quantnet's image batches.
+#[derive(Module, quantnet_models::models::QatModel, Debug)]
+struct BnNet<B: Backend> {
+    conv1: quantnet_burn::QuantConv2d<B>,
+    norm1: burn::nn::BatchNorm<B>,
+    conv2: quantnet_burn::QuantConv2d<B>,
+    norm2: burn::nn::BatchNorm<B>,
+    acts: [QuantAct<B>; 2],
+    fc: QuantLinear<B>,
+}
+
+impl<B: Backend> BnNet<B> {
+    fn new(device: &B::Device) -> Self {
+        use burn::nn::conv::Conv2dConfig;
+        let conv = |c_in, c_out| Conv2dConfig::new([c_in, c_out], [3, 3]).with_stride([2, 2]);
+        Self {
+            conv1: conv(1, 8).init(device).into(),
+            norm1: burn::nn::BatchNormConfig::new(8).init(device),
+            conv2: conv(8, 16).init(device).into(),
+            norm2: burn::nn::BatchNormConfig::new(16).init(device),
+            acts: [QuantAct::float(), QuantAct::float()],
+            fc: LinearConfig::new(16 * 6 * 6, 10).init(device).into(),
+        }
+    }
+}
+
+impl<B: QuantBackend> BnNet<B> {
+    fn classify(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
+        use burn::tensor::activation::relu;
+        let x = self.conv1.forward(batch.images);
+        let x = self.acts[0].forward(relu(self.norm1.forward(x)));
+        let x = self.acts[1].forward(relu(self.norm2.forward(self.conv2.forward(x))));
+        let output = self.fc.forward(x.flatten(1, 3));
+        let loss = CrossEntropyLossConfig::new()
+            .init(&output.device())
+            .forward(output.clone(), batch.targets.clone());
+        ClassificationOutput::new(loss, output, batch.targets)
+    }
+}
+
+impl<B: AutodiffBackend + QuantBackend> TrainStep for BnNet<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        let item = self.classify(batch);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+impl<B: QuantBackend> InferenceStep for BnNet<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
+        self.classify(batch)
+    }
+}
+
+/// `Recipe` in a user's own `SupervisedTraining`/`Learner`, with Burn's `Dataset` and a
+/// `Batcher`: `prepare` quantizes the derived model's middle conv, re-estimates batch norm over
+/// 200 batches and calibrates both activation quantizers on every fixture image (600 < 1000) at
+/// the first step's temperatures; `attach` makes the run the config's 2 epochs (burn-train's
+/// default is 1) with the temperatures as metrics; `step` anneals per step to the schedule's
+/// end; `optimizer` puts the quantizer scales in their group (3 per `qn` quantizer); `finish`
+/// re-estimates batch norm for the hard network (the running statistics move) and the hard
+/// model classifies the fixture's test images above chance.
+#[test]
+fn a_recipe_runs_in_a_users_learner_on_a_dataset_and_batcher() {
+    use quantnet_models::data::ImageBatcher;
+    use quantnet_models::qat::{CalibrationWeights, PlainRenderer, QatConfig};
+    use quantnet_models::train::{Finished, Prepared, Recipe};
+    let _serial = crate::backend::serial();
+    let dir = scratch("recipe");
+    let device = Default::default();
+    B::seed(&device, 5);
+    let train = InMemDataset::new(items(&mnist_dir(), Split::Train, 600));
+    let test = items(&mnist_dir(), Split::Test, 200);
+    let batcher = ImageBatcher {
+        channels: 1,
+        rows: 28,
+        cols: 28,
+    };
+    let policy = quantnet_models::QuantPolicy::recipe(
+        Some(LevelSet::ternary()),
+        Some(LevelSet::unsigned(2).unwrap()),
+    );
+    let (epochs, batch) = (2, 32);
+    let steps = 600usize.div_ceil(batch);
+    // A fresh model: trained from scratch at 3e-3 (the recipe's default 1e-4 fine-tunes).
+    let config = QatConfig::new(policy)
+        .with_epochs(epochs)
+        .with_batch_size(16)
+        .with_lr(Some(3e-3));
+    let recipe = Recipe::new(config, steps);
+    let (model, prepared) = recipe
+        .prepare::<B, _, _>(BnNet::<Inner>::new(&device), &train, &batcher, &device)
+        .unwrap();
+    assert_eq!(
+        prepared,
+        Prepared {
+            weights: 1,
+            batch_norm_batches: 200,
+            acts: 2,
+            calibration_examples: 600,
+            calibrate: CalibrationWeights::Soft,
+            first_temperatures: (5.0, 10.0),
+            scale_group: (9, 100.0),
+        }
+    );
+
+    let train_items: Vec<ImageItem> = burn::data::dataset::Dataset::iter(&train).collect();
+    let train_loader = DataLoaderBuilder::<B, _, _>::new(batcher)
+        .batch_size(batch)
+        .num_workers(1)
+        .build(InMemDataset::new(train_items));
+    let test_loader = DataLoaderBuilder::<Inner, _, _>::new(batcher)
+        .batch_size(100)
+        .num_workers(1)
+        .build(InMemDataset::new(test.clone()));
+    let qat = dir.join("qat");
+    let optimizer = recipe.optimizer(AdamConfig::new().init());
+    let trained = recipe
+        .attach(SupervisedTraining::new(
+            qat.to_str().unwrap(),
+            train_loader,
+            test_loader,
+        ))
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .renderer(PlainRenderer::new("recipe"))
+        .launch(Learner::new(recipe.step(model), optimizer, recipe.lr()));
+    let model = trained.model.into_model();
+    let logged: Vec<f64> = (1..=epochs)
+        .flat_map(|e| logged_steps(&qat, e, "Weight_temperature"))
+        .collect();
+    assert_eq!(logged.len(), epochs * steps, "{logged:?}");
+    assert!(logged.windows(2).all(|w| w[1] > w[0]), "{logged:?}");
+
+    let running_mean = |m: &BnNet<Inner>| m.norm2.running_mean.value().into_data();
+    let before = running_mean(&model);
+    let (model, finished) = recipe.finish::<B, _, _>(model, &train, &batcher, &device);
+    assert_eq!(
+        finished,
+        Finished {
+            steps: (epochs * steps, epochs * steps),
+            last_temperatures: (500.0, 500.0),
+            batch_norm_batches: 200,
+        }
+    );
+    assert_ne!(running_mean(&model), before, "batch norm re-estimated");
+    let conv2 = model.conv2.quantizer.as_ref().expect("conv2 is quantized");
+    assert_eq!(conv2.level_set(), &LevelSet::ternary());
+    assert!(model.conv1.quantizer.is_none() && model.fc.quantizer.is_none());
+    let hits: usize = test
+        .chunks(100)
+        .map(|c| {
+            let batch: ImageBatch<Inner> =
+                burn::data::dataloader::batcher::Batcher::batch(&batcher, c.to_vec(), &device);
+            let out = InferenceStep::step(&model, batch);
+            let predicted = out.output.argmax(1).flatten::<1>(0, 1);
+            predicted.equal(out.targets).int().sum().into_scalar() as usize
+        })
+        .sum();
+    eprintln!("hard-quantized: {hits} of 200");
+    assert!(hits > 100, "hard-quantized {hits} of 200");
+    let _ = std::fs::remove_dir_all(&dir);
+}
