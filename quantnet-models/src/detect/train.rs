@@ -39,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::models::{ImageModel, Model, QatModel};
 use crate::qat::{OptimizerKind, QatConfig};
 use crate::quantize::{self, Temperatures};
+use crate::train::Pass;
 
 /// Batches of training samples the detector recipe re-estimates batch-norm statistics with
 /// (before calibration and before the hard evaluation): fewer than the classifiers'
@@ -861,10 +862,10 @@ impl DetectQat {
             report.map_fp = Some(fp);
             report.train_map_fp = Some(fit);
         }
-        // Quantize: weights from the trained weights, batch norm for them (soft, at the first
-        // step's temperature), activations calibrated on the training images.
-        let w = quantize::quantize_weights(&mut model, policy, &temps)?;
-        cfg.hook(&temps).over(cfg.epochs, steps).start_at(0);
+        // Quantize (`train::prepare`): weights from the trained weights, batch norm for them
+        // (soft, at the first step's temperature), activations calibrated on the training
+        // images.
+        let hook = cfg.hook(&temps).over(cfg.epochs, steps);
         let sample = crate::data::sample_indices(train.len(), cfg.calibration_images, cfg.seed);
         // Batches of whole training samples, read as the passes take them (a failed read ends
         // the stream and is returned after the pass).
@@ -900,19 +901,30 @@ impl DetectQat {
         let bn_order: Vec<usize> = (0..BN_BATCHES * cfg.batch_size)
             .map(|k| k % train.len())
             .collect();
-        if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
-            model = quantize::reestimate_batch_norm_with::<B, M>(
-                model,
-                QuantMode::Soft,
-                reads(bn_order.clone()),
-            );
-            check()?;
-        }
-        quantize::set_weight_mode(&mut model, QuantMode::Soft);
-        let a = quantize::calibrate_acts(&mut model, policy, &temps, reads(sample));
+        let bn_pass = |order: Vec<usize>| {
+            Pass::new(
+                reads(order),
+                |m: &M::TrainModule, x: Tensor<B::InnerBackend, 4>| {
+                    drop(m.forward(Tensor::from_inner(x).detach()));
+                },
+            )
+        };
+        let calibration = Pass::new(reads(sample), |m: &M, x: Tensor<B::InnerBackend, 4>| {
+            let n = x.dims()[0];
+            drop(m.forward(x));
+            n
+        });
+        let prepared = crate::train::prepare::<B, M, _, _, _, _>(
+            model,
+            cfg,
+            &temps,
+            &hook,
+            device,
+            calibration,
+            bn_pass(bn_order.clone()),
+        );
         check()?;
-        let a = a?;
-        quantize::set_weight_mode(&mut model, QuantMode::Auto);
+        let (model, (w, a)) = prepared?;
         report.quantized = (w, a);
         if quantized {
             self.say(format_args!(
@@ -934,16 +946,11 @@ impl DetectQat {
         let (mut model, seconds) =
             self.fit::<B, M>(model, phase, train, test, &priors, &temps, device)?;
         quantize::attach(&mut model, &temps);
-        cfg.hook(&temps).over(cfg.epochs, 1).finish();
-        if quantized && cfg.bn_reestimate && crate::models::has_batch_norm(&model) {
-            model = quantize::reestimate_batch_norm_with::<B, M>(
-                model,
-                QuantMode::Hard,
-                reads(bn_order),
-            );
-            check()?;
-        }
-        quantize::settle(&mut model);
+        // The last step's temperatures, batch norm for the hard network, quantizers settled
+        // (`train::finish`).
+        let last = cfg.hook(&temps).over(cfg.epochs, 1);
+        let mut model = crate::train::finish::<B, M, _, _>(model, cfg, &last, bn_pass(bn_order));
+        check()?;
         save(&model, &self.dir, "model")?;
         report.seconds_per_epoch = seconds;
         report.train_loss = epoch_values(&main_dir.join("train"), "Loss", cfg.epochs);
