@@ -12,7 +12,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module, Param, ParamId};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, SgdConfig};
@@ -37,9 +37,9 @@ use super::map::{Detection, GroundTruth, Interpolation, MapReport, mean_average_
 use super::ssd::{Ssd, SsdKind};
 use crate::error::{Error, Result};
 use crate::models::{ImageModel, Model, QatModel};
-use crate::qat::{OptimizerKind, QatConfig};
+use crate::qat::{ClipDomain, OptimizerKind, QatConfig};
 use crate::quantize::{self, Temperatures};
-use crate::train::Pass;
+use crate::train::{Pass, QatStep, QuantizerScales};
 
 /// Batches of training samples the detector recipe re-estimates batch-norm statistics with
 /// (before calibration and before the hard evaluation): fewer than the classifiers'
@@ -525,8 +525,10 @@ impl Numeric for MapMetric {
     }
 }
 
-/// The module burn-train trains: a detector, its default boxes and the per-step temperature
-/// tick.
+/// A detector's own training and validation steps (the multibox loss; detections and their
+/// mAP inputs): the task's part of what burn-train trains. The recipe's duties around the step
+/// (the per-step tick, shared-parameter ties, clipping in the `ŵ` domain) are
+/// [`crate::train::QatStep`]'s, which wraps it as it wraps any user's model.
 #[derive(Module, Debug)]
 pub struct DetectStep<B: Backend, M: Module<B>> {
     model: M,
@@ -536,25 +538,16 @@ pub struct DetectStep<B: Backend, M: Module<B>> {
     priors: Arc<Vec<Prior>>,
     #[module(skip)]
     classes: usize,
-    #[module(skip)]
-    hook: Option<TemperatureHook>,
 }
 
 impl<B: Backend, M: Module<B>> DetectStep<B, M> {
-    /// Wraps `model` for `classes` object classes with `priors`; `hook` is ticked before every
-    /// training step.
-    pub fn new(
-        model: M,
-        priors: Arc<Vec<Prior>>,
-        classes: usize,
-        hook: Option<TemperatureHook>,
-    ) -> Self {
+    /// Wraps `model` for `classes` object classes with `priors`.
+    pub fn new(model: M, priors: Arc<Vec<Prior>>, classes: usize) -> Self {
         Self {
             model,
             marker: None,
             priors,
             classes,
-            hook,
         }
     }
 
@@ -579,11 +572,7 @@ where
     type Output = DetectOutput<B>;
 
     fn step(&self, batch: DetectBatch<B>) -> TrainOutput<DetectOutput<B>> {
-        if let Some(hook) = &self.hook {
-            hook.tick();
-        }
-        let model = quantnet_burn::tie_shared_params(self.model.clone());
-        let (loc, conf) = model.heads(batch.images.clone());
+        let (loc, conf) = self.model.heads(batch.images.clone());
         let loss = multibox_loss(loc, conf, &batch);
         let grads = loss.backward();
         TrainOutput::new(self, grads, DetectOutput { loss, map: None })
@@ -606,6 +595,16 @@ impl<B: QuantBackend, M: Detector<B>> InferenceStep for DetectStep<B, M> {
                 classes: self.classes,
             }),
         }
+    }
+}
+
+impl<B: Backend, M: QatModel<B>> QatModel<B> for DetectStep<B, M> {
+    fn slots(&mut self) -> crate::models::Slots<'_, B> {
+        self.model.slots()
+    }
+
+    fn float_layers(&self, n: usize) -> Vec<usize> {
+        self.model.float_layers(n)
     }
 }
 
@@ -734,10 +733,12 @@ pub struct DetectReport {
 /// network, hard evaluation) with SSD's data, loss and mAP.
 ///
 /// From [`QatConfig`] it takes the policy, the epochs, `batch_size`, the learning rates and
-/// schedule, the optimizer, weight decay, temperatures, calibration images, batch-norm
-/// re-estimation, `quant_lr_mult` (applied to every `qn` quantizer's scales), `clip` (per
-/// tensor, by the optimizer) and the seed. Not (yet) for detectors: resuming, several devices,
-/// the activations-only phase and clipping in the `ŵ` domain.
+/// schedule, the optimizer, weight decay, temperatures, calibration images (and whether they
+/// see soft weights), batch-norm re-estimation, `quant_lr_mult` and `quant_lr_group`, `clip` and
+/// `clip_in` (the `ŵ` domain by [`crate::train::QatStep`], as for classifiers, when weights are
+/// quantized) and the seed. Its quantize step and its end are [`crate::train::prepare`] and
+/// [`crate::train::finish`]. Not (yet) for detectors: resuming, several devices and the
+/// activations-only phase.
 #[derive(Clone, Debug)]
 pub struct DetectQat {
     config: QatConfig,
@@ -1016,23 +1017,21 @@ impl DetectQat {
                 .build(DetectReads::new(test.clone(), side, None, 1));
         let clock = crate::qat::fit::EpochClock::new();
         phase.hook.start_at(0);
-        let model = DetectStep::new(
-            M::TrainModule::from_inner(model),
-            priors.clone(),
-            classes,
-            Some(phase.hook.clone()),
-        );
-        let quantizer_params = |m: &DetectStep<B, M::TrainModule>| -> Vec<ParamId> {
-            let mut model = m.model().clone();
-            model
-                .slots()
-                .quantizers()
-                .filter(|q| q.method() == quantnet_burn::Method::Qn)
-                .flat_map(|q| [q.alpha.id, q.beta.id, q.thresholds.id])
-                .collect()
-        };
+        // With quantized weights the norm is taken over ∂ℓ/∂ŵ by the training step (as for
+        // classifiers); otherwise the two domains coincide and the optimizer clips.
+        let weights_quantized = crate::stats::layer_stats(&model)?
+            .iter()
+            .any(|s| s.occupancy.is_some());
+        let clip_in_wq = (cfg.clip).filter(|_| cfg.clip_in == ClipDomain::Wq && weights_quantized);
+        let clipping = (cfg.clip)
+            .filter(|_| clip_in_wq.is_none())
+            .map(GradientClippingConfig::Norm);
+        let step = DetectStep::new(M::TrainModule::from_inner(model), priors.clone(), classes);
+        let mut model = QatStep::new(step).with_hook(phase.hook.clone());
+        if let Some(max_norm) = clip_in_wq {
+            model = model.with_clip_in_wq(max_norm);
+        }
         let steps = (train.len() * self.repeats).div_ceil(cfg.batch_size);
-        let clipping = cfg.clip.map(GradientClippingConfig::Norm);
         macro_rules! launch {
             ($optimizer:expr) => {{
                 SupervisedTraining::new(dir.clone(), train_loader.clone(), valid_loader.clone())
@@ -1051,10 +1050,15 @@ impl DetectQat {
                     .with_training_strategy(ExecutionStrategy::single(device.clone()).into())
                     .launch(Learner::new(
                         model,
-                        GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
+                        GroupLr::new(
+                            $optimizer,
+                            QuantizerScales(cfg.quant_lr_group),
+                            cfg.quant_lr_mult,
+                        ),
                         RunLr::new(phase.lr, cfg.lr_schedule, phase.epochs, steps),
                     ))
                     .model
+                    .into_model()
                     .into_model()
             }};
         }
