@@ -1476,6 +1476,66 @@ fn a_dry_run_into_a_closed_pipe_exits_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A detector trains on two devices (`--devices cpu,cpu`), as classifiers do: 4 samples a
+/// epoch (`--repeats 4`) in steps of 2 split over the devices make 2 optimizer steps, the
+/// temperature ends at the schedule's end (500) and the summary names both devices; a batch
+/// that does not split evenly is refused in one line.
+#[test]
+fn a_detector_trains_on_two_devices() {
+    let _cpu = exclusive();
+    let root = std::env::temp_dir().join(format!("quantnet-ssd-devices-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = fixtures().join("neon-trees");
+    let train = |batch: &str, name: &str| {
+        let run = root.join(name);
+        let out = quantnet(&[
+            "train",
+            "--model",
+            "ssd-small",
+            "--dataset",
+            "voc",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--merge-classes",
+            "tree",
+            "--weights",
+            "2",
+            "--pretrain-epochs",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            batch,
+            "--repeats",
+            "4",
+            "--calibration-images",
+            "2",
+            "--devices",
+            "cpu,cpu",
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        (out, run)
+    };
+    let (out, run) = train("2", "two");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("train 100% (4/4)"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["devices"], serde_json::json!(["cpu", "cpu"]));
+    assert_eq!(summary["temperature"]["weights"], serde_json::json!(500.0));
+    let (out, _) = train("3", "odd");
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--batch-size 3 does not split evenly over 2 devices"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// Detectors clip where `--clip-in` says, as classifiers do: with ternary weights, `--clip-in wq`
 /// (the default: one norm over `∂ℓ/∂ŵ` and the other parameters, by the recipe's training step)
 /// and `--clip-in w` (the optimizer's per-tensor clipping) train different models from the same

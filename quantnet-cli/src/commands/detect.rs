@@ -26,6 +26,9 @@ pub(crate) struct DetectSummary {
     pub(crate) model: String,
     pub(crate) dataset: String,
     pub(crate) backend: String,
+    /// The devices that trained it (`--devices`; one when not given).
+    #[serde(default)]
+    pub(crate) devices: Vec<String>,
     pub(crate) weights: String,
     pub(crate) acts: String,
     pub(crate) epochs: usize,
@@ -139,18 +142,25 @@ struct TrainJob {
     data: DetectData,
     out: PathBuf,
     backend: String,
+    devices: Vec<String>,
 }
 
 impl WithBackend for TrainJob {
     type Output = DetectSummary;
 
     fn run<B: QatBackend>(self, device: B::Device) -> Result<DetectSummary> {
+        self.run_on::<B>(vec![device])
+    }
+
+    fn run_on<B: QatBackend>(self, devices: Vec<B::Device>) -> Result<DetectSummary> {
         let Self {
             cfg,
             data,
             out,
             backend,
+            devices: names,
         } = self;
+        let device = devices.first().context("no device")?.clone();
         let recipe = cfg.recipe()?;
         B::seed(&device, cfg.seed);
         let model = match &cfg.from {
@@ -183,12 +193,13 @@ impl WithBackend for TrainJob {
         let quantized = !recipe.policy.is_float();
         let (model, report) = DetectQat::new(recipe, &out)
             .repeats(cfg.repeats)
-            .run::<B, _>(model, &data.train, &data.test, &device)?;
+            .run_on::<B, _>(model, &data.train, &data.test, &devices)?;
         let hard = report.map_hard.context("the run evaluated nothing")?;
         Ok(DetectSummary {
             model: cfg.model.to_string(),
             dataset: cfg.dataset.to_string(),
             backend,
+            devices: names,
             weights: cfg.weights.to_string(),
             acts: cfg.acts.to_string(),
             epochs: cfg.epochs,
@@ -223,13 +234,6 @@ impl WithBackend for TrainJob {
             layers: quantnet_models::train::layer_stats(&model)?,
         })
     }
-
-    fn run_on<B: QatBackend>(self, devices: Vec<B::Device>) -> Result<DetectSummary> {
-        match devices.as_slice() {
-            [device] => self.run::<B>(device.clone()),
-            _ => bail!("detectors train on one device (--devices is for classifiers)"),
-        }
-    }
 }
 
 /// `quantnet train` for a detector: the run directory is `out` (config.toml already written).
@@ -251,6 +255,7 @@ pub(crate) fn train(
             data,
             out: out.to_path_buf(),
             backend: list.backend.name().into(),
+            devices: list.names(),
         },
     )?;
     summary.write(out)?;

@@ -199,13 +199,8 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
     // Check the devices and find (or download) the data before creating anything, so that a
     // device that does not exist or a missing data set leaves no run behind.
     crate::backend::check_devices(&list)?;
-    if cfg.model.detector().is_some() {
-        if resume {
-            bail!("detector runs cannot be resumed yet: start a new run");
-        }
-        if n > 1 {
-            bail!("detectors train on one device (--devices is for classifiers)");
-        }
+    if cfg.model.detector().is_some() && resume {
+        bail!("detector runs cannot be resumed yet: start a new run");
     }
     let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -25,7 +25,8 @@ use burn::train::metric::{
     Numeric, NumericAttributes, NumericEntry, SerializedEntry,
 };
 use burn::train::{
-    ExecutionStrategy, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+    ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainOutput,
+    TrainStep,
 };
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 use quantnet_burn::{QatBackend, QuantBackend, QuantMode};
@@ -737,8 +738,8 @@ pub struct DetectReport {
 /// see soft weights), batch-norm re-estimation, `quant_lr_mult` and `quant_lr_group`, `clip` and
 /// `clip_in` (the `ŵ` domain by [`crate::train::QatStep`], as for classifiers, when weights are
 /// quantized) and the seed. Its quantize step and its end are [`crate::train::prepare`] and
-/// [`crate::train::finish`]. Not (yet) for detectors: resuming, several devices and the
-/// activations-only phase.
+/// [`crate::train::finish`]; several devices train as classifiers do ([`DetectQat::run_on`]).
+/// Not (yet) for detectors: resuming and the activations-only phase.
 #[derive(Clone, Debug)]
 pub struct DetectQat {
     config: QatConfig,
@@ -796,8 +797,48 @@ impl DetectQat {
         B: QatBackend,
         M: DetectTrainModel<B>,
     {
+        self.run_on::<B, M>(model, train, test, std::slice::from_ref(device))
+    }
+
+    /// [`DetectQat::run`] on several devices, as classifiers train
+    /// ([`crate::qat::Qat::run_on`]): each runs an equal share of every step's images, the
+    /// optimizer steps once with their mean gradient (scaled by `1/n` in the training step) and
+    /// the temperature moves once per step; quantization, batch norm and evaluation run on the
+    /// first device. The multibox loss is normalised by each device's positive boxes, so `n`
+    /// devices are not exactly one device with the whole batch.
+    ///
+    /// # Errors
+    /// As [`DetectQat::run`]; [`Error::Config`] for no device or a batch size that does not split
+    /// evenly.
+    pub fn run_on<B, M>(
+        &self,
+        model: M,
+        train: &DetectSet,
+        test: &DetectSet,
+        devices: &[B::Device],
+    ) -> Result<(M, DetectReport)>
+    where
+        B: QatBackend,
+        M: DetectTrainModel<B>,
+    {
         let cfg = &self.config;
         cfg.validate()?;
+        let Some(device) = devices.first() else {
+            return Err(Error::Config {
+                field: "devices",
+                reason: "needs at least one device".into(),
+            });
+        };
+        let n = devices.len();
+        if !cfg.batch_size.is_multiple_of(n) {
+            return Err(Error::Config {
+                field: "batch_size",
+                reason: format!(
+                    "{} images per step do not split evenly over {n} devices",
+                    cfg.batch_size
+                ),
+            });
+        }
         let kind = model.kind().ok_or_else(not_a_detector)?;
         for set in [train, test] {
             if set.classes.len() != model.classes() {
@@ -829,7 +870,7 @@ impl DetectQat {
         let policy = &cfg.policy;
         let quantized = !policy.is_float();
         let temps = Temperatures::default();
-        let steps = (train.len() * self.repeats).div_ceil(cfg.batch_size);
+        let steps = steps_on(train.len() * self.repeats, cfg.batch_size, n);
         let mut report = DetectReport {
             train_images: train.len(),
             test_images: test.len(),
@@ -852,7 +893,7 @@ impl DetectQat {
                 hook: TemperatureHook::new(),
             };
             let (trained, _) =
-                self.fit::<B, M>(model, phase, train, test, &priors, &temps, device)?;
+                self.fit::<B, M>(model, phase, train, test, &priors, &temps, devices)?;
             model = trained;
             let fp = evaluate_map(&model, test, eval_batch, device)?;
             let fit = evaluate_map(&model, train, eval_batch, device)?;
@@ -935,7 +976,7 @@ impl DetectQat {
             quantize::settle(&mut init);
             save(&init, &self.dir, "init")?;
         }
-        let hook = cfg.hook(&temps).over(cfg.epochs, steps);
+        let hook = cfg.hook(&temps).over(cfg.epochs, steps).ticked_by(n);
         let phase = Phase {
             name: if quantized { "quantized" } else { "train" },
             lr: cfg.main_lr(),
@@ -945,7 +986,7 @@ impl DetectQat {
         };
         let main_dir = phase.dir.clone();
         let (mut model, seconds) =
-            self.fit::<B, M>(model, phase, train, test, &priors, &temps, device)?;
+            self.fit::<B, M>(model, phase, train, test, &priors, &temps, devices)?;
         quantize::attach(&mut model, &temps);
         // The last step's temperatures, batch norm for the hard network, quantizers settled
         // (`train::finish`).
@@ -980,13 +1021,14 @@ impl DetectQat {
         test: &DetectSet,
         priors: &Arc<Vec<Prior>>,
         temps: &Temperatures,
-        device: &B::Device,
+        devices: &[B::Device],
     ) -> Result<(M, Vec<f64>)>
     where
         B: QatBackend,
         M: DetectTrainModel<B>,
     {
         let cfg = &self.config;
+        let n = devices.len().max(1);
         let kind = model.kind().ok_or_else(not_a_detector)?;
         let side = kind.image_size();
         let dir = phase
@@ -1001,7 +1043,7 @@ impl DetectQat {
         // One loader thread: the augmentation draws then come in the same order in every run.
         let train_loader: Arc<dyn DataLoader<B, DetectBatch<B>>> =
             DataLoaderBuilder::new(batcher.clone())
-                .batch_size(cfg.batch_size)
+                .batch_size(cfg.batch_size / n)
                 .shuffle(cfg.seed)
                 .num_workers(1)
                 .build(DetectReads::new(
@@ -1027,11 +1069,18 @@ impl DetectQat {
             .filter(|_| clip_in_wq.is_none())
             .map(GradientClippingConfig::Norm);
         let step = DetectStep::new(M::TrainModule::from_inner(model), priors.clone(), classes);
-        let mut model = QatStep::new(step).with_hook(phase.hook.clone());
+        // burn-train sums the devices' gradients; the optimizer gets their mean.
+        let mut model = QatStep::new(step)
+            .with_hook(phase.hook.clone())
+            .with_grad_scale(1.0 / n as f32);
         if let Some(max_norm) = clip_in_wq {
             model = model.with_clip_in_wq(max_norm);
         }
-        let steps = (train.len() * self.repeats).div_ceil(cfg.batch_size);
+        let steps = steps_on(train.len() * self.repeats, cfg.batch_size, n);
+        let strategy = match devices {
+            [device] => ExecutionStrategy::single(device.clone()),
+            _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
+        };
         macro_rules! launch {
             ($optimizer:expr) => {{
                 SupervisedTraining::new(dir.clone(), train_loader.clone(), valid_loader.clone())
@@ -1047,7 +1096,7 @@ impl DetectQat {
                     .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
                     .renderer(crate::qat::PlainRenderer::new(phase.name).quiet(self.quiet))
                     .num_epochs(phase.epochs)
-                    .with_training_strategy(ExecutionStrategy::single(device.clone()).into())
+                    .with_training_strategy(strategy.into())
                     .launch(Learner::new(
                         model,
                         GroupLr::new(
@@ -1081,6 +1130,16 @@ impl DetectQat {
         };
         Ok((trained, clock.seconds()))
     }
+}
+
+/// Optimizer steps per epoch of `len` samples in steps of `batch_size` split over `devices`:
+/// burn-train gives each device an equal share of the samples (the last one the remainder)
+/// and steps once per batch of each ([`crate::qat::QatData::steps_per_epoch_on`]).
+fn steps_on(len: usize, batch_size: usize, devices: usize) -> usize {
+    let devices = devices.max(1);
+    let per_device = (batch_size / devices).max(1);
+    let share = len / devices;
+    (len - share * (devices - 1)).div_ceil(per_device)
 }
 
 struct Phase<'a> {
