@@ -401,8 +401,8 @@ impl RunConfig {
             .map_err(anyhow::Error::msg)?;
         match (self.model.detector(), self.dataset) {
             (Some(_), Dataset::Voc) => {
-                if self.limit.is_some() || self.phase == TrainPhase::Acts {
-                    bail!("--limit and --phase acts are for classifiers, not detectors");
+                if self.limit.is_some() {
+                    bail!("--limit is for classifiers, not detectors");
                 }
                 if self.repeats == 0 {
                     bail!("--repeats must be at least 1");

@@ -1536,6 +1536,82 @@ fn a_detector_trains_on_two_devices() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `--phase acts` on a detector (from a quantized run, as for classifiers) trains only the
+/// activation quantizers: every weight quantizer's α and β stay those of the run it started
+/// from, the activation quantizers' α move.
+#[test]
+fn a_detector_trains_only_its_activation_quantizers_in_phase_acts() {
+    let _cpu = exclusive();
+    let root = std::env::temp_dir().join(format!("quantnet-ssd-acts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = fixtures().join("neon-trees");
+    let train = |name: &str, extra: &[&str]| {
+        let run = root.join(name);
+        let mut args = vec![
+            "train",
+            "--model",
+            "ssd-small",
+            "--dataset",
+            "voc",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--merge-classes",
+            "tree",
+            "--weights",
+            "2",
+            "--acts",
+            "4",
+            "--pretrain-epochs",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "2",
+            "--calibration-images",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = quantnet(&args);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        (text, summary["layers"].as_array().unwrap().clone())
+    };
+    let (_, joint) = train("joint", &[]);
+    let from = root.join("joint");
+    let (text, acts) = train(
+        "acts",
+        &["--from", from.to_str().unwrap(), "--phase", "acts"],
+    );
+    assert!(
+        text.contains("training only the 8 activation quantizer(s)"),
+        "{text}"
+    );
+    assert_eq!(joint.len(), acts.len());
+    let mut moved = 0;
+    for (a, b) in joint.iter().zip(&acts) {
+        assert_eq!(a["name"], b["name"]);
+        if a["kind"] == "activation" {
+            moved += usize::from(a["alpha"] != b["alpha"]);
+        } else {
+            assert_eq!(
+                (&a["alpha"], &a["beta"]),
+                (&b["alpha"], &b["beta"]),
+                "{}",
+                a["name"]
+            );
+        }
+    }
+    assert!(moved > 0, "no activation quantizer trained");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// Detectors clip where `--clip-in` says, as classifiers do: with ternary weights, `--clip-in wq`
 /// (the default: one norm over `∂ℓ/∂ŵ` and the other parameters, by the recipe's training step)
 /// and `--clip-in w` (the optimizer's per-tensor clipping) train different models from the same

@@ -38,7 +38,7 @@ use super::map::{Detection, GroundTruth, Interpolation, MapReport, mean_average_
 use super::ssd::{Ssd, SsdKind};
 use crate::error::{Error, Result};
 use crate::models::{ImageModel, Model, QatModel};
-use crate::qat::{ClipDomain, OptimizerKind, QatConfig};
+use crate::qat::{ClipDomain, OptimizerKind, QatConfig, TrainPhase};
 use crate::quantize::{self, Temperatures};
 use crate::train::{Pass, QatStep, QuantizerScales};
 
@@ -738,8 +738,9 @@ pub struct DetectReport {
 /// see soft weights), batch-norm re-estimation, `quant_lr_mult` and `quant_lr_group`, `clip` and
 /// `clip_in` (the `ŵ` domain by [`crate::train::QatStep`], as for classifiers, when weights are
 /// quantized) and the seed. Its quantize step and its end are [`crate::train::prepare`] and
-/// [`crate::train::finish`]; several devices train as classifiers do ([`DetectQat::run_on`]).
-/// Not (yet) for detectors: resuming and the activations-only phase.
+/// [`crate::train::finish`]; several devices train as classifiers do ([`DetectQat::run_on`]), and
+/// `phase` [`TrainPhase::Acts`] trains only the activation quantizers. Not (yet) for detectors:
+/// resuming.
 #[derive(Clone, Debug)]
 pub struct DetectQat {
     config: QatConfig,
@@ -891,6 +892,7 @@ impl DetectQat {
                 dir: self.dir.join("pretrain"),
                 epochs: cfg.pretrain_epochs,
                 hook: TemperatureHook::new(),
+                acts_only: false,
             };
             let (trained, _) =
                 self.fit::<B, M>(model, phase, train, test, &priors, &temps, devices)?;
@@ -983,6 +985,7 @@ impl DetectQat {
             dir: self.dir.join("train"),
             epochs: cfg.epochs,
             hook,
+            acts_only: cfg.phase == TrainPhase::Acts,
         };
         let main_dir = phase.dir.clone();
         let (mut model, seconds) =
@@ -1068,7 +1071,14 @@ impl DetectQat {
         let clipping = (cfg.clip)
             .filter(|_| clip_in_wq.is_none())
             .map(GradientClippingConfig::Norm);
-        let step = DetectStep::new(M::TrainModule::from_inner(model), priors.clone(), classes);
+        let mut model = M::TrainModule::from_inner(model);
+        if phase.acts_only {
+            let n = quantize::train_only_act_quantizers(&mut model);
+            self.say(format_args!(
+                "training only the {n} activation quantizer(s); everything else is fixed"
+            ));
+        }
+        let step = DetectStep::new(model, priors.clone(), classes);
         // burn-train sums the devices' gradients; the optimizer gets their mean.
         let mut model = QatStep::new(step)
             .with_hook(phase.hook.clone())
@@ -1148,6 +1158,8 @@ struct Phase<'a> {
     dir: PathBuf,
     epochs: usize,
     hook: TemperatureHook,
+    /// Train only the activation quantizers.
+    acts_only: bool,
 }
 
 /// The epoch values of metric `name` from burn-train's logs in `dir` (`epoch-N/NAME.log`, one
