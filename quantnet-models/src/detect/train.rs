@@ -13,9 +13,6 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module, Param};
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, SgdConfig};
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -38,7 +35,7 @@ use super::map::{Detection, GroundTruth, Interpolation, MapReport, mean_average_
 use super::ssd::{Ssd, SsdKind};
 use crate::error::{Error, Result};
 use crate::models::{ImageModel, Model, QatModel};
-use crate::qat::{ClipDomain, OptimizerKind, QatConfig, TrainPhase};
+use crate::qat::{ClipDomain, QatConfig, TrainPhase};
 use crate::quantize::{self, Temperatures};
 use crate::train::{Pass, QatStep, QuantizerScales};
 
@@ -824,22 +821,8 @@ impl DetectQat {
     {
         let cfg = &self.config;
         cfg.validate()?;
-        let Some(device) = devices.first() else {
-            return Err(Error::Config {
-                field: "devices",
-                reason: "needs at least one device".into(),
-            });
-        };
+        let device = crate::qat::split_over(cfg, devices)?;
         let n = devices.len();
-        if !cfg.batch_size.is_multiple_of(n) {
-            return Err(Error::Config {
-                field: "batch_size",
-                reason: format!(
-                    "{} images per step do not split evenly over {n} devices",
-                    cfg.batch_size
-                ),
-            });
-        }
         let kind = model.kind().ok_or_else(not_a_detector)?;
         for set in [train, test] {
             if set.classes.len() != model.classes() {
@@ -1121,23 +1104,7 @@ impl DetectQat {
                     .into_model()
             }};
         }
-        let decay =
-            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
-        let trained = match cfg.optimizer {
-            OptimizerKind::Sgd => launch!(
-                SgdConfig::new()
-                    .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
-                    .with_weight_decay(decay)
-                    .with_gradient_clipping(clipping)
-                    .init()
-            ),
-            OptimizerKind::Adam => launch!(
-                AdamConfig::new()
-                    .with_weight_decay(decay)
-                    .with_grad_clipping(clipping)
-                    .init()
-            ),
-        };
+        let trained = crate::qat::fit::with_optimizer!(cfg, clipping, launch);
         Ok((trained, clock.seconds()))
     }
 }

@@ -9,9 +9,6 @@ use std::time::Instant;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, ParamId};
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, SgdConfig};
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::backend::Backend;
 use burn::train::metric::store::EventStoreClient;
@@ -22,12 +19,40 @@ use burn::train::{
 use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
-use super::{ClipDomain, OptimizerKind, QatConfig, QatData, write_error};
+use super::{ClipDomain, QatConfig, QatData, write_error};
 use crate::data::{ImageBatch, ImageBatcher, Images, StreamLoader};
 use crate::error::{Error, Result};
 use crate::models::QatTrainModel;
 use crate::quantize::{self, Temperatures};
 use crate::train::{LayerMetric, MonitorOptions, Monitored, SoftHardGapMetric, layer_stats};
+
+/// `$launch!(optimizer)` with the optimizer `$cfg` names (`optimizer`, `weight_decay`) and the
+/// optimizer's own gradient clipping `$clipping`: the launch of a burn-train run is spelled once
+/// per optimizer type (the builder's type depends on it), by classifiers and detectors alike.
+macro_rules! with_optimizer {
+    ($cfg:expr, $clipping:expr, $launch:ident) => {{
+        let decay = ($cfg.weight_decay > 0.0)
+            .then(|| burn::optim::decay::WeightDecayConfig::new($cfg.weight_decay as f32));
+        match $cfg.optimizer {
+            $crate::qat::OptimizerKind::Sgd => $launch!(
+                burn::optim::SgdConfig::new()
+                    .with_momentum(Some(
+                        burn::optim::momentum::MomentumConfig::new().with_dampening(0.0)
+                    ))
+                    .with_weight_decay(decay)
+                    .with_gradient_clipping($clipping)
+                    .init()
+            ),
+            $crate::qat::OptimizerKind::Adam => $launch!(
+                burn::optim::AdamConfig::new()
+                    .with_weight_decay(decay)
+                    .with_grad_clipping($clipping)
+                    .init()
+            ),
+        }
+    }};
+}
+pub(crate) use with_optimizer;
 
 /// Wall time per epoch, taken at burn-train's per-epoch call (after validation).
 #[derive(Clone)]
@@ -273,22 +298,7 @@ where
                 .into_model()
         }};
     }
-    let decay = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
-    let trained = match cfg.optimizer {
-        OptimizerKind::Sgd => launch!(
-            SgdConfig::new()
-                .with_momentum(Some(MomentumConfig::new().with_dampening(0.0)))
-                .with_weight_decay(decay)
-                .with_gradient_clipping(clipping)
-                .init()
-        ),
-        OptimizerKind::Adam => launch!(
-            AdamConfig::new()
-                .with_weight_decay(decay)
-                .with_grad_clipping(clipping)
-                .init()
-        ),
-    };
+    let trained = with_optimizer!(cfg, clipping, launch);
     if start > 0 {
         renumber_logs(&phase.dir, start)?;
     }

@@ -473,22 +473,8 @@ impl Qat {
     {
         let cfg = &self.config;
         cfg.validate()?;
-        let Some(device) = devices.first() else {
-            return Err(Error::Config {
-                field: "devices",
-                reason: "needs at least one device".into(),
-            });
-        };
+        let device = split_over(cfg, devices)?;
         let n = devices.len();
-        if !cfg.batch_size.is_multiple_of(n) {
-            return Err(Error::Config {
-                field: "batch_size",
-                reason: format!(
-                    "{} images per step do not split evenly over {n} devices",
-                    cfg.batch_size
-                ),
-            });
-        }
         if data.train.is_empty() || data.test.is_empty() {
             return Err(Error::Config {
                 field: "data",
@@ -665,6 +651,29 @@ impl Qat {
         report.quantized = (w, a);
         Ok(model)
     }
+}
+
+/// The first of `devices` (where the model is built, quantized and evaluated), after checking
+/// that there is one and that `cfg.batch_size` splits evenly over them (every device runs the
+/// same share of each step).
+pub(crate) fn split_over<'a, D>(cfg: &QatConfig, devices: &'a [D]) -> Result<&'a D> {
+    let Some(device) = devices.first() else {
+        return Err(Error::Config {
+            field: "devices",
+            reason: "needs at least one device".into(),
+        });
+    };
+    let n = devices.len();
+    if !cfg.batch_size.is_multiple_of(n) {
+        return Err(Error::Config {
+            field: "batch_size",
+            reason: format!(
+                "{} images per step do not split evenly over {n} devices",
+                cfg.batch_size
+            ),
+        });
+    }
+    Ok(device)
 }
 
 /// The batch-norm passes of [`crate::train::prepare`] and [`crate::train::finish`] on images:
