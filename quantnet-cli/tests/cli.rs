@@ -1826,10 +1826,10 @@ fn detector_errors_are_one_clear_line() {
                 "ssd300",
                 "--dataset",
                 "voc",
-                "--devices",
-                "cpu,cpu",
+                "--limit",
+                "10",
             ],
-            "detectors train on one device",
+            "--limit is for classifiers, not detectors",
         ),
         (
             &["detect", "--from", "no-such-run", "no-such-image.png"],
