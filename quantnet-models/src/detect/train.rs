@@ -35,7 +35,7 @@ use super::map::{Detection, GroundTruth, Interpolation, MapReport, mean_average_
 use super::ssd::{Ssd, SsdKind};
 use crate::error::{Error, Result};
 use crate::models::{ImageModel, Model, QatModel};
-use crate::qat::{ClipDomain, QatConfig, TrainPhase};
+use crate::qat::{ClipDomain, QatConfig, Renderers, TrainPhase};
 use crate::quantize::{self, Temperatures};
 use crate::train::{Pass, QatStep, QuantizerScales};
 
@@ -744,6 +744,7 @@ pub struct DetectQat {
     dir: PathBuf,
     repeats: usize,
     quiet: bool,
+    renderers: Option<Renderers>,
 }
 
 impl DetectQat {
@@ -754,7 +755,15 @@ impl DetectQat {
             dir: dir.into(),
             repeats: 1,
             quiet: false,
+            renderers: None,
         }
+    }
+
+    /// Each training phase's progress goes to the renderer `renderers` makes for it (see
+    /// [`crate::qat::Qat::renderer`]).
+    pub fn renderer(mut self, renderers: Renderers) -> Self {
+        self.renderers = Some(renderers);
+        self
     }
 
     /// Each training image is read (with a new augmentation draw) `repeats` times per epoch:
@@ -1087,7 +1096,11 @@ impl DetectQat {
                     .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
                     .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
                     .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
-                    .renderer(crate::qat::PlainRenderer::new(phase.name).quiet(self.quiet))
+                    .renderer(Renderers::for_phase(
+                        self.renderers.as_ref(),
+                        phase.name,
+                        self.quiet,
+                    ))
                     .num_epochs(phase.epochs)
                     .with_training_strategy(strategy.into())
                     .launch(Learner::new(

@@ -19,7 +19,7 @@ use burn::train::{
 use quantnet_burn::QatBackend;
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
-use super::{ClipDomain, QatConfig, QatData, write_error};
+use super::{ClipDomain, QatConfig, QatData, Renderers, write_error};
 use crate::data::{ImageBatch, ImageBatcher, Images, StreamLoader};
 use crate::error::{Error, Result};
 use crate::models::QatTrainModel;
@@ -165,6 +165,13 @@ pub(crate) fn checkpoint_epochs(dir: &Path) -> Vec<usize> {
     epochs
 }
 
+/// Where a phase's progress goes: the user's renderers, else plain lines unless quiet.
+#[derive(Clone, Copy)]
+pub(crate) struct Progress<'a> {
+    pub(crate) quiet: bool,
+    pub(crate) renderers: Option<&'a Renderers>,
+}
+
 pub(crate) struct Phase<'a> {
     pub(crate) name: &'a str,
     pub(crate) lr: f64,
@@ -184,7 +191,7 @@ pub(crate) fn fit<B, M>(
     data: &QatData,
     temps: &Temperatures,
     devices: &[B::Device],
-    quiet: bool,
+    progress: Progress<'_>,
 ) -> Result<(M, Vec<f64>)>
 where
     B: QatBackend,
@@ -195,6 +202,7 @@ where
         .to_str()
         .ok_or_else(|| Error::Invalid("the run directory's path is not UTF-8".into()))?
         .to_string();
+    let quiet = progress.quiet;
     let clock = EpochClock::new();
     let start = phase.resume_from.unwrap_or(0);
     // Each device runs its share of a step's images (`Qat::run_on` checked the split).
@@ -272,7 +280,7 @@ where
             .metric_train_numeric(TemperatureMetric::new("Act temperature", &temps.acts))
             .with_file_checkpointer(BinFileRecorder::<FullPrecisionSettings>::new())
             .early_stopping(phase.hook.clone().with_early_stopping(clock.clone()))
-            .renderer(super::PlainRenderer::new(phase.name).quiet(quiet))
+            .renderer(Renderers::for_phase(progress.renderers, phase.name, quiet))
             .num_epochs(phase.epochs)
             .with_training_strategy(strategy.into());
             if monitor.soft_gap {

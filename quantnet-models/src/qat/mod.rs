@@ -76,7 +76,7 @@ use crate::models::{ImageModel, QatTrainModel};
 use crate::quantize::{self, QuantPolicy, Temperatures};
 use crate::train::{Pass, layer_stats};
 
-pub use progress::PlainRenderer;
+pub use progress::{PlainRenderer, Renderers};
 pub use report::{EpochReport, QatReport};
 
 /// `FromStr` and `Display` for a unit enum, in the snake-case words its serde form uses.
@@ -390,6 +390,7 @@ pub struct Qat {
     dir: PathBuf,
     resume: bool,
     quiet: bool,
+    renderers: Option<Renderers>,
 }
 
 impl Qat {
@@ -401,6 +402,7 @@ impl Qat {
             dir: dir.into(),
             resume: false,
             quiet: false,
+            renderers: None,
         }
     }
 
@@ -411,9 +413,24 @@ impl Qat {
         self
     }
 
+    /// Each training phase's progress goes to the renderer `renderers` makes for it (instead of
+    /// [`PlainRenderer`]'s lines): burn-train's TUI, a logger, a test's recorder. The recipe's
+    /// own lines (what it quantized, the accuracies) still follow [`Qat::quiet`].
+    pub fn renderer(mut self, renderers: Renderers) -> Self {
+        self.renderers = Some(renderers);
+        self
+    }
+
     fn say(&self, line: std::fmt::Arguments<'_>) {
         if !self.quiet {
             PlainRenderer::say(line);
+        }
+    }
+
+    fn progress(&self) -> fit::Progress<'_> {
+        fit::Progress {
+            quiet: self.quiet,
+            renderers: self.renderers.as_ref(),
         }
     }
 
@@ -520,7 +537,7 @@ impl Qat {
                     acts_only: false,
                 };
                 let (trained, _) =
-                    fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
+                    fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.progress())?;
                 model = trained;
                 let fp = crate::train::accuracy(
                     &model,
@@ -553,7 +570,7 @@ impl Qat {
             acts_only: cfg.phase == TrainPhase::Acts,
         };
         let (mut model, seconds) =
-            fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.quiet)?;
+            fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.progress())?;
         quantize::attach(&mut model, &temps);
         // The temperatures of the last step (the hook has already moved to the next epoch),
         // batch norm for the hard network (training gathered the statistics under soft

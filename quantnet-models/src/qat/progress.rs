@@ -148,3 +148,89 @@ impl MetricsRenderer for PlainRenderer {
         self.names.push((definition.metric_id, definition.name));
     }
 }
+
+/// Makes the progress renderer of a training phase from its name (`"pretrain"`, `"quantized"`,
+/// `"train"`): a user's replacement for [`PlainRenderer`] in [`super::Qat::renderer`] (and
+/// [`crate::detect::DetectQat::renderer`]), for instance burn-train's TUI or a logger.
+#[derive(Clone)]
+pub struct Renderers(std::sync::Arc<MakeRenderer>);
+
+/// What [`Renderers`] holds: a phase's name to its renderer.
+type MakeRenderer = dyn Fn(&str) -> Box<dyn MetricsRenderer> + Send + Sync;
+
+impl Renderers {
+    /// `make` builds each phase's renderer from the phase's name.
+    pub fn new(make: impl Fn(&str) -> Box<dyn MetricsRenderer> + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(make))
+    }
+
+    /// The renderer of `phase`: the user's when given, else [`PlainRenderer`] (silent when
+    /// `quiet`).
+    pub(crate) fn for_phase(made: Option<&Self>, phase: &str, quiet: bool) -> Boxed {
+        Boxed(match made {
+            Some(make) => (make.0)(phase),
+            None => Box::new(PlainRenderer::new(phase).quiet(quiet)),
+        })
+    }
+}
+
+impl std::fmt::Debug for Renderers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renderers(..)")
+    }
+}
+
+/// A boxed renderer handed to burn-train, which takes one by value.
+pub(crate) struct Boxed(Box<dyn MetricsRenderer>);
+
+impl MetricsRendererTraining for Boxed {
+    fn update_train(&mut self, state: MetricState) {
+        self.0.update_train(state);
+    }
+
+    fn update_valid(&mut self, state: MetricState) {
+        self.0.update_valid(state);
+    }
+
+    fn render_train(&mut self, item: TrainingProgress, progress: Vec<ProgressType>) {
+        self.0.render_train(item, progress);
+    }
+
+    fn render_valid(&mut self, item: TrainingProgress, progress: Vec<ProgressType>) {
+        self.0.render_valid(item, progress);
+    }
+
+    fn on_train_end(
+        &mut self,
+        summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn core::error::Error>> {
+        self.0.on_train_end(summary)
+    }
+}
+
+impl MetricsRendererEvaluation for Boxed {
+    fn update_test(&mut self, name: EvaluationName, state: MetricState) {
+        self.0.update_test(name, state);
+    }
+
+    fn render_test(&mut self, item: EvaluationProgress, progress: Vec<ProgressType>) {
+        self.0.render_test(item, progress);
+    }
+
+    fn on_test_end(
+        &mut self,
+        summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn core::error::Error>> {
+        self.0.on_test_end(summary)
+    }
+}
+
+impl MetricsRenderer for Boxed {
+    fn manual_close(&mut self) {
+        self.0.manual_close();
+    }
+
+    fn register_metric(&mut self, definition: burn::train::metric::MetricDefinition) {
+        self.0.register_metric(definition);
+    }
+}

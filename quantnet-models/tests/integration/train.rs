@@ -12,6 +12,7 @@
 //! fixed order the resumed run is bit-identical.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
@@ -271,6 +272,67 @@ impl<B: Backend> quantnet_models::models::ImageModel<B> for UserMlp<B> {
     }
 }
 
+/// A user's progress renderer that records which phase saw which updates.
+struct Recorder {
+    phase: String,
+    seen: Arc<Mutex<Vec<(String, &'static str)>>>,
+}
+
+impl Recorder {
+    fn note(&self, event: &'static str) {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.last() != Some(&(self.phase.clone(), event)) {
+            seen.push((self.phase.clone(), event));
+        }
+    }
+}
+
+impl burn::train::renderer::MetricsRendererTraining for Recorder {
+    fn update_train(&mut self, _: burn::train::renderer::MetricState) {
+        self.note("train");
+    }
+
+    fn update_valid(&mut self, _: burn::train::renderer::MetricState) {
+        self.note("valid");
+    }
+
+    fn render_train(
+        &mut self,
+        _: burn::train::renderer::TrainingProgress,
+        _: Vec<burn::train::renderer::ProgressType>,
+    ) {
+    }
+
+    fn render_valid(
+        &mut self,
+        _: burn::train::renderer::TrainingProgress,
+        _: Vec<burn::train::renderer::ProgressType>,
+    ) {
+    }
+}
+
+impl burn::train::renderer::MetricsRendererEvaluation for Recorder {
+    fn update_test(
+        &mut self,
+        _: burn::train::renderer::EvaluationName,
+        _: burn::train::renderer::MetricState,
+    ) {
+    }
+
+    fn render_test(
+        &mut self,
+        _: burn::train::renderer::EvaluationProgress,
+        _: Vec<burn::train::renderer::ProgressType>,
+    ) {
+    }
+}
+
+impl burn::train::renderer::MetricsRenderer for Recorder {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, _: burn::train::metric::MetricDefinition) {}
+}
+
 /// The library recipe on a model it has never seen: one full-precision epoch, then ternary
 /// weights (fc2 only: the first and last layer stay full precision) and 2-bit activations for
 /// two epochs on the MNIST fixture. The report says what happened, and the files are written.
@@ -288,9 +350,31 @@ fn the_library_recipe_quantizes_a_user_model() {
     let device = Default::default();
     B::seed(&device, 3);
     let model = UserMlp::<Inner>::new(&device);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = seen.clone();
     let (mut model, report) = Qat::new(config, &dir)
+        .renderer(quantnet_models::qat::Renderers::new(move |phase| {
+            Box::new(Recorder {
+                phase: phase.to_string(),
+                seen: recorder.clone(),
+            })
+        }))
         .run::<B, _>(model, &data, &device)
         .unwrap();
+    // Each phase's progress went to the user's renderer: training and validation updates of
+    // the pretraining and the quantized phase, in that order.
+    let seen = seen.lock().unwrap().clone();
+    let mut phases: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    phases.dedup();
+    assert_eq!(phases, ["pretrain", "quantized"], "{seen:?}");
+    for phase in phases {
+        for event in ["train", "valid"] {
+            assert!(
+                seen.contains(&(phase.to_string(), event)),
+                "{phase} {event}: {seen:?}"
+            );
+        }
+    }
     // Pretrained, then quantized: fc2 and both activation slots.
     let fp = report.full_precision_accuracy.unwrap();
     assert!(fp > 60.0, "{report:?}");
