@@ -9,7 +9,6 @@ use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use quantnet_burn::{QuantBackend, QuantMode};
 
-use super::clip::clipped_step;
 use super::{classify, hits};
 use crate::data::ImageBatch;
 use crate::models::ImageModel;
@@ -118,25 +117,17 @@ where
     type Output = ClassificationOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
-        if let Some(hook) = &self.hook {
-            hook.tick();
-        }
-        // A weight quantizer shared by several layers must be one tensor in the forward pass
-        // (a loaded checkpoint gives each layer its own copy): its gradient is then every
-        // layer's, found through the first copy, which is the model's own.
-        let model = quantnet_burn::tie_shared_params(self.model.clone());
-        let scale = self.options.grad_scale;
-        if let Some(max_norm) = self.options.clip_in_wq {
-            // `Monitored` adds no parameters: the model's gradients are the wrapper's.
-            return clipped_step(&model, batch, max_norm, scale).0;
-        }
-        let item = classify(&model, batch.images, batch.targets);
-        let grads = if scale == 1.0 {
-            item.loss.backward()
-        } else {
-            item.loss.clone().mul_scalar(scale).backward()
+        // The recipe's duties are `QatStep`'s; `Monitored` adds no parameters, so the model's
+        // gradients are the wrapper's.
+        let duties = super::step::Duties {
+            hook: self.hook.as_ref(),
+            clip_in_wq: self.options.clip_in_wq,
+            grad_scale: self.options.grad_scale,
         };
-        TrainOutput::new(self, grads, item)
+        duties.step(&self.model, |m: &M| {
+            let item = classify(m, batch.images, batch.targets);
+            TrainOutput::new(m, item.loss.backward(), item)
+        })
     }
 }
 

@@ -92,19 +92,47 @@ where
     type Output = M::Output;
 
     fn step(&self, item: M::Input) -> TrainOutput<M::Output> {
-        if let Some(hook) = &self.hook {
+        let duties = Duties {
+            hook: self.hook.as_ref(),
+            clip_in_wq: self.clip_in_wq,
+            grad_scale: self.grad_scale,
+        };
+        duties.step(&self.model, |m: &M| m.step(item))
+    }
+}
+
+/// The recipe's duties around a training step, shared by [`QatStep`] (any model's own step)
+/// and [`super::Monitored`] (the whole recipe's classification step): tick the hook, tie shared
+/// parameters, run `step` (on a copy with `ŵ` leaves when clipping in the `ŵ` domain), scale
+/// the gradients.
+pub(crate) struct Duties<'a> {
+    pub(crate) hook: Option<&'a TemperatureHook>,
+    pub(crate) clip_in_wq: Option<f32>,
+    pub(crate) grad_scale: f32,
+}
+
+impl Duties<'_> {
+    pub(crate) fn step<B, M, O>(
+        &self,
+        model: &M,
+        step: impl FnOnce(&M) -> TrainOutput<O>,
+    ) -> TrainOutput<O>
+    where
+        B: AutodiffBackend + QuantBackend,
+        M: AutodiffModule<B> + QatModel<B>,
+    {
+        if let Some(hook) = self.hook {
             hook.tick();
         }
         // A parameter shared by several layers must be one tensor in the forward pass (a
         // loaded checkpoint gives each place its own copy): its gradient is then every place's,
         // found through the first, which keeps the model's id. `GroupLr` ties them again after
         // the optimizer's step.
-        let model = quantnet_burn::tie_shared_params(self.model.clone());
+        let model = quantnet_burn::tie_shared_params(model.clone());
         if let Some(max_norm) = self.clip_in_wq {
-            let step = |shadow: &M| shadow.step(item);
             return super::clip::clipped_step_by(&model, max_norm, self.grad_scale, step).0;
         }
-        let mut out = model.step(item);
+        let mut out = step(&model);
         if self.grad_scale != 1.0 {
             out.grads = super::clip::scale_grads(&model, out.grads, self.grad_scale);
         }
