@@ -13,6 +13,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A value written as text (a flag, a config field) that does not parse: every text parser of
+    /// the workspace reports ``"`TEXT`: what was expected"``.
+    #[error("`{text}`: {expected}")]
+    Parse {
+        /// The text as the caller wrote it.
+        text: String,
+        /// What was expected instead (or what is wrong with it).
+        expected: String,
+    },
     /// A quantizer parameter is out of its domain (a non-finite or non-positive temperature, a
     /// threshold count that does not match the level set, ...).
     #[error("invalid quantizer parameter `{name}` = {value}: {reason}")]
@@ -27,6 +36,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Parse`]: `text` is not one of `expected`.
+    pub(crate) fn parse(text: &str, expected: impl Into<String>) -> Self {
+        Self::Parse {
+            text: text.to_string(),
+            expected: expected.into(),
+        }
+    }
+
     /// [`Error::InvalidParameter`]: `value` of `name` is outside `reason`'s domain.
     pub(crate) fn invalid(name: &'static str, value: &str, reason: &str) -> Self {
         Self::InvalidParameter {

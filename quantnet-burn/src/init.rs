@@ -40,11 +40,7 @@ impl std::str::FromStr for ThresholdInit {
         match text.trim() {
             "kmeans" => Ok(Self::KMeans),
             "uniform" => Ok(Self::Uniform),
-            other => Err(crate::Error::invalid(
-                "threshold initialisation",
-                other,
-                "expected kmeans or uniform",
-            )),
+            other => Err(crate::Error::parse(other, "expected kmeans or uniform")),
         }
     }
 }

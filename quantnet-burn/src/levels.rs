@@ -240,9 +240,19 @@ fn format_list(values: &[f32]) -> String {
 impl FromStr for LevelSet {
     type Err = Error;
 
-    /// Parses a name (`1`, `2`, `3pm2`, `3pm4`, `5`, `uN`, `sN`) or a comma-separated list.
+    /// Parses a name (`1`, `2`, `3pm2`, `3pm4`, `5`, `uN`, `sN`) or a comma-separated list; any
+    /// error is an [`Error::Parse`] of the text.
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
+        Self::parse_text(s).map_err(|e| match e {
+            Error::InvalidLevels { reason, .. } => Error::parse(s, reason),
+            other => other,
+        })
+    }
+}
+
+impl LevelSet {
+    fn parse_text(s: &str) -> Result<Self> {
         let unknown = |reason: &str| Error::InvalidLevels {
             levels: s.to_string(),
             reason: reason.to_string(),
@@ -275,7 +285,7 @@ impl FromStr for LevelSet {
             }
         }
         Err(unknown(
-            "unknown level set; use 1, 2, 3pm2, 3pm4, 5, uN, sN or a list like -1,0,1",
+            "expected a level set: 1, 2, 3pm2, 3pm4, 5, uN, sN or a list like -1,0,1",
         ))
     }
 }
@@ -388,7 +398,13 @@ mod tests {
             err("1,1,2")
         );
         assert!(err("2,1").contains("sorted"));
-        assert!(err("3").contains("unknown level set"));
+        // The text parsers' one convention: "`TEXT`: what was expected".
+        assert!(
+            err("3").starts_with("`3`: expected a level set"),
+            "{}",
+            err("3")
+        );
+        assert!(err("u0").starts_with("`u0`: "), "{}", err("u0"));
         assert!(err("u0").contains("between 1 and 8, got 0"));
         assert!(err("u9").contains("got 9"));
         assert!(err("s1").contains("between 2 and 8"));

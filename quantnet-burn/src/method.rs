@@ -173,10 +173,9 @@ impl FromStr for Method {
             .into_iter()
             .find(|m| m.name() == s)
             .ok_or_else(|| {
-                Error::invalid(
-                    "method",
+                Error::parse(
                     s,
-                    "one of qn, ste, bwn, twn, lsq, pact, dsq (docs/methods.md)",
+                    "expected qn, ste, bwn, twn, lsq, pact or dsq (docs/methods.md)",
                 )
             })
     }

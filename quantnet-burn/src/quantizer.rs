@@ -274,11 +274,7 @@ impl std::str::FromStr for Granularity {
             "tensor" => Ok(Granularity::Tensor),
             "channel" => Ok(Granularity::Channel),
             "shared" => Ok(Granularity::Shared),
-            _ => Err(Error::InvalidParameter {
-                name: "granularity",
-                value: s.into(),
-                reason: "expected `tensor`, `channel` or `shared`".into(),
-            }),
+            _ => Err(Error::parse(s, "expected tensor, channel or shared")),
         }
     }
 }

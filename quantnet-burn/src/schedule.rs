@@ -207,13 +207,14 @@ impl std::str::FromStr for TemperatureSchedule {
     /// `linear:T0`, `exp:T0,GROWTH`, `const:T` or `anneal:T0,TEND`, optionally followed by
     /// `,cap=C`; for example `linear:5,cap=2000`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::InvalidParameter {
-            name: "temperature schedule",
-            value: s.to_string(),
-            reason: format!(
-                "{reason}; expected linear:T0, exp:T0,GROWTH, const:T or anneal:T0,TEND, optionally \
-                 with ,cap=C"
-            ),
+        let bad = |reason: &str| {
+            Error::parse(
+                s,
+                format!(
+                    "{reason}; expected linear:T0, exp:T0,GROWTH, const:T or anneal:T0,TEND, \
+                     optionally with ,cap=C"
+                ),
+            )
         };
         let (kind, rest) = s.split_once(':').ok_or_else(|| bad("no `kind:`"))?;
         let mut numbers = Vec::new();
@@ -237,7 +238,12 @@ impl std::str::FromStr for TemperatureSchedule {
             _ => return Err(bad("unknown kind or wrong number of values")),
         };
         let schedule = Self { kind, cap };
-        schedule.validate()?;
+        schedule.validate().map_err(|e| match e {
+            Error::InvalidParameter { name, reason, .. } => {
+                Error::parse(s, format!("{name} {reason}"))
+            }
+            other => other,
+        })?;
         Ok(schedule)
     }
 }

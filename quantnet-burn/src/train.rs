@@ -411,11 +411,7 @@ impl std::str::FromStr for LrSchedule {
     type Err = crate::Error;
 
     fn from_str(text: &str) -> crate::error::Result<Self> {
-        let bad = |reason: &str| crate::Error::InvalidParameter {
-            name: "learning-rate schedule",
-            value: text.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| crate::Error::parse(text, reason);
         match text.trim() {
             "const" => Ok(Self::Constant),
             "cosine" => Ok(Self::Cosine),

@@ -72,21 +72,18 @@ impl<const ACTS: bool> FromStr for Precision<ACTS> {
 
 impl<const ACTS: bool> Precision<ACTS> {
     fn parse(text: &str) -> Result<Self> {
-        let flag = if ACTS { "--acts" } else { "--weights" };
         let trimmed = text.trim();
         let levels = if matches!(trimmed, "fp" | "32" | "float") {
             None
         } else if let (true, Ok(bits)) = (ACTS, trimmed.parse::<u32>()) {
-            Some(
-                LevelSet::unsigned(bits)
-                    .with_context(|| format!("{flag} {trimmed}: not a valid bit count"))?,
-            )
+            Some(LevelSet::unsigned(bits).map_err(|e| match e {
+                quantnet_burn::Error::InvalidLevels { reason, .. } => {
+                    anyhow::anyhow!("`{trimmed}`: {reason}")
+                }
+                other => other.into(),
+            })?)
         } else {
-            Some(
-                trimmed
-                    .parse::<LevelSet>()
-                    .with_context(|| format!("{flag} {trimmed}"))?,
-            )
+            Some(trimmed.parse::<LevelSet>()?)
         };
         Ok(Self {
             text: trimmed.to_string(),

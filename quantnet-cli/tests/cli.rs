@@ -1252,16 +1252,28 @@ fn train_errors_are_one_clear_line() {
     assert!(!std::path::Path::new("/tmp/quantnet-never").exists());
     // Flag values that do not parse: clap's usage error (exit 2), with our message.
     for (args, expected) in [
-        (&["train", "--model", "vgg"][..], "unknown model `vgg`"),
-        (&["train", "--weights", "7"], "--weights 7"),
+        // Every text parser says "`TEXT`: what was expected".
+        (&["train", "--model", "vgg"][..], "`vgg`: expected lenet5,"),
+        (&["train", "--weights", "7"], "`7`: expected a level set"),
         (&["train", "--phase", "both"], "expected joint or acts"),
-        (&["train", "--acts", "u0"], "--acts u0"),
-        (&["train", "--temperature", "linear:-1"], "temperature"),
-        (&["train", "--gradient", "soft"], "expected exact, official"),
+        (
+            &["train", "--acts", "u0"],
+            "`u0`: the bit width must be between 1 and 8",
+        ),
+        (
+            &["train", "--temperature", "linear:-1"],
+            "`linear:-1`: t0 must be finite and greater than 0",
+        ),
+        (
+            &["train", "--gradient", "soft"],
+            "`soft`: expected exact, official",
+        ),
         (
             &["train", "--granularity", "row"],
-            "expected `tensor`, `channel` or `shared`",
+            "`row`: expected tensor, channel or shared",
         ),
+        (&["train", "--method", "xnor"], "`xnor`: expected qn, ste"),
+        (&["train", "--dataset", "svhn"], "`svhn`: expected mnist,"),
         (
             &["train", "--devices", "cpu,cuda:0"],
             "the list mixes backends (cpu and cuda): one backend per run",

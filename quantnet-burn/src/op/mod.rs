@@ -94,8 +94,7 @@ impl std::str::FromStr for GradientMode {
             "official" => Ok(Self::official()),
             other => match other.strip_prefix("official:").map(str::parse::<f32>) {
                 Some(Ok(cap)) if cap.is_finite() && cap > 0.0 => Ok(Self::Official { cap }),
-                _ => Err(crate::Error::invalid(
-                    "gradient",
+                _ => Err(crate::Error::parse(
                     other,
                     "expected exact, official or official:CAP (CAP > 0)",
                 )),

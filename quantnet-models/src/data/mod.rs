@@ -190,9 +190,7 @@ impl FromStr for Dataset {
             .into_iter()
             .find(|d| d.name() == s)
             .ok_or_else(|| {
-                format!(
-                    "unknown data set `{s}` (expected mnist, fashion-mnist, cifar10, imagenet or voc)"
-                )
+                format!("`{s}`: expected mnist, fashion-mnist, cifar10, imagenet or voc")
             })
     }
 }

@@ -167,7 +167,7 @@ impl FromStr for Arch {
             .find(|a| a.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
-                format!("unknown model `{s}` (expected one of {})", names.join(", "))
+                format!("`{s}`: expected {}", names.join(", "))
             })
     }
 }
