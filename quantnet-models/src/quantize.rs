@@ -626,6 +626,15 @@ pub fn check_levels<B: Backend, M: QatModel<B>>(model: &mut M) -> Result<()> {
 /// average with momentum 0.1, so the statistics from before weigh `0.9^200 ≈ 7e-10` after them.
 pub const BN_REESTIMATION_BATCHES: usize = 200;
 
+/// The examples of the batch-norm passes, in order: [`BN_REESTIMATION_BATCHES`] batches of
+/// `batch_size` from a seeded shuffle of `0..len` (in a random order, so that batches of
+/// class-sorted folders mix classes), cycled through when `len` is smaller.
+pub(crate) fn bn_order(len: usize, batch_size: usize, seed: u64) -> Vec<usize> {
+    let wanted = BN_REESTIMATION_BATCHES * batch_size;
+    let sample = crate::data::shuffled_indices(len, wanted.min(len), seed);
+    sample.into_iter().cycle().take(wanted).collect()
+}
+
 /// Re-estimates every batch-norm layer's running statistics for the network as it computes
 /// now, e.g. with its weights hard-quantized (statistics gathered while training saw soft
 /// weights, or full-precision ones, do not fit the hard network). Runs `batches` through the

@@ -707,11 +707,7 @@ fn bn_pass<'a, B: QatBackend, M: QatTrainModel<B>>(
     impl FnMut(&M::TrainModule, Tensor<B::InnerBackend, 4>),
 > {
     let batch_size = cfg.batch_size;
-    let wanted = quantize::BN_REESTIMATION_BATCHES * batch_size;
-    // In a random order: batches of class-sorted folders must mix classes.
-    let sample =
-        crate::data::shuffled_indices(data.train.len(), wanted.min(data.train.len()), cfg.seed);
-    let order: Vec<usize> = sample.iter().copied().cycle().take(wanted).collect();
+    let order = quantize::bn_order(data.train.len(), batch_size, cfg.seed);
     let batches = (0..order.len() / batch_size).map(move |b| {
         let items = order[b * batch_size..(b + 1) * batch_size]
             .iter()

@@ -98,23 +98,7 @@ where
     B: AutodiffBackend + QuantBackend,
     M: ImageModel<B> + burn::module::AutodiffModule<B>,
 {
-    clipped_step(model, batch, max_norm, 1.0)
-}
-
-/// [`step_clipped_in_wq`] with every gradient also multiplied by `grad_scale` after the clip
-/// (one device's share of a multi-device step: each device's gradient is clipped, then they
-/// are averaged).
-pub(crate) fn clipped_step<B, M>(
-    model: &M,
-    batch: ImageBatch<B>,
-    max_norm: f32,
-    grad_scale: f32,
-) -> (TrainOutput<ClassificationOutput<B>>, f32)
-where
-    B: AutodiffBackend + QuantBackend,
-    M: ImageModel<B> + burn::module::AutodiffModule<B>,
-{
-    clipped_step_by(model, max_norm, grad_scale, |shadow: &M| {
+    clipped_step_by(model, max_norm, 1.0, |shadow: &M| {
         let item = classify(shadow, batch.images, batch.targets);
         TrainOutput::new(shadow, item.loss.backward(), item)
     })

@@ -20,11 +20,11 @@ use quantnet_burn::train::{GroupLr, ParamGroup, RunLr, TemperatureHook, Temperat
 
 use super::parts::{self, Pass};
 use super::step::{QatStep, quantizer_scale_ids};
-use crate::data::{sample_indices, shuffled_indices};
+use crate::data::sample_indices;
 use crate::error::Result;
 use crate::models::QatModel;
 use crate::qat::{CalibrationWeights, ClipDomain, QatConfig, QuantLrGroup};
-use crate::quantize::{BN_REESTIMATION_BATCHES, Temperatures};
+use crate::quantize::{BN_REESTIMATION_BATCHES, Temperatures, bn_order};
 
 /// One quantized training run's recipe in a user's own burn-train setup, for any model (a
 /// [`QatModel`] with the user's [`TrainStep`] and [`InferenceStep`]) and any data (a [`Dataset`]
@@ -206,19 +206,9 @@ impl Recipe {
                 Batcher::<B::InnerBackend, I, M::Input>::batch(batcher, items, device),
             )
         });
-        let bn_batches = if parts::reestimates(config, &model) {
-            BN_REESTIMATION_BATCHES
-        } else {
-            0
-        };
-        let order = self.bn_order(dataset.len());
-        let bn = (0..bn_batches).map(|b| {
-            let size = config.batch_size;
-            let items: Vec<I> = (order[b * size..(b + 1) * size].iter())
-                .filter_map(|&i| dataset.get(i))
-                .collect();
-            Batcher::<B, I, <M::TrainModule as InferenceStep>::Input>::batch(batcher, items, device)
-        });
+        let bn_batches = self.bn_batches_run(&model);
+        let bn = self
+            .bn_batches::<B, I, <M::TrainModule as InferenceStep>::Input>(dataset, batcher, device);
         let (model, (weights, acts)) = parts::prepare::<B, M, _, _, _, _>(
             model,
             config,
@@ -246,12 +236,31 @@ impl Recipe {
         ))
     }
 
-    /// The batch-norm passes' example order: a seeded shuffle, cycled to fill
-    /// [`BN_REESTIMATION_BATCHES`] batches.
-    fn bn_order(&self, len: usize) -> Vec<usize> {
-        let wanted = BN_REESTIMATION_BATCHES * self.config.batch_size;
-        let sample = shuffled_indices(len, wanted.min(len), self.config.seed);
-        sample.into_iter().cycle().take(wanted).collect()
+    /// The batch-norm passes' batches ([`crate::quantize`]'s order over `dataset`), made as the
+    /// pass takes them: none is made when the pass does not run.
+    fn bn_batches<'a, B: Backend, I, X>(
+        &self,
+        dataset: &'a impl Dataset<I>,
+        batcher: &'a impl Batcher<B, I, X>,
+        device: &'a B::Device,
+    ) -> impl Iterator<Item = X> + 'a {
+        let size = self.config.batch_size;
+        let order = bn_order(dataset.len(), size, self.config.seed);
+        (0..BN_REESTIMATION_BATCHES).map(move |b| {
+            let items: Vec<I> = (order[b * size..(b + 1) * size].iter())
+                .filter_map(|&i| dataset.get(i))
+                .collect();
+            batcher.batch(items, device)
+        })
+    }
+
+    /// How many batches the batch-norm passes run on `model` (0: they do not).
+    fn bn_batches_run<B: Backend, M: burn::module::Module<B>>(&self, model: &M) -> usize {
+        if parts::reestimates(&self.config, model) {
+            BN_REESTIMATION_BATCHES
+        } else {
+            0
+        }
     }
 
     /// The model (from [`Recipe::prepare`], on the inner backend) as the `Learner`'s model: on
@@ -329,19 +338,8 @@ impl Recipe {
             self.hook.steps_ticked(),
             self.config.epochs * self.steps_per_epoch,
         );
-        let batch_norm_batches = if parts::reestimates(&self.config, &model) {
-            BN_REESTIMATION_BATCHES
-        } else {
-            0
-        };
-        let order = self.bn_order(dataset.len());
-        let size = self.config.batch_size;
-        let bn = (0..BN_REESTIMATION_BATCHES).map(|b| {
-            let items: Vec<I> = (order[b * size..(b + 1) * size].iter())
-                .filter_map(|&i| dataset.get(i))
-                .collect();
-            batcher.batch(items, device)
-        });
+        let batch_norm_batches = self.bn_batches_run(&model);
+        let bn = self.bn_batches(dataset, batcher, device);
         let model = parts::finish::<B, M, _, _>(
             model,
             &self.config,
