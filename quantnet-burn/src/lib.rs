@@ -49,6 +49,7 @@
 #![warn(clippy::print_stdout, clippy::unwrap_used)]
 
 pub mod bench;
+pub mod collective;
 pub mod error;
 pub mod init;
 pub mod levels;
