@@ -40,6 +40,12 @@ pub trait Collective: Send + Sync {
     fn all_gather(&self, value: u64) -> Vec<u64>;
 }
 
+impl std::fmt::Debug for dyn Collective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.rank(), self.size())
+    }
+}
+
 /// What [`AllReduced`] sent: steps, bytes per step, seconds spent in the all-reduce.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AllReduceStats {
@@ -57,7 +63,7 @@ pub struct AllReduceStats {
 /// An optimizer that steps with the mean of the ranks' gradients: see the [module](self) docs.
 pub struct AllReduced<O> {
     inner: O,
-    group: Arc<dyn Collective>,
+    group: Option<Arc<dyn Collective>>,
     stats: Arc<Mutex<AllReduceStats>>,
 }
 
@@ -74,6 +80,11 @@ impl<O: Clone> Clone for AllReduced<O> {
 impl<O> AllReduced<O> {
     /// `inner`, stepping with the mean gradient over `group`'s ranks.
     pub fn new(inner: O, group: Arc<dyn Collective>) -> Self {
+        Self::over(inner, Some(group))
+    }
+
+    /// `inner` over `group` if there is one; without, `inner` as it is (one process).
+    pub fn over(inner: O, group: Option<Arc<dyn Collective>>) -> Self {
         Self {
             inner,
             group,
@@ -96,15 +107,21 @@ where
     type Record = O::Record;
 
     fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
-        let grads = mean_gradients::<B, M>(&module, grads, &*self.group, &self.stats);
+        let grads = match &self.group {
+            Some(group) => mean_gradients::<B, M>(&module, grads, &**group, &self.stats),
+            None => grads,
+        };
         self.inner.step(lr, module, grads)
     }
 
     fn step_multi(&mut self, lr: f64, module: M, grads: MultiGradientsParams) -> M {
         // burn-train's sharded strategy (not used by quantnet) keeps gradients on several
         // devices; averaging them over ranks would need one buffer per device.
-        let _ = (lr, &module, &grads);
-        panic!("AllReduced: the sharded multi-device strategy is not supported")
+        assert!(
+            self.group.is_none(),
+            "AllReduced: burn-train's sharded multi-device strategy is not supported over ranks"
+        );
+        self.inner.step_multi(lr, module, grads)
     }
 
     fn to_record(&self) -> Self::Record {
@@ -352,7 +369,8 @@ impl Collective for LocalGroup {
     }
 }
 
-#[cfg(all(test, feature = "flex"))]
+#[cfg(test)]
+#[cfg(feature = "flex")]
 mod tests {
     use super::*;
     use crate::testing::TestAutodiffBackend as AB;

@@ -573,6 +573,20 @@ pub(crate) struct TrainArgs {
     /// Where it runs.
     #[command(flatten)]
     pub(crate) target: DeviceArgs,
+    /// Train as one process of a job over several processes or machines, started by the
+    /// launcher: `mpirun -np N quantnet train --distributed mpi --out DIR ...` (or `srun`).
+    /// Each step's batch is split over the processes and every process steps with the mean
+    /// gradient; rank 0 writes DIR, rank R > 0 keeps its checkpoints in DIR/ranks/R. Needs a
+    /// quantnet built with `--features mpi` (docs/distributed.md).
+    #[arg(long, value_enum)]
+    pub(crate) distributed: Option<Distributed>,
+}
+
+/// How the processes of a job talk (`--distributed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Distributed {
+    /// MPI (Open MPI, MPICH): one process per rank, started by `mpirun` or `srun`.
+    Mpi,
 }
 
 /// `--backend` or `--devices`: where `train` and `eval` run.

@@ -44,6 +44,8 @@
 pub mod bench;
 pub mod data;
 pub mod detect;
+#[cfg(feature = "mpi")]
+pub mod dist;
 pub mod error;
 pub mod export;
 pub mod models;

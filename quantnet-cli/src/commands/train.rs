@@ -4,6 +4,7 @@
 //! burn-train's logs and checkpoints).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
@@ -12,13 +13,14 @@ use quantnet_models::qat::{Qat, QatData};
 use quantnet_models::quantize::{self, Temperatures};
 
 use quantnet_burn::QatBackend;
+use quantnet_burn::collective::Collective;
 
 use crate::backend::{DeviceList, WithBackend, dispatch};
-use crate::cli::TrainArgs;
+use crate::cli::{Distributed, TrainArgs};
 use crate::run::{RunConfig, Summary, load_run};
 
 /// The data set of `cfg` from `dir`, checked against the model's input, `--limit` applied.
-fn load_data(cfg: &RunConfig, dir: &Path) -> Result<QatData> {
+fn load_data(cfg: &RunConfig, dir: &Path, lead: bool) -> Result<QatData> {
     let data = QatData::load(cfg.dataset, dir, cfg.seed)?;
     let (b, expected) = (data.batcher, cfg.dataset.input());
     if (b.channels, b.rows, b.cols) != (expected.channels, expected.height, expected.width) {
@@ -37,6 +39,9 @@ fn load_data(cfg: &RunConfig, dir: &Path) -> Result<QatData> {
         Some(limit) => data.limit_train(limit, cfg.seed),
         None => data,
     };
+    if !lead {
+        return Ok(data);
+    }
     println!(
         "{} from {}: {} training images, {} test images{}",
         cfg.dataset,
@@ -58,6 +63,8 @@ struct TrainJob {
     out: PathBuf,
     resume: bool,
     devices: DeviceList,
+    /// The processes this run trains over (`--distributed`).
+    group: Option<Arc<dyn Collective>>,
 }
 
 impl WithBackend for TrainJob {
@@ -74,10 +81,12 @@ impl WithBackend for TrainJob {
             out,
             resume,
             devices: list,
+            group,
         } = self;
+        let lead = group.as_ref().is_none_or(|g| g.rank() == 0);
         let device = devices.first().context("no device")?.clone();
         let recipe = cfg.recipe()?;
-        let data = load_data(&cfg, &data_dir)?;
+        let data = load_data(&cfg, &data_dir, lead)?;
         B::seed(&device, cfg.seed);
         let model = match (&cfg.from, resume) {
             (Some(from), false) => {
@@ -98,20 +107,24 @@ impl WithBackend for TrainJob {
                         cfg.dataset
                     );
                 }
-                println!(
-                    "starting from {} ({})",
-                    from.display(),
-                    from_cfg.precision_tag()
-                );
+                if lead {
+                    println!(
+                        "starting from {} ({})",
+                        from.display(),
+                        from_cfg.precision_tag()
+                    );
+                }
                 model
             }
             _ => Model::new(cfg.model, cfg.dataset.input(), &device),
         };
         let policy = &recipe.policy;
         let quantized = !policy.is_float();
-        let (_, report) = Qat::new(recipe.clone(), &out)
-            .resume(resume)
-            .run_on::<B, _>(model, &data, &devices)?;
+        let mut qat = Qat::new(recipe.clone(), &out).resume(resume).quiet(!lead);
+        if let Some(group) = group {
+            qat = qat.distributed(group);
+        }
+        let (_, report) = qat.run_on::<B, _>(model, &data, &devices)?;
         let summary = Summary {
             model: cfg.model.to_string(),
             dataset: cfg.dataset.to_string(),
@@ -156,16 +169,108 @@ fn default_out(cfg: &RunConfig) -> PathBuf {
 }
 
 pub(crate) fn run(args: TrainArgs) -> Result<()> {
+    match args.distributed {
+        None => run_as(args, None),
+        Some(Distributed::Mpi) => run_mpi(args),
+    }
+}
+
+/// One rank of an MPI job: a rank that fails ends the whole job (`MPI_Abort`) after its one
+/// line, so that no other rank waits for it.
+#[cfg(feature = "mpi")]
+fn run_mpi(args: TrainArgs) -> Result<()> {
+    use quantnet_burn::collective::Collective;
+    let mpi = std::sync::Arc::new(quantnet_models::dist::Mpi::init()?);
+    let rank = mpi.rank();
+    match run_as(args, Some(mpi.clone())) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            eprintln!("error: rank {rank}: {err:#}");
+            mpi.abort(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(_: TrainArgs) -> Result<()> {
+    bail!(
+        "--distributed mpi: this quantnet was built without MPI; build it with `--features mpi` \
+         (an MPI implementation and libclang: Debian's openmpi-bin libopenmpi-dev libclang-dev)"
+    )
+}
+
+/// Where rank `rank` of a run in `out` keeps its files: `out` for rank 0, `out/ranks/R`.
+fn rank_dir(out: &Path, rank: usize) -> PathBuf {
+    if rank == 0 {
+        out.to_path_buf()
+    } else {
+        out.join("ranks").join(rank.to_string())
+    }
+}
+
+/// How a run was launched (`launch.json`): a resumed run must be launched the same way, or
+/// its data split and step would change.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Launch {
+    ranks: usize,
+    devices: Vec<String>,
+}
+
+impl Launch {
+    fn describe(&self) -> String {
+        format!(
+            "{} process(es) × devices {}",
+            self.ranks,
+            self.devices.join(",")
+        )
+    }
+
+    /// Refuses to resume `dir` with another launch than the one that started it (runs from
+    /// before `launch.json` was written are not checked).
+    fn check_resume(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("launch.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let started: Launch = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a launch record", path.display()))?;
+        if &started != self {
+            bail!(
+                "--resume {}: the run was started on {}, not {}: resume it as it was started",
+                dir.display(),
+                started.describe(),
+                self.describe()
+            );
+        }
+        Ok(())
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).context("serialising the launch")?;
+        crate::run::write_atomic(&dir.join("launch.json"), text.as_bytes())
+    }
+}
+
+fn run_as(args: TrainArgs, group: Option<Arc<dyn Collective>>) -> Result<()> {
+    let rank = group.as_ref().map_or(0, |g| g.rank());
+    let lead = rank == 0;
     let (cfg, out, resume) = match &args.resume {
         Some(dir) => {
+            let dir = rank_dir(dir, rank);
             let cfg = RunConfig::read(&dir.join("config.toml")).with_context(|| {
                 format!("--resume {}: not a quantnet run directory", dir.display())
             })?;
-            (cfg, dir.clone(), true)
+            (cfg, dir, true)
         }
         None => {
             let cfg = args.config()?;
-            let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+            let out = match (&args.out, &group) {
+                (Some(out), _) => rank_dir(out, rank),
+                (None, None) => default_out(&cfg),
+                (None, Some(_)) => {
+                    bail!("--distributed needs --out: every process must name the same run")
+                }
+            };
             if out.join("config.toml").exists() {
                 bail!(
                     "{} already holds a run; pass --resume {} to continue it or another --out",
@@ -186,6 +291,13 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
             cfg.batch_size
         );
     }
+    let launch = Launch {
+        ranks: group.as_ref().map_or(1, |g| g.size()),
+        devices: list.names(),
+    };
+    if resume {
+        launch.check_resume(&out)?;
+    }
     if let (false, Some(from)) = (resume, &cfg.from) {
         for file in ["config.toml", "model.mpk"] {
             if !from.join(file).is_file() {
@@ -202,19 +314,29 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
     if cfg.model.detector().is_some() && resume {
         bail!("detector runs cannot be resumed yet: start a new run");
     }
+    if cfg.model.detector().is_some() && group.is_some() {
+        bail!("--distributed: detectors train in one process for now (--devices works)");
+    }
     let data_dir = super::data::locate_or_fetch(cfg.dataset, cfg.data_dir.as_deref())?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     cfg.write(&out)?;
-    println!(
-        "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}",
-        out.display(),
-        cfg.model,
-        cfg.dataset,
-        cfg.weights,
-        cfg.acts,
-        cfg.epochs,
-        list.names().join(",")
-    );
+    launch.write(&out)?;
+    if lead {
+        println!(
+            "run {}: {} on {}, weights {}, activations {}, {} epoch(s), backend {}{}",
+            out.display(),
+            cfg.model,
+            cfg.dataset,
+            cfg.weights,
+            cfg.acts,
+            cfg.epochs,
+            list.names().join(","),
+            match &group {
+                Some(g) => format!(", {} processes", g.size()),
+                None => String::new(),
+            }
+        );
+    }
     if cfg.model.detector().is_some() {
         return super::detect::train(cfg, &out, &data_dir, list);
     }
@@ -226,8 +348,12 @@ pub(crate) fn run(args: TrainArgs) -> Result<()> {
             out: out.clone(),
             resume,
             devices: list,
+            group,
         },
     )?;
+    if !lead {
+        return Ok(());
+    }
     let per_epoch = summary.seconds_per_epoch.iter().sum::<f64>()
         / summary.seconds_per_epoch.len().max(1) as f64;
     println!(

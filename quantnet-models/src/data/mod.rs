@@ -22,7 +22,7 @@ pub use images::{FolderSet, ImageSource, Images};
 pub use mnist::{ImageSet, MnistKind, Split};
 use serde::{Deserialize, Serialize};
 #[cfg(feature = "train")]
-pub use stream::StreamLoader;
+pub use stream::{Shard, StreamLoader, shard_order};
 
 use crate::error::{Error, Result};
 use crate::models::InputShape;

@@ -32,7 +32,47 @@ pub struct StreamLoader<B: Backend> {
     workers: usize,
     depth: usize,
     device: B::Device,
+    /// The epoch of the first iteration (copies start there too).
+    first_epoch: u64,
     epoch: AtomicU64,
+    shard: Option<Shard>,
+}
+
+/// One rank's share of every epoch, for data parallelism over processes: the epoch's seeded
+/// order ([`shard_order`]) cut into steps of `size × batch` images, of which this rank takes
+/// the `rank`-th `batch`. Every rank has the same number of steps; the images after the last
+/// whole step of `size × batch` are left out of the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank, `0..size`.
+    pub rank: usize,
+    /// The number of ranks.
+    pub size: usize,
+    /// Images per step on this rank (the global batch over `size`).
+    pub batch: usize,
+}
+
+impl Shard {
+    /// Steps per epoch over `len` images: whole steps of `size × batch`.
+    pub fn steps(&self, len: usize) -> usize {
+        len / (self.size * self.batch).max(1)
+    }
+}
+
+/// The images rank `shard.rank` reads in an epoch whose order is seeded by `seed`: the
+/// permutation [`shuffled_indices`](super::shuffled_indices)`(len, len, seed)` read in global
+/// steps of `size × batch`, this rank's `batch` of each step in turn. The ranks' lists
+/// interleaved step by step are the permutation's first `steps × size × batch` images, the
+/// order one process with the global batch reads.
+pub fn shard_order(len: usize, seed: u64, shard: Shard) -> Vec<usize> {
+    let permutation = super::shuffled_indices(len, len, seed);
+    let global = shard.size * shard.batch;
+    (0..shard.steps(len))
+        .flat_map(|k| {
+            let from = k * global + shard.rank * shard.batch;
+            permutation[from..from + shard.batch].to_vec()
+        })
+        .collect()
 }
 
 impl<B: Backend> StreamLoader<B> {
@@ -55,11 +95,38 @@ impl<B: Backend> StreamLoader<B> {
             workers: workers.max(1),
             depth: depth.max(1),
             device: Default::default(),
+            first_epoch: 0,
             epoch: AtomicU64::new(0),
+            shard: None,
         }
     }
 
-    /// The same loader over `range` on `device`, at epoch 0.
+    /// Rank `shard.rank`'s images of every epoch ([`shard_order`], epoch `e` seeded by
+    /// `seed ^ e`, the order [`StreamLoader::new`] shuffles with), in batches of `batch_size`
+    /// (`shard.batch`, or its share on one of several devices of the rank), from epoch
+    /// `first_epoch` (a resumed run's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn shard(
+        images: Images,
+        batcher: ImageBatcher,
+        batch_size: usize,
+        seed: u64,
+        shard: Shard,
+        first_epoch: u64,
+        workers: usize,
+        depth: usize,
+    ) -> Self {
+        let len = shard.steps(images.len()) * shard.batch;
+        Self {
+            range: 0..len,
+            shard: Some(shard),
+            first_epoch,
+            epoch: AtomicU64::new(first_epoch),
+            ..Self::new(images, batcher, batch_size, Some(seed), workers, depth)
+        }
+    }
+
+    /// The same loader over `range` on `device`, at its first epoch.
     fn copy(&self, range: Range<usize>, device: B::Device) -> Self {
         Self {
             images: self.images.clone(),
@@ -70,7 +137,9 @@ impl<B: Backend> StreamLoader<B> {
             workers: self.workers,
             depth: self.depth,
             device,
-            epoch: AtomicU64::new(0),
+            first_epoch: self.first_epoch,
+            epoch: AtomicU64::new(self.first_epoch),
+            shard: self.shard,
         }
     }
 }
@@ -91,7 +160,10 @@ impl<B: Backend> DataLoader<B, ImageBatch<B>> for StreamLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ImageBatch<B>> + 'a> {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut order: Vec<usize> = self.range.clone().collect();
-        if let Some(seed) = self.shuffle {
+        if let (Some(shard), Some(seed)) = (self.shard, self.shuffle) {
+            order =
+                shard_order(self.images.len(), seed ^ epoch, shard)[self.range.clone()].to_vec();
+        } else if let Some(seed) = self.shuffle {
             let permutation = super::shuffled_indices(order.len(), order.len(), seed ^ epoch);
             order = permutation.into_iter().map(|i| order[i]).collect();
         }
@@ -274,6 +346,63 @@ mod tests {
             .iter()
             .map(|b| b.targets.into_data().iter::<i64>().collect())
             .collect()
+    }
+
+    /// Two ranks' shards interleaved step by step are one process's order with the global
+    /// batch; the images past the last whole step are left out; the loader reads its shard of
+    /// each epoch, and a resumed one (first epoch 1) reads epoch 1's at its first iteration.
+    #[test]
+    fn shards_interleave_into_the_global_order() {
+        let one = Shard {
+            rank: 0,
+            size: 1,
+            batch: 4,
+        };
+        let whole = shard_order(10, 7, one);
+        assert_eq!(whole, super::super::shuffled_indices(10, 10, 7)[..8]);
+        let ranks: Vec<Vec<usize>> = (0..2)
+            .map(|rank| {
+                shard_order(
+                    10,
+                    7,
+                    Shard {
+                        rank,
+                        size: 2,
+                        batch: 2,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(ranks[0].len(), 4);
+        let interleaved: Vec<usize> = (0..2)
+            .flat_map(|k| [&ranks[0][2 * k..2 * k + 2], &ranks[1][2 * k..2 * k + 2]].concat())
+            .collect();
+        assert_eq!(interleaved, whole);
+
+        let batcher = ImageBatcher {
+            channels: 1,
+            rows: 1,
+            cols: 1,
+        };
+        let shard = Shard {
+            rank: 1,
+            size: 2,
+            batch: 2,
+        };
+        let loader = StreamLoader::<B>::shard(images(), batcher, 2, 7, shard, 0, 1, 2);
+        assert_eq!(loader.num_items(), 4);
+        let as_labels = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let epoch0 = epoch(&loader).concat();
+        assert_eq!(epoch0, as_labels(&ranks[1]));
+        let epoch1 = epoch(&loader).concat();
+        assert_eq!(epoch1, as_labels(&shard_order(10, 7 ^ 1, shard)));
+        assert_ne!(epoch0, epoch1);
+        let resumed = StreamLoader::<B>::shard(images(), batcher, 2, 7, shard, 1, 1, 2);
+        let copy = resumed.to_device(&Default::default());
+        assert_eq!(epoch(copy.as_ref()).concat(), epoch1);
+        // Two devices of the rank: each a contiguous half of the rank's images.
+        let half = loader.slice(0, 2);
+        assert_eq!(epoch(half.as_ref()).concat(), epoch0[..2]);
     }
 
     #[test]

@@ -17,10 +17,11 @@ use burn::train::{
     EarlyStoppingStrategy, ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining,
 };
 use quantnet_burn::QatBackend;
+use quantnet_burn::collective::{AllReduced, Collective};
 use quantnet_burn::train::{GroupLr, RunLr, TemperatureHook, TemperatureMetric};
 
 use super::{ClipDomain, QatConfig, QatData, Renderers, write_error};
-use crate::data::{ImageBatch, ImageBatcher, Images, StreamLoader};
+use crate::data::{ImageBatch, ImageBatcher, Images, Shard, StreamLoader};
 use crate::error::{Error, Result};
 use crate::models::QatTrainModel;
 use crate::quantize::{self, Temperatures};
@@ -84,6 +85,11 @@ impl EarlyStoppingStrategy for EpochClock {
     }
 }
 
+/// Threads that decode images read from files: one per core.
+fn loader_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn loader<B: Backend>(
     items: Images,
     batcher: ImageBatcher,
@@ -93,7 +99,7 @@ fn loader<B: Backend>(
     if items.is_streamed() {
         // Images read from files: decoded on one thread per core, at most two batches per
         // thread ahead of training (Burn's own loader would queue up to 100 batches).
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = loader_threads();
         return Arc::new(StreamLoader::new(
             items,
             batcher,
@@ -181,6 +187,9 @@ pub(crate) struct Phase<'a> {
     pub(crate) hook: TemperatureHook,
     /// Train only the activation quantizers.
     pub(crate) acts_only: bool,
+    /// Over ranks: this rank's share of the data and the group that averages the gradients.
+    pub(crate) shard: Option<Shard>,
+    pub(crate) group: Option<Arc<dyn Collective>>,
 }
 
 /// One burn-train run of `phase.epochs` epochs; returns the trained model and seconds per epoch.
@@ -208,15 +217,35 @@ where
     // Each device runs its share of a step's images (`Qat::run_on` checked the split).
     let n_devices = devices.len().max(1);
     phase.hook.start_at(start);
-    let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(SkipEpochs {
-        inner: loader::<B>(
-            data.train.clone(),
-            data.batcher,
-            cfg.batch_size / n_devices,
-            Some(cfg.seed),
-        ),
-        skip: Arc::new(AtomicUsize::new(start)),
-    });
+    let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = match phase.shard {
+        // This rank's share of every epoch, from the epoch the run starts at.
+        Some(shard) => {
+            let workers = if data.train.is_streamed() {
+                loader_threads()
+            } else {
+                1
+            };
+            Arc::new(StreamLoader::shard(
+                data.train.clone(),
+                data.batcher,
+                shard.batch / n_devices,
+                cfg.seed,
+                shard,
+                start as u64,
+                workers,
+                2 * workers,
+            ))
+        }
+        None => Arc::new(SkipEpochs {
+            inner: loader::<B>(
+                data.train.clone(),
+                data.batcher,
+                cfg.batch_size / n_devices,
+                Some(cfg.seed),
+            ),
+            skip: Arc::new(AtomicUsize::new(start)),
+        }),
+    };
     if start > 0 {
         stash_logs(&phase.dir, start)?;
     }
@@ -257,7 +286,10 @@ where
         crate::train::quantizer_scale_ids(m.model(), group)
     };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
-    let steps_per_epoch = data.steps_per_epoch_on(cfg.batch_size, n_devices);
+    let steps_per_epoch = match phase.shard {
+        Some(shard) => shard.steps(data.train.len()),
+        None => data.steps_per_epoch_on(cfg.batch_size, n_devices),
+    };
     let strategy = match devices {
         [device] => ExecutionStrategy::single(device.clone()),
         _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
@@ -299,7 +331,10 @@ where
             training
                 .launch(Learner::new(
                     model,
-                    GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
+                    AllReduced::over(
+                        GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
+                        phase.group.clone(),
+                    ),
                     RunLr::new(phase.lr, cfg.lr_schedule, phase.epochs, steps_per_epoch),
                 ))
                 .model

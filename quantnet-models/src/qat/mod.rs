@@ -60,17 +60,19 @@ pub mod progress;
 pub mod report;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::config::Config;
 use burn::data::dataloader::batcher::Batcher;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use quantnet_burn::collective::Collective;
 use quantnet_burn::train::{LrSchedule, TemperatureHook};
 use quantnet_burn::{QatBackend, QuantBackend, QuantMode, TemperatureSchedule};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, ImageBatch, ImageBatcher, ImageSet, ImageSource, Images, Split};
+use crate::data::{Dataset, ImageBatch, ImageBatcher, ImageSet, ImageSource, Images, Shard, Split};
 use crate::error::{Error, Result};
 use crate::models::{ImageModel, QatTrainModel};
 use crate::quantize::{self, QuantPolicy, Temperatures};
@@ -391,6 +393,7 @@ pub struct Qat {
     resume: bool,
     quiet: bool,
     renderers: Option<Renderers>,
+    group: Option<Arc<dyn Collective>>,
 }
 
 impl Qat {
@@ -403,7 +406,117 @@ impl Qat {
             resume: false,
             quiet: false,
             renderers: None,
+            group: None,
         }
+    }
+
+    /// Trains as one rank of `group` (processes started together, e.g. by `mpirun`; see
+    /// `quantnet_models::dist::Mpi`): data parallelism over processes.
+    ///
+    /// Every rank runs the same recipe on the same data with its own directory (give each rank
+    /// its own, e.g. `OUT/ranks/R` for R > 0) and its own devices. In a training phase, each
+    /// optimizer step takes `batch_size` images over all ranks: rank r reads its share of
+    /// every epoch ([`crate::data::shard_order`]: the epoch's seeded order in steps of
+    /// `batch_size`, `batch_size / ranks` images of each for each rank, the images after the
+    /// last whole step left out), and the optimizer steps every rank with the mean gradient
+    /// ([`AllReduced`](quantnet_burn::collective::AllReduced): one flat buffer per step). So the models stay equal and a step is one
+    /// process's step over `batch_size` images, up to float summation order and batch norm,
+    /// whose batch statistics (and running statistics, until the hard network's
+    /// re-estimation) are per rank. The temperature and learning-rate schedules and the
+    /// quantizer-scale group advance as in one process. Everything else (quantization,
+    /// calibration, validation, the final evaluation) runs whole on every rank and gives the
+    /// same result there. The run refuses to start when the ranks' configs, data or device
+    /// counts differ.
+    pub fn distributed(mut self, group: Arc<dyn Collective>) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Optimizer steps per epoch on `devices` devices (per rank, over ranks when distributed).
+    fn steps_per_epoch(&self, data: &QatData, devices: usize) -> usize {
+        match self.shard() {
+            Some(shard) => shard.steps(data.train.len()),
+            None => data.steps_per_epoch_on(self.config.batch_size, devices),
+        }
+    }
+
+    fn shard(&self) -> Option<Shard> {
+        self.group.as_ref().map(|g| Shard {
+            rank: g.rank(),
+            size: g.size(),
+            batch: self.config.batch_size / g.size().max(1),
+        })
+    }
+
+    /// The epoch of the main phase's last checkpoint (at most the run's length); over ranks,
+    /// the last one every rank has: a rank killed while the others wrote their checkpoint
+    /// lacks it, and all must resume from the same epoch.
+    fn last_common_checkpoint(&self, main_dir: &Path) -> Result<Option<usize>> {
+        let epochs = fit::checkpoint_epochs(main_dir);
+        let last = epochs.iter().copied().rfind(|&e| e <= self.config.epochs);
+        let (Some(group), true) = (&self.group, self.resume) else {
+            return Ok(last);
+        };
+        let all = group.all_gather(last.map_or(0, |e| e as u64 + 1));
+        let common = all.iter().copied().min().unwrap_or(0);
+        if common == 0 {
+            return Ok(None);
+        }
+        let epoch = (common - 1) as usize;
+        if !epochs.contains(&epoch) {
+            return Err(Error::Config {
+                field: "distributed",
+                reason: format!(
+                    "training: this rank has no checkpoint of epoch {epoch}, the last one every \
+                     rank has, in {}",
+                    main_dir.display()
+                ),
+            });
+        }
+        Ok(Some(epoch))
+    }
+
+    /// When distributed: every rank must run the same config on the same data with as many
+    /// devices; the batch must split over ranks and devices.
+    fn check_ranks(&self, data: &QatData, devices: usize) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let (size, batch) = (group.size(), self.config.batch_size);
+        if !batch.is_multiple_of(size * devices) {
+            return Err(Error::Config {
+                field: "batch_size",
+                reason: format!(
+                    "{batch} images per step do not split evenly over {size} ranks × {devices} \
+                     device(s)"
+                ),
+            });
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        format!("{:?}", self.config).hash(&mut hasher);
+        (data.train.len(), data.test.len(), devices).hash(&mut hasher);
+        let all = group.all_gather(hasher.finish());
+        if let Some(other) = all.iter().position(|&h| h != all[0]) {
+            return Err(Error::Config {
+                field: "distributed",
+                reason: format!(
+                    "training: rank {other} runs another command than rank 0 (config, data or device \
+                     count differ): \
+                     every rank must run the same one"
+                ),
+            });
+        }
+        if Shard::steps(&self.shard().expect("distributed"), data.train.len()) == 0 {
+            return Err(Error::Config {
+                field: "batch_size",
+                reason: format!(
+                    "{} training images make no whole step of {batch}",
+                    data.train.len()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// No progress lines (by default the recipe prints what it does and about ten lines per
@@ -498,14 +611,13 @@ impl Qat {
                 reason: "needs training and test images".into(),
             });
         }
+        self.check_ranks(data, n)?;
         let policy = &cfg.policy;
         let temps = Temperatures::default();
         let quantized = !policy.is_float();
         let main_dir = self.dir.join("train");
-        let steps = data.steps_per_epoch_on(cfg.batch_size, n);
-        let done = fit::checkpoint_epochs(&main_dir)
-            .into_iter()
-            .rfind(|&e| e <= cfg.epochs);
+        let steps = self.steps_per_epoch(data, n);
+        let done = self.last_common_checkpoint(&main_dir)?;
         let mut report = QatReport {
             train_images: data.train.len(),
             test_images: data.test.len(),
@@ -535,6 +647,8 @@ impl Qat {
                     resume_from: None,
                     hook: TemperatureHook::new(),
                     acts_only: false,
+                    shard: self.shard(),
+                    group: self.group.clone(),
                 };
                 let (trained, _) =
                     fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.progress())?;
@@ -568,6 +682,8 @@ impl Qat {
             resume_from,
             hook: hook.clone(),
             acts_only: cfg.phase == TrainPhase::Acts,
+            shard: self.shard(),
+            group: self.group.clone(),
         };
         let (mut model, seconds) =
             fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.progress())?;
@@ -598,6 +714,9 @@ impl Qat {
             &report.layers,
         );
         report.seconds_per_epoch = seconds;
+        if let Some(group) = &self.group {
+            average_training_metrics(&mut report.epochs, &**group);
+        }
         write_atomic(
             &self.dir.join("metrics.csv"),
             report.metrics_csv().as_bytes(),
@@ -667,6 +786,22 @@ impl Qat {
         }
         report.quantized = (w, a);
         Ok(model)
+    }
+}
+
+/// Each epoch's training loss and accuracy over every rank's share of the epoch: the mean of
+/// the ranks' (every rank read as many images). burn-train logged this rank's share only.
+fn average_training_metrics(epochs: &mut [report::EpochReport], group: &dyn Collective) {
+    let mut sums: Vec<f32> = epochs
+        .iter()
+        .flat_map(|e| [e.train_loss, e.train_accuracy])
+        .map(|v| v.unwrap_or(0.0) as f32)
+        .collect();
+    group.all_reduce_sum(&mut sums);
+    let size = group.size() as f64;
+    for (e, pair) in epochs.iter_mut().zip(sums.chunks(2)) {
+        e.train_loss = e.train_loss.map(|_| f64::from(pair[0]) / size);
+        e.train_accuracy = e.train_accuracy.map(|_| f64::from(pair[1]) / size);
     }
 }
 
