@@ -276,6 +276,11 @@ pub(crate) struct BenchTrainArgs {
     /// One JSON object per line (backend × precision) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Step as one rank of an MPI job (`mpirun -np N quantnet bench train --distributed mpi`):
+    /// each rank steps `--batch / N` images and the gradients are all-reduced; rank 0 prints
+    /// its times and what the all-reduce sent and cost.
+    #[arg(long, value_enum)]
+    pub(crate) distributed: Option<Distributed>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -748,6 +748,17 @@ fn two_devices_train_like_one_and_resume() {
     assert!(stdout(&out).contains("resuming from the checkpoint of epoch 1"));
     let again = std::fs::read_to_string(resumed.join("metrics.csv")).unwrap();
     assert_eq!(without_seconds(&again), without_seconds(&metrics));
+    // Resuming with other devices would change the data split: refused (launch.json).
+    let out = quantnet(&["train", "--resume", resumed_s]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "the run was started on 1 process(es) × devices cpu,cpu, not 1 process(es) × \
+             devices cpu: resume it as it was started"
+        ),
+        "{}",
+        stderr(&out)
+    );
 
     let out = quantnet(&[
         "eval",
@@ -1134,6 +1145,28 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// A quantnet built without MPI says how to get one instead of failing inside MPI.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_training_without_the_mpi_feature_is_one_line() {
+    let out = quantnet(&[
+        "train",
+        "--data-dir",
+        "fixtures",
+        "--out",
+        "/nonexistent/run",
+        "--distributed",
+        "mpi",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("this quantnet was built without MPI; build it with `--features mpi`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

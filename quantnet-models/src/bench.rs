@@ -15,6 +15,8 @@ use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use quantnet_burn::QatBackend;
+use quantnet_burn::collective::{AllReduceStats, AllReduced, Collective};
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::models::{Arch, InputShape, Model};
@@ -56,7 +58,7 @@ impl Timing {
 /// One model, its optimizer and a synthetic batch, ready to step.
 pub struct TrainCase<B: QatBackend> {
     model: Option<Model<B>>,
-    optim: OptimizerAdaptor<Adam, Model<B>, B>,
+    optim: AllReduced<OptimizerAdaptor<Adam, Model<B>, B>>,
     images: Tensor<B, 4>,
     targets: Tensor<B, 1, Int>,
     device: B::Device,
@@ -93,12 +95,24 @@ impl<B: QatBackend> TrainCase<B> {
         quantize::calibrate_acts(&mut model, policy, &temperatures, [images.clone()])?;
         Ok(Self {
             model: Some(Model::from_inner(model)),
-            optim: AdamConfig::new().init(),
+            optim: AllReduced::over(AdamConfig::new().init(), None),
             images: Tensor::from_inner(images),
             targets: Tensor::from_inner(targets),
             device: device.clone(),
             _temperatures: temperatures,
         })
+    }
+
+    /// Each step with the mean gradient over `group`'s ranks (one flat all-reduce per step),
+    /// as `quantnet train --distributed` steps: every rank runs its own batch.
+    pub fn over(mut self, group: Arc<dyn Collective>) -> Self {
+        self.optim = AllReduced::new(AdamConfig::new().init(), group);
+        self
+    }
+
+    /// What the all-reduce sent and cost so far (nothing without [`TrainCase::over`]).
+    pub fn all_reduce_stats(&self) -> AllReduceStats {
+        self.optim.stats().lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Images per batch.

@@ -9,7 +9,9 @@ use quantnet_models::bench::{Timing, TrainCase};
 use quantnet_burn::QatBackend;
 
 use crate::backend::{WithBackend, dispatch};
-use crate::cli::{BenchArgs, BenchCommand, BenchTrainArgs};
+use crate::cli::{BenchArgs, BenchCommand, BenchTrainArgs, Distributed};
+use quantnet_burn::collective::Collective;
+use std::sync::Arc;
 
 struct BenchJob {
     backend: &'static str,
@@ -49,6 +51,8 @@ impl WithBackend for BenchJob {
 struct TrainJob<'a> {
     args: &'a BenchTrainArgs,
     backend: &'static str,
+    /// The ranks the step is all-reduced over (`--distributed`).
+    group: Option<Arc<dyn Collective>>,
 }
 
 /// One measured row.
@@ -64,6 +68,13 @@ struct TrainRow {
     ms_max: f64,
     images_per_s: f64,
     inference_images_per_s: f64,
+    /// Processes stepping together (1 without `--distributed`).
+    ranks: usize,
+    /// Bytes all-reduced per step (0 in one process).
+    allreduce_bytes_per_step: usize,
+    /// The share of the step's wall time spent in the all-reduce, waiting for the slowest rank
+    /// included (0 in one process).
+    allreduce_share: f64,
 }
 
 impl WithBackend for TrainJob<'_> {
@@ -84,11 +95,19 @@ impl WithBackend for TrainJob<'_> {
         precisions
             .into_iter()
             .map(|(weights, acts, policy)| {
+                let ranks = self.group.as_ref().map_or(1, |g| g.size());
                 let mut case =
-                    TrainCase::<B>::new(args.model, input, args.batch, &policy, &device)?;
+                    TrainCase::<B>::new(args.model, input, args.batch / ranks, &policy, &device)?;
+                if let Some(group) = &self.group {
+                    case = case.over(group.clone());
+                }
+                let start = std::time::Instant::now();
                 let train = Timing::of(args.warmup, args.steps, || case.step());
+                let stepping = start.elapsed().as_secs_f64();
+                let sent = case.all_reduce_stats();
                 let infer = Timing::of(args.warmup, args.steps, || case.infer());
-                let batch = case.batch() as f64;
+                // Images per step over all ranks.
+                let batch = (case.batch() * ranks) as f64;
                 Ok(TrainRow {
                     backend: self.backend,
                     model: args.model.to_string(),
@@ -99,7 +118,10 @@ impl WithBackend for TrainJob<'_> {
                     ms_min: ms(train.min),
                     ms_max: ms(train.max),
                     images_per_s: batch / train.median.as_secs_f64(),
-                    inference_images_per_s: batch / infer.median.as_secs_f64(),
+                    inference_images_per_s: case.batch() as f64 / infer.median.as_secs_f64(),
+                    ranks,
+                    allreduce_bytes_per_step: sent.bytes_per_step,
+                    allreduce_share: sent.seconds / stepping.max(f64::MIN_POSITIVE),
                 })
             })
             .collect()
@@ -107,10 +129,42 @@ impl WithBackend for TrainJob<'_> {
 }
 
 fn train(args: &BenchTrainArgs) -> Result<()> {
+    match args.distributed {
+        None => train_as(args, None),
+        Some(Distributed::Mpi) => train_mpi(args),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn train_mpi(args: &BenchTrainArgs) -> Result<()> {
+    let mpi = Arc::new(quantnet_models::dist::Mpi::init()?);
+    match train_as(args, Some(mpi.clone())) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            eprintln!("error: rank {}: {err:#}", mpi.rank());
+            mpi.abort(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn train_mpi(_: &BenchTrainArgs) -> Result<()> {
+    bail!("--distributed mpi: this quantnet was built without MPI; build it with `--features mpi`")
+}
+
+fn train_as(args: &BenchTrainArgs, group: Option<Arc<dyn Collective>>) -> Result<()> {
     if args.batch == 0 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1");
     }
-    if !args.json {
+    let ranks = group.as_ref().map_or(1, |g| g.size());
+    if !args.batch.is_multiple_of(ranks) {
+        bail!(
+            "--batch {} does not split evenly over {ranks} processes",
+            args.batch
+        );
+    }
+    let lead = group.as_ref().is_none_or(|g| g.rank() == 0);
+    if !args.json && lead {
         eprintln!(
             "{} on synthetic input of its shape; forward, cross-entropy, backward and Adam, median of \
              {} steps after {} warm-up; inference: the hard-quantized forward",
@@ -125,8 +179,12 @@ fn train(args: &BenchTrainArgs) -> Result<()> {
         let job = TrainJob {
             args,
             backend: backend.name(),
+            group: group.clone(),
         };
         for row in dispatch(backend, job)? {
+            if !lead {
+                continue;
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
@@ -143,6 +201,16 @@ fn train(args: &BenchTrainArgs) -> Result<()> {
                     row.images_per_s,
                     row.inference_images_per_s
                 );
+                if row.ranks > 1 {
+                    println!(
+                        "|   | {} ranks: {} images per rank per step; {} bytes all-reduced per \
+                         step, {:.1} % of the step in the all-reduce (waiting included) |",
+                        row.ranks,
+                        row.batch / row.ranks,
+                        row.allreduce_bytes_per_step,
+                        100.0 * row.allreduce_share
+                    );
+                }
             }
         }
     }
