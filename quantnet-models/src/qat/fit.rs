@@ -294,6 +294,8 @@ where
         [device] => ExecutionStrategy::single(device.clone()),
         _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
     };
+    // What the all-reduce sent (over ranks), read from the optimizer before the Learner takes it.
+    let sent: Arc<Mutex<quantnet_burn::collective::AllReduceStats>>;
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
     macro_rules! launch {
         ($optimizer:expr) => {{
@@ -328,13 +330,15 @@ where
             if start > 0 {
                 training = training.checkpoint(start);
             }
+            let optimizer = AllReduced::over(
+                GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
+                phase.group.clone(),
+            );
+            sent = optimizer.stats();
             training
                 .launch(Learner::new(
                     model,
-                    AllReduced::over(
-                        GroupLr::new($optimizer, quantizer_params, cfg.quant_lr_mult),
-                        phase.group.clone(),
-                    ),
+                    optimizer,
                     RunLr::new(phase.lr, cfg.lr_schedule, phase.epochs, steps_per_epoch),
                 ))
                 .model
@@ -342,6 +346,19 @@ where
         }};
     }
     let trained = with_optimizer!(cfg, clipping, launch);
+    if let (Some(group), false, Ok(sent)) = (&phase.group, quiet, sent.lock()) {
+        let training: f64 = clock.seconds().iter().sum();
+        super::PlainRenderer::say(format_args!(
+            "all-reduced {} bytes per step over {} processes, {} steps: {:.1} s of the phase's \
+             {:.1} s ({:.1} %, waiting for the slowest process included)",
+            sent.bytes_per_step,
+            group.size(),
+            sent.steps,
+            sent.seconds,
+            training,
+            100.0 * sent.seconds / training.max(f64::MIN_POSITIVE)
+        ));
+    }
     if start > 0 {
         renumber_logs(&phase.dir, start)?;
     }
