@@ -20,9 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 
 /// A group of processes (ranks) that sum buffers element by element: MPI's ranks
@@ -303,6 +303,117 @@ where
     back.grads
 }
 
+/// Whether the field being visited is a batch norm's running statistic: Burn's derive enters
+/// each field as `(field name, "Struct:" + the parent's type)`.
+#[derive(Default)]
+struct FieldStack(Vec<bool>);
+
+impl FieldStack {
+    fn enter(&mut self, name: &str, container_type: &str) {
+        self.0.push(
+            container_type == "Struct:BatchNorm" && matches!(name, "running_mean" | "running_var"),
+        );
+    }
+
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+
+    fn in_running_stat(&self) -> bool {
+        self.0.last().copied().unwrap_or(false)
+    }
+}
+
+/// Collects the batch norms' running statistics, in visiting order.
+struct RunningStats {
+    fields: FieldStack,
+    slots: HashMap<ParamId, (usize, usize)>,
+    values: Vec<f32>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for RunningStats {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.fields.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.fields.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.fields.in_running_stat() || self.slots.contains_key(&param.id) {
+            return;
+        }
+        let values = param
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("a float tensor reads as f32");
+        self.slots
+            .insert(param.id, (self.values.len(), values.len()));
+        self.values.extend(values);
+    }
+}
+
+/// Puts the averaged running statistics back.
+struct SetRunningStats<'a> {
+    fields: FieldStack,
+    slots: &'a HashMap<ParamId, (usize, usize)>,
+    values: &'a [f32],
+}
+
+impl<B: Backend> ModuleMapper<B> for SetRunningStats<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.fields.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.fields.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(&(offset, len)) = self.slots.get(&param.id) else {
+            return param;
+        };
+        if !self.fields.in_running_stat() {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let (shape, dtype, device) = (tensor.shape(), tensor.dtype(), tensor.device());
+        let data =
+            TensorData::new(self.values[offset..offset + len].to_vec(), shape).convert_dtype(dtype);
+        Param::from_mapped_value(id, Tensor::from_data(data, &device), mapper)
+    }
+}
+
+/// `module` with every batch norm's running mean and variance replaced by their mean over
+/// `group`'s ranks (one all-reduce), everything else untouched: the statistics that data
+/// parallelism leaves per rank, made one before calibration or a final evaluation. (The mean of
+/// the ranks' running variances, not the variance of the union: the same up to the spread of
+/// the ranks' running means.)
+pub fn average_batch_norm<B: Backend, M: Module<B>>(module: M, group: &dyn Collective) -> M {
+    let mut stats = RunningStats {
+        fields: FieldStack::default(),
+        slots: HashMap::new(),
+        values: Vec::new(),
+    };
+    module.visit(&mut stats);
+    if stats.values.is_empty() {
+        return module;
+    }
+    group.all_reduce_sum(&mut stats.values);
+    let n = group.size() as f32;
+    for v in &mut stats.values {
+        *v /= n;
+    }
+    module.map(&mut SetRunningStats {
+        fields: FieldStack::default(),
+        slots: &stats.slots,
+        values: &stats.values,
+    })
+}
+
 /// The ranks as threads of one process: each thread holds one `LocalGroup` of the same
 /// [`LocalGroup::new`] set. Sums in rank order, so every rank gets the same bits. For tests and
 /// for trying the multi-process code path without MPI.
@@ -552,6 +663,58 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(outcomes, [true, true]);
+    }
+
+    #[derive(Module, Debug)]
+    struct Normed<B: burn::tensor::backend::Backend> {
+        norm: burn::nn::BatchNorm<B>,
+        gain: Param<Tensor<B, 1>>,
+    }
+
+    fn floats<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    /// Each rank's running mean and variance become the ranks' mean; the learned γ, β and any
+    /// other parameter (here a gain that differs per rank) stay as they were.
+    #[test]
+    fn batch_norm_running_statistics_are_averaged_and_nothing_else() {
+        use burn::module::RunningState;
+        type B = burn::backend::Flex;
+        let out: Vec<[Vec<f32>; 4]> = std::thread::scope(|s| {
+            let handles: Vec<_> = LocalGroup::new(2)
+                .into_iter()
+                .map(|group| {
+                    s.spawn(move || {
+                        let device = Default::default();
+                        let r = group.rank() as f32;
+                        let mut norm = burn::nn::BatchNormConfig::new(2).init::<B>(&device);
+                        norm.running_mean =
+                            RunningState::new(Tensor::from_floats([r, 1.0 + 2.0 * r], &device));
+                        norm.running_var =
+                            RunningState::new(Tensor::from_floats([1.0 + r, 4.0], &device));
+                        let model = Normed {
+                            norm,
+                            gain: Param::from_tensor(Tensor::from_floats([10.0 + r], &device)),
+                        };
+                        let model = average_batch_norm(model, &group);
+                        [
+                            floats(model.norm.running_mean.value()),
+                            floats(model.norm.running_var.value()),
+                            floats(model.norm.gamma.val()),
+                            floats(model.gain.val()),
+                        ]
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, [mean, var, gamma, gain]) in out.iter().enumerate() {
+            assert_eq!(mean, &[0.5, 2.0]);
+            assert_eq!(var, &[1.5, 4.0]);
+            assert_eq!(gamma, &[1.0, 1.0]);
+            assert_eq!(gain, &[10.0 + rank as f32]);
+        }
     }
 
     #[test]

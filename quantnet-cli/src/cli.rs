@@ -585,6 +585,11 @@ pub(crate) struct TrainArgs {
     /// quantnet built with `--features mpi` (docs/distributed.md).
     #[arg(long, value_enum)]
     pub(crate) distributed: Option<Distributed>,
+    /// With --distributed: average the batch norms' running statistics over the processes
+    /// after full-precision training (before calibration) and after quantized training (before
+    /// the final evaluation); otherwise each process keeps its own share's.
+    #[arg(long, requires = "distributed")]
+    pub(crate) average_batch_norm: bool,
 }
 
 /// How the processes of a job talk (`--distributed`).

@@ -350,3 +350,67 @@ fn ranks_with_different_commands_are_refused_at_start() {
         "{err}"
     );
 }
+
+/// Batch-norm running statistics are per process: a TFC run on two processes without the
+/// final re-estimation ends with two different models; with `--average-batch-norm` they are
+/// averaged after each phase and the two models are equal bit for bit. The launch records it:
+/// resuming without the flag is refused.
+#[test]
+fn batch_norm_statistics_are_per_process_unless_averaged() {
+    let _cpu = exclusive();
+    let data = fixtures();
+    let run_tfc = |out: &Path, average: bool| -> Output {
+        let mut args = train_args(&data, out.to_str().unwrap(), "1");
+        args.extend([
+            "--model",
+            "tfc",
+            "--dataset",
+            "mnist",
+            "--bn-reestimate",
+            "false",
+        ]);
+        if average {
+            args.push("--average-batch-norm");
+        }
+        run(mpirun(2, &args))
+    };
+    let (apart, averaged) = (scratch("bn-apart"), scratch("bn-averaged"));
+    let out = run_tfc(&apart, false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(
+        model_without_ids(&apart.join("model.mpk")),
+        model_without_ids(&apart.join("ranks/1/model.mpk")),
+        "per-process statistics should differ"
+    );
+    let out = run_tfc(&averaged, true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout
+            .matches("averaged the batch-norm running statistics over the 2 processes")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(
+        model_without_ids(&averaged.join("model.mpk")),
+        model_without_ids(&averaged.join("ranks/1/model.mpk")),
+        "the averaged statistics differ between the processes"
+    );
+    let out = run(mpirun(
+        2,
+        &[
+            "train",
+            "--resume",
+            averaged.to_str().unwrap(),
+            "--distributed",
+            "mpi",
+        ],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("with --average-batch-norm, not 2 process(es)"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -141,8 +141,8 @@ fn train_mpi(args: &BenchTrainArgs) -> Result<()> {
     match train_as(args, Some(mpi.clone())) {
         Ok(()) => Ok(()),
         Err(err) => {
-            eprintln!("error: rank {}: {err:#}", mpi.rank());
-            mpi.abort(1)
+            let line = format!("error: rank {}: {err:#}", mpi.rank());
+            super::train::say_and_abort(&mpi, &line)
         }
     }
 }

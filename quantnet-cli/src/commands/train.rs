@@ -65,6 +65,7 @@ struct TrainJob {
     devices: DeviceList,
     /// The processes this run trains over (`--distributed`).
     group: Option<Arc<dyn Collective>>,
+    average_batch_norm: bool,
 }
 
 impl WithBackend for TrainJob {
@@ -82,6 +83,7 @@ impl WithBackend for TrainJob {
             resume,
             devices: list,
             group,
+            average_batch_norm,
         } = self;
         let lead = group.as_ref().is_none_or(|g| g.rank() == 0);
         let device = devices.first().context("no device")?.clone();
@@ -122,7 +124,9 @@ impl WithBackend for TrainJob {
         let quantized = !policy.is_float();
         let mut qat = Qat::new(recipe.clone(), &out).resume(resume).quiet(!lead);
         if let Some(group) = group {
-            qat = qat.distributed(group);
+            qat = qat
+                .distributed(group)
+                .average_batch_norm(average_batch_norm);
         }
         let (_, report) = qat.run_on::<B, _>(model, &data, &devices)?;
         let summary = Summary {
@@ -184,11 +188,17 @@ fn run_mpi(args: TrainArgs) -> Result<()> {
     let rank = mpi.rank();
     match run_as(args, Some(mpi.clone())) {
         Ok(()) => Ok(()),
-        Err(err) => {
-            eprintln!("error: rank {rank}: {err:#}");
-            mpi.abort(1)
-        }
+        Err(err) => say_and_abort(&mpi, &format!("error: rank {rank}: {err:#}")),
     }
+}
+
+/// Prints `line` in one write (the processes' stderr reach the terminal through `mpirun`,
+/// which would interleave a line written in pieces with another process's) and ends the job.
+#[cfg(feature = "mpi")]
+pub(crate) fn say_and_abort(mpi: &quantnet_models::dist::Mpi, line: &str) -> ! {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+    mpi.abort(1)
 }
 
 #[cfg(not(feature = "mpi"))]
@@ -214,14 +224,22 @@ fn rank_dir(out: &Path, rank: usize) -> PathBuf {
 struct Launch {
     ranks: usize,
     devices: Vec<String>,
+    /// `--average-batch-norm`.
+    #[serde(default)]
+    average_batch_norm: bool,
 }
 
 impl Launch {
     fn describe(&self) -> String {
         format!(
-            "{} process(es) × devices {}",
+            "{} process(es) × devices {}{}",
             self.ranks,
-            self.devices.join(",")
+            self.devices.join(","),
+            if self.average_batch_norm {
+                " with --average-batch-norm"
+            } else {
+                ""
+            }
         )
     }
 
@@ -294,6 +312,7 @@ fn run_as(args: TrainArgs, group: Option<Arc<dyn Collective>>) -> Result<()> {
     let launch = Launch {
         ranks: group.as_ref().map_or(1, |g| g.size()),
         devices: list.names(),
+        average_batch_norm: args.average_batch_norm,
     };
     if resume {
         launch.check_resume(&out)?;
@@ -349,6 +368,7 @@ fn run_as(args: TrainArgs, group: Option<Arc<dyn Collective>>) -> Result<()> {
             resume,
             devices: list,
             group,
+            average_batch_norm: args.average_batch_norm,
         },
     )?;
     if !lead {

@@ -394,6 +394,7 @@ pub struct Qat {
     quiet: bool,
     renderers: Option<Renderers>,
     group: Option<Arc<dyn Collective>>,
+    average_bn: bool,
 }
 
 impl Qat {
@@ -407,6 +408,7 @@ impl Qat {
             quiet: false,
             renderers: None,
             group: None,
+            average_bn: false,
         }
     }
 
@@ -430,6 +432,78 @@ impl Qat {
     pub fn distributed(mut self, group: Arc<dyn Collective>) -> Self {
         self.group = Some(group);
         self
+    }
+
+    /// Over ranks ([`Qat::distributed`]): average the batch norms' running statistics over
+    /// the ranks after the full-precision phase (before quantization and calibration) and after
+    /// the main phase (before the hard network's re-estimation and the final evaluation). Off
+    /// by default: each rank keeps the statistics of its own share of the data, rank 0's being
+    /// the ones saved unless the policy re-estimates them at the end.
+    pub fn average_batch_norm(mut self, average: bool) -> Self {
+        self.average_bn = average;
+        self
+    }
+
+    /// `model` with its batch-norm running statistics averaged over the ranks when asked to.
+    fn averaged<B: Backend, M: burn::module::Module<B>>(&self, model: M) -> M {
+        match (&self.group, self.average_bn) {
+            (Some(group), true) => {
+                self.say(format_args!(
+                    "averaged the batch-norm running statistics over the {} processes",
+                    group.size()
+                ));
+                quantnet_burn::collective::average_batch_norm(model, &**group)
+            }
+            _ => model,
+        }
+    }
+
+    /// The hard and soft test accuracy; over ranks, each evaluates every `size`-th image from
+    /// its rank and the counts are summed.
+    fn final_accuracy<B, M>(
+        &self,
+        model: &mut M,
+        data: &QatData,
+        devices: &[B::Device],
+    ) -> (f64, f64)
+    where
+        B: QatBackend,
+        M: QatTrainModel<B>,
+    {
+        let Some(group) = &self.group else {
+            let (hard, soft, _) = hard_and_soft_accuracy(
+                model,
+                &data.test,
+                data.batcher,
+                data.eval_batch_size(),
+                devices,
+            );
+            return (hard, soft);
+        };
+        let share: Vec<usize> = (group.rank()..data.test.len())
+            .step_by(group.size())
+            .collect();
+        let n = share.len() as f64;
+        let (hard, soft) = if share.is_empty() {
+            (0.0, 0.0)
+        } else {
+            let part = data.test.select(&share);
+            let (hard, soft, _) =
+                hard_and_soft_accuracy(model, &part, data.batcher, data.eval_batch_size(), devices);
+            (hard, soft)
+        };
+        // Images right, as counts (exact in f32 below 2^24 images).
+        let mut counts = [
+            (hard * n / 100.0).round() as f32,
+            (soft * n / 100.0).round() as f32,
+            n as f32,
+        ];
+        group.all_reduce_sum(&mut counts);
+        let total = f64::from(counts[2]).max(1.0);
+        (
+            100.0 * f64::from(counts[0]) / total,
+            100.0 * f64::from(counts[1]) / total,
+        )
     }
 
     /// Optimizer steps per epoch on `devices` devices (per rank, over ranks when distributed).
@@ -495,7 +569,7 @@ impl Qat {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         format!("{:?}", self.config).hash(&mut hasher);
-        (data.train.len(), data.test.len(), devices).hash(&mut hasher);
+        (data.train.len(), data.test.len(), devices, self.average_bn).hash(&mut hasher);
         let all = group.all_gather(hasher.finish());
         if let Some(other) = all.iter().position(|&h| h != all[0]) {
             return Err(Error::Config {
@@ -652,7 +726,7 @@ impl Qat {
                 };
                 let (trained, _) =
                     fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.progress())?;
-                model = trained;
+                model = self.averaged(trained);
                 let fp = crate::train::accuracy(
                     &model,
                     &data.test,
@@ -685,8 +759,9 @@ impl Qat {
             shard: self.shard(),
             group: self.group.clone(),
         };
-        let (mut model, seconds) =
+        let (model, seconds) =
             fit::fit::<B, M>(model, phase, cfg, data, &temps, devices, self.progress())?;
+        let mut model = self.averaged(model);
         quantize::attach(&mut model, &temps);
         // The temperatures of the last step (the hook has already moved to the next epoch),
         // batch norm for the hard network (training gathered the statistics under soft
@@ -721,13 +796,7 @@ impl Qat {
             &self.dir.join("metrics.csv"),
             report.metrics_csv().as_bytes(),
         )?;
-        let (hard, soft, _) = hard_and_soft_accuracy(
-            &mut model,
-            &data.test,
-            data.batcher,
-            data.eval_batch_size(),
-            devices,
-        );
+        let (hard, soft) = self.final_accuracy(&mut model, data, devices);
         report.test_accuracy_hard = hard;
         report.test_accuracy_soft = soft;
         report.temperatures = (
