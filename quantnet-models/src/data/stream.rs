@@ -57,6 +57,12 @@ impl Shard {
     pub fn steps(&self, len: usize) -> usize {
         len / (self.size * self.batch).max(1)
     }
+
+    /// This rank's share of an evaluation over `len` images: every `size`-th from `rank`
+    /// (every image in exactly one share; the shares differ by at most one image).
+    pub fn eval_share(&self, len: usize) -> Vec<usize> {
+        (self.rank..len).step_by(self.size.max(1)).collect()
+    }
 }
 
 /// The images rank `shard.rank` reads in an epoch whose order is seeded by `seed`: the

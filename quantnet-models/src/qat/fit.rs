@@ -294,6 +294,12 @@ where
         [device] => ExecutionStrategy::single(device.clone()),
         _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
     };
+    // Over ranks, each validates its share of the test set ([`Shard::eval_share`]); the run
+    // sums the shares' metrics afterwards.
+    let valid = match phase.shard {
+        Some(shard) => data.test.select(&shard.eval_share(data.test.len())),
+        None => data.test.clone(),
+    };
     // What the all-reduce sent (over ranks), read from the optimizer before the Learner takes it.
     let sent: Arc<Mutex<quantnet_burn::collective::AllReduceStats>>;
     // The builder's type depends on the optimizer's, so it is spelled out once per optimizer.
@@ -303,7 +309,7 @@ where
                 dir.clone(),
                 train_loader.clone(),
                 loader::<B::InnerBackend>(
-                    data.test.clone(),
+                    valid.clone(),
                     data.batcher,
                     data.eval_batch_size(),
                     None,

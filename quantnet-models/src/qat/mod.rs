@@ -480,9 +480,10 @@ impl Qat {
             );
             return (hard, soft);
         };
-        let share: Vec<usize> = (group.rank()..data.test.len())
-            .step_by(group.size())
-            .collect();
+        let share = self
+            .shard()
+            .map(|s| s.eval_share(data.test.len()))
+            .unwrap_or_default();
         let n = share.len() as f64;
         let (hard, soft) = if share.is_empty() {
             (0.0, 0.0)
@@ -789,8 +790,8 @@ impl Qat {
             &report.layers,
         );
         report.seconds_per_epoch = seconds;
-        if let Some(group) = &self.group {
-            average_training_metrics(&mut report.epochs, &**group);
+        if let (Some(group), Some(shard)) = (&self.group, self.shard()) {
+            average_epoch_metrics(&mut report.epochs, &**group, shard, data.test.len());
         }
         write_atomic(
             &self.dir.join("metrics.csv"),
@@ -858,19 +859,39 @@ impl Qat {
     }
 }
 
-/// Each epoch's training loss and accuracy over every rank's share of the epoch: the mean of
-/// the ranks' (every rank read as many images). burn-train logged this rank's share only.
-fn average_training_metrics(epochs: &mut [report::EpochReport], group: &dyn Collective) {
+/// Each epoch's metrics over every rank's share: training loss and accuracy as the mean of the
+/// ranks' (every rank read as many images), validation metrics (each rank validated its
+/// [`Shard::eval_share`] of `test_len` images) as the mean weighted by the shares' sizes.
+/// burn-train logged this rank's share only.
+fn average_epoch_metrics(
+    epochs: &mut [report::EpochReport],
+    group: &dyn Collective,
+    shard: Shard,
+    test_len: usize,
+) {
+    let weight = shard.eval_share(test_len).len() as f64;
     let mut sums: Vec<f32> = epochs
         .iter()
-        .flat_map(|e| [e.train_loss, e.train_accuracy])
+        .flat_map(|e| {
+            [
+                e.train_loss,
+                e.train_accuracy,
+                e.test_loss.map(|v| v * weight),
+                e.test_accuracy_hard.map(|v| v * weight),
+                e.soft_hard_gap.map(|v| v * weight),
+            ]
+        })
         .map(|v| v.unwrap_or(0.0) as f32)
         .collect();
     group.all_reduce_sum(&mut sums);
-    let size = group.size() as f64;
-    for (e, pair) in epochs.iter_mut().zip(sums.chunks(2)) {
-        e.train_loss = e.train_loss.map(|_| f64::from(pair[0]) / size);
-        e.train_accuracy = e.train_accuracy.map(|_| f64::from(pair[1]) / size);
+    let (size, total) = (group.size() as f64, test_len.max(1) as f64);
+    let mean = |v: Option<f64>, sum: f32, over: f64| v.map(|_| f64::from(sum) / over);
+    for (e, s) in epochs.iter_mut().zip(sums.chunks(5)) {
+        e.train_loss = mean(e.train_loss, s[0], size);
+        e.train_accuracy = mean(e.train_accuracy, s[1], size);
+        e.test_loss = mean(e.test_loss, s[2], total);
+        e.test_accuracy_hard = mean(e.test_accuracy_hard, s[3], total);
+        e.soft_hard_gap = mean(e.soft_hard_gap, s[4], total);
     }
 }
 
