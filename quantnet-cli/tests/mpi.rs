@@ -414,3 +414,30 @@ fn batch_norm_statistics_are_per_process_unless_averaged() {
         text(&out.stderr)
     );
 }
+
+/// A process whose peers never answer (here: the job's second process is `sleep`, which never
+/// starts MPI) gives up after `QUANTNET_MPI_TIMEOUT` seconds (3 here; 30 by default) with one
+/// line that says what to check, and the job ends.
+#[test]
+fn a_process_whose_peers_never_answer_fails_with_what_to_check() {
+    let _cpu = exclusive();
+    let data = fixtures();
+    let dir = scratch("alone");
+    let mut command = mpirun(1, &train_args(&data, dir.to_str().unwrap(), "1"));
+    command
+        .env("QUANTNET_MPI_TIMEOUT", "3")
+        .args([":", "-np", "1", "sleep", "60"]);
+    let start = Instant::now();
+    let result = run(command);
+    let took = start.elapsed();
+    assert!(!result.status.success());
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let err = text(&result.stderr);
+    assert!(
+        err.contains(
+            "the processes did not all reach each other within 3 s: check that every process \
+             was started by mpirun or srun, that every host is up and reachable"
+        ),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@
 use std::sync::Mutex;
 use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mpi::Threading;
 use mpi::collective::SystemOperation;
@@ -36,11 +37,23 @@ pub struct Mpi {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// How long [`Mpi::init`] waits for every process of the job: `QUANTNET_MPI_TIMEOUT` seconds,
+/// 30 by default.
+fn start_timeout() -> Duration {
+    std::env::var("QUANTNET_MPI_TIMEOUT")
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+}
+
 impl Mpi {
-    /// Initialises MPI (once per process) on a thread of its own.
+    /// Initialises MPI (once per process) on a thread of its own, and checks that every process
+    /// of the job answers (one all-gather) within `QUANTNET_MPI_TIMEOUT` seconds (default 30).
     ///
     /// # Errors
-    /// [`Error::Config`] when MPI was already initialised in this process or does not start.
+    /// [`Error::Config`] when MPI was already initialised in this process or does not start,
+    /// or when the processes do not all answer in time (the line says what to check).
     pub fn init() -> Result<Self> {
         let (requests, incoming) = channel::<Request>();
         let (ready, started) = channel::<Option<(usize, usize)>>();
@@ -76,28 +89,56 @@ impl Mpi {
                 field: "distributed",
                 reason: format!("training: cannot start the MPI thread: {e}"),
             })?;
-        match started.recv() {
-            Ok(Some((rank, size))) => Ok(Self {
-                rank,
-                size,
-                requests: Mutex::new(Some(requests)),
-                thread: Mutex::new(Some(thread)),
-            }),
-            _ => Err(Error::Config {
-                field: "distributed",
-                reason: "training: MPI did not start (already initialised in this process?)".into(),
-            }),
+        let wait = start_timeout();
+        let unreachable = || Error::Config {
+            field: "distributed",
+            reason: format!(
+                "training: the processes did not all reach each other within {} s: check that \
+                 every process was started by mpirun or srun, that every host is up and \
+                 reachable, and that no firewall blocks Open MPI's TCP connections between them \
+                 (QUANTNET_MPI_TIMEOUT sets the wait, in seconds)",
+                wait.as_secs_f64()
+            ),
+        };
+        let (rank, size) = match started.recv_timeout(wait) {
+            Ok(Some(started)) => started,
+            Ok(None) => {
+                return Err(Error::Config {
+                    field: "distributed",
+                    reason: "training: MPI did not start (already initialised in this process?)"
+                        .into(),
+                });
+            }
+            // MPI_Init waits for every process of the job.
+            Err(_) => return Err(unreachable()),
+        };
+        let mpi = Self {
+            rank,
+            size,
+            requests: Mutex::new(Some(requests)),
+            thread: Mutex::new(Some(thread)),
+        };
+        // A first collective: processes that started but cannot connect wait here.
+        let (back, answer) = channel();
+        mpi.send(Request::Gather(0, back));
+        match answer.recv_timeout(wait) {
+            Ok(_) => Ok(mpi),
+            Err(_) => Err(unreachable()),
         }
     }
 
-    fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Request) -> T {
-        let (back, answer) = channel();
+    fn send(&self, request: Request) {
         let sent = self
             .requests
             .lock()
             .ok()
-            .and_then(|r| r.as_ref().map(|r| r.send(request(back))));
+            .and_then(|r| r.as_ref().map(|r| r.send(request)));
         assert!(matches!(sent, Some(Ok(()))), "the MPI thread has stopped");
+    }
+
+    fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Request) -> T {
+        let (back, answer) = channel();
+        self.send(request(back));
         answer.recv().expect("the MPI thread has stopped")
     }
 }
