@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::backend::{BackendName, DeviceList};
 
@@ -12,6 +12,56 @@ use crate::backend::{BackendName, DeviceList};
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// The command line as parsed: [`command`]'s.
+pub(crate) fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The command line, with the help of every `train` flag that sets a run-config field ending
+/// in the value the field takes when the flag is not given, read from `RunConfig::default()`
+/// (whose recipe values are the library's `QatConfig`'s): the defaults are written once, in
+/// the config types, not in the help texts.
+pub(crate) fn command() -> clap::Command {
+    let defaults = match toml::Table::try_from(crate::run::RunConfig::default()) {
+        Ok(table) => table,
+        Err(_) => return Cli::command(),
+    };
+    Cli::command().mut_subcommand("train", |train| {
+        let ids: Vec<String> = train
+            .get_arguments()
+            .filter(|a| !matches!(a.get_action(), clap::ArgAction::SetTrue))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        ids.into_iter()
+            .fold(train, |train, id| match defaults.get(&id) {
+                Some(value) => train.mut_arg(id, |arg| with_default(arg, value)),
+                None => train,
+            })
+    })
+}
+
+/// `arg` with `[default: VALUE]` after its help.
+fn with_default(arg: clap::Arg, value: &toml::Value) -> clap::Arg {
+    let note = match value {
+        toml::Value::String(text) => format!("[default: {text}]"),
+        // As Rust writes it (100, 0.001), which is how the flag takes it; TOML writes 100.0.
+        // An f32 field (99.9) reads back from TOML as the f64 nearest it: shown as the f32.
+        toml::Value::Float(x) if f64::from(*x as f32) == *x => format!("[default: {}]", *x as f32),
+        toml::Value::Float(x) => format!("[default: {x}]"),
+        other => format!("[default: {other}]"),
+    };
+    let help = arg
+        .get_help()
+        .map_or_else(|| note.clone(), |h| format!("{h} {note}"));
+    let long = arg.get_long_help().map(|h| format!("{h}\n\n{note}"));
+    let arg = arg.help(help);
+    match long {
+        Some(long) => arg.long_help(long),
+        None => arg,
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,8 +408,8 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) dataset: Option<quantnet_models::data::Dataset>,
-    /// Folder holding the data set (or a parent of it). Default: $QUANTNET_DATA, ../shared/data,
-    /// ./data, ~/.cache/quantnet/data.
+    /// Folder holding the data set (or a parent of it); without it the data set is looked for
+    /// in $QUANTNET_DATA, ../shared/data, ./data and ~/.cache/quantnet/data.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) data_dir: Option<PathBuf>,
@@ -377,30 +427,28 @@ pub(crate) struct RunOptions {
     pub(crate) quantize_all: bool,
     /// Gradient rule of the weight quantizers: exact, official (sigmoid derivative at T = 1
     /// times min(T, 2000), the official code's) or official:CAP (gain min(T, CAP)).
-    /// Default: exact.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) gradient: Option<quantnet_burn::GradientMode>,
     /// Gradient rule of the activation quantizers (same forms; official:1 is the sigmoid
-    /// derivative at T = 1 without gain, a smooth straight-through estimator). Default: official:1.
+    /// derivative at T = 1 without gain, a smooth straight-through estimator).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) act_gradient: Option<quantnet_burn::GradientMode>,
     /// The weights during activation calibration: soft (as training will see them at its first
-    /// step) or hard. Default: soft.
+    /// step) or hard.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) calibrate: Option<quantnet_models::qat::CalibrationWeights>,
     /// How each activation range is set from the calibration sample: mse (the range whose hard
     /// quantization error is least, for midpoint thresholds: with --act-thresholds kmeans it is
     /// optimal for a slightly different quantizer) or percentile (see --act-percentile).
-    /// Default: mse.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) act_range: Option<crate::run::ActRange>,
     /// Re-estimate batch-norm statistics (200 batches, no gradient) for the quantized network
-    /// before calibration and before the hard evaluation and saving: true or false. Default:
-    /// true (models without batch norm are unaffected).
+    /// before calibration and before the hard evaluation and saving: true or false (models
+    /// without batch norm are unaffected).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) bn_reestimate: Option<bool>,
@@ -426,21 +474,22 @@ pub(crate) struct RunOptions {
     pub(crate) pretrain_lr: Option<f64>,
     /// Learning-rate schedule of each phase, per step: const, cosine (down to 0 at the last
     /// step) or `step:EPOCHS,GAMMA[,FIRST]` (times GAMMA every EPOCHS epochs, from epoch FIRST;
-    /// default FIRST = EPOCHS). Default: const.
+    /// default FIRST = EPOCHS).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) lr_schedule: Option<quantnet_burn::train::LrSchedule>,
     /// L2 weight decay (every trained parameter, quantizer scales included: those in the
-    /// --quant-lr-mult group decay at that multiple of the rate too). Default: 0.
+    /// --quant-lr-mult group decay at that multiple of the rate too).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) weight_decay: Option<f64>,
     /// Weight temperature schedule: anneal:T0,TEND (geometric over the run, raised every
-    /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally ,cap=C. Default: anneal:5,500.
+    /// step), linear:T0 (the paper's T0·(epoch+1)), exp:T0,GROWTH or const:T, optionally
+    /// ,cap=C.
     #[arg(long = "temperature", value_name = "SCHEDULE")]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) weights_temperature: Option<quantnet_burn::TemperatureSchedule>,
-    /// Activation temperature schedule (same forms). Default: anneal:10,500.
+    /// Activation temperature schedule (same forms).
     #[arg(long = "act-temperature", value_name = "SCHEDULE")]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) acts_temperature: Option<quantnet_burn::TemperatureSchedule>,
@@ -453,21 +502,20 @@ pub(crate) struct RunOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) clip: Option<f32>,
     /// Where --clip measures the norm: wq (one global norm over the soft-quantized weights'
-    /// gradients and the other parameters', as the official code; the default) or w (Burn's
+    /// gradients and the other parameters', as the official code) or w (Burn's
     /// optimizer clipping: each parameter tensor's gradient clipped to the norm on its own, not a
     /// global norm). Without quantized weights, clipping is always Burn's per-tensor clipping.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) clip_in: Option<quantnet_models::qat::ClipDomain>,
     /// Learning-rate multiplier of the qn quantizers' alpha and beta (Adam steps every parameter
-    /// by about the learning rate, and beta is 3-25); see --quant-lr-group. Default: 100. The
-    /// baselines' learned scales (lsq, pact, dsq) train at the base learning rate.
+    /// by about the learning rate, and beta is 3-25); see --quant-lr-group. The baselines'
+    /// learned scales (lsq, pact, dsq) train at the base learning rate.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quant_lr_mult: Option<f64>,
     /// Whose scales take --quant-lr-mult: all (every quantizer's) or acts (the activation
-    /// quantizers' only). Default: all. (Binary weights' β is never trained: their hard function
-    /// ignores it.)
+    /// quantizers' only). Binary weights' β is never trained: their hard function ignores it.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quant_lr_group: Option<quantnet_models::qat::QuantLrGroup>,
@@ -475,32 +523,32 @@ pub(crate) struct RunOptions {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) optimizer: Option<quantnet_models::qat::OptimizerKind>,
-    /// What trains: joint (everything, the default) or acts (only the activation quantizers'
+    /// What trains: joint (everything) or acts (only the activation quantizers'
     /// alpha and beta: the paper's second phase, after a weights-only run given with --from).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) phase: Option<quantnet_models::qat::TrainPhase>,
-    /// Calibrate activation ranges at this percentile (default 99.9; 100 is the maximum, the
-    /// paper's rule).
+    /// Calibrate activation ranges at this percentile with --act-range percentile (100 is the
+    /// maximum, the paper's rule).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) act_percentile: Option<f32>,
-    /// Activation thresholds: uniform (default) or kmeans (the paper).
+    /// Activation thresholds: uniform or kmeans (the paper).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) act_thresholds: Option<quantnet_burn::ThresholdInit>,
-    /// Weight thresholds: kmeans (the paper, default; with the ±0.05 band around 0) or uniform
+    /// Weight thresholds: kmeans (the paper; with the ±0.05 band around 0) or uniform
     /// (the midpoints between levels). The baselines always round to the nearest level.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) thresholds: Option<quantnet_burn::ThresholdInit>,
-    /// Weight scales: tensor (one alpha/beta per layer, the paper's, default), channel (one per
+    /// Weight scales: tensor (one alpha/beta per layer, the paper's), channel (one per
     /// output channel, each set by the same rule from its channel's weights) or shared (one
     /// quantization function for every quantized weight layer: the paper's ablation); qn only.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none", with = "text_option")]
     pub(crate) granularity: Option<quantnet_burn::Granularity>,
-    /// Quantizer method: qn (Quantization Networks, the default), ste (uniform, straight-through),
+    /// Quantizer method: qn (Quantization Networks), ste (uniform, straight-through),
     /// bwn / twn (binary / ternary weights only), lsq (learned step size), pact (learned
     /// activation clipping; weights as ste), dsq (differentiable soft quantization). See
     /// docs/methods.md.
@@ -525,7 +573,7 @@ pub(crate) struct RunOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) merge_classes: Option<String>,
     /// Detectors: read each training image N times per epoch, each with a new augmentation
-    /// draw (a few large images give many crops). Default: 1.
+    /// draw (a few large images give many crops).
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) repeats: Option<usize>,
@@ -535,8 +583,8 @@ pub(crate) struct RunOptions {
     #[arg(long, value_name = "PIXELS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tile: Option<u32>,
-    /// Detectors: the training transform zooms out up to this factor (SSD: 4, the default;
-    /// 1 turns zooming out off, for small objects).
+    /// Detectors: the training transform zooms out up to this factor (SSD's: 4; 1 turns
+    /// zooming out off, for small objects).
     #[arg(long, value_name = "FACTOR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_expand: Option<f32>,

@@ -1147,6 +1147,47 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Every `train` flag that sets a run-config field ends its help with the field's default,
+/// read from the config types (the library's `QatConfig` for the recipe's values), not
+/// written into the help text.
+#[test]
+fn train_help_shows_the_defaults_of_the_config_types() {
+    let out = quantnet(&["train", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    let recipe = quantnet_models::qat::QatConfig::new(quantnet_models::QuantPolicy::float());
+    for (flag, default) in [
+        ("--temperature", recipe.weights_temperature.to_string()),
+        ("--act-temperature", recipe.acts_temperature.to_string()),
+        ("--quant-lr-mult", recipe.quant_lr_mult.to_string()),
+        ("--batch-size", recipe.batch_size.to_string()),
+        ("--epochs", recipe.epochs.to_string()),
+        ("--seed", recipe.seed.to_string()),
+        ("--lr-schedule", recipe.lr_schedule.to_string()),
+        ("--model", "lenet5".to_string()),
+        ("--weights", "2".to_string()),
+    ] {
+        let at = help
+            .find(&format!("      {flag} "))
+            .unwrap_or_else(|| panic!("{flag} missing: {help}"));
+        let section = &help[at..];
+        let end = section[1..]
+            .find("\n      --")
+            .map_or(section.len(), |e| e + 1);
+        assert!(
+            section[..end].contains(&format!("[default: {default}]")),
+            "{flag}: {}",
+            &section[..end]
+        );
+    }
+    // No default written by hand as well.
+    assert!(!help.contains("Default: "), "{help}");
+    // A flag without a default (the learning rate depends on the phase) shows none.
+    let at = help.find("      --lr <LR>").unwrap();
+    let end = help[at + 1..].find("\n      --").unwrap() + at + 1;
+    assert!(!help[at..end].contains("[default:"), "{}", &help[at..end]);
+}
+
 /// A quantnet built without MPI says how to get one instead of failing inside MPI.
 #[cfg(not(feature = "mpi"))]
 #[test]
