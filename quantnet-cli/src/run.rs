@@ -236,6 +236,17 @@ impl Default for RunConfig {
     fn default() -> Self {
         let recipe = QatConfig::new(QuantPolicy::float());
         let parse = |text: &str| text.parse().expect("a valid default");
+        // The quantizers' defaults are the library's: the recipe's policy at the default
+        // precision (ternary weights, 2-bit activations).
+        let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), LevelSet::unsigned(2).ok());
+        let weights = policy
+            .weights
+            .clone()
+            .expect("the recipe quantizes weights");
+        let acts = policy
+            .acts
+            .clone()
+            .expect("the recipe quantizes activations");
         Self {
             model: Arch::Lenet5,
             dataset: Dataset::FashionMnist,
@@ -246,10 +257,14 @@ impl Default for RunConfig {
                 levels: LevelSet::unsigned(2).ok(),
             },
             quantize_all: false,
-            gradient: GradientMode::Exact,
-            act_gradient: GradientMode::Official { cap: 1.0 },
+            gradient: weights.gradient,
+            act_gradient: acts.gradient,
             calibrate: recipe.calibrate,
-            act_range: ActRange::Mse,
+            act_range: if policy.act_mse {
+                ActRange::Mse
+            } else {
+                ActRange::Percentile
+            },
             bn_reestimate: recipe.bn_reestimate,
             epochs: recipe.epochs,
             pretrain_epochs: recipe.pretrain_epochs,
@@ -267,11 +282,11 @@ impl Default for RunConfig {
             phase: recipe.phase,
             quant_lr_mult: recipe.quant_lr_mult,
             quant_lr_group: recipe.quant_lr_group,
-            act_percentile: Some(99.9),
-            act_thresholds: ThresholdInit::Uniform,
-            thresholds: ThresholdInit::KMeans,
-            granularity: Granularity::Tensor,
-            method: Method::Qn,
+            act_percentile: policy.act_percentile,
+            act_thresholds: acts.threshold_init,
+            thresholds: weights.threshold_init,
+            granularity: weights.granularity,
+            method: weights.method,
             seed: recipe.seed,
             limit: None,
             from: None,
@@ -586,5 +601,22 @@ impl Summary {
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).context("serialising the summary")?;
         write_atomic(&dir.join("summary.json"), text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default run is the library's recipe at ternary weights and 2-bit activations: its
+    /// quantizer settings are read from `QuantPolicy::recipe`, its training settings from
+    /// `QatConfig::new`, not restated.
+    #[test]
+    fn the_default_run_is_the_library_recipe() {
+        let run = RunConfig::default().recipe().unwrap();
+        let policy = QuantPolicy::recipe(Some(LevelSet::ternary()), LevelSet::unsigned(2).ok());
+        assert_eq!(run.policy, policy);
+        let library = QatConfig::new(policy);
+        assert_eq!(format!("{run:?}"), format!("{library:?}"));
     }
 }
