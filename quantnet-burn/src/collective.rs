@@ -498,6 +498,20 @@ mod tests {
         unused: Param<Tensor<B, 2>>,
     }
 
+    /// `f` on as many ranks as `inputs`, each rank a thread with its own [`LocalGroup`] and
+    /// input; the results in rank order.
+    fn on_ranks<I: Send, T: Send>(inputs: Vec<I>, f: impl Fn(LocalGroup, I) -> T + Sync) -> Vec<T> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = LocalGroup::new(inputs.len())
+                .into_iter()
+                .zip(inputs)
+                .map(|(group, input)| s.spawn(move || f(group, input)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     fn net() -> Net<AB> {
         let device = Default::default();
         let net = Net {
@@ -560,29 +574,18 @@ mod tests {
         for _ in 0..2 {
             one = step(&mut whole, one, 0..8);
         }
-        let ranks: Vec<Vec<f32>> = std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(2)
-                .into_iter()
-                .map(|group| {
-                    let start = start.clone();
-                    s.spawn(move || {
-                        let rows = group.rank() * 4..group.rank() * 4 + 4;
-                        let mut optimizer =
-                            AllReduced::new(AdamConfig::new().init(), Arc::new(group));
-                        let stats = optimizer.stats();
-                        let mut net = start;
-                        for _ in 0..2 {
-                            net = step(&mut optimizer, net, rows.clone());
-                        }
-                        let stats = *stats.lock().unwrap();
-                        assert_eq!(stats.steps, 2);
-                        // 6 + 2 + 1 + 4 values, then 4 presence flags.
-                        assert_eq!(stats.bytes_per_step, (13 + 4) * 4);
-                        values(&net)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let ranks = on_ranks(vec![start.clone(), start.clone()], |group, mut net| {
+            let rows = group.rank() * 4..group.rank() * 4 + 4;
+            let mut optimizer = AllReduced::new(AdamConfig::new().init(), Arc::new(group));
+            let stats = optimizer.stats();
+            for _ in 0..2 {
+                net = step(&mut optimizer, net, rows.clone());
+            }
+            let stats = *stats.lock().unwrap();
+            assert_eq!(stats.steps, 2);
+            // 6 + 2 + 1 + 4 values, then 4 presence flags.
+            assert_eq!(stats.bytes_per_step, (13 + 4) * 4);
+            values(&net)
         });
         assert_eq!(ranks[0], ranks[1], "the ranks' models differ");
         let one = values(&one);
@@ -614,21 +617,11 @@ mod tests {
                 .unwrap()[0]
         };
         let mean = (grad(0..4) + grad(4..8)) / 2.0;
-        let gains: Vec<f32> = std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(2)
-                .into_iter()
-                .map(|group| {
-                    let start = start.clone();
-                    s.spawn(move || {
-                        let rows = group.rank() * 4..group.rank() * 4 + 4;
-                        let mut optimizer =
-                            AllReduced::new(SgdConfig::new().init(), Arc::new(group));
-                        let net = step(&mut optimizer, start, rows);
-                        net.gain.val().into_data().to_vec::<f32>().unwrap()[0]
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let gains = on_ranks(vec![start.clone(), start.clone()], |group, start| {
+            let rows = group.rank() * 4..group.rank() * 4 + 4;
+            let mut optimizer = AllReduced::new(SgdConfig::new().init(), Arc::new(group));
+            let net = step(&mut optimizer, start, rows);
+            net.gain.val().into_data().to_vec::<f32>().unwrap()[0]
         });
         assert_eq!(gains[0], gains[1]);
         assert!(
@@ -641,26 +634,16 @@ mod tests {
     #[test]
     fn ranks_that_disagree_on_the_gradients_present_are_refused() {
         let start = net();
-        let outcomes: Vec<bool> = std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(2)
-                .into_iter()
-                .map(|group| {
-                    let start = start.clone();
-                    s.spawn(move || {
-                        let mut grads =
-                            GradientsParams::from_grads(loss(&start, 0..8).backward(), &start);
-                        if group.rank() == 1 {
-                            let _ = grads.remove::<burn::backend::Flex, 1>(start.gain.id);
-                        }
-                        let stats = Mutex::default();
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            mean_gradients::<AB, _>(&start, grads, &group, &stats)
-                        }))
-                        .is_err()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let outcomes = on_ranks(vec![start.clone(), start.clone()], |group, start| {
+            let mut grads = GradientsParams::from_grads(loss(&start, 0..8).backward(), &start);
+            if group.rank() == 1 {
+                let _ = grads.remove::<burn::backend::Flex, 1>(start.gain.id);
+            }
+            let stats = Mutex::default();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                mean_gradients::<AB, _>(&start, grads, &group, &stats)
+            }))
+            .is_err()
         });
         assert_eq!(outcomes, [true, true]);
     }
@@ -681,33 +664,23 @@ mod tests {
     fn batch_norm_running_statistics_are_averaged_and_nothing_else() {
         use burn::module::RunningState;
         type B = burn::backend::Flex;
-        let out: Vec<[Vec<f32>; 4]> = std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(2)
-                .into_iter()
-                .map(|group| {
-                    s.spawn(move || {
-                        let device = Default::default();
-                        let r = group.rank() as f32;
-                        let mut norm = burn::nn::BatchNormConfig::new(2).init::<B>(&device);
-                        norm.running_mean =
-                            RunningState::new(Tensor::from_floats([r, 1.0 + 2.0 * r], &device));
-                        norm.running_var =
-                            RunningState::new(Tensor::from_floats([1.0 + r, 4.0], &device));
-                        let model = Normed {
-                            norm,
-                            gain: Param::from_tensor(Tensor::from_floats([10.0 + r], &device)),
-                        };
-                        let model = average_batch_norm(model, &group);
-                        [
-                            floats(model.norm.running_mean.value()),
-                            floats(model.norm.running_var.value()),
-                            floats(model.norm.gamma.val()),
-                            floats(model.gain.val()),
-                        ]
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let out = on_ranks(vec![(); 2], |group, ()| {
+            let device = Default::default();
+            let r = group.rank() as f32;
+            let mut norm = burn::nn::BatchNormConfig::new(2).init::<B>(&device);
+            norm.running_mean = RunningState::new(Tensor::from_floats([r, 1.0 + 2.0 * r], &device));
+            norm.running_var = RunningState::new(Tensor::from_floats([1.0 + r, 4.0], &device));
+            let model = Normed {
+                norm,
+                gain: Param::from_tensor(Tensor::from_floats([10.0 + r], &device)),
+            };
+            let model = average_batch_norm(model, &group);
+            [
+                floats(model.norm.running_mean.value()),
+                floats(model.norm.running_var.value()),
+                floats(model.norm.gamma.val()),
+                floats(model.gain.val()),
+            ]
         });
         for (rank, [mean, var, gamma, gain]) in out.iter().enumerate() {
             assert_eq!(mean, &[0.5, 2.0]);
@@ -719,13 +692,7 @@ mod tests {
 
     #[test]
     fn local_group_gathers_in_rank_order() {
-        let gathered: Vec<Vec<u64>> = std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(3)
-                .into_iter()
-                .map(|g| s.spawn(move || g.all_gather(10 + g.rank() as u64)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let gathered = on_ranks(vec![(); 3], |g, ()| g.all_gather(10 + g.rank() as u64));
         assert_eq!(gathered, vec![vec![10, 11, 12]; 3]);
     }
 }
