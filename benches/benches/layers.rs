@@ -1,7 +1,8 @@
 //! Criterion benchmark of the layer ops quantnet overrides on flex, side by side with Burn's own:
 //! the conv input and weight gradients (`QuantBackend::conv2d_input_grad` / `conv2d_weight_grad`
 //! against flex's `ModuleOps` defaults) at ResNet-20's shapes, batch 32, and batch norm's training
-//! forward + backward (`op::batch_norm` against Burn's `BatchNorm::forward`, through autodiff).
+//! forward + backward (`op::batch_norm` against Burn's `BatchNorm::forward`, through autodiff),
+//! and the conv bias gradient (`op::conv2d_bias_grad` against Burn's `conv2d_bias_backward`).
 //!
 //! `cargo bench -p quantnet-benches --bench layers` (add `-- --quick` for a short run). Group
 //! names are `layers/<op>/<shape>`, with `burn` and `quantnet` as the two functions.
@@ -12,7 +13,7 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use quantnet_burn::QuantBackend;
-use quantnet_burn::op::batch_norm;
+use quantnet_burn::op::{batch_norm, conv2d_bias_grad};
 
 /// ResNet-20's 3×3 convs at batch 32: (input channels, output channels, input side, stride).
 const CONVS: [(usize, usize, usize, usize); 4] = [
@@ -100,5 +101,39 @@ fn norms(c: &mut Criterion) {
     }
 }
 
-criterion_group!(layers, convs, norms);
+/// The conv bias gradient at LeNet-5's convs (batch 64: 6 channels of 24×24, 16 of 8×8) and two
+/// of ResNet-20's shapes (batch 32; ResNet-20's convs have no bias, its classifier-free blocks
+/// are the size reference): Burn's `conv2d_bias_backward` against `op::conv2d_bias_grad`.
+fn bias_grads(c: &mut Criterion) {
+    for (batch, channels, side) in [(64, 6, 24), (64, 16, 8), (32, 16, 32), (32, 64, 8)] {
+        let g = random([batch, channels, side, side]);
+        let x = random([batch, 1, side, side]);
+        let bias = Tensor::<Flex, 1>::zeros([channels], &Default::default())
+            .into_primitive()
+            .tensor();
+        let mut group =
+            c.benchmark_group(format!("layers/conv_bias_grad/{batch}x{channels}x{side}"));
+        group.sample_size(20);
+        let read = |r: FloatTensor<Flex>| {
+            Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(r))
+                .slice(0..1)
+                .into_scalar()
+        };
+        group.bench_function("burn", |b| {
+            b.iter(|| {
+                read(<Flex as ModuleOps<Flex>>::conv2d_bias_backward(
+                    x.clone(),
+                    bias.clone(),
+                    g.clone(),
+                ))
+            })
+        });
+        group.bench_function("quantnet", |b| {
+            b.iter(|| read(conv2d_bias_grad::<Flex>(g.clone())))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(layers, convs, norms, bias_grads);
 criterion_main!(layers);

@@ -16,7 +16,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 
 use super::QuantBackend;
@@ -124,10 +124,8 @@ impl<B: QuantBackend, const N: usize> Backward<B, N> for ConvBackward {
         let state = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(state.x);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(state.weight);
-        if let (Some(node), Some(bias)) = (node_bias, state.bias) {
-            let bias: FloatTensor<B> = checkpointer.retrieve_node_output(bias);
-            let g = <B as ModuleOps<B>>::conv2d_bias_backward(x.clone(), bias, grad.clone());
-            grads.register::<B>(node, g);
+        if let (Some(node), Some(_)) = (node_bias, state.bias) {
+            grads.register::<B>(node, conv2d_bias_grad::<B>(grad.clone()));
         }
         if let Some(node) = node_x {
             let g = B::conv2d_input_grad(
@@ -143,6 +141,18 @@ impl<B: QuantBackend, const N: usize> Backward<B, N> for ConvBackward {
             grads.register::<B>(node, g);
         }
     }
+}
+
+/// `∂ℓ/∂bias` of a conv: `∂ℓ/∂y` (`[batch, c_out, h', w']`) summed over the batch and the
+/// positions. Burn's `conv2d_bias_backward` swaps the batch and channel axes first, which copies
+/// the whole gradient into a new layout; here the contiguous `[batch, c_out, h'·w']` view is
+/// summed over its last axis, then over the batch (two reductions, no copy).
+pub fn conv2d_bias_grad<B: Backend>(output_grad: FloatTensor<B>) -> FloatTensor<B> {
+    let [batch, channels, height, width] = output_grad.shape().dims();
+    let grad = B::float_reshape(output_grad, [batch, channels, height * width].into());
+    let per_image = B::float_sum_dim(grad, 2);
+    let total = B::float_sum_dim(per_image, 0);
+    B::float_reshape(total, [channels].into())
 }
 
 /// [`QuantBackend::quant_conv2d`] on `Autodiff<B>`: `B`'s forward, this module's backward.

@@ -54,7 +54,7 @@ mod flex_conv;
 mod flex_norm;
 mod norm;
 
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_bias_grad};
 pub use norm::{BatchNormForward, BatchNormGrads, batch_norm};
 
 use burn::tensor::backend::Backend;
