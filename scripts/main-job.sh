@@ -20,8 +20,9 @@ for SEED in $SEEDS; do
   [[ -f "$RUN/summary.json" ]] || $QUANTNET train --seed "$SEED" --out "$RUN" "${EXTRA[@]}" > "$RUN.log"
   # The full-precision accuracy is printed by the pretraining phase.
   F=$(grep -o 'full precision: test accuracy [0-9.]*' "$RUN.log" | sed 's/.* //')
-  H=$(field "$RUN" test_accuracy_hard); S=$(field "$RUN" test_accuracy_soft)
-  D=$(awk -v h="$H" -v f="$F" 'BEGIN {printf "%.2f", h - f}')
+  H=$(printf '%.2f' "$(field "$RUN" test_accuracy_hard)")
+  S=$(printf '%.2f' "$(field "$RUN" test_accuracy_soft)")
+  D=$(awk -v h="$H" -v f="$F" 'BEGIN {printf "%+.2f", h - f}')
   G=$(awk -v h="$H" -v s="$S" 'BEGIN {printf "%.2f", s - h}')
   FPS+=("$F"); HARD+=("$H"); SOFT+=("$S"); DIFF+=("$D"); GAP+=("$G")
   echo "| $SEED | $F | $H | $S | $D | $G |"
