@@ -114,10 +114,15 @@ fn model_without_ids(path: &Path) -> Vec<u8> {
 }
 
 /// Two ranks with batch 64 (32 each) against one process with batch 64 over the same sample
-/// order: the same training loss per epoch within float summation order (the mean of two
-/// half-batch gradients is summed in another order than the whole batch's; measured: 2e-6
-/// relative), the same temperatures to the last digit, α and β to 1e-4, the same hard
-/// accuracy within 0.5 points; the two ranks end with the same model, bit for bit.
+/// order: the same losses, α and β within float summation order, the same temperatures to the
+/// last digit, the same hard accuracy within 0.5 points; the two ranks end with the same model,
+/// bit for bit. Not 0: the mean of two 32-image mean gradients is summed in another order than
+/// one 64-image mean, a difference of about 1e-7 at the first step that training then carries
+/// on and amplifies (a quantizer threshold crossed one step apart). Measured on this fixture:
+/// the first epoch (9 steps) agrees to the 6 digits metrics.csv writes; after the second,
+/// 2e-6 relative with Burn's conv bias gradient and 1.5e-4 with quantnet's (another summation
+/// order). So: 1e-5 after the first epoch, 1e-3 after the second; a gradient scaled wrongly or
+/// a shard read out of order moves the losses by percents.
 #[test]
 fn two_ranks_train_as_one_process_over_the_same_order() {
     let _cpu = exclusive();
@@ -145,8 +150,13 @@ fn two_ranks_train_as_one_process_over_the_same_order() {
     ] {
         assert_eq!(column(&a, name), column(&b, name), "{name}");
     }
-    let close = |name: &str, tolerance: f64| {
-        for (x, y) in column(&a, name).iter().zip(column(&b, name)) {
+    // Relative tolerance after epoch 1 and after epoch 2.
+    let close = |name: &str| {
+        for ((x, y), tolerance) in column(&a, name)
+            .iter()
+            .zip(column(&b, name))
+            .zip([1e-5, 1e-3])
+        {
             let (x, y) = (number(x), number(y));
             assert!(
                 (x - y).abs() <= tolerance * x.abs().max(1.0),
@@ -154,13 +164,13 @@ fn two_ranks_train_as_one_process_over_the_same_order() {
             );
         }
     };
-    close("train_loss", 1e-4);
-    close("test_loss", 1e-4);
+    close("train_loss");
+    close("test_loss");
     for name in a[0]
         .iter()
         .filter(|h| h.starts_with("alpha ") || h.starts_with("beta "))
     {
-        close(name, 1e-4);
+        close(name);
     }
     for (x, y) in column(&a, "test_accuracy_hard")
         .iter()
