@@ -121,8 +121,7 @@ fn model_without_ids(path: &Path) -> Vec<u8> {
 /// on and amplifies (a quantizer threshold crossed one step apart). Measured on this fixture:
 /// the first epoch (9 steps) agrees to the 6 digits metrics.csv writes; after the second,
 /// 2e-6 relative with Burn's conv bias gradient and 1.5e-4 with quantnet's (another summation
-/// order). So: 1e-5 after the first epoch, 1e-3 after the second; a gradient scaled wrongly or
-/// a shard read out of order moves the losses by percents.
+/// order). So: 1e-5 after the first epoch, 1e-3 after the second.
 #[test]
 fn two_ranks_train_as_one_process_over_the_same_order() {
     let _cpu = exclusive();
