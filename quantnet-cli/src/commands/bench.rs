@@ -9,7 +9,7 @@ use quantnet_models::bench::{Timing, TrainCase};
 use quantnet_burn::QatBackend;
 
 use crate::backend::{WithBackend, dispatch};
-use crate::cli::{BenchArgs, BenchCommand, BenchTrainArgs, Distributed};
+use crate::cli::{BenchArgs, BenchCommand, BenchTrainArgs};
 use quantnet_burn::collective::Collective;
 use std::sync::Arc;
 
@@ -129,27 +129,7 @@ impl WithBackend for TrainJob<'_> {
 }
 
 fn train(args: &BenchTrainArgs) -> Result<()> {
-    match args.distributed {
-        None => train_as(args, None),
-        Some(Distributed::Mpi) => train_mpi(args),
-    }
-}
-
-#[cfg(feature = "mpi")]
-fn train_mpi(args: &BenchTrainArgs) -> Result<()> {
-    let mpi = Arc::new(quantnet_models::dist::Mpi::init()?);
-    match train_as(args, Some(mpi.clone())) {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            let line = format!("error: rank {}: {err:#}", mpi.rank());
-            super::train::say_and_abort(&mpi, &line)
-        }
-    }
-}
-
-#[cfg(not(feature = "mpi"))]
-fn train_mpi(_: &BenchTrainArgs) -> Result<()> {
-    bail!("--distributed mpi: this quantnet was built without MPI; build it with `--features mpi`")
+    super::as_ranks(args.distributed, |group| train_as(args, group))
 }
 
 fn train_as(args: &BenchTrainArgs, group: Option<Arc<dyn Collective>>) -> Result<()> {

@@ -16,7 +16,7 @@ use quantnet_burn::QatBackend;
 use quantnet_burn::collective::Collective;
 
 use crate::backend::{DeviceList, WithBackend, dispatch};
-use crate::cli::{Distributed, TrainArgs};
+use crate::cli::TrainArgs;
 use crate::run::{RunConfig, Summary, load_run};
 
 /// The data set of `cfg` from `dir`, checked against the model's input, `--limit` applied.
@@ -173,40 +173,7 @@ fn default_out(cfg: &RunConfig) -> PathBuf {
 }
 
 pub(crate) fn run(args: TrainArgs) -> Result<()> {
-    match args.distributed {
-        None => run_as(args, None),
-        Some(Distributed::Mpi) => run_mpi(args),
-    }
-}
-
-/// One rank of an MPI job: a rank that fails ends the whole job (`MPI_Abort`) after its one
-/// line, so that no other rank waits for it.
-#[cfg(feature = "mpi")]
-fn run_mpi(args: TrainArgs) -> Result<()> {
-    use quantnet_burn::collective::Collective;
-    let mpi = std::sync::Arc::new(quantnet_models::dist::Mpi::init()?);
-    let rank = mpi.rank();
-    match run_as(args, Some(mpi.clone())) {
-        Ok(()) => Ok(()),
-        Err(err) => say_and_abort(&mpi, &format!("error: rank {rank}: {err:#}")),
-    }
-}
-
-/// Prints `line` in one write (the processes' stderr reach the terminal through `mpirun`,
-/// which would interleave a line written in pieces with another process's) and ends the job.
-#[cfg(feature = "mpi")]
-pub(crate) fn say_and_abort(mpi: &quantnet_models::dist::Mpi, line: &str) -> ! {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-    mpi.abort(1)
-}
-
-#[cfg(not(feature = "mpi"))]
-fn run_mpi(_: TrainArgs) -> Result<()> {
-    bail!(
-        "--distributed mpi: this quantnet was built without MPI; build it with `--features mpi` \
-         (an MPI implementation and libclang: Debian's openmpi-bin libopenmpi-dev libclang-dev)"
-    )
+    super::as_ranks(args.distributed, |group| run_as(args, group))
 }
 
 /// Where rank `rank` of a run in `out` keeps its files: `out` for rank 0, `out/ranks/R`.
