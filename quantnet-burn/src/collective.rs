@@ -56,8 +56,6 @@ pub struct AllReduceStats {
     /// Seconds spent in [`Collective::all_reduce_sum`] over all steps (waiting for the slowest
     /// rank included).
     pub seconds: f64,
-    /// Seconds spent flattening and unflattening the gradients.
-    pub copy_seconds: f64,
 }
 
 /// An optimizer that steps with the mean of the ranks' gradients: see the [module](self) docs.
@@ -196,12 +194,12 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
     }
 }
 
-/// Puts the averaged gradients back, with each parameter's rank `D` (known only while visiting).
+/// Puts the averaged gradients back, with each parameter's rank `D` (known only while visiting);
+/// a slot is taken at its parameter's first visit, so a shared parameter is registered once.
 struct Unflatten<'a, B> {
     buf: &'a [f32],
-    slots: &'a HashMap<ParamId, Slot>,
+    slots: HashMap<ParamId, Slot>,
     scale: f32,
-    done: HashSet<ParamId>,
     grads: GradientsParams,
     _backend: std::marker::PhantomData<B>,
 }
@@ -209,19 +207,16 @@ struct Unflatten<'a, B> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let id = param.id;
-        let Some(slot) = self.slots.get(&id) else {
+        let Some(slot) = self.slots.remove(&id).filter(|slot| slot.present) else {
             return;
         };
-        if !slot.present || !self.done.insert(id) {
-            return;
-        }
         let values: Vec<f32> = self.buf[slot.offset..slot.offset + slot.len]
             .iter()
             .map(|v| v * self.scale)
             .collect();
         // Gradients live where their parameter does.
         let device = param.val().inner().device();
-        let data = TensorData::new(values, slot.dims.clone()).convert_dtype(slot.dtype);
+        let data = TensorData::new(values, slot.dims).convert_dtype(slot.dtype);
         self.grads.register::<B::InnerBackend, D>(
             id,
             Tensor::<B::InnerBackend, D>::from_data(data, &device),
@@ -244,7 +239,6 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
 {
-    let copy = Instant::now();
     let mut flat = Flatten::<B> {
         grads: &mut grads,
         seen: HashSet::new(),
@@ -256,7 +250,7 @@ where
     module.visit(&mut flat);
     let Flatten {
         order,
-        slots,
+        mut slots,
         mut buf,
         ..
     } = flat;
@@ -266,12 +260,10 @@ where
             .iter()
             .map(|id| if slots[id].present { 1.0 } else { 0.0 }),
     );
-    let mut copy_seconds = copy.elapsed().as_secs_f64();
     let reduce = Instant::now();
     group.all_reduce_sum(&mut buf);
     let seconds = reduce.elapsed().as_secs_f64();
     let n = group.size();
-    let mut slots = slots;
     for (id, flag) in order.iter().zip(&buf[values..]) {
         let count = flag.round() as usize;
         assert!(
@@ -283,22 +275,18 @@ where
             slot.present = count == n;
         }
     }
-    let copy = Instant::now();
     let mut back = Unflatten::<B> {
         buf: &buf[..values],
-        slots: &slots,
+        slots,
         scale: 1.0 / n as f32,
-        done: HashSet::new(),
         grads: GradientsParams::new(),
         _backend: std::marker::PhantomData,
     };
     module.visit(&mut back);
-    copy_seconds += copy.elapsed().as_secs_f64();
     if let Ok(mut stats) = stats.lock() {
         stats.steps += 1;
         stats.bytes_per_step = buf.len() * std::mem::size_of::<f32>();
         stats.seconds += seconds;
-        stats.copy_seconds += copy_seconds;
     }
     back.grads
 }
@@ -356,29 +344,18 @@ impl<B: Backend> ModuleVisitor<B> for RunningStats {
     }
 }
 
-/// Puts the averaged running statistics back.
+/// Puts the averaged running statistics back: the parameters [`RunningStats`] collected, found
+/// by id.
 struct SetRunningStats<'a> {
-    fields: FieldStack,
     slots: &'a HashMap<ParamId, (usize, usize)>,
     values: &'a [f32],
 }
 
 impl<B: Backend> ModuleMapper<B> for SetRunningStats<'_> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.fields.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.fields.exit();
-    }
-
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let Some(&(offset, len)) = self.slots.get(&param.id) else {
             return param;
         };
-        if !self.fields.in_running_stat() {
-            return param;
-        }
         let (id, tensor, mapper) = param.consume();
         let (shape, dtype, device) = (tensor.shape(), tensor.dtype(), tensor.device());
         let data =
@@ -408,7 +385,6 @@ pub fn average_batch_norm<B: Backend, M: Module<B>>(module: M, group: &dyn Colle
         *v /= n;
     }
     module.map(&mut SetRunningStats {
-        fields: FieldStack::default(),
         slots: &stats.slots,
         values: &stats.values,
     })
