@@ -165,14 +165,20 @@ type Decoded = (usize, std::result::Result<Vec<ImageItem>, String>);
 impl<B: Backend> DataLoader<B, ImageBatch<B>> for StreamLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ImageBatch<B>> + 'a> {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
-        let mut order: Vec<usize> = self.range.clone().collect();
-        if let (Some(shard), Some(seed)) = (self.shard, self.shuffle) {
-            order =
-                shard_order(self.images.len(), seed ^ epoch, shard)[self.range.clone()].to_vec();
-        } else if let Some(seed) = self.shuffle {
-            let permutation = super::shuffled_indices(order.len(), order.len(), seed ^ epoch);
-            order = permutation.into_iter().map(|i| order[i]).collect();
-        }
+        let order: Vec<usize> = match (self.shard, self.shuffle) {
+            (Some(shard), Some(seed)) => {
+                shard_order(self.images.len(), seed ^ epoch, shard)[self.range.clone()].to_vec()
+            }
+            (None, Some(seed)) => {
+                let permutation =
+                    super::shuffled_indices(self.range.len(), self.range.len(), seed ^ epoch);
+                permutation
+                    .into_iter()
+                    .map(|i| self.range.start + i)
+                    .collect()
+            }
+            _ => self.range.clone().collect(),
+        };
         let batches: Arc<Vec<Vec<usize>>> = Arc::new(
             order
                 .chunks(self.batch_size)

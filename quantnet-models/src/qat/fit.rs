@@ -187,9 +187,31 @@ pub(crate) struct Phase<'a> {
     pub(crate) hook: TemperatureHook,
     /// Train only the activation quantizers.
     pub(crate) acts_only: bool,
-    /// Over ranks: this rank's share of the data and the group that averages the gradients.
-    pub(crate) shard: Option<Shard>,
+    /// Over ranks: the group that averages the gradients (each rank reads its [`shard`]).
     pub(crate) group: Option<Arc<dyn Collective>>,
+}
+
+/// This rank's share of every epoch over `group` at `batch_size` images per global step.
+pub(crate) fn shard(group: Option<&Arc<dyn Collective>>, batch_size: usize) -> Option<Shard> {
+    group.map(|g| Shard {
+        rank: g.rank(),
+        size: g.size(),
+        batch: batch_size / g.size().max(1),
+    })
+}
+
+/// Optimizer steps per epoch on `devices` devices: over ranks, the whole global steps of the
+/// shard; otherwise as [`QatData::steps_per_epoch_on`].
+pub(crate) fn steps_per_epoch(
+    data: &QatData,
+    batch_size: usize,
+    devices: usize,
+    shard: Option<Shard>,
+) -> usize {
+    match shard {
+        Some(shard) => shard.steps(data.train.len()),
+        None => data.steps_per_epoch_on(batch_size, devices),
+    }
 }
 
 /// One burn-train run of `phase.epochs` epochs; returns the trained model and seconds per epoch.
@@ -217,7 +239,8 @@ where
     // Each device runs its share of a step's images (`Qat::run_on` checked the split).
     let n_devices = devices.len().max(1);
     phase.hook.start_at(start);
-    let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = match phase.shard {
+    let shard = shard(phase.group.as_ref(), cfg.batch_size);
+    let train_loader: Arc<dyn DataLoader<B, ImageBatch<B>>> = match shard {
         // This rank's share of every epoch, from the epoch the run starts at.
         Some(shard) => {
             let workers = if data.train.is_streamed() {
@@ -286,17 +309,14 @@ where
         crate::train::quantizer_scale_ids(m.model(), group)
     };
     let model = Monitored::new(model, monitor).with_hook(phase.hook.clone());
-    let steps_per_epoch = match phase.shard {
-        Some(shard) => shard.steps(data.train.len()),
-        None => data.steps_per_epoch_on(cfg.batch_size, n_devices),
-    };
+    let steps_per_epoch = steps_per_epoch(data, cfg.batch_size, n_devices, shard);
     let strategy = match devices {
         [device] => ExecutionStrategy::single(device.clone()),
         _ => ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice),
     };
     // Over ranks, each validates its share of the test set ([`Shard::eval_share`]); the run
     // sums the shares' metrics afterwards.
-    let valid = match phase.shard {
+    let valid = match shard {
         Some(shard) => data.test.select(&shard.eval_share(data.test.len())),
         None => data.test.clone(),
     };

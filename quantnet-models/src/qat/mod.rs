@@ -421,14 +421,15 @@ impl Qat {
     /// every epoch ([`crate::data::shard_order`]: the epoch's seeded order in steps of
     /// `batch_size`, `batch_size / ranks` images of each for each rank, the images after the
     /// last whole step left out), and the optimizer steps every rank with the mean gradient
-    /// ([`AllReduced`](quantnet_burn::collective::AllReduced): one flat buffer per step). So the models stay equal and a step is one
-    /// process's step over `batch_size` images, up to float summation order and batch norm,
-    /// whose batch statistics (and running statistics, until the hard network's
-    /// re-estimation) are per rank. The temperature and learning-rate schedules and the
-    /// quantizer-scale group advance as in one process. Everything else (quantization,
-    /// calibration, validation, the final evaluation) runs whole on every rank and gives the
-    /// same result there. The run refuses to start when the ranks' configs, data or device
-    /// counts differ.
+    /// ([`AllReduced`](quantnet_burn::collective::AllReduced): one flat buffer per step). So the
+    /// models stay equal and a step is one process's step over `batch_size` images, up to float
+    /// summation order and batch norm, whose batch statistics (and running statistics, until
+    /// the hard network's re-estimation, or see [`Qat::average_batch_norm`]) are per rank. The
+    /// temperature and learning-rate schedules and the quantizer-scale group advance as in one
+    /// process. Validation and the final evaluation are split: each rank evaluates every
+    /// `ranks`-th test image from its rank, and the metrics are gathered. Quantization and
+    /// calibration run whole on every rank and give the same result there. The run refuses to
+    /// start when the ranks' configs, data or device counts differ.
     pub fn distributed(mut self, group: Arc<dyn Collective>) -> Self {
         self.group = Some(group);
         self
@@ -507,20 +508,8 @@ impl Qat {
         )
     }
 
-    /// Optimizer steps per epoch on `devices` devices (per rank, over ranks when distributed).
-    fn steps_per_epoch(&self, data: &QatData, devices: usize) -> usize {
-        match self.shard() {
-            Some(shard) => shard.steps(data.train.len()),
-            None => data.steps_per_epoch_on(self.config.batch_size, devices),
-        }
-    }
-
     fn shard(&self) -> Option<Shard> {
-        self.group.as_ref().map(|g| Shard {
-            rank: g.rank(),
-            size: g.size(),
-            batch: self.config.batch_size / g.size().max(1),
-        })
+        fit::shard(self.group.as_ref(), self.config.batch_size)
     }
 
     /// The epoch of the main phase's last checkpoint (at most the run's length); over ranks,
@@ -582,7 +571,7 @@ impl Qat {
                 ),
             });
         }
-        if Shard::steps(&self.shard().expect("distributed"), data.train.len()) == 0 {
+        if fit::steps_per_epoch(data, batch, devices, self.shard()) == 0 {
             return Err(Error::Config {
                 field: "batch_size",
                 reason: format!(
@@ -691,7 +680,7 @@ impl Qat {
         let temps = Temperatures::default();
         let quantized = !policy.is_float();
         let main_dir = self.dir.join("train");
-        let steps = self.steps_per_epoch(data, n);
+        let steps = fit::steps_per_epoch(data, cfg.batch_size, n, self.shard());
         let done = self.last_common_checkpoint(&main_dir)?;
         let mut report = QatReport {
             train_images: data.train.len(),
@@ -722,7 +711,6 @@ impl Qat {
                     resume_from: None,
                     hook: TemperatureHook::new(),
                     acts_only: false,
-                    shard: self.shard(),
                     group: self.group.clone(),
                 };
                 let (trained, _) =
@@ -757,7 +745,6 @@ impl Qat {
             resume_from,
             hook: hook.clone(),
             acts_only: cfg.phase == TrainPhase::Acts,
-            shard: self.shard(),
             group: self.group.clone(),
         };
         let (model, seconds) =
