@@ -488,6 +488,16 @@ mod tests {
         })
     }
 
+    /// `n` copies of `net` with the same values and parameter ids but autodiff leaves of their
+    /// own. Clones would share their leaves, and Burn 0.21's autodiff merges the graphs of two
+    /// threads that share a leaf: its graph locks are taken in opposite orders by a merge and by
+    /// a concurrent backward pass (`runtime/graph.rs`), which deadlocked these tests, rarely,
+    /// in CI.
+    fn copies(net: &Net<AB>, n: usize) -> Vec<Net<AB>> {
+        use burn::module::AutodiffModule;
+        (0..n).map(|_| Net::from_inner(net.valid())).collect()
+    }
+
     fn net() -> Net<AB> {
         let device = Default::default();
         let net = Net {
@@ -550,7 +560,7 @@ mod tests {
         for _ in 0..2 {
             one = step(&mut whole, one, 0..8);
         }
-        let ranks = on_ranks(vec![start.clone(), start.clone()], |group, mut net| {
+        let ranks = on_ranks(copies(&start, 2), |group, mut net| {
             let rows = group.rank() * 4..group.rank() * 4 + 4;
             let mut optimizer = AllReduced::new(AdamConfig::new().init(), Arc::new(group));
             let stats = optimizer.stats();
@@ -593,7 +603,7 @@ mod tests {
                 .unwrap()[0]
         };
         let mean = (grad(0..4) + grad(4..8)) / 2.0;
-        let gains = on_ranks(vec![start.clone(), start.clone()], |group, start| {
+        let gains = on_ranks(copies(&start, 2), |group, start| {
             let rows = group.rank() * 4..group.rank() * 4 + 4;
             let mut optimizer = AllReduced::new(SgdConfig::new().init(), Arc::new(group));
             let net = step(&mut optimizer, start, rows);
@@ -610,7 +620,7 @@ mod tests {
     #[test]
     fn ranks_that_disagree_on_the_gradients_present_are_refused() {
         let start = net();
-        let outcomes = on_ranks(vec![start.clone(), start.clone()], |group, start| {
+        let outcomes = on_ranks(copies(&start, 2), |group, start| {
             let mut grads = GradientsParams::from_grads(loss(&start, 0..8).backward(), &start);
             if group.rank() == 1 {
                 let _ = grads.remove::<burn::backend::Flex, 1>(start.gain.id);
