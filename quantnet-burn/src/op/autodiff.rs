@@ -5,11 +5,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::tensor::Shape;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 
-use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward};
+use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward, SoftNeeds};
 
 /// Unwraps the parameters to the inner backend (no gradient is tracked through the result).
 fn inner<B: QuantBackend, C: CheckpointStrategy>(
@@ -61,45 +60,26 @@ impl<B: QuantBackend> Backward<B, 4> for SoftQuantBackward {
             args,
         } = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
-        let scalar_shape = || Shape::new([1]);
-
-        // g·D, for ∂ℓ/∂β.
-        let grad_d = node_beta
-            .is_some()
-            .then(|| B::float_mul(grad.clone(), derivative.clone()));
-
-        if let Some(node) = node_beta {
-            // ∂ℓ/∂β = α·Σ g·D·x
-            let gdx = B::float_sum(B::float_mul(
-                grad_d.clone().expect("computed when β is tracked"),
-                x.clone(),
-            ));
-            let g = B::float_mul(B::float_reshape(gdx, scalar_shape()), params.alpha.clone());
-            grads.register::<B>(node.id, g);
-        }
-        if let Some(node) = node_x {
-            // ∂ℓ/∂x = g·D·α·β
-            let g = B::quant_input_grad(
-                grad.clone(),
-                derivative.clone(),
-                params.alpha.clone(),
-                params.beta.clone(),
-            );
-            grads.register::<B>(node.id, g);
-        }
+        let needs = SoftNeeds {
+            input: node_x.is_some(),
+            alpha: node_alpha.is_some(),
+            beta: node_beta.is_some(),
+        };
         if let Some(node) = node_thresholds {
             // ∂ℓ/∂b_i = −α·s_i·λ·Σ g·σ'(T_g(βx − b_i))
-            let r = B::quant_threshold_grad(x, grad.clone(), params.clone(), args);
+            let r = B::quant_threshold_grad(x.clone(), grad.clone(), params.clone(), args);
             let scale = B::float_neg(B::float_mul(params.steps.clone(), params.alpha.clone()));
             grads.register::<B>(node.id, B::float_mul(r, scale));
         }
-        if let Some(node) = node_alpha {
-            // ∂ℓ/∂α = Σ g·(S − o)
-            let g = B::float_sum(B::float_mul(
-                grad,
-                B::float_sub_scalar(sum, args.offset.into()),
-            ));
-            grads.register::<B>(node.id, B::float_reshape(g, scalar_shape()));
+        let g = B::quant_backward(grad, x, sum, derivative, params, args, needs);
+        for (node, grad) in [
+            (node_x, g.input),
+            (node_alpha, g.alpha),
+            (node_beta, g.beta),
+        ] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }

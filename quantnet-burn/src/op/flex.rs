@@ -8,10 +8,13 @@
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
+use std::sync::OnceLock;
+
 use burn_flex::{Flex, FlexTensor};
+use macerator::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward, generic};
+use super::{QuantBackend, QuantPrimitives, SoftArgs, SoftForward, SoftGrads, SoftNeeds, generic};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 16 * 1024;
@@ -102,13 +105,79 @@ hard!(f32, hard_f32);
 hard!(f64, hard_f64);
 use fast::{soft_f32, soft_state_f32};
 
+/// The instruction set the flex kernels run with: the widest this CPU has (macerator's runtime
+/// detection, which Burn's flex uses too), or the one `QUANTNET_ISA` names (`scalar`, `sse4`,
+/// `avx2`, `avx512`; the integer engine reads the same variable), so that tests run every path.
+/// Every path does the same arithmetic in the same order (no fused multiply-adds), so the
+/// results are the same bit for bit.
+///
+/// # Panics
+/// When `QUANTNET_ISA` names an unknown path or one this CPU lacks.
+pub(crate) fn arch() -> Arch {
+    static ARCH: OnceLock<Arch> = OnceLock::new();
+    *ARCH.get_or_init(|| match std::env::var("QUANTNET_ISA") {
+        Ok(name) if !name.trim().is_empty() => {
+            isa(name.trim()).unwrap_or_else(|err| panic!("QUANTNET_ISA={name}: {err}"))
+        }
+        _ => Arch::new(),
+    })
+}
+
+/// The path named `name`, when this CPU runs it.
+fn isa(name: &str) -> Result<Arch, String> {
+    if name == "scalar" {
+        return Ok(Arch::Scalar);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The x86-64 levels contain one another: a CPU runs every level up to its best.
+        let level = |arch: Arch| match arch {
+            Arch::Scalar => 0,
+            Arch::V2 => 1,
+            Arch::V3 => 2,
+            Arch::V4 => 3,
+            _ => 4,
+        };
+        let arch = match name {
+            "sse4" => Arch::V2,
+            "avx2" => Arch::V3,
+            "avx512" | "avx512-vnni" | "vnni" => Arch::V4,
+            other => {
+                return Err(format!(
+                    "unknown path `{other}`: scalar, sse4, avx2 or avx512"
+                ));
+            }
+        };
+        if level(arch) <= level(Arch::new()) {
+            Ok(arch)
+        } else {
+            Err(format!("this CPU has no {name} path"))
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Err(format!(
+        "unknown path `{name}` on this architecture: scalar"
+    ))
+}
+
+/// Every path this CPU runs, the scalar one first (for tests).
+#[cfg(test)]
+pub(crate) fn available_isas() -> Vec<(&'static str, Arch)> {
+    ["scalar", "sse4", "avx2", "avx512"]
+        .into_iter()
+        .filter_map(|name| isa(name).ok().map(|arch| (name, arch)))
+        .collect()
+}
+
 /// The f32 kernels, written so that the compiler vectorises them: elements in blocks of
 /// [`fast::BLOCK`] held on the stack, thresholds in the outer loop and the block in the inner
 /// one, and an inlined, branch-free `exp` (Cephes' polynomial, within 2 ulp of libm's on the
-/// range used) instead of a libm call per (element, threshold). f64 keeps the scalar kernels
-/// above (the gradient checks' dtype).
+/// range used) instead of a libm call per (element, threshold). Each chunk runs through
+/// [`arch`]'s dispatch: the same safe Rust compiled once per instruction set. f64 keeps the
+/// scalar kernels above (the gradient checks' dtype).
 mod fast {
     use super::CHUNK;
+    use macerator::{Arch, Simd, WithSimd};
     use rayon::prelude::*;
 
     /// Elements per inner block.
@@ -131,10 +200,11 @@ mod fast {
             * r
             + 0.5;
         let poly = p * r * r + r + 1.0;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        // The exponent bias is added in float: an integer `+` would carry an overflow check in
-        // builds with debug assertions, and that branch stops the loop from vectorising.
-        let scale = f32::from_bits(((n + 127.0) as i32 as u32) << 23);
+        // 2^n from the bits of `n + 127 + 2^23` (an integer below 2^23 in the mantissa's low
+        // bits; the shift drops the exponent): a bit cast and a shift, where `as i32` is a
+        // saturating conversion that compiles to scalar code with NaN and range checks and keeps
+        // the loop from vectorising. `n` is an integer in [−126, 0] here.
+        let scale = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
         if a < -87.0 { 0.0 } else { poly * scale }
     }
 
@@ -185,19 +255,31 @@ mod fast {
         }
     }
 
-    pub(super) fn soft_f32(
-        x: &[f32],
-        [alpha, beta]: [f32; 2],
-        b: &[f32],
-        s: &[f32],
-        t: f32,
-        o: f32,
-        y: &mut [f32],
-    ) {
-        y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, ys)| {
-            let xs = &x[c * CHUNK..c * CHUNK + ys.len()];
+    /// One chunk of the soft forward, `y = α(S − o)`.
+    struct Soft<'a> {
+        x: &'a [f32],
+        scales: [f32; 2],
+        b: &'a [f32],
+        s: &'a [f32],
+        t_o: [f32; 2],
+        y: &'a mut [f32],
+    }
+
+    impl WithSimd for Soft<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: Simd>(self) {
+            let Self {
+                x,
+                scales: [alpha, beta],
+                b,
+                s,
+                t_o: [t, o],
+                y,
+            } = self;
             let (mut bx, mut sum, mut d) = ([0.0; BLOCK], [0.0; BLOCK], [0.0; BLOCK]);
-            for (ys, xs) in ys.chunks_mut(BLOCK).zip(xs.chunks(BLOCK)) {
+            for (ys, xs) in y.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
                 let k = xs.len();
                 for (bx, &x) in bx.iter_mut().zip(xs) {
                     *bx = beta * x;
@@ -207,16 +289,87 @@ mod fast {
                     *y = alpha * (sum - o);
                 }
             }
+        }
+    }
+
+    /// One chunk of the soft forward with the backward's state `S` and `D`.
+    struct SoftState<'a> {
+        x: &'a [f32],
+        scales: [f32; 2],
+        b: &'a [f32],
+        s: &'a [f32],
+        scalars: [f32; 4],
+        y: &'a mut [f32],
+        sums: &'a mut [f32],
+        ds: &'a mut [f32],
+    }
+
+    impl WithSimd for SoftState<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: Simd>(self) {
+            let Self {
+                x,
+                scales: [alpha, beta],
+                b,
+                s,
+                scalars: [t, o, tg, gain],
+                y,
+                sums,
+                ds,
+            } = self;
+            let mut bx = [0.0; BLOCK];
+            let blocks = y
+                .chunks_mut(BLOCK)
+                .zip(sums.chunks_mut(BLOCK))
+                .zip(ds.chunks_mut(BLOCK))
+                .zip(x.chunks(BLOCK));
+            for (((ys, ss), dss), xs) in blocks {
+                for (bx, &x) in bx.iter_mut().zip(xs) {
+                    *bx = beta * x;
+                }
+                block_sums(&bx[..xs.len()], b, s, t, Some(tg), ss, dss);
+                for ((y, &sum), d) in ys.iter_mut().zip(ss.iter()).zip(dss.iter_mut()) {
+                    *y = alpha * (sum - o);
+                    *d *= gain;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn soft_f32(
+        arch: Arch,
+        x: &[f32],
+        scales: [f32; 2],
+        b: &[f32],
+        s: &[f32],
+        t: f32,
+        o: f32,
+        y: &mut [f32],
+    ) {
+        y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, y)| {
+            let x = &x[c * CHUNK..c * CHUNK + y.len()];
+            arch.dispatch(Soft {
+                x,
+                scales,
+                b,
+                s,
+                t_o: [t, o],
+                y,
+            });
         });
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn soft_state_f32(
+        arch: Arch,
         x: &[f32],
-        [alpha, beta]: [f32; 2],
+        scales: [f32; 2],
         b: &[f32],
         s: &[f32],
-        [t, o, tg, gain]: [f32; 4],
+        scalars: [f32; 4],
         y: &mut [f32],
         sums: &mut [f32],
         ds: &mut [f32],
@@ -225,25 +378,18 @@ mod fast {
             .zip(sums.par_chunks_mut(CHUNK))
             .zip(ds.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(c, ((ys, ss), dss))| {
-                let xs = &x[c * CHUNK..c * CHUNK + ys.len()];
-                let mut bx = [0.0; BLOCK];
-                let blocks = ys
-                    .chunks_mut(BLOCK)
-                    .zip(ss.chunks_mut(BLOCK))
-                    .zip(dss.chunks_mut(BLOCK))
-                    .zip(xs.chunks(BLOCK));
-                for (((ys, ss), dss), xs) in blocks {
-                    let k = xs.len();
-                    for (bx, &x) in bx.iter_mut().zip(xs) {
-                        *bx = beta * x;
-                    }
-                    block_sums(&bx[..k], b, s, t, Some(tg), ss, dss);
-                    for ((y, &sum), d) in ys.iter_mut().zip(ss.iter()).zip(dss.iter_mut()) {
-                        *y = alpha * (sum - o);
-                        *d *= gain;
-                    }
-                }
+            .for_each(|(c, ((y, sums), ds))| {
+                let x = &x[c * CHUNK..c * CHUNK + y.len()];
+                arch.dispatch(SoftState {
+                    x,
+                    scales,
+                    b,
+                    s,
+                    scalars,
+                    y,
+                    sums,
+                    ds,
+                });
             });
     }
 }
@@ -258,12 +404,20 @@ pub(super) fn kernel_dtype(tensors: &[&FlexTensor]) -> Option<DType> {
 
 /// The element types of the flex kernels.
 pub(super) trait Scalar:
-    burn::tensor::Element + Default + std::ops::AddAssign + std::ops::Mul<Output = Self> + Send + Sync
+    burn::tensor::Element
+    + Default
+    + std::ops::AddAssign
+    + std::ops::Mul<Output = Self>
+    + Send
+    + Sync
+    + Copy
 {
     /// The values of a contiguous tensor of this dtype.
     fn slice(t: &FlexTensor) -> &[Self];
     /// `v` rounded to this type.
     fn from_f64(v: f64) -> Self;
+    /// This value as an f64 (exact).
+    fn to_f64(self) -> f64;
 }
 
 macro_rules! scalar {
@@ -276,6 +430,10 @@ macro_rules! scalar {
             #[allow(clippy::cast_possible_truncation)]
             fn from_f64(v: f64) -> Self {
                 v as $e
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                f64::from(self)
             }
         }
     };
@@ -293,29 +451,120 @@ fn fused_dtype(x: &FlexTensor, p: &QuantPrimitives<Flex>) -> Option<DType> {
     kernel_dtype(&[x, &p.alpha, &p.beta, &p.thresholds, &p.steps])
 }
 
-/// `g·D·α·β` in one parallel pass.
-fn input_grad_typed<E: Scalar>(
+/// The soft quantizer's backward pass in one parallel pass over `g`, `x`, `S` and `D`:
+/// `∂ℓ/∂x = g·D·α·β` when asked for, and the two sums `Σ g·(S − o)` (∂ℓ/∂α) and `Σ g·D·x`
+/// (∂ℓ/∂β, before the factor `α`), each chunk's in f64 and the chunks' added in order, so the
+/// result does not depend on the number of threads.
+#[allow(clippy::too_many_arguments)]
+fn backward_typed<E: Scalar>(
     grad: &FlexTensor,
+    x: &FlexTensor,
+    sum: &FlexTensor,
     derivative: &FlexTensor,
-    alpha: &FlexTensor,
-    beta: &FlexTensor,
-) -> FlexTensor {
-    let (g, d) = (grad.to_contiguous(), derivative.to_contiguous());
-    let scalar = |t: &FlexTensor| E::slice(&t.to_contiguous())[0];
-    let ab = scalar(alpha) * scalar(beta);
-    let (g, d) = (E::slice(&g), E::slice(&d));
-    let mut out = vec![E::default(); g.len()];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-        let at = c * CHUNK;
-        for ((o, &g), &d) in o.iter_mut().zip(&g[at..]).zip(&d[at..]) {
-            *o = g * d * ab;
-        }
-    });
-    from_values(out, grad.shape())
+    [alpha, beta]: [E; 2],
+    offset: E,
+    needs: SoftNeeds,
+) -> SoftGrads<Flex> {
+    let contiguous = [grad, x, sum, derivative].map(FlexTensor::to_contiguous);
+    let [g, x, s, d] = [0, 1, 2, 3].map(|i| E::slice(&contiguous[i]));
+    let ab = alpha * beta;
+    let o = offset.to_f64();
+    let arch = arch();
+    let chunk = |c: usize, out: Option<&mut [E]>| {
+        let range = c * CHUNK..((c + 1) * CHUNK).min(g.len());
+        arch.dispatch(BackwardChunk {
+            g: &g[range.clone()],
+            x: &x[range.clone()],
+            s: &s[range.clone()],
+            d: &d[range],
+            ab,
+            o,
+            out,
+        })
+    };
+    let chunks = g.len().div_ceil(CHUNK);
+    let mut input = needs.input.then(|| vec![E::default(); g.len()]);
+    let partial: Vec<[f64; 2]> = match input.as_mut() {
+        Some(out) => out
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, out)| chunk(c, Some(out)))
+            .collect(),
+        None => (0..chunks)
+            .into_par_iter()
+            .map(|c| chunk(c, None))
+            .collect(),
+    };
+    let [mut sa, mut sb] = [0.0f64; 2];
+    for [a, b] in partial {
+        sa += a;
+        sb += b;
+    }
+    let scalar = |v: f64| from_values(vec![E::from_f64(v)], [1]);
+    SoftGrads {
+        input: input.map(|values| from_values(values, grad.shape())),
+        alpha: needs.alpha.then(|| scalar(sa)),
+        // α·Σ g·D·x, the product in the tensor's dtype as the generic body forms it.
+        beta: needs
+            .beta
+            .then(|| from_values(vec![E::from_f64(sb) * alpha], [1])),
+    }
 }
 
-fn empty(shape: &Shape, dtype: DType) -> FlexTensor {
-    FlexTensor::empty(shape.clone(), dtype)
+/// One chunk of [`backward_typed`]: its share of `∂ℓ/∂x` into `out` when given, and its two sums.
+struct BackwardChunk<'a, E> {
+    g: &'a [E],
+    x: &'a [E],
+    s: &'a [E],
+    d: &'a [E],
+    ab: E,
+    o: f64,
+    out: Option<&'a mut [E]>,
+}
+
+impl<E: Scalar> WithSimd for BackwardChunk<'_, E> {
+    type Output = [f64; 2];
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self) -> [f64; 2] {
+        let Self {
+            g,
+            x,
+            s,
+            d,
+            ab,
+            o,
+            out,
+        } = self;
+        if let Some(out) = out {
+            for ((out, &g), &d) in out.iter_mut().zip(g).zip(d) {
+                *out = g * d * ab;
+            }
+        }
+        // Eight accumulators, so that the loop vectorises (f64 addition is not reassociated).
+        let (mut sa, mut sb) = ([0.0f64; 8], [0.0f64; 8]);
+        let whole = g.len() / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            for l in 0..8 {
+                let gi = g[i + l].to_f64();
+                sa[l] += gi * (s[i + l].to_f64() - o);
+                sb[l] += gi * d[i + l].to_f64() * x[i + l].to_f64();
+            }
+        }
+        for i in whole..g.len() {
+            let gi = g[i].to_f64();
+            sa[0] += gi * (s[i].to_f64() - o);
+            sb[0] += gi * d[i].to_f64() * x[i].to_f64();
+        }
+        [sa.iter().sum(), sb.iter().sum()]
+    }
+}
+
+/// A zero-filled tensor's values (`calloc`'d: the pages are mapped when the kernel writes
+/// them). `FlexTensor::empty` allocates bytes and then copies them into an aligned buffer, a
+/// second pass over fresh memory.
+fn zeroed<E: Scalar>(shape: &Shape) -> Vec<E> {
+    vec![E::default(); shape.num_elements()]
 }
 
 macro_rules! dispatch {
@@ -339,16 +588,27 @@ macro_rules! dispatch {
 }
 
 impl QuantBackend for Flex {
-    fn quant_input_grad(
+    fn quant_backward(
         grad: FlexTensor,
+        x: FlexTensor,
+        sum: FlexTensor,
         derivative: FlexTensor,
-        alpha: FlexTensor,
-        beta: FlexTensor,
-    ) -> FlexTensor {
-        match kernel_dtype(&[&grad, &derivative, &alpha, &beta]) {
-            Some(DType::F64) => input_grad_typed::<f64>(&grad, &derivative, &alpha, &beta),
-            Some(_) => input_grad_typed::<f32>(&grad, &derivative, &alpha, &beta),
-            None => generic::input_grad::<Self>(grad, derivative, alpha, beta),
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+        needs: SoftNeeds,
+    ) -> SoftGrads<Self> {
+        let scalar = |t: &FlexTensor| t.to_contiguous();
+        match kernel_dtype(&[&grad, &x, &sum, &derivative, &p.alpha, &p.beta]) {
+            Some(DType::F64) => {
+                let [a, b] = [&p.alpha, &p.beta].map(|t| f64::slice(&scalar(t))[0]);
+                let o = f64::from(args.offset);
+                backward_typed::<f64>(&grad, &x, &sum, &derivative, [a, b], o, needs)
+            }
+            Some(_) => {
+                let [a, b] = [&p.alpha, &p.beta].map(|t| f32::slice(&scalar(t))[0]);
+                backward_typed::<f32>(&grad, &x, &sum, &derivative, [a, b], args.offset, needs)
+            }
+            None => generic::backward::<Self>(grad, x, sum, derivative, p, args, needs),
         }
     }
 
@@ -406,28 +666,28 @@ impl QuantBackend for Flex {
             return generic::soft_with_state::<Self>(x, p, args).output;
         };
         let shape = x.shape();
-        let mut out = empty(&shape, dtype);
         match dtype {
-            DType::F64 => dispatch!(f64, x, p, |xs, scales, b, s| soft_f64(
-                xs,
-                scales,
-                &b,
-                &s,
-                args.temperature.into(),
-                args.offset.into(),
-                out.storage_mut::<f64>()
-            )),
-            _ => dispatch!(f32, x, p, |xs, scales, b, s| soft_f32(
-                xs,
-                scales,
-                &b,
-                &s,
-                args.temperature,
-                args.offset,
-                out.storage_mut::<f32>()
-            )),
+            DType::F64 => dispatch!(f64, x, p, |xs, scales, b, s| {
+                let mut out = zeroed(&shape);
+                let [t, o] = [args.temperature, args.offset].map(f64::from);
+                soft_f64(xs, scales, &b, &s, t, o, &mut out);
+                from_values(out, shape)
+            }),
+            _ => dispatch!(f32, x, p, |xs, scales, b, s| {
+                let mut out = zeroed(&shape);
+                soft_f32(
+                    arch(),
+                    xs,
+                    scales,
+                    &b,
+                    &s,
+                    args.temperature,
+                    args.offset,
+                    &mut out,
+                );
+                from_values(out, shape)
+            }),
         }
-        out
     }
 
     fn quant_soft_with_state(
@@ -439,43 +699,47 @@ impl QuantBackend for Flex {
             return generic::soft_with_state::<Self>(x, p, args);
         };
         let shape = x.shape();
-        let (mut output, mut sum, mut derivative) = (
-            empty(&shape, dtype),
-            empty(&shape, dtype),
-            empty(&shape, dtype),
-        );
         let SoftArgs {
             temperature: t,
             offset: o,
             grad_temperature: tg,
             grad_scale: gain,
         } = args;
-        match dtype {
-            DType::F64 => dispatch!(f64, x, p, |xs, scales, b, s| soft_state_f64(
-                xs,
-                scales,
-                &b,
-                &s,
-                [t, o, tg, gain].map(f64::from),
-                output.storage_mut::<f64>(),
-                sum.storage_mut::<f64>(),
-                derivative.storage_mut::<f64>(),
-            )),
-            _ => dispatch!(f32, x, p, |xs, scales, b, s| soft_state_f32(
-                xs,
-                scales,
-                &b,
-                &s,
-                [t, o, tg, gain],
-                output.storage_mut::<f32>(),
-                sum.storage_mut::<f32>(),
-                derivative.storage_mut::<f32>(),
-            )),
+        fn state<E: Scalar>(
+            output: Vec<E>,
+            sum: Vec<E>,
+            derivative: Vec<E>,
+            shape: &Shape,
+        ) -> SoftForward<Flex> {
+            SoftForward {
+                output: from_values(output, shape.clone()),
+                sum: from_values(sum, shape.clone()),
+                derivative: from_values(derivative, shape.clone()),
+            }
         }
-        SoftForward {
-            output,
-            sum,
-            derivative,
+        match dtype {
+            DType::F64 => dispatch!(f64, x, p, |xs, scales, b, s| {
+                let [mut y, mut sums, mut ds] = [(); 3].map(|()| zeroed(&shape));
+                let scalars = [t, o, tg, gain].map(f64::from);
+                soft_state_f64(xs, scales, &b, &s, scalars, &mut y, &mut sums, &mut ds);
+                state(y, sums, ds, &shape)
+            }),
+            _ => dispatch!(f32, x, p, |xs, scales, b, s| {
+                let [mut y, mut sums, mut ds] = [(); 3].map(|()| zeroed(&shape));
+                let scalars = [t, o, tg, gain];
+                soft_state_f32(
+                    arch(),
+                    xs,
+                    scales,
+                    &b,
+                    &s,
+                    scalars,
+                    &mut y,
+                    &mut sums,
+                    &mut ds,
+                );
+                state(y, sums, ds, &shape)
+            }),
         }
     }
 
@@ -484,25 +748,97 @@ impl QuantBackend for Flex {
             return generic::hard::<Self>(x, p, offset);
         };
         let shape = x.shape();
-        let mut out = empty(&shape, dtype);
         match dtype {
-            DType::F64 => dispatch!(f64, x, p, |xs, scales, b, s| hard_f64(
-                xs,
-                scales,
-                &b,
-                &s,
-                offset.into(),
-                out.storage_mut::<f64>()
-            )),
-            _ => dispatch!(f32, x, p, |xs, scales, b, s| hard_f32(
-                xs,
-                scales,
-                &b,
-                &s,
-                offset,
-                out.storage_mut::<f32>()
-            )),
+            DType::F64 => dispatch!(f64, x, p, |xs, scales, b, s| {
+                let mut out = zeroed(&shape);
+                hard_f64(xs, scales, &b, &s, offset.into(), &mut out);
+                from_values(out, shape)
+            }),
+            _ => dispatch!(f32, x, p, |xs, scales, b, s| {
+                let mut out = zeroed(&shape);
+                hard_f32(xs, scales, &b, &s, offset, &mut out);
+                from_values(out, shape)
+            }),
         }
-        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs that cover the saturated tails, the thresholds themselves and an odd length (a
+    /// partial block and a partial chunk).
+    fn inputs(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let u = ((i as u64 * 2_654_435_761) % 10_007) as f32 / 10_007.0;
+                if i % 97 == 0 { 0.5 } else { 4.0 * u - 2.0 }
+            })
+            .collect()
+    }
+
+    /// Every instruction-set path computes the soft forward, its state and the backward's sums
+    /// bit for bit as the scalar path does (same operations in the same order, no FMA).
+    #[test]
+    fn every_instruction_set_path_gives_the_scalar_paths_bits() {
+        let len = 2 * CHUNK + 1001;
+        let x = inputs(len);
+        let g: Vec<f32> = inputs(len).iter().map(|v| v * 0.37 + 0.1).collect();
+        // Ternary thresholds and 3pm4's six, at a low and a high temperature; `tg ≠ t` once.
+        let cases: [(&[f32], &[f32], [f32; 4]); 3] = [
+            (&[-0.5, 0.5], &[1.0, 1.0], [5.0, 1.0, 5.0, 5.0]),
+            (
+                &[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5],
+                &[1.0; 6],
+                [200.0, 3.0, 200.0, 200.0],
+            ),
+            (&[-0.5, 0.5], &[1.0, 1.0], [30.0, 1.0, 1.0, 30.0]),
+        ];
+        let run = |arch: Arch, (b, s, scalars): (&[f32], &[f32], [f32; 4])| {
+            let [mut y, mut sums, mut ds, mut y2] = [(); 4].map(|()| vec![0.0f32; len]);
+            let scales = [0.8, 1.25];
+            soft_state_f32(arch, &x, scales, b, s, scalars, &mut y, &mut sums, &mut ds);
+            soft_f32(arch, &x, scales, b, s, scalars[0], scalars[1], &mut y2);
+            let mut dx = vec![0.0f32; len];
+            let chunk = BackwardChunk {
+                g: &g,
+                x: &x,
+                s: &sums,
+                d: &ds,
+                ab: 1.0,
+                o: f64::from(scalars[1]),
+                out: Some(&mut dx),
+            };
+            let reduced = arch.dispatch(chunk);
+            (y, y2, sums, ds, dx, reduced)
+        };
+        let isas = available_isas();
+        assert_eq!(isas[0].0, "scalar");
+        for case in cases {
+            let reference = run(Arch::Scalar, case);
+            // The output-only forward is the forward with state's output.
+            assert_eq!(reference.0, reference.1);
+            for &(name, arch) in &isas[1..] {
+                assert!(run(arch, case) == reference, "{name} differs from scalar");
+            }
+        }
+        // This machine kind has AVX-512: the test must have exercised the wide paths too.
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            assert_eq!(
+                isas.len(),
+                4,
+                "{:?}",
+                isas.iter().map(|i| i.0).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_or_missing_paths_are_refused_by_name() {
+        assert!(isa("scalar").is_ok());
+        let err = isa("neon9").unwrap_err();
+        assert!(err.contains("unknown path `neon9`"), "{err}");
     }
 }

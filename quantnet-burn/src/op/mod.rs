@@ -207,6 +207,28 @@ pub struct SoftForward<B: Backend> {
     pub derivative: FloatTensor<B>,
 }
 
+/// Which of the soft quantizer's gradients a backward pass needs (besides the thresholds').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftNeeds {
+    /// `∂ℓ/∂x`.
+    pub input: bool,
+    /// `∂ℓ/∂α`.
+    pub alpha: bool,
+    /// `∂ℓ/∂β`.
+    pub beta: bool,
+}
+
+/// The soft quantizer's gradients, each present when [`SoftNeeds`] asked for it.
+#[derive(Clone, Debug)]
+pub struct SoftGrads<B: Backend> {
+    /// `∂ℓ/∂x = g·D·α·β`, shaped like `x`.
+    pub input: Option<FloatTensor<B>>,
+    /// `∂ℓ/∂α = Σ g·(S − o)`, shape `[1]`.
+    pub alpha: Option<FloatTensor<B>>,
+    /// `∂ℓ/∂β = α·Σ g·D·x`, shape `[1]`.
+    pub beta: Option<FloatTensor<B>>,
+}
+
 /// An autodiff backend whose inner backend has the quantizer op too: what training needs
 /// (the soft quantizer on the autodiff backend, the hard one on the inner backend for
 /// validation). Implemented for every such backend.
@@ -268,15 +290,22 @@ pub trait QuantBackend: Backend {
         generic::threshold_grad::<Self>(x, grad, p, args)
     }
 
-    /// `∂ℓ/∂x = g·D·α·β` of the soft quantizer (`α`, `β`: `[1]`). Two tensor ops (one of them a
-    /// broadcast) by default; one pass on flex.
-    fn quant_input_grad(
+    /// The soft quantizer's backward pass, all but the thresholds: from the output gradient `g`,
+    /// `x` and the forward's state ([`SoftForward`]'s `S` and `D`), the gradients `needs` asks
+    /// for: `∂ℓ/∂x = g·D·α·β`, `∂ℓ/∂α = Σ g·(S − o)` and `∂ℓ/∂β = α·Σ g·D·x` (both `[1]`).
+    /// Tensor ops by default (a pass over memory each); one pass over `g`, `x`, `S`, `D` on
+    /// flex, with the sums accumulated in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn quant_backward(
         grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        sum: FloatTensor<Self>,
         derivative: FloatTensor<Self>,
-        alpha: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        generic::input_grad::<Self>(grad, derivative, alpha, beta)
+        p: QuantPrimitives<Self>,
+        args: SoftArgs,
+        needs: SoftNeeds,
+    ) -> SoftGrads<Self> {
+        generic::backward::<Self>(grad, x, sum, derivative, p, args, needs)
     }
 
     /// A 2-D convolution whose backward pass (on `Autodiff<Self>`) uses
@@ -386,16 +415,37 @@ pub(crate) mod generic {
         t.into_primitive().tensor()
     }
 
-    /// `g·D·α·β`, with `α·β` broadcast.
-    pub(crate) fn input_grad<B: Backend>(
+    /// The gradients of [`QuantBackend::quant_backward`] as tensor ops.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward<B: Backend>(
         grad: FloatTensor<B>,
+        x: FloatTensor<B>,
+        sum: FloatTensor<B>,
         derivative: FloatTensor<B>,
-        alpha: FloatTensor<B>,
-        beta: FloatTensor<B>,
-    ) -> FloatTensor<B> {
-        let rank = grad.shape().num_dims();
-        let ab = B::float_reshape(B::float_mul(alpha, beta), Shape::from(vec![1; rank]));
-        B::float_mul(B::float_mul(grad, derivative), ab)
+        p: QuantPrimitives<B>,
+        args: SoftArgs,
+        needs: SoftNeeds,
+    ) -> SoftGrads<B> {
+        let scalar = || Shape::new([1]);
+        // g·D, shared by ∂ℓ/∂x and ∂ℓ/∂β.
+        let grad_d = (needs.input || needs.beta).then(|| B::float_mul(grad.clone(), derivative));
+        let beta = needs.beta.then(|| {
+            let gdx = B::float_sum(B::float_mul(grad_d.clone().expect("computed for β"), x));
+            B::float_mul(B::float_reshape(gdx, scalar()), p.alpha.clone())
+        });
+        let alpha = needs.alpha.then(|| {
+            let g = B::float_sum(B::float_mul(
+                grad,
+                B::float_sub_scalar(sum, args.offset.into()),
+            ));
+            B::float_reshape(g, scalar())
+        });
+        let input = grad_d.filter(|_| needs.input).map(|grad_d| {
+            let rank = grad_d.shape().num_dims();
+            let ab = B::float_reshape(B::float_mul(p.alpha, p.beta), Shape::from(vec![1; rank]));
+            B::float_mul(grad_d, ab)
+        });
+        SoftGrads { input, alpha, beta }
     }
 
     /// `x` flattened, and its shape to restore.
