@@ -29,4 +29,12 @@ for D in $DATASETS; do
   cp "runs/results-long/$D/results.md" "docs/results/long-$D.md"
   cp "runs/results-long/$D/results.csv" "docs/results/long-$D.csv"
   cp "runs/results-long/$D/accuracy-vs-bits.png" "docs/results/long-$D.png"
+  # Each ablation grid as a sweep of its own, copied to docs/results/long-DATASET-ablation-*.md.
+  for A in sweeps/long/"$D"-ablation-*.toml; do
+    [[ -f "$A" ]] || continue
+    N=$(basename "$A" .toml)
+    $QUANTNET sweep "$A" --out "runs/results-long/$N"
+    cp "runs/results-long/$N/results.md" "docs/results/long-$N.md"
+    cp "runs/results-long/$N/results.csv" "docs/results/long-$N.csv"
+  done
 done
