@@ -6,8 +6,8 @@
 # are copied to docs/results/long-DATASET.*. Finished cells are skipped, so a killed run (or a
 # later sitting) continues where it stopped.
 #
-#   scripts/results-long.sh [SET...]      (default: fashion-mnist mnist; also mnist-fc: TFC, SFC
-#                                          and LFC fully quantized on MNIST)
+#   scripts/results-long.sh [SET...]      (default: fashion-mnist mnist; also mnist-fc: TFC and SFC,
+#                                          and mnist-lfc: LFC, fully quantized on MNIST)
 #
 # Each run trains on one thread unless RAYON_NUM_THREADS says otherwise: two data sets can run
 # side by side on a 2-core machine (one process each).
@@ -20,7 +20,7 @@ mkdir -p docs/results
 for D in $DATASETS; do
   $QUANTNET sweep "sweeps/long/$D-fp.toml" --out "runs/results-long/$D-fp"
   case $D in
-    mnist-fc) NAMES=(w1 w2a2) ;;
+    mnist-fc | mnist-lfc) NAMES=(w1 w2a2) ;;
     *) NAMES=(methods qn-more qn-w2a4 bwn twn ste pact fp-continued) ;;
   esac
   GRIDS=()
