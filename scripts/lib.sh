@@ -15,6 +15,19 @@ extra_flags() {
 # field RUN KEY: the first number under "KEY" in RUN/summary.json.
 field() { grep -o "\"$2\": [0-9.]*" "$1/summary.json" | head -1 | sed 's/.*: //'; }
 
+# sweep_docs [--png] RUN DOC GRID...: `quantnet sweep GRID... --out RUN`, then the sweep's
+# results.md and results.csv (and with --png its accuracy-vs-bits.png) copied to DOC.md, DOC.csv
+# (DOC.png).
+sweep_docs() {
+  local png=0
+  [[ "$1" == "--png" ]] && { png=1; shift; }
+  local run=$1 doc=$2; shift 2
+  $QUANTNET sweep "$@" --out "$run"
+  cp "$run/results.md" "$doc.md"
+  cp "$run/results.csv" "$doc.csv"
+  if [[ $png == 1 ]]; then cp "$run/accuracy-vs-bits.png" "$doc.png"; fi
+}
+
 # stats: mean (± sample sd when there are several) of the numbers on stdin, one per line.
 stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; sd=(n>1)?sqrt((q-n*m*m)/(n-1)):0;
   if (n>1) printf "%.2f ± %.2f", m, sd; else printf "%.2f", m}'; }

@@ -25,16 +25,11 @@ for D in $DATASETS; do
   esac
   GRIDS=()
   for G in "${NAMES[@]}"; do GRIDS+=("sweeps/long/$D-$G.toml"); done
-  $QUANTNET sweep "${GRIDS[@]}" --out "runs/results-long/$D"
-  cp "runs/results-long/$D/results.md" "docs/results/long-$D.md"
-  cp "runs/results-long/$D/results.csv" "docs/results/long-$D.csv"
-  cp "runs/results-long/$D/accuracy-vs-bits.png" "docs/results/long-$D.png"
+  sweep_docs --png "runs/results-long/$D" "docs/results/long-$D" "${GRIDS[@]}"
   # Each ablation grid as a sweep of its own, copied to docs/results/long-DATASET-ablation-*.md.
   for A in sweeps/long/"$D"-ablation-*.toml; do
     [[ -f "$A" ]] || continue
     N=$(basename "$A" .toml)
-    $QUANTNET sweep "$A" --out "runs/results-long/$N"
-    cp "runs/results-long/$N/results.md" "docs/results/long-$N.md"
-    cp "runs/results-long/$N/results.csv" "docs/results/long-$N.csv"
+    sweep_docs "runs/results-long/$N" "docs/results/long-$N" "$A"
   done
 done

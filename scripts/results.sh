@@ -17,10 +17,7 @@ for D in $DATASETS; do
   $QUANTNET sweep "sweeps/$D-fp.toml" --out "runs/results/$D-fp"
   GRIDS=()
   for G in methods pact bwn twn fp-continued; do GRIDS+=("sweeps/$D-$G.toml"); done
-  $QUANTNET sweep "${GRIDS[@]}" --out "runs/results/$D"
-  cp "runs/results/$D/results.md" "docs/results/$D.md"
-  cp "runs/results/$D/results.csv" "docs/results/$D.csv"
-  cp "runs/results/$D/accuracy-vs-bits.png" "docs/results/$D.png"
+  sweep_docs --png "runs/results/$D" "docs/results/$D" "${GRIDS[@]}"
   # One run's weight histograms (levels and thresholds, at initialisation and at the end).
   CELL="runs/results/$D/cells/method-qn_weights-2_acts-2_seed-1"
   $QUANTNET plot "$CELL" --out "runs/results/$D"
@@ -28,8 +25,6 @@ for D in $DATASETS; do
   for A in sweeps/"$D"-ablation-*.toml; do
     [[ -f "$A" ]] || continue
     N=$(basename "$A" .toml)
-    $QUANTNET sweep "$A" --out "runs/results/$N"
-    cp "runs/results/$N/results.md" "docs/results/$N.md"
-    cp "runs/results/$N/results.csv" "docs/results/$N.csv"
+    sweep_docs "runs/results/$N" "docs/results/$N" "$A"
   done
 done
